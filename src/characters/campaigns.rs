@@ -1,0 +1,362 @@
+//! SQL for campaigns and per-campaign character state (`CharacterInfo`), and the merged
+//! [`EnrichedCharacter`] view of one character or a whole roster.
+
+use super::error::{StoreError, StoreResult};
+use super::profiles::{self, json_col, new_id, now, page, time_col, time_text};
+use super::types::{
+    Campaign, CampaignFilter, CampaignStatePatch, CharacterInfo, CharacterProfile,
+    EnrichedCharacter, NewCampaign,
+};
+use super::{portraits, validate};
+use rusqlite::{named_params, params, Connection, OptionalExtension, Row};
+use serde_json::json;
+
+pub(crate) fn create(
+    conn: &Connection,
+    new: &NewCampaign,
+    import_key: Option<&str>,
+) -> StoreResult<Campaign> {
+    let (name, dm_id, description) = validate::validate_campaign(new)?;
+    let t = now();
+    let campaign = Campaign {
+        id: new_id(),
+        name,
+        dm_id,
+        description,
+        character_ids: Vec::new(),
+        import_key: import_key.map(str::to_string),
+        created_at: t,
+        updated_at: t,
+    };
+    conn.execute(
+        "INSERT INTO campaigns (id, import_key, name, dm_id, description, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            campaign.id,
+            campaign.import_key,
+            campaign.name,
+            campaign.dm_id,
+            campaign.description,
+            time_text(&t),
+            time_text(&t),
+        ],
+    )?;
+    Ok(campaign)
+}
+
+const CAMPAIGN_COLUMNS: &str =
+    "k.id, k.name, k.dm_id, k.description, k.import_key, k.created_at, k.updated_at";
+
+fn campaign_from_row(r: &Row<'_>) -> rusqlite::Result<Campaign> {
+    Ok(Campaign {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        dm_id: r.get(2)?,
+        description: r.get(3)?,
+        character_ids: Vec::new(),
+        import_key: r.get(4)?,
+        created_at: time_col(r, 5)?,
+        updated_at: time_col(r, 6)?,
+    })
+}
+
+fn with_members(conn: &Connection, mut c: Campaign) -> StoreResult<Campaign> {
+    let mut stmt = conn.prepare(
+        "SELECT character_id FROM campaign_characters WHERE campaign_id = ?1 \
+         ORDER BY joined_at, character_id",
+    )?;
+    let ids = stmt.query_map([&c.id], |r| r.get(0))?;
+    c.character_ids = ids.collect::<Result<_, _>>()?;
+    Ok(c)
+}
+
+pub(crate) fn get(conn: &Connection, id: &str) -> StoreResult<Campaign> {
+    let sql = format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns k WHERE k.id = ?1");
+    let c = conn
+        .query_row(&sql, [id], campaign_from_row)
+        .optional()?
+        .ok_or_else(|| StoreError::not_found("campaign", id))?;
+    with_members(conn, c)
+}
+
+pub(crate) fn by_import_key(conn: &Connection, key: &str) -> StoreResult<Option<Campaign>> {
+    let sql = format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns k WHERE k.import_key = ?1");
+    match conn.query_row(&sql, [key], campaign_from_row).optional()? {
+        Some(c) => Ok(Some(with_members(conn, c)?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn list(conn: &Connection, f: &CampaignFilter) -> StoreResult<Vec<Campaign>> {
+    let (limit, offset) = page(f.limit, f.offset);
+    let sql = format!(
+        "SELECT {CAMPAIGN_COLUMNS} FROM campaigns k \
+         WHERE (:dm IS NULL OR k.dm_id = :dm) \
+         AND (:character IS NULL OR EXISTS (SELECT 1 FROM campaign_characters cc \
+              WHERE cc.campaign_id = k.id AND cc.character_id = :character)) \
+         ORDER BY k.name COLLATE NOCASE, k.id LIMIT :limit OFFSET :offset"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(
+        named_params! {
+            ":dm": f.dm_id,
+            ":character": f.character_id,
+            ":limit": limit,
+            ":offset": offset,
+        },
+        campaign_from_row,
+    )?;
+    let campaigns: Vec<Campaign> = rows.collect::<Result<_, _>>()?;
+    campaigns
+        .into_iter()
+        .map(|c| with_members(conn, c))
+        .collect()
+}
+
+pub(crate) fn delete(conn: &Connection, id: &str) -> StoreResult<()> {
+    if conn.execute("DELETE FROM campaigns WHERE id = ?1", [id])? == 0 {
+        return Err(StoreError::not_found("campaign", id));
+    }
+    Ok(())
+}
+
+/// The column list of campaign state, in the order `state_from_row` reads it from `start`.
+const STATE_COLUMNS: &str = "s.campaign_id, s.character_id, s.level, s.hit_points_current, \
+    s.hit_points_max, s.armor_class, s.status, s.inventory, s.location, s.quests, s.extra, \
+    s.joined_at, s.updated_at";
+
+fn state_from_row(r: &Row<'_>, start: usize) -> rusqlite::Result<CharacterInfo> {
+    Ok(CharacterInfo {
+        campaign_id: r.get(start)?,
+        character_id: r.get(start + 1)?,
+        level: r.get(start + 2)?,
+        hit_points_current: r.get(start + 3)?,
+        hit_points_max: r.get(start + 4)?,
+        armor_class: r.get(start + 5)?,
+        status: r.get(start + 6)?,
+        inventory: json_col(r, start + 7)?,
+        location: r.get(start + 8)?,
+        quests: json_col(r, start + 9)?,
+        extra: json_col(r, start + 10)?,
+        joined_at: time_col(r, start + 11)?,
+        updated_at: time_col(r, start + 12)?,
+    })
+}
+
+fn save_state(conn: &Connection, s: &CharacterInfo, insert: bool) -> StoreResult<()> {
+    let (inventory, quests, extra) = (
+        s.inventory.to_string(),
+        s.quests.to_string(),
+        s.extra.to_string(),
+    );
+    let updated_at = time_text(&s.updated_at);
+    if insert {
+        conn.execute(
+            "INSERT INTO campaign_characters (campaign_id, character_id, level, \
+             hit_points_current, hit_points_max, armor_class, status, inventory, location, \
+             quests, extra, joined_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                s.campaign_id,
+                s.character_id,
+                s.level,
+                s.hit_points_current,
+                s.hit_points_max,
+                s.armor_class,
+                s.status,
+                inventory,
+                s.location,
+                quests,
+                extra,
+                time_text(&s.joined_at),
+                updated_at,
+            ],
+        )?;
+    } else {
+        conn.execute(
+            "UPDATE campaign_characters SET level = ?3, hit_points_current = ?4, \
+             hit_points_max = ?5, armor_class = ?6, status = ?7, inventory = ?8, location = ?9, \
+             quests = ?10, extra = ?11, updated_at = ?12 \
+             WHERE campaign_id = ?1 AND character_id = ?2",
+            params![
+                s.campaign_id,
+                s.character_id,
+                s.level,
+                s.hit_points_current,
+                s.hit_points_max,
+                s.armor_class,
+                s.status,
+                inventory,
+                s.location,
+                quests,
+                extra,
+                updated_at,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// The state a character starts a campaign with (seed 000's CharacterInfo defaults).
+pub(crate) fn default_state(campaign_id: &str, character_id: &str) -> CharacterInfo {
+    let t = now();
+    CharacterInfo {
+        campaign_id: campaign_id.to_string(),
+        character_id: character_id.to_string(),
+        level: None,
+        hit_points_current: 10,
+        hit_points_max: 10,
+        armor_class: 10,
+        status: "healthy".to_string(),
+        inventory: json!({}),
+        location: None,
+        quests: json!([]),
+        extra: json!({}),
+        joined_at: t,
+        updated_at: t,
+    }
+}
+
+pub(crate) fn find_state(
+    conn: &Connection,
+    campaign_id: &str,
+    character_id: &str,
+) -> StoreResult<Option<CharacterInfo>> {
+    let sql = format!(
+        "SELECT {STATE_COLUMNS} FROM campaign_characters s \
+         WHERE s.campaign_id = ?1 AND s.character_id = ?2"
+    );
+    Ok(conn
+        .query_row(&sql, [campaign_id, character_id], |r| state_from_row(r, 0))
+        .optional()?)
+}
+
+pub(crate) fn state(
+    conn: &Connection,
+    campaign_id: &str,
+    character_id: &str,
+) -> StoreResult<CharacterInfo> {
+    find_state(conn, campaign_id, character_id)?.ok_or_else(|| {
+        StoreError::not_found("campaign state", &format!("{campaign_id}/{character_id}"))
+    })
+}
+
+/// Inserts a complete, already validated state (used by `join` and the legacy migration).
+pub(crate) fn insert_state(conn: &Connection, s: &CharacterInfo) -> StoreResult<()> {
+    save_state(conn, s, true)
+}
+
+pub(crate) fn join(
+    conn: &Connection,
+    campaign_id: &str,
+    character_id: &str,
+    initial: &CampaignStatePatch,
+) -> StoreResult<CharacterInfo> {
+    get(conn, campaign_id)?;
+    profiles::get(conn, character_id)?;
+    if find_state(conn, campaign_id, character_id)?.is_some() {
+        return Err(StoreError::Conflict(format!(
+            "character {character_id} already takes part in campaign {campaign_id}"
+        )));
+    }
+    let mut s = default_state(campaign_id, character_id);
+    validate::apply_state_patch(&mut s, initial)?;
+    insert_state(conn, &s)?;
+    Ok(s)
+}
+
+pub(crate) fn leave(conn: &Connection, campaign_id: &str, character_id: &str) -> StoreResult<()> {
+    let n = conn.execute(
+        "DELETE FROM campaign_characters WHERE campaign_id = ?1 AND character_id = ?2",
+        [campaign_id, character_id],
+    )?;
+    if n == 0 {
+        return Err(StoreError::not_found(
+            "campaign state",
+            &format!("{campaign_id}/{character_id}"),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn update_state(
+    conn: &Connection,
+    campaign_id: &str,
+    character_id: &str,
+    patch: &CampaignStatePatch,
+) -> StoreResult<CharacterInfo> {
+    let mut s = state(conn, campaign_id, character_id)?;
+    validate::apply_state_patch(&mut s, patch)?;
+    s.updated_at = now();
+    save_state(conn, &s, false)?;
+    Ok(s)
+}
+
+/// Merges a profile, its optional campaign state and its current portrait.
+fn merge(
+    conn: &Connection,
+    profile: CharacterProfile,
+    state: Option<CharacterInfo>,
+) -> StoreResult<EnrichedCharacter> {
+    let portrait = match profile.current_portrait_id.as_deref() {
+        Some(id) => portraits::find(conn, id)?,
+        None => None,
+    };
+    let level = state
+        .as_ref()
+        .and_then(|s| s.level)
+        .unwrap_or(profile.base_level);
+    Ok(EnrichedCharacter {
+        character_id: profile.id.clone(),
+        campaign_id: state.as_ref().map(|s| s.campaign_id.clone()),
+        level,
+        hit_points_current: state.as_ref().map(|s| s.hit_points_current),
+        hit_points_max: state.as_ref().map(|s| s.hit_points_max),
+        armor_class: state.as_ref().map(|s| s.armor_class),
+        status: state.as_ref().map(|s| s.status.clone()),
+        inventory: state.as_ref().map(|s| s.inventory.clone()),
+        location: state.as_ref().and_then(|s| s.location.clone()),
+        quests: state.as_ref().map(|s| s.quests.clone()),
+        extra: state.map(|s| s.extra),
+        portrait_path: portrait.as_ref().map(|p| p.file_path.clone()),
+        portrait_thumbnail_path: portrait.as_ref().and_then(|p| p.thumbnail_path.clone()),
+        portrait_prompt: portrait.map(|p| p.prompt),
+        portrait_url: None,
+        profile,
+    })
+}
+
+pub(crate) fn enriched(
+    conn: &Connection,
+    character_id: &str,
+    campaign_id: Option<&str>,
+) -> StoreResult<EnrichedCharacter> {
+    let profile = profiles::get(conn, character_id)?;
+    let state = match campaign_id {
+        Some(c) => Some(state(conn, c, character_id)?),
+        None => None,
+    };
+    merge(conn, profile, state)
+}
+
+pub(crate) fn roster(conn: &Connection, campaign_id: &str) -> StoreResult<Vec<EnrichedCharacter>> {
+    get(conn, campaign_id)?;
+    let sql = format!(
+        "SELECT {}, {STATE_COLUMNS} FROM campaign_characters s \
+         JOIN characters c ON c.id = s.character_id WHERE s.campaign_id = ?1 \
+         ORDER BY c.name COLLATE NOCASE, c.id",
+        profiles::COLUMNS
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map([campaign_id], |r| {
+        Ok((
+            profiles::from_row(r)?,
+            state_from_row(r, profiles::COLUMN_COUNT)?,
+        ))
+    })?;
+    let pairs: Vec<(CharacterProfile, CharacterInfo)> = rows.collect::<Result<_, _>>()?;
+    pairs
+        .into_iter()
+        .map(|(p, s)| merge(conn, p, Some(s)))
+        .collect()
+}

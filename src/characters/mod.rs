@@ -1,0 +1,28 @@
+//! Characters: profiles, campaign state, the enriched view and their SQLite store.
+//!
+//! Following seed 000's separation of concerns, a [`CharacterProfile`] holds a character's global
+//! identity and appearance (one per character), a [`CharacterInfo`] holds its state in one
+//! campaign, and an [`EnrichedCharacter`] merges both for API responses. Everything is kept in one
+//! SQLite database behind the [`CharacterStore`] trait; [`validate`] is the one place raw input
+//! becomes trusted data; [`migrate`] imports the legacy JSON layout and [`pregenerated`] the
+//! characters shipped with limner.
+
+mod campaigns;
+pub mod enums;
+mod error;
+mod portraits;
+mod profiles;
+mod store;
+mod types;
+pub mod validate;
+
+pub use enums::{
+    AgeCategory, Build, CharacterClass, CharacterType, FacialExpression, Gender, Pose, Race,
+};
+pub use error::{StoreError, StoreResult};
+pub use store::{CharacterStore, SqliteStore, Store, DB_FILE_NAME, SCHEMA_VERSION};
+pub use types::{
+    Campaign, CampaignFilter, CampaignStatePatch, CharacterFilter, CharacterInfo, CharacterPatch,
+    CharacterProfile, EnrichedCharacter, NewCampaign, NewCharacter, NewPortrait, PortraitRecord,
+};
+pub use validate::ValidationError;

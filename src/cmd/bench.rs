@@ -1,0 +1,113 @@
+//! `limner bench`: times one model end to end and prints a single JSON object, so benchmark
+//! runs can be compared and collected by scripts.
+
+use std::time::Instant;
+
+use limner::engine::device::{describe, dtype_name};
+use limner::engine::model::StableDiffusion;
+use limner::engine::pipeline::CancelToken;
+use limner::engine::request::GenerationRequest;
+use limner::engine::worker::generate_on;
+use serde_json::json;
+
+use super::common::{ModelArgs, ResolvedModel};
+
+/// Arguments of `limner bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A weights.toml name, a path, or random:sd15 / random:sd21 (full-size, random weights).
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 512)]
+    pub width: usize,
+    #[arg(long, default_value_t = 512)]
+    pub height: usize,
+    #[arg(long, default_value_t = 4)]
+    pub steps: usize,
+    #[arg(long, default_value = "Euler a")]
+    pub sampler: String,
+    #[arg(long, default_value_t = 8.0)]
+    pub cfg: f64,
+    /// Untimed runs first (kernel compilation, caches); default 1 on a GPU, 0 on the CPU.
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    #[arg(long, default_value = "portrait of a dwarf cleric, detailed face")]
+    pub prompt: String,
+}
+
+/// Peak resident memory of this process (Linux VmHWM), in MB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let ResolvedModel {
+        name,
+        source,
+        defaults,
+        options,
+    } = args.model.resolve()?;
+    let request = GenerationRequest {
+        prompt: args.prompt.clone(),
+        negative_prompt: "blurry, lowres".into(),
+        steps: Some(args.steps),
+        cfg_scale: Some(args.cfg),
+        sampler: Some(args.sampler.clone()),
+        seed: Some(42),
+        width: Some(args.width),
+        height: Some(args.height),
+        ..Default::default()
+    }
+    .validate(&defaults)?;
+
+    let load_started = Instant::now();
+    let model = StableDiffusion::load(&name, &source, &options)?;
+    let load_s = load_started.elapsed().as_secs_f64();
+    let warmup = args
+        .warmup
+        .unwrap_or(if options.device.is_cpu() { 0 } else { 1 });
+    for _ in 0..warmup {
+        generate_on(&model, &request, &mut |_| {}, &CancelToken::new())?;
+    }
+    let started = Instant::now();
+    let result = generate_on(
+        &model,
+        &request,
+        &mut |p| {
+            eprintln!(
+                "step {}/{} {:.1} s",
+                p.step,
+                p.total,
+                p.elapsed.as_secs_f64()
+            )
+        },
+        &CancelToken::new(),
+    )?;
+    let end_to_end_s = started.elapsed().as_secs_f64();
+    let t = &result.timings;
+    let unet_s = t.unet_ms_total / 1000.0;
+    let report = json!({
+        "model": name,
+        "device": describe(&options.device),
+        "dtype": dtype_name(options.dtype),
+        "flash_attn": options.use_flash_attn,
+        "width": args.width,
+        "height": args.height,
+        "steps": t.unet_steps,
+        "sampler": result.sampler,
+        "cfg_scale": args.cfg,
+        "batch_per_unet_call": if args.cfg > 1.0 { 2 } else { 1 },
+        "it_per_s": if unet_s > 0.0 { t.unet_steps as f64 / unet_s } else { 0.0 },
+        "unet_ms_per_step": t.unet_ms_per_step(),
+        "text_encode_ms": t.text_ms,
+        "vae_decode_ms": t.vae_decode_ms,
+        "end_to_end_s": end_to_end_s,
+        "load_s": load_s,
+        "peak_rss_mb": peak_rss_mb(),
+    });
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! What several subcommands share: choosing a model (a weights.toml name, a path, or a random
+//! full-size architecture) and the device/dtype to load it on.
+
+use std::path::{Path, PathBuf};
+
+use limner::engine::device::{parse_dtype, select_device};
+use limner::engine::model::{LoadOptions, ModelSource};
+use limner::engine::request::Defaults;
+
+/// Model selection flags.
+#[derive(clap::Args, Clone)]
+pub struct ModelArgs {
+    /// A model name from weights.toml, a diffusers folder, a .safetensors checkpoint, or
+    /// random:sd15 / random:sd21 (full-size architecture, random weights; for benchmarks).
+    #[arg(long, env = "LIMNER_MODEL")]
+    pub model: String,
+    /// For a single-file checkpoint: a diffusers folder describing its architecture.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The model registry.
+    #[arg(long, env = "LIMNER_WEIGHTS", default_value = "weights.toml")]
+    pub weights: PathBuf,
+    /// Where `limner pull` puts weights.
+    #[arg(long, env = "LIMNER_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// auto, cpu, cuda, cuda:N or metal.
+    #[arg(long, env = "LIMNER_DEVICE", default_value = "auto")]
+    pub device: String,
+    /// auto (f16 on GPU, f32 on CPU), f32, f16 or bf16.
+    #[arg(long, env = "LIMNER_DTYPE", default_value = "auto")]
+    pub dtype: String,
+    /// Use flash attention (needs the flash-attn feature and a CUDA GPU).
+    #[arg(long)]
+    pub flash_attn: bool,
+    /// Slice attention to bound memory (0 = automatic slice size).
+    #[arg(long)]
+    pub sliced_attention: Option<usize>,
+    /// Override the prediction type ("epsilon" or "v_prediction"), e.g. for SD 2.x single files.
+    #[arg(long)]
+    pub prediction_type: Option<String>,
+}
+
+pub struct ResolvedModel {
+    pub name: String,
+    pub source: ModelSource,
+    pub defaults: Defaults,
+    pub options: LoadOptions,
+}
+
+impl ModelArgs {
+    pub fn resolve(&self) -> anyhow::Result<ResolvedModel> {
+        let device = select_device(&self.device)?;
+        let dtype = parse_dtype(&self.dtype, &device)?;
+        if self.flash_attn && !cfg!(feature = "flash-attn") {
+            anyhow::bail!("--flash-attn needs a build with --features flash-attn");
+        }
+        let options = LoadOptions {
+            device,
+            dtype,
+            variant: None,
+            use_flash_attn: self.flash_attn,
+            sliced_attention: self.sliced_attention,
+            prediction_type: self.prediction_type.clone(),
+        };
+        let (name, source, defaults) = self.source()?;
+        Ok(ResolvedModel {
+            name,
+            source,
+            defaults,
+            options,
+        })
+    }
+
+    fn source(&self) -> anyhow::Result<(String, ModelSource, Defaults)> {
+        if let Some(arch) = self.model.strip_prefix("random:") {
+            return Ok((
+                self.model.clone(),
+                ModelSource::Random(arch.to_string()),
+                Defaults::default(),
+            ));
+        }
+        let path = Path::new(&self.model);
+        if path.exists() {
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| self.model.clone());
+            let source = match ModelSource::from_path(path)? {
+                ModelSource::SingleFile { file, .. } => ModelSource::SingleFile {
+                    file,
+                    config: self.config.clone(),
+                },
+                other => other,
+            };
+            return Ok((name, source, Defaults::default()));
+        }
+        crate::cmd::common::from_registry(self)
+    }
+}
+
+fn from_registry(args: &ModelArgs) -> anyhow::Result<(String, ModelSource, Defaults)> {
+    anyhow::bail!(
+        "model '{}' is neither a path nor random:ARCH (registry lookup in {} pending)",
+        args.model,
+        args.weights.display()
+    )
+}

@@ -1,0 +1,9 @@
+//! One file per subcommand; each has clap `Args` and a `run` returning anyhow errors.
+
+pub mod backup;
+pub mod bench;
+pub mod common;
+pub mod generate;
+pub mod migrate;
+pub mod pregen;
+pub mod pull;

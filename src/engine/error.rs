@@ -1,0 +1,57 @@
+//! The engine's one error type: every failure the engine can report, each naming the problem.
+
+use thiserror::Error;
+
+/// Everything that can go wrong inside the engine. Variants that come from bad input name the
+/// field and the limit so the API layer can turn them into 4xx replies without rewording.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// A request field is out of range or malformed (maps to 422 in the API).
+    #[error("invalid {field}: {message}")]
+    InvalidInput {
+        field: &'static str,
+        message: String,
+    },
+    /// An unknown sampler name; the message lists the known ones.
+    #[error("unknown sampler '{name}'; known samplers: {known}")]
+    UnknownSampler { name: String, known: String },
+    /// Model files are missing, unreadable, corrupt or of a kind we refuse (pickled .ckpt).
+    #[error("model error: {0}")]
+    Model(String),
+    /// The model named in a request is not loaded / not known.
+    #[error("unknown model '{0}'")]
+    UnknownModel(String),
+    /// The job was cancelled through its token.
+    #[error("cancelled")]
+    Cancelled,
+    /// The engine thread is gone or failed to start.
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+    /// A tensor operation failed (a bug or a device problem, not bad input).
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl EngineError {
+    /// Shorthand for [`EngineError::InvalidInput`].
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        EngineError::InvalidInput {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// True when the error was caused by the request, not by the engine or the model.
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            EngineError::InvalidInput { .. }
+                | EngineError::UnknownSampler { .. }
+                | EngineError::UnknownModel(_)
+        )
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,490 @@
+//! Loading a whole Stable Diffusion pipeline (tokenizer, text encoder, UNet, VAE, scheduler
+//! config) from a diffusers folder or a single-file checkpoint, once, onto one device.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
+
+use super::checkpoint::{self, Architecture, UNetLayout};
+use super::clip::{self, ClipTextModel};
+use super::config::{read_json, ClipConfig, UNetConfig, VaeConfig};
+use super::error::{EngineError, Result};
+use super::samplers::SchedulerConfig;
+use super::text::{pad_to_same_chunks, tokenize_weighted, ClipTokenizer, PadToken, PromptChunks};
+use super::vae::Vae;
+
+/// Where a model's files are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSource {
+    /// A diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+    Folder(PathBuf),
+    /// An original-layout checkpoint; `config` is an optional diffusers folder describing the
+    /// architecture (as diffusers' `from_single_file(config=...)`).
+    SingleFile {
+        file: PathBuf,
+        config: Option<PathBuf>,
+    },
+    /// A full-size model of a built-in architecture ("sd15" or "sd21") with random weights:
+    /// the real shapes and FLOPs, for benchmarks on machines without downloaded weights.
+    Random(String),
+}
+
+impl ModelSource {
+    /// A folder is a diffusers layout; a file is a single-file checkpoint.
+    pub fn from_path(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            Ok(ModelSource::Folder(path.to_path_buf()))
+        } else if path.is_file() {
+            Ok(ModelSource::SingleFile {
+                file: path.to_path_buf(),
+                config: None,
+            })
+        } else {
+            Err(EngineError::Model(format!(
+                "model path {} does not exist",
+                path.display()
+            )))
+        }
+    }
+}
+
+/// How to load: device, dtype and attention options.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    pub dtype: DType,
+    /// Prefer `*.{variant}.safetensors` files (e.g. "fp16"); None picks by dtype.
+    pub variant: Option<String>,
+    pub use_flash_attn: bool,
+    /// Slice attention over heads to bound memory (candle's `sliced_attention_size`).
+    pub sliced_attention: Option<usize>,
+    /// Overrides the scheduler's prediction type ("epsilon" / "v_prediction"), for single files
+    /// whose type cannot be read from the weights.
+    pub prediction_type: Option<String>,
+}
+
+impl LoadOptions {
+    pub fn cpu() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            variant: None,
+            use_flash_attn: false,
+            sliced_attention: None,
+            prediction_type: None,
+        }
+    }
+}
+
+/// A loaded pipeline. Owned by the engine thread; never shared across threads.
+pub struct StableDiffusion {
+    pub name: String,
+    pub architecture: Architecture,
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub unet: UNet2DConditionModel,
+    pub unet_config: UNetConfig,
+    pub vae: Vae,
+    pub scheduler: SchedulerConfig,
+    pub device: Device,
+    pub dtype: DType,
+    /// First 10 hex digits of the SHA-256 of the main weight file (A1111's "Model hash").
+    pub hash: Option<String>,
+    pub load_seconds: f64,
+}
+
+struct Preset {
+    unet: &'static str,
+    vae: &'static str,
+    text_encoder: &'static str,
+    scheduler: &'static str,
+    pad: &'static str,
+}
+
+const SD15: Preset = Preset {
+    unet: include_str!("presets/sd15/unet.json"),
+    vae: include_str!("presets/sd15/vae.json"),
+    text_encoder: include_str!("presets/sd15/text_encoder.json"),
+    scheduler: include_str!("presets/sd15/scheduler.json"),
+    pad: "<|endoftext|>",
+};
+
+const SD21: Preset = Preset {
+    unet: include_str!("presets/sd21/unet.json"),
+    vae: include_str!("presets/sd21/vae.json"),
+    text_encoder: include_str!("presets/sd21/text_encoder.json"),
+    scheduler: include_str!("presets/sd21/scheduler.json"),
+    pad: "!",
+};
+
+const CLIP_VOCAB: &[u8] = include_bytes!("presets/clip/vocab.json");
+const CLIP_MERGES: &[u8] = include_bytes!("presets/clip/merges.txt");
+
+fn parse_preset<T: for<'de> serde::Deserialize<'de>>(text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| EngineError::Model(format!("bad built-in preset: {e}")))
+}
+
+/// The weight files of one component: `*.safetensors`, preferring the variant when present.
+/// Sharded weights (several files) are all returned. Pickled `.bin` weights are refused.
+fn weight_files(dir: &Path, variant: Option<&str>) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| EngineError::Model(format!("cannot read {}: {e}", dir.display())))?;
+    let mut plain = vec![];
+    let mut variants: HashMap<String, Vec<PathBuf>> = HashMap::new();
+    let mut pickles = vec![];
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(stem) = name.strip_suffix(".safetensors") {
+            // "diffusion_pytorch_model.fp16" -> variant "fp16"; shards keep their numbering.
+            match stem.rsplit_once('.') {
+                Some((_, v)) if !v.contains('-') => {
+                    variants.entry(v.to_string()).or_default().push(path)
+                }
+                _ => plain.push(path),
+            }
+        } else if name.ends_with(".bin") || name.ends_with(".ckpt") || name.ends_with(".pt") {
+            pickles.push(name);
+        }
+    }
+    let mut chosen = match variant.and_then(|v| variants.remove(v)) {
+        Some(files) => files,
+        None if !plain.is_empty() => plain,
+        None => variants.into_values().next().unwrap_or_default(),
+    };
+    if chosen.is_empty() {
+        return Err(EngineError::Model(if pickles.is_empty() {
+            format!("no .safetensors weights in {}", dir.display())
+        } else {
+            format!(
+                "{} holds only pickled weights ({}); limner loads .safetensors only, because \
+                 unpickling can run arbitrary code",
+                dir.display(),
+                pickles.join(", ")
+            )
+        }));
+    }
+    chosen.sort();
+    Ok(chosen)
+}
+
+fn mmap_vb(files: &[PathBuf], dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    // SAFETY: the files are memory-mapped read-only; limner never writes model files while
+    // they are loaded, which is the condition candle's mmap loader documents.
+    unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }.map_err(|e| {
+        EngineError::Model(format!(
+            "cannot read weights {}: {e}",
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
+}
+
+fn with_context<T>(what: &str, r: candle_core::Result<T>) -> Result<T> {
+    r.map_err(|e| EngineError::Model(format!("{what}: {e}")))
+}
+
+fn short_hash(path: &Path) -> Option<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let hex: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some(hex[..10].to_string())
+}
+
+fn default_variant(opts: &LoadOptions) -> Option<&str> {
+    match (&opts.variant, opts.dtype) {
+        (Some(v), _) => Some(v.as_str()),
+        (None, DType::F16) => Some("fp16"),
+        (None, DType::BF16) => Some("bf16"),
+        _ => None,
+    }
+}
+
+impl StableDiffusion {
+    /// Loads every component. Errors name the file or tensor at fault.
+    pub fn load(name: &str, source: &ModelSource, opts: &LoadOptions) -> Result<Self> {
+        let started = Instant::now();
+        let mut model = match source {
+            ModelSource::Folder(dir) => Self::load_folder(name, dir, opts)?,
+            ModelSource::SingleFile { file, config } => {
+                Self::load_single_file(name, file, config.as_deref(), opts)?
+            }
+            ModelSource::Random(arch) => Self::random(name, arch, opts)?,
+        };
+        if let Some(p) = &opts.prediction_type {
+            model.scheduler.prediction_type = p.clone();
+        }
+        model.load_seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            model = name,
+            arch = model.architecture.as_str(),
+            device = ?model.device,
+            dtype = ?model.dtype,
+            seconds = model.load_seconds,
+            "model loaded"
+        );
+        Ok(model)
+    }
+
+    fn load_folder(name: &str, dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        if !dir.join("unet").is_dir() {
+            return Err(EngineError::Model(format!(
+                "{} is not a diffusers model folder (no unet/ inside)",
+                dir.display()
+            )));
+        }
+        let variant = default_variant(opts);
+        let unet_config = UNetConfig::load(&dir.join("unet/config.json"))?;
+        let vae_config = VaeConfig::load(&dir.join("vae/config.json"))?;
+        let clip_config = ClipConfig::load(&dir.join("text_encoder/config.json"))?;
+        let scheduler: SchedulerConfig = read_json(&dir.join("scheduler/scheduler_config.json"))?;
+        let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
+        let unet_files = weight_files(&dir.join("unet"), variant)?;
+        let vae_files = weight_files(&dir.join("vae"), variant)?;
+        let te_files = weight_files(&dir.join("text_encoder"), variant)?;
+        let architecture = if clip_config.hidden_size >= 1024 {
+            Architecture::Sd2
+        } else {
+            Architecture::Sd1
+        };
+        let hash = short_hash(&unet_files[0]);
+        Self::assemble(
+            name,
+            architecture,
+            tokenizer,
+            Components {
+                unet: (unet_config, mmap_vb(&unet_files, opts.dtype, &opts.device)?),
+                vae: (vae_config, mmap_vb(&vae_files, opts.dtype, &opts.device)?),
+                text_encoder: (clip_config, mmap_vb(&te_files, opts.dtype, &opts.device)?),
+            },
+            scheduler,
+            hash,
+            opts,
+        )
+    }
+
+    fn load_single_file(
+        name: &str,
+        file: &Path,
+        config: Option<&Path>,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        let tensors = checkpoint::load_tensors(file)?;
+        let architecture = checkpoint::detect_architecture(tensors.keys().map(|k| k.as_str()))?;
+        let preset = match architecture {
+            Architecture::Sd1 => &SD15,
+            Architecture::Sd2 => &SD21,
+            Architecture::Sdxl => {
+                return Err(EngineError::Model(format!(
+                    "{} is an SDXL checkpoint; SDXL is not supported yet",
+                    file.display()
+                )))
+            }
+        };
+        let (unet_config, vae_config, mut clip_config, scheduler, tokenizer) = match config {
+            Some(dir) => (
+                UNetConfig::load(&dir.join("unet/config.json"))?,
+                VaeConfig::load(&dir.join("vae/config.json"))?,
+                ClipConfig::load(&dir.join("text_encoder/config.json"))?,
+                read_json::<SchedulerConfig>(&dir.join("scheduler/scheduler_config.json"))?,
+                ClipTokenizer::from_dir(&dir.join("tokenizer"))?,
+            ),
+            None => (
+                parse_preset(preset.unet)?,
+                parse_preset(preset.vae)?,
+                parse_preset(preset.text_encoder)?,
+                parse_preset(preset.scheduler)?,
+                ClipTokenizer::from_bytes(
+                    CLIP_VOCAB,
+                    CLIP_MERGES,
+                    PadToken::Token(preset.pad.to_string()),
+                )?,
+            ),
+        };
+        let layout = UNetLayout::from_block_types(
+            unet_config.block_out_channels.clone(),
+            unet_config.layers_per_block,
+            &unet_config.down_block_types,
+            &unet_config.up_block_types,
+        );
+        let converted = checkpoint::convert(tensors, &layout)?;
+        if let Some(layers) = converted.text_encoder_layers {
+            clip_config.num_hidden_layers = layers;
+        }
+        let from =
+            |map: HashMap<String, Tensor>| VarBuilder::from_tensors(map, opts.dtype, &opts.device);
+        Self::assemble(
+            name,
+            architecture,
+            tokenizer,
+            Components {
+                unet: (unet_config, from(converted.unet)),
+                vae: (vae_config, from(converted.vae)),
+                text_encoder: (clip_config, from(converted.text_encoder)),
+            },
+            scheduler,
+            short_hash(file),
+            opts,
+        )
+    }
+
+    fn random(name: &str, arch: &str, opts: &LoadOptions) -> Result<Self> {
+        let (preset, architecture) = match arch {
+            "sd15" | "sd1" => (&SD15, Architecture::Sd1),
+            "sd21" | "sd2" => (&SD21, Architecture::Sd2),
+            other => {
+                return Err(EngineError::invalid(
+                    "model",
+                    format!(
+                        "unknown random architecture '{other}'; use random:sd15 or random:sd21"
+                    ),
+                ))
+            }
+        };
+        // Each component gets its own map: a VarMap hands out fresh, initialised tensors.
+        let vb = || {
+            let map = candle_nn::VarMap::new();
+            VarBuilder::from_varmap(&map, opts.dtype, &opts.device)
+        };
+        Self::assemble(
+            name,
+            architecture,
+            ClipTokenizer::from_bytes(CLIP_VOCAB, CLIP_MERGES, PadToken::Token(preset.pad.into()))?,
+            Components {
+                unet: (parse_preset(preset.unet)?, vb()),
+                vae: (parse_preset(preset.vae)?, vb()),
+                text_encoder: (parse_preset(preset.text_encoder)?, vb()),
+            },
+            parse_preset(preset.scheduler)?,
+            None,
+            opts,
+        )
+    }
+
+    fn assemble(
+        name: &str,
+        architecture: Architecture,
+        tokenizer: ClipTokenizer,
+        parts: Components,
+        scheduler: SchedulerConfig,
+        hash: Option<String>,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        let (unet_config, unet_vb) = parts.unet;
+        let (vae_config, vae_vb) = parts.vae;
+        let (clip_config, te_vb) = parts.text_encoder;
+        let text_encoder = ClipTextModel::new(te_vb, &clip_config)
+            .map_err(|e| EngineError::Model(format!("text encoder: {e}")))?;
+        let unet = with_context(
+            "UNet",
+            UNet2DConditionModel::new(
+                unet_vb,
+                unet_config.in_channels,
+                unet_config.out_channels,
+                opts.use_flash_attn,
+                unet_config.to_candle(opts.sliced_attention),
+            ),
+        )?;
+        let vae =
+            Vae::new(vae_vb, vae_config).map_err(|e| EngineError::Model(format!("VAE: {e}")))?;
+        Ok(Self {
+            name: name.to_string(),
+            architecture,
+            tokenizer,
+            text_encoder,
+            unet,
+            unet_config,
+            vae,
+            scheduler,
+            device: opts.device.clone(),
+            dtype: opts.dtype,
+            hash,
+            load_seconds: 0.0,
+        })
+    }
+
+    /// Pixels per latent cell (8 for every Stable Diffusion VAE).
+    pub fn vae_scale(&self) -> usize {
+        self.vae.config.downscale()
+    }
+
+    pub fn latent_channels(&self) -> usize {
+        self.unet_config.in_channels
+    }
+
+    /// Encodes one prompt's chunks into `[1, 77 * chunks, hidden]`, A1111-weighted.
+    pub fn encode_chunks(&self, chunks: &PromptChunks, clip_skip: usize) -> Result<Tensor> {
+        let mut parts = Vec::with_capacity(chunks.chunks.len());
+        for chunk in &chunks.chunks {
+            let ids = Tensor::new(chunk.ids.as_slice(), &self.device)?.unsqueeze(0)?;
+            let z = self.text_encoder.forward(&ids, clip_skip)?;
+            parts.push(clip::apply_weights(&z, &chunk.weights)?);
+        }
+        clip::concat_chunks(&parts)
+    }
+
+    /// Encodes a prompt the way diffusers does: raw text, one 77-token window.
+    pub fn encode_plain(&self, prompt: &str, clip_skip: usize) -> Result<Tensor> {
+        let ids = self
+            .tokenizer
+            .encode_padded(prompt, self.text_encoder.max_positions());
+        let ids = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
+        self.text_encoder.forward(&ids, clip_skip)
+    }
+
+    /// Encodes a prompt alone (A1111 syntax, long prompts chunked).
+    pub fn encode_prompt(&self, prompt: &str, clip_skip: usize) -> Result<Tensor> {
+        self.encode_chunks(&tokenize_weighted(&self.tokenizer, prompt), clip_skip)
+    }
+
+    /// Encodes a (negative, positive) pair to the same length, as classifier-free guidance needs.
+    /// With `plain`, prompts are tokenized as diffusers does: no emphasis, cut at 75 tokens.
+    pub fn encode_pair(
+        &self,
+        negative: &str,
+        prompt: &str,
+        clip_skip: usize,
+        plain: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        if plain {
+            return Ok((
+                self.encode_plain(negative, clip_skip)?,
+                self.encode_plain(prompt, clip_skip)?,
+            ));
+        }
+        let mut neg = tokenize_weighted(&self.tokenizer, negative);
+        let mut pos = tokenize_weighted(&self.tokenizer, prompt);
+        pad_to_same_chunks(&self.tokenizer, &mut neg, &mut pos);
+        Ok((
+            self.encode_chunks(&neg, clip_skip)?,
+            self.encode_chunks(&pos, clip_skip)?,
+        ))
+    }
+}
+
+struct Components {
+    unet: (UNetConfig, VarBuilder<'static>),
+    vae: (VaeConfig, VarBuilder<'static>),
+    text_encoder: (ClipConfig, VarBuilder<'static>),
+}

@@ -1,0 +1,360 @@
+//! The sampling pipelines: txt2img, img2img and hires fix, on a loaded model. Every random draw
+//! comes from the caller's noise sources; progress and cancellation are checked every step.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Tensor};
+
+use super::error::{EngineError, Result};
+use super::model::StableDiffusion;
+use super::noise::{draw_batch, NoisePurpose, NoiseSource};
+use super::samplers::{build_sampler, img2img_start, Sampler, SamplerSpec, SchedulerConfig};
+
+/// Cancels a running job; checked before every denoising step.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// One denoising step done.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Steps done so far over all passes (1-based after the first step).
+    pub step: usize,
+    /// Steps the whole job will take (both passes of a hires job).
+    pub total: usize,
+    pub elapsed: Duration,
+}
+
+/// The hires-fix second pass (A1111's "Enable HR" with the Latent upscaler).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HiresPass {
+    /// Scale of the latent upscale; the output is `scale` times the first pass.
+    pub scale: f64,
+    /// Steps of the second pass' full schedule (0 = same as the first pass).
+    pub steps: usize,
+    pub denoising_strength: f64,
+}
+
+/// A validated job in engine terms. Built by `request.rs` from user input, or directly by tests.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub steps: usize,
+    pub cfg_scale: f64,
+    pub sampler: SamplerSpec,
+    /// Replaces the model's scheduler config (tests use the reference's exact config).
+    pub scheduler_override: Option<SchedulerConfig>,
+    pub width: usize,
+    pub height: usize,
+    pub batch_size: usize,
+    /// img2img: one init image in [-1, 1], `[1, 3, height, width]`.
+    pub init_image: Option<Tensor>,
+    pub denoising_strength: f64,
+    pub hires: Option<HiresPass>,
+    /// Layers of the text encoder to skip at the end (A1111 "Clip skip" minus one).
+    pub clip_skip: usize,
+    /// Tokenize as diffusers does (no emphasis syntax, cut at 75 tokens) instead of A1111's
+    /// weighted, chunked prompts. The parity tests use it to compare with diffusers.
+    pub plain_prompt: bool,
+}
+
+/// What a pipeline run produced, before conversion to bytes.
+pub struct PipelineOutput {
+    /// Final latents (unscaled by the VAE factor), f32.
+    pub latents: Tensor,
+    /// Decoded images in about [-1, 1], `[batch, 3, H, W]`, f32, before clamping.
+    pub images: Tensor,
+    pub timings: Timings,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Timings {
+    pub text_ms: f64,
+    pub unet_ms_total: f64,
+    pub unet_steps: usize,
+    pub vae_encode_ms: f64,
+    pub vae_decode_ms: f64,
+    pub total_ms: f64,
+}
+
+impl Timings {
+    pub fn unet_ms_per_step(&self) -> f64 {
+        if self.unet_steps == 0 {
+            0.0
+        } else {
+            self.unet_ms_total / self.unet_steps as f64
+        }
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+struct Ctx<'a> {
+    model: &'a StableDiffusion,
+    noise: &'a mut [Box<dyn NoiseSource>],
+    progress: &'a mut dyn FnMut(Progress),
+    cancel: &'a CancelToken,
+    started: Instant,
+    done: usize,
+    total: usize,
+    timings: Timings,
+}
+
+impl StableDiffusion {
+    /// Runs a whole job. `noise` holds one source per batch image.
+    pub fn run(
+        &self,
+        job: &Job,
+        noise: &mut [Box<dyn NoiseSource>],
+        progress: &mut dyn FnMut(Progress),
+        cancel: &CancelToken,
+    ) -> Result<PipelineOutput> {
+        if noise.len() != job.batch_size {
+            return Err(EngineError::invalid(
+                "batch_size",
+                format!(
+                    "{} noise sources for {} images",
+                    noise.len(),
+                    job.batch_size
+                ),
+            ));
+        }
+        let scheduler = job.scheduler_override.as_ref().unwrap_or(&self.scheduler);
+        let first = build_sampler(&job.sampler, scheduler, job.steps)?;
+        let first_start = match job.init_image {
+            Some(_) => img2img_start(job.steps, job.denoising_strength)?.min(job.steps - 1),
+            None => 0,
+        };
+        let second = match &job.hires {
+            Some(h) => {
+                let steps = if h.steps == 0 { job.steps } else { h.steps };
+                let s = build_sampler(&job.sampler, scheduler, steps)?;
+                let start = img2img_start(steps, h.denoising_strength)?.min(steps - 1);
+                Some((s, start, h.scale))
+            }
+            None => None,
+        };
+        let total = (job.steps - first_start)
+            + second
+                .as_ref()
+                .map_or(0, |(s, start, _)| s.timesteps().len() - start);
+        let mut ctx = Ctx {
+            model: self,
+            noise,
+            progress,
+            cancel,
+            started: Instant::now(),
+            done: 0,
+            total,
+            timings: Timings::default(),
+        };
+
+        let t = Instant::now();
+        let (uncond, cond) = self.encode_pair(
+            &job.negative_prompt,
+            &job.prompt,
+            job.clip_skip,
+            job.plain_prompt,
+        )?;
+        let guidance = job.cfg_scale > 1.0;
+        let one = |x: &Tensor| x.repeat((job.batch_size, 1, 1));
+        let context = if guidance {
+            Tensor::cat(&[one(&uncond)?, one(&cond)?], 0)?
+        } else {
+            one(&cond)?
+        };
+        ctx.timings.text_ms = ms(t);
+
+        let scale = self.vae.config.scaling_factor;
+        let (h, w) = (job.height / self.vae_scale(), job.width / self.vae_scale());
+        let latent_shape = [1, self.latent_channels(), h, w];
+        let mut sampler = first;
+        let mut latents = match &job.init_image {
+            None => {
+                let n = ctx.draw(NoisePurpose::Initial { pass: 0 }, &latent_shape)?;
+                (n * sampler.init_noise_sigma())?
+            }
+            Some(image) => {
+                let t = Instant::now();
+                let image = image.to_device(&self.device)?.to_dtype(self.dtype)?;
+                let posterior = self.vae.encode(&image)?;
+                let mean = posterior.mean.to_dtype(DType::F32)?;
+                let std = posterior.std.to_dtype(DType::F32)?;
+                let eps = ctx.draw(NoisePurpose::VaeSample, &latent_shape)?;
+                let init = (eps.broadcast_mul(&std)?.broadcast_add(&mean)? * scale)?;
+                ctx.timings.vae_encode_ms = ms(t);
+                let n = ctx.draw(NoisePurpose::Initial { pass: 0 }, &latent_shape)?;
+                sampler.add_noise(&init, &n, first_start)?
+            }
+        };
+        latents = ctx.denoise(
+            latents,
+            &context,
+            sampler.as_mut(),
+            first_start,
+            job.cfg_scale,
+            0,
+            guidance,
+        )?;
+
+        if let Some((mut s2, start, factor)) = second {
+            let th = ((h as f64 * factor).round() as usize).max(1);
+            let tw = ((w as f64 * factor).round() as usize).max(1);
+            // A1111's "Latent" upscaler: bilinear, no antialias, align_corners=False.
+            let up = latents.upsample_bilinear2d(th, tw, false)?;
+            let n = ctx.draw(
+                NoisePurpose::Initial { pass: 1 },
+                &[1, self.latent_channels(), th, tw],
+            )?;
+            let noised = s2.add_noise(&up, &n, start)?;
+            latents = ctx.denoise(
+                noised,
+                &context,
+                s2.as_mut(),
+                start,
+                job.cfg_scale,
+                1,
+                guidance,
+            )?;
+        }
+
+        let t = Instant::now();
+        let images = self.decode(&latents)?;
+        ctx.timings.vae_decode_ms = ms(t);
+        ctx.timings.total_ms = ms(ctx.started);
+        Ok(PipelineOutput {
+            latents,
+            images,
+            timings: ctx.timings,
+        })
+    }
+
+    /// Scaled latents -> images in about [-1, 1], f32.
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let z = (latents / self.vae.config.scaling_factor)?.to_dtype(self.dtype)?;
+        Ok(self.vae.decode(&z)?.to_dtype(DType::F32)?)
+    }
+
+    /// One UNet evaluation, in the model's dtype, returning f32.
+    pub fn unet_forward(&self, x: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
+        let x = x.to_dtype(self.dtype)?;
+        let context = context.to_dtype(self.dtype)?;
+        Ok(self
+            .unet
+            .forward(&x, timestep, &context)?
+            .to_dtype(DType::F32)?)
+    }
+}
+
+impl Ctx<'_> {
+    fn draw(&mut self, purpose: NoisePurpose, shape_one: &[usize]) -> Result<Tensor> {
+        draw_batch(
+            self.noise,
+            purpose,
+            shape_one,
+            &self.model.device,
+            DType::F32,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn denoise(
+        &mut self,
+        mut latents: Tensor,
+        context: &Tensor,
+        sampler: &mut dyn Sampler,
+        start: usize,
+        cfg: f64,
+        pass: usize,
+        guidance: bool,
+    ) -> Result<Tensor> {
+        let timesteps = sampler.timesteps().to_vec();
+        let latent_one: Vec<usize> = {
+            let mut d = latents.dims().to_vec();
+            d[0] = 1;
+            d
+        };
+        for (i, &t) in timesteps.iter().enumerate().skip(start) {
+            if self.cancel.is_cancelled() {
+                return Err(EngineError::Cancelled);
+            }
+            let began = Instant::now();
+            let x = sampler.scale_model_input(&latents, i)?;
+            let eps = if guidance {
+                let both = Tensor::cat(&[&x, &x], 0)?;
+                let out = self.model.unet_forward(&both, t, context)?;
+                let b = latents.dim(0)?;
+                let u = out.narrow(0, 0, b)?;
+                let c = out.narrow(0, b, b)?;
+                (&u + ((c - &u)? * cfg)?)?
+            } else {
+                self.model.unet_forward(&x, t, context)?
+            };
+            self.timings.unet_ms_total += ms(began);
+            self.timings.unet_steps += 1;
+            let noise = if sampler.needs_step_noise() {
+                Some(self.draw(NoisePurpose::Step { pass, step: i }, &latent_one)?)
+            } else {
+                None
+            };
+            latents = sampler.step(&eps, i, &latents, noise.as_ref())?;
+            self.done += 1;
+            (self.progress)(Progress {
+                step: self.done,
+                total: self.total,
+                elapsed: self.started.elapsed(),
+            });
+        }
+        Ok(latents)
+    }
+}
+
+/// Images in [-1, 1] `[batch, 3, H, W]` -> RGB8 images, as diffusers' postprocess does.
+pub fn to_rgb_images(images: &Tensor) -> Result<Vec<image::RgbImage>> {
+    let (b, _, h, w) = images.dims4()?;
+    let pixels = ((images.to_dtype(DType::F32)? / 2.0)? + 0.5)?
+        .clamp(0f32, 1f32)?
+        .affine(255.0, 0.0)?
+        .round()?
+        .to_dtype(DType::U8)?
+        .permute((0, 2, 3, 1))?
+        .contiguous()?;
+    (0..b)
+        .map(|i| {
+            let data = pixels.get(i)?.flatten_all()?.to_vec1::<u8>()?;
+            image::RgbImage::from_raw(w as u32, h as u32, data)
+                .ok_or_else(|| EngineError::Model("image buffer has the wrong size".into()))
+        })
+        .collect()
+}
+
+/// An RGB8 image -> `[1, 3, H, W]` f32 in [-1, 1], the VAE's input range.
+pub fn from_rgb_image(img: &image::RgbImage) -> Result<Tensor> {
+    let (w, h) = img.dimensions();
+    let t = Tensor::from_vec(
+        img.as_raw().clone(),
+        (h as usize, w as usize, 3),
+        &candle_core::Device::Cpu,
+    )?
+    .permute((2, 0, 1))?
+    .to_dtype(DType::F32)?
+    .affine(2.0 / 255.0, -1.0)?
+    .unsqueeze(0)?;
+    Ok(t)
+}

@@ -1,0 +1,430 @@
+//! The scheduler configuration diffusers writes (`scheduler/scheduler_config.json`) and the
+//! training noise schedule (betas, cumulative alphas) every sampler derives from it.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::engine::error::{EngineError, Result};
+
+/// Scheduler settings as diffusers names them. Every field has diffusers' default, and fields
+/// we do not use (`_class_name`, `solver_order`, `thresholding`, ...) are ignored, so the config of
+/// any diffusers scheduler (PNDM, DDIM, Euler, DPM-Solver, ...) can be read.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct SchedulerConfig {
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    /// "linear" | "scaled_linear" | "squaredcos_cap_v2".
+    pub beta_schedule: String,
+    pub trained_betas: Option<Vec<f64>>,
+    /// "epsilon" | "v_prediction" | "sample".
+    pub prediction_type: String,
+    /// "linspace" | "leading" | "trailing"; `None` means the sampler's own diffusers default.
+    pub timestep_spacing: Option<String>,
+    pub steps_offset: usize,
+    /// DDIM only: clamp the predicted original sample to `±clip_sample_range`.
+    pub clip_sample: bool,
+    pub clip_sample_range: f64,
+    /// DDIM only: the "previous" alpha of the last step is 1 instead of `alphas_cumprod[0]`.
+    pub set_alpha_to_one: bool,
+    pub rescale_betas_zero_snr: bool,
+    /// `None`: no Karras sigmas unless the A1111 scheduler asks for them.
+    pub use_karras_sigmas: Option<bool>,
+    /// "zero" | "sigma_min"; `None` = "zero".
+    pub final_sigmas_type: Option<String>,
+    /// DPM-Solver: first order on the last step(s) when there are fewer than 15 steps.
+    pub lower_order_final: bool,
+    /// DPM-Solver: always first order on the last step.
+    pub euler_at_final: bool,
+    /// DPM-Solver: drop the noisiest timesteps whose log-SNR is below this (`None` = -inf).
+    pub lambda_min_clipped: Option<f64>,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            beta_start: 0.0001,
+            beta_end: 0.02,
+            beta_schedule: "linear".to_string(),
+            trained_betas: None,
+            prediction_type: "epsilon".to_string(),
+            timestep_spacing: None,
+            steps_offset: 0,
+            clip_sample: false,
+            clip_sample_range: 1.0,
+            set_alpha_to_one: true,
+            rescale_betas_zero_snr: false,
+            use_karras_sigmas: None,
+            final_sigmas_type: None,
+            lower_order_final: true,
+            euler_at_final: false,
+            lambda_min_clipped: None,
+        }
+    }
+}
+
+/// What the UNet predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Prediction {
+    Epsilon,
+    VPrediction,
+    Sample,
+}
+
+/// How inference timesteps are spread over the training timesteps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Spacing {
+    Linspace,
+    Leading,
+    Trailing,
+}
+
+/// Largest training schedule we accept; real models use 1000.
+const MAX_TRAIN_TIMESTEPS: usize = 100_000;
+
+impl SchedulerConfig {
+    /// Parses a diffusers scheduler config. Python's `json.dumps` writes `-Infinity` for
+    /// DPM-Solver's default `lambda_min_clipped`, which strict JSON rejects, so such tokens are
+    /// read as `null` (the field's default) first.
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(&python_json_to_strict(text))
+            .map_err(|e| EngineError::Model(format!("scheduler config: {e}")))
+    }
+
+    /// Reads `scheduler/scheduler_config.json` (or any file holding such a config).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| EngineError::Model(format!("{}: {e}", path.display())))?;
+        Self::from_json(&text)
+    }
+
+    pub(crate) fn prediction(&self) -> Result<Prediction> {
+        match self.prediction_type.as_str() {
+            "epsilon" => Ok(Prediction::Epsilon),
+            "v_prediction" => Ok(Prediction::VPrediction),
+            "sample" => Ok(Prediction::Sample),
+            other => Err(EngineError::invalid(
+                "prediction_type",
+                format!("'{other}' is not one of epsilon, v_prediction, sample"),
+            )),
+        }
+    }
+
+    /// The configured spacing, or `default` (each diffusers scheduler has its own).
+    pub(crate) fn spacing(&self, default: Spacing) -> Result<Spacing> {
+        match self.timestep_spacing.as_deref() {
+            None => Ok(default),
+            Some("linspace") => Ok(Spacing::Linspace),
+            Some("leading") => Ok(Spacing::Leading),
+            Some("trailing") => Ok(Spacing::Trailing),
+            Some(other) => Err(EngineError::invalid(
+                "timestep_spacing",
+                format!("'{other}' is not one of linspace, leading, trailing"),
+            )),
+        }
+    }
+
+    /// True when the schedule ends at sigma 0 (diffusers' `final_sigmas_type="zero"`).
+    pub(crate) fn final_sigma_zero(&self) -> Result<bool> {
+        match self.final_sigmas_type.as_deref() {
+            None | Some("zero") => Ok(true),
+            Some("sigma_min") => Ok(false),
+            Some(other) => Err(EngineError::invalid(
+                "final_sigmas_type",
+                format!("'{other}' is not one of zero, sigma_min"),
+            )),
+        }
+    }
+
+    /// The training betas, validated, zero-SNR rescaled when configured.
+    pub(crate) fn betas(&self) -> Result<Vec<f64>> {
+        let betas = match &self.trained_betas {
+            Some(b) => b.clone(),
+            None => {
+                let n = self.num_train_timesteps;
+                if !(2..=MAX_TRAIN_TIMESTEPS).contains(&n) {
+                    return Err(EngineError::invalid(
+                        "num_train_timesteps",
+                        format!("{n} is outside 2..={MAX_TRAIN_TIMESTEPS}"),
+                    ));
+                }
+                for (field, v) in [("beta_start", self.beta_start), ("beta_end", self.beta_end)] {
+                    if !(v > 0.0 && v < 1.0) {
+                        return Err(EngineError::invalid(
+                            field,
+                            format!("{v} is outside (0, 1)"),
+                        ));
+                    }
+                }
+                match self.beta_schedule.as_str() {
+                    "linear" => linspace(self.beta_start, self.beta_end, n),
+                    "scaled_linear" => linspace(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
+                        .into_iter()
+                        .map(|b| b * b)
+                        .collect(),
+                    "squaredcos_cap_v2" => cosine_betas(n),
+                    other => {
+                        return Err(EngineError::invalid(
+                            "beta_schedule",
+                            format!(
+                                "'{other}' is not one of linear, scaled_linear, squaredcos_cap_v2"
+                            ),
+                        ))
+                    }
+                }
+            }
+        };
+        if !(2..=MAX_TRAIN_TIMESTEPS).contains(&betas.len()) {
+            return Err(EngineError::invalid(
+                "trained_betas",
+                format!("{} values; 2..={MAX_TRAIN_TIMESTEPS} needed", betas.len()),
+            ));
+        }
+        if let Some(bad) = betas.iter().find(|b| !(**b > 0.0 && **b < 1.0)) {
+            return Err(EngineError::invalid(
+                "trained_betas",
+                format!("beta {bad} is outside (0, 1)"),
+            ));
+        }
+        Ok(if self.rescale_betas_zero_snr {
+            rescale_zero_terminal_snr(&betas)
+        } else {
+            betas
+        })
+    }
+
+    /// Cumulative products of `1 - beta`. With zero-SNR rescaling the last one is 0, which gives
+    /// an infinite sigma; sigma-based samplers ask for diffusers' stand-in `2^-24` instead.
+    pub(crate) fn alphas_cumprod(&self, finite_last_sigma: bool) -> Result<Vec<f64>> {
+        let mut acc = 1.0;
+        let mut out: Vec<f64> = self
+            .betas()?
+            .iter()
+            .map(|b| {
+                acc *= 1.0 - b;
+                acc
+            })
+            .collect();
+        if finite_last_sigma && self.rescale_betas_zero_snr {
+            if let Some(last) = out.last_mut() {
+                *last = 2f64.powi(-24);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// numpy's `linspace(start, stop, num)` (endpoint included), value for value: `i * step + start`
+/// with the last element set to `stop`.
+pub(crate) fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
+    if num == 0 {
+        return Vec::new();
+    }
+    if num == 1 {
+        return vec![start];
+    }
+    let step = (stop - start) / (num - 1) as f64;
+    let mut v: Vec<f64> = (0..num).map(|i| i as f64 * step + start).collect();
+    v[num - 1] = stop;
+    v
+}
+
+/// The "squaredcos_cap_v2" (Nichol & Dhariwal cosine) betas, capped at 0.999.
+fn cosine_betas(n: usize) -> Vec<f64> {
+    let alpha_bar = |t: f64| {
+        ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
+            .cos()
+            .powi(2)
+    };
+    (0..n)
+        .map(|i| {
+            let t1 = i as f64 / n as f64;
+            let t2 = (i + 1) as f64 / n as f64;
+            (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999)
+        })
+        .collect()
+}
+
+/// Lin et al. 2023: shift and scale sqrt(alphas_cumprod) so the last timestep has zero SNR while
+/// the first keeps its value, then recover the betas.
+fn rescale_zero_terminal_snr(betas: &[f64]) -> Vec<f64> {
+    let mut acc = 1.0;
+    let sqrt_bar: Vec<f64> = betas
+        .iter()
+        .map(|b| {
+            acc *= 1.0 - b;
+            acc.sqrt()
+        })
+        .collect();
+    let first = sqrt_bar[0];
+    let last = sqrt_bar[sqrt_bar.len() - 1];
+    let bar: Vec<f64> = sqrt_bar
+        .iter()
+        .map(|s| ((s - last) * first / (first - last)).powi(2))
+        .collect();
+    let mut out = Vec::with_capacity(bar.len());
+    out.push(1.0 - bar[0]);
+    for w in bar.windows(2) {
+        out.push(1.0 - w[1] / w[0]);
+    }
+    out
+}
+
+/// Rewrites the non-standard tokens Python's `json` module emits (`NaN`, `Infinity`,
+/// `-Infinity`) to `null`, leaving string contents alone, so serde_json can read diffusers'
+/// config files and reference data.
+pub fn python_json_to_strict(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut in_string = false;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            if c == '\\' {
+                let mut it = rest.chars();
+                out.push(c);
+                it.next();
+                if let Some(escaped) = it.next() {
+                    out.push(escaped);
+                    rest = &rest[c.len_utf8() + escaped.len_utf8()..];
+                } else {
+                    rest = &rest[c.len_utf8()..];
+                }
+                continue;
+            }
+            if c == '"' {
+                in_string = false;
+            }
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+            continue;
+        }
+        if c == '"' {
+            in_string = true;
+        } else if let Some(token) = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|t| rest.starts_with(t))
+        {
+            out.push_str("null");
+            rest = &rest[token.len()..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_fixture_pndm_config() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/tiny-sd15/model/scheduler/scheduler_config.json"
+        );
+        let c = SchedulerConfig::from_file(Path::new(path)).unwrap();
+        assert_eq!(c.beta_schedule, "scaled_linear");
+        assert_eq!(c.steps_offset, 1);
+        assert!(!c.set_alpha_to_one);
+        assert_eq!(c.timestep_spacing, None);
+        assert_eq!(c.prediction().unwrap(), Prediction::Epsilon);
+    }
+
+    #[test]
+    fn defaults_are_diffusers_defaults() {
+        let c = SchedulerConfig::from_json("{}").unwrap();
+        assert_eq!(c.num_train_timesteps, 1000);
+        assert_eq!(c.beta_start, 0.0001);
+        assert_eq!(c.beta_end, 0.02);
+        assert_eq!(c.beta_schedule, "linear");
+        assert!(c.set_alpha_to_one);
+        assert_eq!(c.final_sigma_zero().unwrap(), true);
+    }
+
+    #[test]
+    fn python_infinity_is_read_as_null_outside_strings() {
+        let text = r#"{"lambda_min_clipped": -Infinity, "x": "NaN \" Infinity", "y": [NaN]}"#;
+        let strict = python_json_to_strict(text);
+        assert_eq!(
+            strict,
+            r#"{"lambda_min_clipped": null, "x": "NaN \" Infinity", "y": [null]}"#
+        );
+        let c = SchedulerConfig::from_json(text).unwrap();
+        assert_eq!(c.lambda_min_clipped, None);
+    }
+
+    #[test]
+    fn linear_and_scaled_linear_betas_match_closed_forms() {
+        let mut c = SchedulerConfig {
+            num_train_timesteps: 11,
+            beta_start: 0.01,
+            beta_end: 0.11,
+            ..Default::default()
+        };
+        let b = c.betas().unwrap();
+        assert!((b[5] - 0.06).abs() < 1e-15 && (b[10] - 0.11).abs() < 1e-15);
+        c.beta_schedule = "scaled_linear".into();
+        let b = c.betas().unwrap();
+        let mid = (0.01f64.sqrt() + 0.11f64.sqrt()) / 2.0;
+        assert!((b[5] - mid * mid).abs() < 1e-15);
+        let ac = c.alphas_cumprod(false).unwrap();
+        assert!((ac[1] - (1.0 - b[0]) * (1.0 - b[1])).abs() < 1e-15);
+    }
+
+    #[test]
+    fn zero_snr_rescale_ends_at_zero_and_keeps_the_first_alpha() {
+        let c = SchedulerConfig {
+            beta_schedule: "scaled_linear".into(),
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            rescale_betas_zero_snr: true,
+            ..Default::default()
+        };
+        let plain = SchedulerConfig {
+            rescale_betas_zero_snr: false,
+            ..c.clone()
+        };
+        let ac = c.alphas_cumprod(false).unwrap();
+        let ac_plain = plain.alphas_cumprod(false).unwrap();
+        assert!(ac[999].abs() < 1e-12);
+        assert!((ac[0] - ac_plain[0]).abs() < 1e-12);
+        assert_eq!(c.alphas_cumprod(true).unwrap()[999], 2f64.powi(-24));
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let c = SchedulerConfig {
+            beta_schedule: "cubic".into(),
+            ..Default::default()
+        };
+        assert!(c.betas().unwrap_err().to_string().contains("beta_schedule"));
+        let c = SchedulerConfig {
+            prediction_type: "flow".into(),
+            ..Default::default()
+        };
+        assert!(c
+            .prediction()
+            .unwrap_err()
+            .to_string()
+            .contains("prediction_type"));
+        let c = SchedulerConfig {
+            trained_betas: Some(vec![0.1]),
+            ..Default::default()
+        };
+        assert!(c.betas().unwrap_err().to_string().contains("trained_betas"));
+        let c = SchedulerConfig {
+            timestep_spacing: Some("random".into()),
+            ..Default::default()
+        };
+        assert!(c
+            .spacing(Spacing::Linspace)
+            .unwrap_err()
+            .to_string()
+            .contains("timestep_spacing"));
+    }
+}

@@ -1,0 +1,164 @@
+//! Linear multistep (LMS, order 4): diffusers' `LMSDiscreteScheduler`.
+
+use candle_core::Tensor;
+
+use super::config::{Prediction, SchedulerConfig, Spacing};
+use super::ops::{self, check_next, check_step, lin};
+use super::schedule::{sigma_schedule, SigmaSchedule};
+use super::Sampler;
+use crate::engine::error::Result;
+
+const ORDER: usize = 4;
+
+pub(crate) struct LmsSampler {
+    schedule: SigmaSchedule,
+    prediction: Prediction,
+    init_noise_sigma: f64,
+    /// Derivatives of the steps taken, oldest first, at most `ORDER`.
+    derivatives: Vec<Tensor>,
+    last_step: Option<usize>,
+}
+
+impl LmsSampler {
+    pub(crate) fn new(config: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self> {
+        let spacing = config.spacing(Spacing::Linspace)?;
+        let schedule = sigma_schedule(config, spacing, steps, karras, true)?;
+        Ok(Self {
+            init_noise_sigma: ops::sigma_init_noise(spacing, &schedule.sigmas),
+            schedule,
+            prediction: config.prediction()?,
+            derivatives: Vec::new(),
+            last_step: None,
+        })
+    }
+
+    /// The weight of the derivative taken `current` steps ago: the integral over
+    /// `[sigma_t, sigma_(t+1)]` of its Lagrange basis polynomial through the last `order` sigmas.
+    fn coefficient(&self, order: usize, t: usize, current: usize) -> f64 {
+        let s = &self.schedule.sigmas;
+        let basis = |tau: f64| {
+            (0..order)
+                .filter(|k| *k != current)
+                .map(|k| (tau - s[t - k]) / (s[t - current] - s[t - k]))
+                .product::<f64>()
+        };
+        gauss_legendre_3(basis, s[t], s[t + 1])
+    }
+}
+
+/// Three-point Gauss-Legendre quadrature: exact for polynomials up to degree 5, and the basis
+/// polynomials here have degree at most 3 (diffusers integrates the same ones with scipy's quad).
+fn gauss_legendre_3(f: impl Fn(f64) -> f64, a: f64, b: f64) -> f64 {
+    let half = (b - a) / 2.0;
+    let mid = (a + b) / 2.0;
+    let x = (3.0f64 / 5.0).sqrt();
+    half * (5.0 / 9.0 * f(mid - half * x) + 8.0 / 9.0 * f(mid) + 5.0 / 9.0 * f(mid + half * x))
+}
+
+impl Sampler for LmsSampler {
+    fn timesteps(&self) -> &[f64] {
+        &self.schedule.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        self.init_noise_sigma
+    }
+
+    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
+        check_step(step, self.schedule.timesteps.len())?;
+        ops::scale_by_sigma(sample, self.schedule.sigmas[step])
+    }
+
+    fn needs_step_noise(&self) -> bool {
+        false
+    }
+
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        step: usize,
+        sample: &Tensor,
+        _noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        check_step(step, self.schedule.timesteps.len())?;
+        check_next(step, self.last_step)?;
+        let dtype = sample.dtype();
+        let x = ops::f32(sample)?;
+        let out = ops::f32(model_output)?;
+        let sigma = self.schedule.sigmas[step];
+        let x0 = ops::x0_at_sigma(self.prediction, &out, &x, sigma)?;
+        self.derivatives.push(((&x - &x0)? / sigma)?);
+        if self.derivatives.len() > ORDER {
+            self.derivatives.remove(0);
+        }
+        // diffusers takes the order from the step index, not from the history length, and pairs
+        // coefficients with the newest derivatives, dropping the surplus (img2img starts).
+        let order = (step + 1).min(ORDER);
+        let mut terms: Vec<(&Tensor, f64)> = vec![(&x, 1.0)];
+        for (current, d) in (0..order).zip(self.derivatives.iter().rev()) {
+            terms.push((d, self.coefficient(order, step, current)));
+        }
+        let prev = lin(&terms)?;
+        self.last_step = Some(step);
+        Ok(prev.to_dtype(dtype)?)
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
+        check_step(step, self.schedule.timesteps.len())?;
+        Ok((original + noise.affine(self.schedule.sigmas[step], 0.0)?)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn value(t: &Tensor) -> f64 {
+        t.to_vec1::<f32>().unwrap()[0] as f64
+    }
+
+    fn sampler() -> LmsSampler {
+        let cfg = SchedulerConfig {
+            beta_schedule: "scaled_linear".into(),
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            ..Default::default()
+        };
+        LmsSampler::new(&cfg, 10, false).unwrap()
+    }
+
+    #[test]
+    fn quadrature_is_exact_for_cubics() {
+        let got = gauss_legendre_3(|x| x * x * x - 2.0 * x + 1.0, -1.0, 2.0);
+        // ∫ x³ - 2x + 1 from -1 to 2 = 15/4 - 3 + 3.
+        assert!((got - 3.75).abs() < 1e-12);
+    }
+
+    #[test]
+    fn first_step_is_euler_and_second_is_two_step_adams() {
+        let mut s = sampler();
+        let sg = s.schedule.sigmas.clone();
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[1.0f32], &dev).unwrap();
+        let e0 = Tensor::new(&[0.5f32], &dev).unwrap();
+        let x1 = s.step(&e0, 0, &x, None).unwrap();
+        assert!((value(&x1) - (1.0 + 0.5 * (sg[1] - sg[0]))).abs() < 1e-5);
+        // Order 2: the derivative is linear in sigma through (s1, d1) and (s0, d0); integrate
+        // it over [s1, s2] by hand: h*(d1 + (d1 - d0) * h / (2 (s1 - s0))).
+        let e1 = Tensor::new(&[0.3f32], &dev).unwrap();
+        let x2 = s.step(&e1, 1, &x1, None).unwrap();
+        let h = sg[2] - sg[1];
+        let want = value(&x1) + h * (0.3 + (0.3 - 0.5) * h / (2.0 * (sg[1] - sg[0])));
+        assert!((value(&x2) - want).abs() < 1e-4);
+    }
+
+    #[test]
+    fn weights_of_a_full_order_step_sum_to_the_interval() {
+        // Lagrange basis polynomials sum to 1, so the weights sum to sigma_(t+1) - sigma_t.
+        let s = sampler();
+        let sg = &s.schedule.sigmas;
+        let total: f64 = (0..4).map(|c| s.coefficient(4, 6, c)).sum();
+        assert!((total - (sg[7] - sg[6])).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,313 @@
+//! Inference schedules: which training timesteps a run visits and the noise levels (sigmas) at
+//! them, computed value for value as diffusers' schedulers compute them — numpy's `arange`,
+//! `linspace`, `interp` and round-half-to-even included — so the UNet sees the same timesteps.
+
+use super::config::{linspace, SchedulerConfig, Spacing};
+use crate::engine::error::Result;
+
+/// The timesteps a run visits and the sigma before each step; `sigmas` has one more entry (the
+/// noise level after the last step).
+#[derive(Debug, Clone)]
+pub(crate) struct SigmaSchedule {
+    pub timesteps: Vec<f64>,
+    pub sigmas: Vec<f64>,
+}
+
+/// The three families of timestep rules diffusers' schedulers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimestepRule {
+    /// Euler, Euler a, Heun, LMS: fractional linspace timesteps (stored as float32).
+    Sigma,
+    /// DDIM: integer timesteps.
+    Ddim,
+    /// DPM-Solver and UniPC: `steps + 1` points with the last (t = 0) dropped.
+    Multistep,
+}
+
+/// numpy's `arange(start, stop, step)` for floats: `ceil((stop - start) / step)` values, the
+/// i-th being `start + i * ((start + step) - start)` (numpy's fill recomputes the step that way,
+/// which decides ties when the values are rounded afterwards).
+fn arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
+    let len = ((stop - start) / step).ceil().max(0.0) as usize;
+    let delta = (start + step) - start;
+    (0..len)
+        .map(|i| match i {
+            0 => start,
+            1 => start + step,
+            _ => start + i as f64 * delta,
+        })
+        .collect()
+}
+
+/// Training timesteps for `steps` inference steps, highest first, as diffusers'
+/// `set_timesteps` computes them for `rule` and `spacing`. `last_timestep` is the training
+/// length (DPM-Solver may clip it).
+pub(crate) fn timesteps(
+    rule: TimestepRule,
+    spacing: Spacing,
+    num_train: usize,
+    last_timestep: usize,
+    steps: usize,
+    steps_offset: usize,
+) -> Vec<f64> {
+    let n_train = num_train as f64;
+    let offset = steps_offset as f64;
+    let mut ts: Vec<f64> = match (rule, spacing) {
+        (TimestepRule::Sigma, Spacing::Linspace) => {
+            let mut v = linspace(0.0, n_train - 1.0, steps);
+            v.reverse();
+            v
+        }
+        (TimestepRule::Ddim, Spacing::Linspace) => {
+            let mut v: Vec<f64> = linspace(0.0, n_train - 1.0, steps)
+                .into_iter()
+                .map(f64::round_ties_even)
+                .collect();
+            v.reverse();
+            v
+        }
+        (TimestepRule::Multistep, Spacing::Linspace) => {
+            let mut v: Vec<f64> = linspace(0.0, last_timestep as f64 - 1.0, steps + 1)
+                .into_iter()
+                .map(f64::round_ties_even)
+                .collect();
+            v.reverse();
+            v.pop();
+            v
+        }
+        (TimestepRule::Sigma | TimestepRule::Ddim, Spacing::Leading) => {
+            let ratio = num_train / steps;
+            (0..steps)
+                .rev()
+                .map(|i| (i * ratio) as f64 + offset)
+                .collect()
+        }
+        (TimestepRule::Multistep, Spacing::Leading) => {
+            let ratio = last_timestep / (steps + 1);
+            (1..=steps)
+                .rev()
+                .map(|i| (i * ratio) as f64 + offset)
+                .collect()
+        }
+        (_, Spacing::Trailing) => {
+            let start = match rule {
+                TimestepRule::Multistep => last_timestep as f64,
+                _ => n_train,
+            };
+            arange(start, 0.0, -(n_train / steps as f64))
+                .into_iter()
+                .map(|t| t.round_ties_even() - 1.0)
+                .collect()
+        }
+    };
+    // numpy's arange yields one extra, ~0 value for a few step counts (61, 103, 121, 122 of
+    // 1000), which diffusers then runs as timestep -1; we keep the `steps` the caller asked for.
+    ts.truncate(steps);
+    if rule == TimestepRule::Sigma {
+        // Euler-type schedulers store their timesteps as float32.
+        ts.iter_mut().for_each(|t| *t = *t as f32 as f64);
+    }
+    ts
+}
+
+/// `sqrt((1 - alpha_bar) / alpha_bar)` for every training timestep.
+pub(crate) fn train_sigmas(alphas_cumprod: &[f64]) -> Vec<f64> {
+    alphas_cumprod
+        .iter()
+        .map(|a| ((1.0 - a) / a).sqrt())
+        .collect()
+}
+
+/// numpy's `interp(x, arange(len(fp)), fp)`: linear, clamped at both ends.
+pub(crate) fn interp(x: f64, fp: &[f64]) -> f64 {
+    let last = fp.len() - 1;
+    if x <= 0.0 {
+        return fp[0];
+    }
+    if x >= last as f64 {
+        return fp[last];
+    }
+    let j = x.floor() as usize;
+    (fp[j + 1] - fp[j]) * (x - j as f64) + fp[j]
+}
+
+/// Karras et al. (2022) noise levels, rho = 7, from `sigma_max` down to `sigma_min`.
+pub(crate) fn karras_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
+    let rho = 7.0;
+    let min_inv = sigma_min.powf(1.0 / rho);
+    let max_inv = sigma_max.powf(1.0 / rho);
+    linspace(0.0, 1.0, steps)
+        .into_iter()
+        .map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho))
+        .collect()
+}
+
+/// The fractional training timestep whose sigma is `sigma`: linear interpolation in log-sigma
+/// between the two neighbouring training timesteps (diffusers' `_sigma_to_t`).
+pub(crate) fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
+    let log_sigma = sigma.max(1e-10).ln();
+    let below = log_sigmas.iter().filter(|l| log_sigma - **l >= 0.0).count();
+    let low = below.saturating_sub(1).min(log_sigmas.len() - 2);
+    let high = low + 1;
+    let w = ((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[high])).clamp(0.0, 1.0);
+    (1.0 - w) * low as f64 + w * high as f64
+}
+
+fn to_f32_precision(v: &mut [f64]) {
+    v.iter_mut().for_each(|x| *x = *x as f32 as f64);
+}
+
+/// The schedule of Euler, Euler a, Heun and LMS (diffusers' `EulerDiscreteScheduler`):
+/// sigmas interpolated at fractional timesteps, or Karras sigmas between the first and last of
+/// those mapped back to fractional timesteps.
+pub(crate) fn sigma_schedule(
+    config: &SchedulerConfig,
+    spacing: Spacing,
+    steps: usize,
+    karras: bool,
+    final_zero: bool,
+) -> Result<SigmaSchedule> {
+    let ac = config.alphas_cumprod(true)?;
+    let train = train_sigmas(&ac);
+    let n = train.len();
+    let mut ts = timesteps(
+        TimestepRule::Sigma,
+        spacing,
+        n,
+        n,
+        steps,
+        config.steps_offset,
+    );
+    let mut sigmas: Vec<f64> = ts.iter().map(|t| interp(*t, &train)).collect();
+    if karras {
+        let log_sigmas: Vec<f64> = train.iter().map(|s| s.ln()).collect();
+        sigmas = karras_sigmas(sigmas[sigmas.len() - 1], sigmas[0], steps);
+        ts = sigmas.iter().map(|s| sigma_to_t(*s, &log_sigmas)).collect();
+        to_f32_precision(&mut ts);
+    }
+    sigmas.push(if final_zero { 0.0 } else { train[0] });
+    to_f32_precision(&mut sigmas);
+    Ok(SigmaSchedule {
+        timesteps: ts,
+        sigmas,
+    })
+}
+
+/// The schedule of DPM-Solver++ and UniPC (diffusers' multistep schedulers): integer timesteps;
+/// with Karras sigmas over the whole training range, mapped back to rounded timesteps.
+pub(crate) fn multistep_schedule(
+    config: &SchedulerConfig,
+    spacing: Spacing,
+    steps: usize,
+    karras: bool,
+    final_zero: bool,
+    lambda_min_clipped: Option<f64>,
+) -> Result<SigmaSchedule> {
+    let ac = config.alphas_cumprod(true)?;
+    let train = train_sigmas(&ac);
+    let n = train.len();
+    // Timesteps whose log-SNR lies below the clip are never visited.
+    let clipped = match lambda_min_clipped {
+        Some(min) => ac
+            .iter()
+            .filter(|a| {
+                let lambda = a.sqrt().ln() - (1.0 - *a).sqrt().ln();
+                lambda < min
+            })
+            .count(),
+        None => 0,
+    };
+    let last_timestep = n - clipped.min(n - 1);
+    let mut ts = timesteps(
+        TimestepRule::Multistep,
+        spacing,
+        n,
+        last_timestep,
+        steps,
+        config.steps_offset,
+    );
+    let (mut sigmas, last) = if karras {
+        let log_sigmas: Vec<f64> = train.iter().map(|s| s.ln()).collect();
+        let sigmas = karras_sigmas(train[0], train[n - 1], steps);
+        ts = sigmas
+            .iter()
+            .map(|s| sigma_to_t(*s, &log_sigmas).round_ties_even())
+            .collect();
+        let last = sigmas[sigmas.len() - 1];
+        (sigmas, last)
+    } else {
+        (ts.iter().map(|t| interp(*t, &train)).collect(), train[0])
+    };
+    sigmas.push(if final_zero { 0.0 } else { last });
+    to_f32_precision(&mut sigmas);
+    Ok(SigmaSchedule {
+        timesteps: ts,
+        sigmas,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arange_matches_numpy_lengths() {
+        assert_eq!(
+            arange(1000.0, 0.0, -250.0),
+            vec![1000.0, 750.0, 500.0, 250.0]
+        );
+        assert_eq!(arange(10.0, 0.0, -3.0).len(), 4);
+    }
+
+    #[test]
+    fn trailing_spacing_keeps_the_requested_count_and_ends_near_zero() {
+        for steps in 1..=150 {
+            let ts = timesteps(TimestepRule::Sigma, Spacing::Trailing, 1000, 1000, steps, 0);
+            assert_eq!(ts.len(), steps, "steps {steps}");
+            assert_eq!(ts[0], 999.0);
+            assert!(ts.windows(2).all(|w| w[0] > w[1]));
+            assert!(ts[steps - 1] >= 0.0);
+        }
+        // SD-Turbo's single step and a 4-step run, by hand: round(1000 - i*250) - 1.
+        let ts = timesteps(TimestepRule::Ddim, Spacing::Trailing, 1000, 1000, 4, 1);
+        assert_eq!(ts, vec![999.0, 749.0, 499.0, 249.0]);
+        let ts = timesteps(TimestepRule::Multistep, Spacing::Trailing, 1000, 1000, 1, 0);
+        assert_eq!(ts, vec![999.0]);
+    }
+
+    #[test]
+    fn leading_spacing_adds_the_offset() {
+        let ts = timesteps(TimestepRule::Ddim, Spacing::Leading, 1000, 1000, 4, 1);
+        assert_eq!(ts, vec![751.0, 501.0, 251.0, 1.0]);
+        // DPM-Solver divides by steps + 1 and drops t = 0: ratio 1000 // 5 = 200.
+        let ts = timesteps(TimestepRule::Multistep, Spacing::Leading, 1000, 1000, 4, 1);
+        assert_eq!(ts, vec![801.0, 601.0, 401.0, 201.0]);
+    }
+
+    #[test]
+    fn interp_is_linear_and_clamped() {
+        let fp = [1.0, 3.0, 7.0];
+        assert_eq!(interp(-1.0, &fp), 1.0);
+        assert_eq!(interp(0.25, &fp), 1.5);
+        assert_eq!(interp(1.5, &fp), 5.0);
+        assert_eq!(interp(9.0, &fp), 7.0);
+    }
+
+    #[test]
+    fn karras_sigmas_hit_both_ends_and_follow_rho_7() {
+        let s = karras_sigmas(0.1, 10.0, 3);
+        assert!((s[0] - 10.0).abs() < 1e-12 && (s[2] - 0.1).abs() < 1e-12);
+        let mid = ((10f64.powf(1.0 / 7.0) + 0.1f64.powf(1.0 / 7.0)) / 2.0).powi(7);
+        assert!((s[1] - mid).abs() < 1e-12);
+    }
+
+    #[test]
+    fn sigma_to_t_inverts_log_linear_interpolation() {
+        let sig = [0.5f64, 1.0, 4.0];
+        let logs: Vec<f64> = sig.iter().map(|s| s.ln()).collect();
+        assert!((sigma_to_t(1.0, &logs) - 1.0).abs() < 1e-12);
+        assert!((sigma_to_t(2.0, &logs) - 1.5).abs() < 1e-12); // halfway in log space
+        assert_eq!(sigma_to_t(0.01, &logs), 0.0);
+        assert_eq!(sigma_to_t(100.0, &logs), 2.0);
+    }
+}

@@ -1,0 +1,12 @@
+//! The text front end: turns a prompt into the token ids and per-token weights the CLIP text
+//! encoder consumes (our own CLIP BPE tokenizer plus AUTOMATIC1111's attention syntax and
+//! 77-token chunking).
+
+pub mod prompt;
+pub mod tokenizer;
+
+pub use prompt::{
+    pad_to_same_chunks, parse_prompt_attention, tokenize_weighted, Chunk, PromptChunks, CHUNK_LEN,
+    TOKENS_PER_CHUNK,
+};
+pub use tokenizer::{ClipTokenizer, PadToken};

@@ -1,0 +1,342 @@
+//! The engine thread: one OS thread owns the device and the loaded models and serves typed
+//! requests from a channel. Everyone else holds a cheap, cloneable [`EngineHandle`]; nothing
+//! outside this thread ever touches a tensor.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+
+use candle_core::Device;
+
+use super::device::{parse_dtype, select_device};
+use super::error::{EngineError, Result};
+use super::model::{LoadOptions, ModelSource, StableDiffusion};
+use super::noise::{NoiseSource, SeededNoise};
+use super::output::encode_image;
+use super::pipeline::{from_rgb_image, to_rgb_images, CancelToken, Progress};
+use super::request::{infotext_for, Defaults, GeneratedImage, GenerationResult, ValidRequest};
+
+/// A model the engine may load, by name.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub name: String,
+    pub source: ModelSource,
+    pub defaults: Defaults,
+    /// Overrides the scheduler's prediction type (e.g. "v_prediction" for an SD 2.x single file).
+    pub prediction_type: Option<String>,
+}
+
+/// How the engine starts.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub models: Vec<ModelSpec>,
+    /// Loaded at start and used when a request names no model.
+    pub default_model: String,
+    /// "auto", "cpu", "cuda", "cuda:N", "metal".
+    pub device: String,
+    /// "auto", "f32", "f16", "bf16".
+    pub dtype: String,
+    pub use_flash_attn: bool,
+    pub sliced_attention: Option<usize>,
+    /// How many models stay loaded at once; the least recently used is dropped first.
+    pub max_loaded: usize,
+}
+
+/// What `/health` reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineState {
+    Loading,
+    Ready,
+    Failed(String),
+}
+
+type Reply = Box<dyn FnOnce(Result<GenerationResult>) + Send>;
+type ProgressFn = Box<dyn FnMut(Progress) + Send>;
+
+enum Command {
+    Generate {
+        request: Box<ValidRequest>,
+        progress: ProgressFn,
+        cancel: CancelToken,
+        reply: Reply,
+    },
+}
+
+/// A cheap handle to the engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    state: Arc<(Mutex<EngineState>, Condvar)>,
+    models: Arc<Vec<ModelSpec>>,
+    default_model: String,
+}
+
+impl EngineHandle {
+    /// Starts the engine thread; it selects the device and loads the default model in the
+    /// background. Use [`EngineHandle::wait_ready`] to block until that is done.
+    pub fn spawn(config: EngineConfig) -> Result<Self> {
+        if !config.models.iter().any(|m| m.name == config.default_model) {
+            return Err(EngineError::UnknownModel(config.default_model));
+        }
+        let (tx, rx) = mpsc::channel();
+        let state = Arc::new((Mutex::new(EngineState::Loading), Condvar::new()));
+        let handle = Self {
+            tx,
+            state: state.clone(),
+            models: Arc::new(config.models.clone()),
+            default_model: config.default_model.clone(),
+        };
+        thread::Builder::new()
+            .name("limner-engine".into())
+            .spawn(move || engine_main(config, rx, state))
+            .map_err(EngineError::Io)?;
+        Ok(handle)
+    }
+
+    pub fn state(&self) -> EngineState {
+        self.state
+            .0
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or(EngineState::Failed("poisoned".into()))
+    }
+
+    /// Blocks until the default model is loaded (Ok) or failed to load (the reason).
+    pub fn wait_ready(&self) -> Result<()> {
+        let (lock, cv) = &*self.state;
+        let mut s = lock
+            .lock()
+            .map_err(|_| EngineError::Unavailable("poisoned".into()))?;
+        while *s == EngineState::Loading {
+            s = cv
+                .wait(s)
+                .map_err(|_| EngineError::Unavailable("poisoned".into()))?;
+        }
+        match &*s {
+            EngineState::Failed(why) => Err(EngineError::Unavailable(why.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn models(&self) -> &[ModelSpec] {
+        &self.models
+    }
+
+    /// The defaults of the named model (or the default model).
+    pub fn defaults(&self, model: Option<&str>) -> Result<Defaults> {
+        let name = model.unwrap_or(&self.default_model);
+        self.models
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.defaults.clone())
+            .ok_or_else(|| EngineError::UnknownModel(name.to_string()))
+    }
+
+    /// Queues a request; `reply` is called on the engine thread with the result.
+    pub fn submit(
+        &self,
+        request: ValidRequest,
+        progress: impl FnMut(Progress) + Send + 'static,
+        cancel: CancelToken,
+        reply: impl FnOnce(Result<GenerationResult>) + Send + 'static,
+    ) -> Result<()> {
+        self.tx
+            .send(Command::Generate {
+                request: Box::new(request),
+                progress: Box::new(progress),
+                cancel,
+                reply: Box::new(reply),
+            })
+            .map_err(|_| EngineError::Unavailable("the engine thread has stopped".into()))
+    }
+
+    /// Runs a request and waits for its result.
+    pub fn generate(
+        &self,
+        request: ValidRequest,
+        progress: impl FnMut(Progress) + Send + 'static,
+        cancel: CancelToken,
+    ) -> Result<GenerationResult> {
+        let (tx, rx) = mpsc::channel();
+        self.submit(request, progress, cancel, move |r| {
+            let _ = tx.send(r);
+        })?;
+        rx.recv()
+            .map_err(|_| EngineError::Unavailable("the engine thread dropped the request".into()))?
+    }
+}
+
+fn set_state(state: &(Mutex<EngineState>, Condvar), new: EngineState) {
+    if let Ok(mut s) = state.0.lock() {
+        *s = new;
+    }
+    state.1.notify_all();
+}
+
+/// Loaded models, least recently used first.
+struct Loaded {
+    models: Vec<(String, StableDiffusion)>,
+    max: usize,
+}
+
+impl Loaded {
+    fn get(&mut self, spec: &ModelSpec, opts: &LoadOptions) -> Result<&StableDiffusion> {
+        if let Some(i) = self.models.iter().position(|(n, _)| *n == spec.name) {
+            let entry = self.models.remove(i);
+            self.models.push(entry);
+        } else {
+            while self.models.len() >= self.max.max(1) {
+                let (name, _) = self.models.remove(0);
+                tracing::info!(model = name, "unloading least recently used model");
+            }
+            let mut opts = opts.clone();
+            opts.prediction_type = spec.prediction_type.clone();
+            let model = StableDiffusion::load(&spec.name, &spec.source, &opts)?;
+            self.models.push((spec.name.clone(), model));
+        }
+        Ok(&self.models[self.models.len() - 1].1)
+    }
+}
+
+fn engine_main(
+    config: EngineConfig,
+    rx: mpsc::Receiver<Command>,
+    state: Arc<(Mutex<EngineState>, Condvar)>,
+) {
+    let opts = match load_options(&config) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "engine failed to start");
+            set_state(&state, EngineState::Failed(e.to_string()));
+            // Keep answering so callers get the reason instead of a hang.
+            for Command::Generate { reply, .. } in rx {
+                reply(Err(EngineError::Unavailable(e.to_string())));
+            }
+            return;
+        }
+    };
+    let specs: HashMap<String, ModelSpec> = config
+        .models
+        .iter()
+        .map(|m| (m.name.clone(), m.clone()))
+        .collect();
+    let mut loaded = Loaded {
+        models: Vec::new(),
+        max: config.max_loaded,
+    };
+    let first = catch_unwind(AssertUnwindSafe(|| {
+        loaded.get(&specs[&config.default_model], &opts).map(|_| ())
+    }));
+    match first {
+        Ok(Ok(())) => set_state(&state, EngineState::Ready),
+        Ok(Err(e)) => set_state(&state, EngineState::Failed(e.to_string())),
+        Err(_) => set_state(
+            &state,
+            EngineState::Failed("panic while loading the model".into()),
+        ),
+    }
+    for command in rx {
+        let Command::Generate {
+            request,
+            mut progress,
+            cancel,
+            reply,
+        } = command;
+        if cancel.is_cancelled() {
+            reply(Err(EngineError::Cancelled));
+            continue;
+        }
+        let name = request
+            .model
+            .clone()
+            .unwrap_or_else(|| config.default_model.clone());
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let spec = specs
+                .get(&name)
+                .ok_or_else(|| EngineError::UnknownModel(name.clone()))?;
+            let model = loaded.get(spec, &opts)?;
+            generate_on(model, &request, &mut *progress, &cancel)
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            tracing::error!(
+                panic = what,
+                "generation panicked; the engine keeps running"
+            );
+            Err(EngineError::Model(format!("internal engine error: {what}")))
+        });
+        reply(result);
+    }
+}
+
+fn load_options(config: &EngineConfig) -> Result<LoadOptions> {
+    let device: Device = select_device(&config.device)?;
+    let dtype = parse_dtype(&config.dtype, &device)?;
+    Ok(LoadOptions {
+        device,
+        dtype,
+        variant: None,
+        use_flash_attn: config.use_flash_attn,
+        sliced_attention: config.sliced_attention,
+        prediction_type: None,
+    })
+}
+
+/// Runs a validated request on a loaded model and encodes the images. Used by the engine
+/// thread, the CLI and the tests.
+pub fn generate_on(
+    model: &StableDiffusion,
+    request: &ValidRequest,
+    progress: &mut dyn FnMut(Progress),
+    cancel: &CancelToken,
+) -> Result<GenerationResult> {
+    let mut job = request.job.clone();
+    if let Some(img) = &request.init_image {
+        job.init_image = Some(from_rgb_image(img)?);
+    }
+    let mut noise: Vec<Box<dyn NoiseSource>> = request
+        .seeds
+        .iter()
+        .map(|&s| Box::new(SeededNoise::new(s)) as Box<dyn NoiseSource>)
+        .collect();
+    let out = model.run(&job, &mut noise, progress, cancel)?;
+    let pixels = to_rgb_images(&out.images)?;
+    let images = pixels
+        .into_iter()
+        .zip(&request.seeds)
+        .map(|(img, &seed)| {
+            let (w, h) = img.dimensions();
+            let info = infotext_for(
+                &job,
+                seed,
+                w,
+                h,
+                &model.name,
+                model.hash.as_deref(),
+                request.init_image.is_some(),
+            );
+            let bytes = encode_image(&img, request.format, Some(&info), 95)?;
+            Ok(GeneratedImage {
+                bytes,
+                format: request.format,
+                width: w,
+                height: h,
+                seed,
+                infotext: info,
+                pixels: img,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(GenerationResult {
+        images,
+        model: model.name.clone(),
+        sampler: job.sampler.display_name(),
+        timings: out.timings,
+    })
+}

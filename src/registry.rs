@@ -1,0 +1,670 @@
+//! The named-model registry: `weights.toml` says which models exist, where their files come
+//! from (a Hugging Face repo at a revision, a local diffusers folder or a single checkpoint
+//! file), which art styles each serves and its default settings. [`Registry::resolve`] turns a
+//! name or a path into files on disk for the engine to load; it never downloads (`limner pull`
+//! does that, once, outside any request).
+//!
+//! Parsing is strict: unknown keys are errors, and every error names the model and the field,
+//! because a typo in `weights.toml` should fail at startup, not as a missing image later.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::engine::EngineError;
+
+/// The file `limner pull` writes into a model's folder once every file is in place.
+pub const PULLED_MARKER: &str = ".limner-pulled.json";
+
+/// Everything that can go wrong reading the registry or resolving a model.
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, or a top-level shape problem.
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    /// One model's entry is wrong; `field` is its dotted path inside the entry.
+    #[error("model '{model}': invalid {field}: {message}")]
+    Invalid {
+        model: String,
+        field: String,
+        message: String,
+    },
+    #[error("unknown model '{name}'; known models: {known}")]
+    UnknownModel { name: String, known: String },
+    #[error("model '{name}' is not downloaded yet ({detail}); run: limner pull {name}")]
+    NotPulled { name: String, detail: String },
+    /// A path given (or configured) as a model is missing or is not a model we can load.
+    #[error("model path {path}: {message}")]
+    BadPath { path: PathBuf, message: String },
+}
+
+impl From<RegistryError> for EngineError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::UnknownModel { name, .. } => EngineError::UnknownModel(name),
+            other => EngineError::Model(other.to_string()),
+        }
+    }
+}
+
+type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// The model family; the loader still reads the real shape from the model's own files, this
+/// says what the entry is meant to be (and lets defaults be checked against it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Architecture {
+    Sd1,
+    Sd2,
+    Sdxl,
+    /// SD 2.1-shaped, distilled for 1-4 steps without classifier-free guidance.
+    SdTurbo,
+}
+
+impl Architecture {
+    pub const ALL: [Architecture; 4] = [
+        Architecture::Sd1,
+        Architecture::Sd2,
+        Architecture::Sdxl,
+        Architecture::SdTurbo,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Architecture::Sd1 => "sd1",
+            Architecture::Sd2 => "sd2",
+            Architecture::Sdxl => "sdxl",
+            Architecture::SdTurbo => "sd-turbo",
+        }
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a model's files come from. Relative paths are relative to the folder holding
+/// `weights.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ModelSource {
+    /// Files of a Hugging Face repo at a revision (commit, tag or branch), in the repo's layout.
+    Hub {
+        repo: String,
+        revision: String,
+        files: Vec<String>,
+    },
+    /// A local diffusers folder (or a single `.safetensors` file).
+    Path { path: PathBuf },
+    /// A local single-file checkpoint, with an optional diffusers folder for its configs
+    /// (diffusers' `from_single_file(config=...)`).
+    File {
+        file: PathBuf,
+        config: Option<PathBuf>,
+    },
+}
+
+/// Settings a request falls back to when it does not give its own.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ModelDefaults {
+    pub sampler: Option<String>,
+    pub steps: Option<usize>,
+    pub cfg_scale: Option<f64>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub hires_fix: Option<bool>,
+}
+
+/// One `[models.NAME]` table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelEntry {
+    pub description: String,
+    pub architecture: Architecture,
+    /// Art styles this model serves, lowercased (each style belongs to at most one model).
+    pub styles: Vec<String>,
+    pub source: ModelSource,
+    pub defaults: ModelDefaults,
+    /// Expected sha256 (lowercase hex) of hub files, checked by `limner pull`.
+    pub sha256: BTreeMap<String, String>,
+}
+
+/// Where the engine finds a model's files.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelLocation {
+    /// A diffusers folder (model_index.json, unet/, vae/, ...).
+    Diffusers(PathBuf),
+    /// An original-layout checkpoint, with an optional diffusers folder for its configs.
+    SingleFile {
+        file: PathBuf,
+        config: Option<PathBuf>,
+    },
+}
+
+/// A model name or path turned into files on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedModel {
+    /// The registry name, or the file/folder name for a bare path.
+    pub name: String,
+    pub location: ModelLocation,
+    /// The registry entry when resolved by name (defaults, architecture hint).
+    pub entry: Option<ModelEntry>,
+}
+
+/// All models of a `weights.toml`.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    models: BTreeMap<String, ModelEntry>,
+    /// Relative source paths are resolved against this (the folder of `weights.toml`).
+    base_dir: PathBuf,
+}
+
+// ---- parsing helpers -------------------------------------------------------------------------
+
+fn invalid(model: &str, field: &str, message: impl Into<String>) -> RegistryError {
+    RegistryError::Invalid {
+        model: model.to_string(),
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+fn type_name(v: &toml::Value) -> &'static str {
+    v.type_str()
+}
+
+/// Rejects keys other than `allowed` in a table, naming the first stray one.
+fn check_keys(model: &str, prefix: &str, table: &toml::Table, allowed: &[&str]) -> Result<()> {
+    for key in table.keys() {
+        if !allowed.contains(&key.as_str()) {
+            return Err(invalid(
+                model,
+                &format!("{prefix}{key}"),
+                format!("unknown key; allowed keys: {}", allowed.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn get_str(model: &str, field: &str, t: &toml::Table, key: &str) -> Result<Option<String>> {
+    match t.get(key) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err(invalid(model, field, format!("expected a string, found {}", type_name(v)))),
+    }
+}
+
+fn get_str_list(model: &str, field: &str, t: &toml::Table, key: &str) -> Result<Option<Vec<String>>> {
+    match t.get(key) {
+        None => Ok(None),
+        Some(toml::Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                other => Err(invalid(
+                    model,
+                    field,
+                    format!("expected a list of strings, found a {} in it", type_name(other)),
+                )),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some),
+        Some(v) => Err(invalid(model, field, format!("expected a list of strings, found {}", type_name(v)))),
+    }
+}
+
+fn get_int(model: &str, field: &str, t: &toml::Table, key: &str, min: i64, max: i64) -> Result<Option<i64>> {
+    match t.get(key) {
+        None => Ok(None),
+        Some(toml::Value::Integer(i)) if (min..=max).contains(i) => Ok(Some(*i)),
+        Some(toml::Value::Integer(i)) => Err(invalid(model, field, format!("{i} is outside {min}..={max}"))),
+        Some(v) => Err(invalid(model, field, format!("expected an integer, found {}", type_name(v)))),
+    }
+}
+
+/// A path inside a repo or model folder: relative, `/`-separated, no `..`, no empty parts.
+fn check_repo_file(model: &str, field: &str, f: &str) -> Result<()> {
+    let ok = !f.is_empty()
+        && !f.starts_with('/')
+        && !f.contains('\\')
+        && f.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+    if !ok {
+        return Err(invalid(model, field, format!("'{f}' must be a relative path inside the repo (no '..', no leading '/')")));
+    }
+    if is_pickle(Path::new(f)) {
+        return Err(invalid(model, field, format!("'{f}' is a pickled checkpoint; limner loads only .safetensors")));
+    }
+    Ok(())
+}
+
+/// Pickled PyTorch files can run code when loaded; we refuse them everywhere.
+fn is_pickle(p: &Path) -> bool {
+    matches!(
+        p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(),
+        Some("ckpt" | "pt" | "pth" | "bin" | "pkl")
+    )
+}
+
+fn is_safetensors(p: &Path) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let ok = name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            name,
+            "name",
+            "model names are used as folder names: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+        ))
+    }
+}
+
+fn parse_source(model: &str, v: &toml::Value) -> Result<ModelSource> {
+    let t = v
+        .as_table()
+        .ok_or_else(|| invalid(model, "source", format!("expected a table, found {}", type_name(v))))?;
+    let kinds = ["hub", "path", "file"].iter().filter(|k| t.contains_key(**k)).count();
+    if kinds != 1 {
+        return Err(invalid(model, "source", "give exactly one of hub = \"owner/repo\", path = \"folder\", file = \"x.safetensors\""));
+    }
+    if let Some(repo) = get_str(model, "source.hub", t, "hub")? {
+        check_keys(model, "source.", t, &["hub", "revision", "files"])?;
+        let parts: Vec<&str> = repo.split('/').collect();
+        let repo_ok = parts.len() == 2
+            && parts.iter().all(|p| {
+                !p.is_empty() && !p.starts_with('.') && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            });
+        if !repo_ok {
+            return Err(invalid(model, "source.hub", format!("'{repo}' is not a hub repo id of the form owner/name")));
+        }
+        let revision = get_str(model, "source.revision", t, "revision")?
+            .filter(|r| !r.trim().is_empty())
+            .ok_or_else(|| invalid(model, "source.revision", "required for hub sources (a commit, a tag, or \"main\")"))?;
+        let files = get_str_list(model, "source.files", t, "files")?
+            .filter(|f| !f.is_empty())
+            .ok_or_else(|| invalid(model, "source.files", "required: the list of repo files to download"))?;
+        for (i, f) in files.iter().enumerate() {
+            check_repo_file(model, "source.files", f)?;
+            if files[..i].contains(f) {
+                return Err(invalid(model, "source.files", format!("'{f}' is listed twice")));
+            }
+        }
+        let diffusers = files.iter().any(|f| f == "model_index.json");
+        let single = files.iter().filter(|f| !f.contains('/') && is_safetensors(Path::new(f))).count();
+        if !diffusers && single != 1 {
+            return Err(invalid(
+                model,
+                "source.files",
+                "list model_index.json and the component files (diffusers layout), or exactly one top-level .safetensors checkpoint",
+            ));
+        }
+        return Ok(ModelSource::Hub { repo, revision, files });
+    }
+    if let Some(path) = get_str(model, "source.path", t, "path")? {
+        check_keys(model, "source.", t, &["path"])?;
+        if path.trim().is_empty() {
+            return Err(invalid(model, "source.path", "must not be empty"));
+        }
+        return Ok(ModelSource::Path { path: PathBuf::from(path) });
+    }
+    check_keys(model, "source.", t, &["file", "config"])?;
+    let file = get_str(model, "source.file", t, "file")?.unwrap_or_default();
+    let file = PathBuf::from(file);
+    if is_pickle(&file) {
+        return Err(invalid(model, "source.file", "pickled checkpoints (.ckpt/.pt/.bin) are refused; convert to .safetensors"));
+    }
+    if !is_safetensors(&file) {
+        return Err(invalid(model, "source.file", format!("'{}' must be a .safetensors file", file.display())));
+    }
+    let config = get_str(model, "source.config", t, "config")?.map(PathBuf::from);
+    Ok(ModelSource::File { file, config })
+}
+
+fn parse_defaults(model: &str, arch: Architecture, v: &toml::Value) -> Result<ModelDefaults> {
+    let t = v
+        .as_table()
+        .ok_or_else(|| invalid(model, "defaults", format!("expected a table, found {}", type_name(v))))?;
+    check_keys(model, "defaults.", t, &["sampler", "steps", "cfg_scale", "width", "height", "hires_fix"])?;
+    let sampler = get_str(model, "defaults.sampler", t, "sampler")?;
+    if sampler.as_deref().is_some_and(|s| s.trim().is_empty()) {
+        return Err(invalid(model, "defaults.sampler", "must not be empty"));
+    }
+    let max_steps = if arch == Architecture::SdTurbo { 4 } else { 150 };
+    let steps = get_int(model, "defaults.steps", t, "steps", 1, max_steps)?.map(|s| s as usize);
+    let cfg_scale = match t.get("cfg_scale") {
+        None => None,
+        Some(toml::Value::Float(f)) => Some(*f),
+        Some(toml::Value::Integer(i)) => Some(*i as f64),
+        Some(v) => return Err(invalid(model, "defaults.cfg_scale", format!("expected a number, found {}", type_name(v)))),
+    };
+    let max_cfg = if arch == Architecture::SdTurbo { 1.0 } else { 30.0 };
+    if let Some(c) = cfg_scale {
+        if !(0.0..=max_cfg).contains(&c) {
+            return Err(invalid(model, "defaults.cfg_scale", format!("{c} is outside 0..={max_cfg}")));
+        }
+    }
+    let mut side = |key: &str| -> Result<Option<u32>> {
+        let field = format!("defaults.{key}");
+        let v = get_int(model, &field, t, key, 64, 2048)?;
+        match v {
+            Some(x) if x % 8 != 0 => Err(invalid(model, &field, format!("{x} is not a multiple of 8"))),
+            other => Ok(other.map(|x| x as u32)),
+        }
+    };
+    let width = side("width")?;
+    let height = side("height")?;
+    let hires_fix = match t.get("hires_fix") {
+        None => None,
+        Some(toml::Value::Boolean(b)) => Some(*b),
+        Some(v) => return Err(invalid(model, "defaults.hires_fix", format!("expected true or false, found {}", type_name(v)))),
+    };
+    Ok(ModelDefaults { sampler, steps, cfg_scale, width, height, hires_fix })
+}
+
+fn parse_entry(model: &str, v: &toml::Value) -> Result<ModelEntry> {
+    check_name(model)?;
+    let t = v
+        .as_table()
+        .ok_or_else(|| invalid(model, "entry", format!("expected a table, found {}", type_name(v))))?;
+    check_keys(model, "", t, &["description", "architecture", "styles", "source", "defaults", "sha256"])?;
+    let description = get_str(model, "description", t, "description")?.unwrap_or_default();
+    let arch_name = get_str(model, "architecture", t, "architecture")?
+        .ok_or_else(|| invalid(model, "architecture", "required: one of sd1, sd2, sdxl, sd-turbo"))?;
+    let architecture = Architecture::ALL
+        .into_iter()
+        .find(|a| a.as_str() == arch_name)
+        .ok_or_else(|| invalid(model, "architecture", format!("'{arch_name}' is not one of sd1, sd2, sdxl, sd-turbo")))?;
+    let mut styles = Vec::new();
+    for s in get_str_list(model, "styles", t, "styles")?.unwrap_or_default() {
+        let s = s.trim().to_lowercase();
+        if s.is_empty() {
+            return Err(invalid(model, "styles", "a style must not be empty"));
+        }
+        if !styles.contains(&s) {
+            styles.push(s);
+        }
+    }
+    let source = parse_source(model, t.get("source").ok_or_else(|| invalid(model, "source", "required"))?)?;
+    let defaults = match t.get("defaults") {
+        Some(d) => parse_defaults(model, architecture, d)?,
+        None => ModelDefaults::default(),
+    };
+    let mut sha256 = BTreeMap::new();
+    if let Some(v) = t.get("sha256") {
+        let table = v
+            .as_table()
+            .ok_or_else(|| invalid(model, "sha256", "expected a table of \"file\" = \"hex\""))?;
+        let files = match &source {
+            ModelSource::Hub { files, .. } => files,
+            _ => return Err(invalid(model, "sha256", "only hub sources are checked by limner pull")),
+        };
+        for (file, hex) in table {
+            let field = format!("sha256.\"{file}\"");
+            if !files.contains(file) {
+                return Err(invalid(model, &field, "not one of source.files"));
+            }
+            let hex = hex.as_str().map(str::to_ascii_lowercase).unwrap_or_default();
+            if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(invalid(model, &field, "expected 64 hex digits"));
+            }
+            sha256.insert(file.clone(), hex);
+        }
+    }
+    Ok(ModelEntry { description, architecture, styles, source, defaults, sha256 })
+}
+
+// ---- the registry ----------------------------------------------------------------------------
+
+impl Registry {
+    /// Reads and checks a `weights.toml`; relative source paths become relative to its folder.
+    pub fn load(path: &Path) -> Result<Registry> {
+        let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(Registry::parse(&text, &path.display().to_string())?.with_base_dir(base))
+    }
+
+    /// Parses registry text; relative source paths stay relative to the working directory
+    /// until [`Registry::with_base_dir`] says otherwise.
+    #[allow(clippy::should_implement_trait)]
+    pub fn from_str(text: &str) -> Result<Registry> {
+        Registry::parse(text, "weights.toml")
+    }
+
+    fn parse(text: &str, origin: &str) -> Result<Registry> {
+        let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| RegistryError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        for key in doc.keys() {
+            if key != "models" {
+                return Err(RegistryError::Parse {
+                    origin: origin.to_string(),
+                    message: format!("unknown top-level key '{key}'; only [models.NAME] tables are allowed"),
+                });
+            }
+        }
+        let mut models = BTreeMap::new();
+        if let Some(v) = doc.get("models") {
+            let table = v.as_table().ok_or_else(|| RegistryError::Parse {
+                origin: origin.to_string(),
+                message: "'models' must be a table of [models.NAME] entries".to_string(),
+            })?;
+            for (name, entry) in table {
+                models.insert(name.clone(), parse_entry(name, entry)?);
+            }
+        }
+        // Each style maps to one model, so "realistic -> which checkpoint" is never ambiguous.
+        let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, entry) in &models {
+            for style in &entry.styles {
+                if let Some(first) = owner.insert(style, name) {
+                    return Err(invalid(name, "styles", format!("style '{style}' is already served by model '{first}'")));
+                }
+            }
+        }
+        Ok(Registry { models, base_dir: PathBuf::new() })
+    }
+
+    /// Resolves relative source paths against `dir` from now on.
+    pub fn with_base_dir(mut self, dir: impl Into<PathBuf>) -> Registry {
+        self.base_dir = dir.into();
+        self
+    }
+
+    pub fn base_dir(&self) -> &Path {
+        &self.base_dir
+    }
+
+    pub fn models(&self) -> &BTreeMap<String, ModelEntry> {
+        &self.models
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.models.keys().map(String::as_str)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ModelEntry> {
+        self.models.get(name)
+    }
+
+    /// Like [`Registry::get`], but an unknown name is an error listing the known ones.
+    pub fn entry(&self, name: &str) -> Result<&ModelEntry> {
+        self.models.get(name).ok_or_else(|| self.unknown(name))
+    }
+
+    fn unknown(&self, name: &str) -> RegistryError {
+        let known: Vec<&str> = self.names().collect();
+        RegistryError::UnknownModel {
+            name: name.to_string(),
+            known: if known.is_empty() { "(none)".to_string() } else { known.join(", ") },
+        }
+    }
+
+    /// The model that serves an art style (case-insensitive).
+    pub fn model_for_style(&self, style: &str) -> Option<(&str, &ModelEntry)> {
+        let style = style.trim().to_lowercase();
+        self.models
+            .iter()
+            .find(|(_, e)| e.styles.contains(&style))
+            .map(|(n, e)| (n.as_str(), e))
+    }
+
+    /// Where `limner pull` puts a hub model: `models_dir/NAME/`, mirroring the repo's files.
+    pub fn local_dir(&self, name: &str, models_dir: &Path) -> PathBuf {
+        models_dir.join(name)
+    }
+
+    /// A source path as written in `weights.toml`, made relative to its folder.
+    pub fn source_path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// Turns a registry name, a diffusers folder or a `.safetensors` file into files on disk.
+    /// A registry name wins over a same-named path. Hub models must have been pulled.
+    pub fn resolve(&self, name_or_path: &str, models_dir: &Path) -> Result<ResolvedModel> {
+        if let Some(entry) = self.models.get(name_or_path) {
+            let location = self.locate_entry(name_or_path, entry, models_dir)?;
+            return Ok(ResolvedModel {
+                name: name_or_path.to_string(),
+                location,
+                entry: Some(entry.clone()),
+            });
+        }
+        let path = Path::new(name_or_path);
+        let looks_like_path = path.exists()
+            || path.components().count() > 1
+            || path.extension().is_some()
+            || matches!(path.components().next(), Some(Component::CurDir | Component::ParentDir | Component::RootDir));
+        if !looks_like_path {
+            return Err(self.unknown(name_or_path));
+        }
+        let location = locate_path(path)?;
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or(name_or_path)
+            .to_string();
+        Ok(ResolvedModel { name, location, entry: None })
+    }
+
+    fn locate_entry(&self, name: &str, entry: &ModelEntry, models_dir: &Path) -> Result<ModelLocation> {
+        match &entry.source {
+            ModelSource::Path { path } => locate_path(&self.source_path(path)),
+            ModelSource::File { file, config } => {
+                let file = self.source_path(file);
+                if !file.is_file() {
+                    return Err(RegistryError::BadPath {
+                        path: file,
+                        message: format!("the checkpoint file of model '{name}' is not there; place it there (see models/README.md)"),
+                    });
+                }
+                let config = config.as_ref().map(|c| self.source_path(c));
+                if let Some(c) = &config {
+                    if !c.is_dir() {
+                        return Err(RegistryError::BadPath {
+                            path: c.clone(),
+                            message: format!("the config folder of model '{name}' is not there"),
+                        });
+                    }
+                }
+                Ok(ModelLocation::SingleFile { file, config })
+            }
+            ModelSource::Hub { files, .. } => {
+                let dir = self.local_dir(name, models_dir);
+                if !dir.is_dir() {
+                    return Err(RegistryError::NotPulled {
+                        name: name.to_string(),
+                        detail: format!("{} does not exist", dir.display()),
+                    });
+                }
+                let missing: Vec<&str> = files
+                    .iter()
+                    .filter(|f| !dir.join(f).is_file())
+                    .map(String::as_str)
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(RegistryError::NotPulled {
+                        name: name.to_string(),
+                        detail: format!("{} lacks {}", dir.display(), missing.join(", ")),
+                    });
+                }
+                if files.iter().any(|f| f == "model_index.json") {
+                    Ok(ModelLocation::Diffusers(dir))
+                } else {
+                    // Validation guarantees exactly one top-level checkpoint here.
+                    let file = files
+                        .iter()
+                        .find(|f| !f.contains('/') && is_safetensors(Path::new(f)))
+                        .map(|f| dir.join(f))
+                        .ok_or_else(|| invalid(name, "source.files", "no checkpoint file listed"))?;
+                    Ok(ModelLocation::SingleFile { file, config: None })
+                }
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for Registry {
+    type Err = RegistryError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Registry::parse(s, "weights.toml")
+    }
+}
+
+/// What a filesystem path holds: a diffusers folder, or a single safetensors checkpoint.
+fn locate_path(path: &Path) -> Result<ModelLocation> {
+    let bad = |message: &str| RegistryError::BadPath {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    };
+    if path.is_dir() {
+        if path.join("model_index.json").is_file() || path.join("unet").join("config.json").is_file() {
+            return Ok(ModelLocation::Diffusers(path.to_path_buf()));
+        }
+        let checkpoints: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|source| RegistryError::Io { path: path.to_path_buf(), source })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && is_safetensors(p))
+            .collect();
+        return match checkpoints.as_slice() {
+            [one] => Ok(ModelLocation::SingleFile { file: one.clone(), config: None }),
+            _ => Err(bad("neither a diffusers folder (no model_index.json) nor a folder with exactly one .safetensors checkpoint")),
+        };
+    }
+    if path.is_file() {
+        if is_pickle(path) {
+            return Err(bad("pickled checkpoints (.ckpt/.pt/.bin) can run code when loaded and are refused; convert it to .safetensors"));
+        }
+        if is_safetensors(path) {
+            return Ok(ModelLocation::SingleFile { file: path.to_path_buf(), config: None });
+        }
+        return Err(bad("not a .safetensors checkpoint"));
+    }
+    Err(bad("does not exist"))
+}
+
+#[cfg(test)]
+#[path = "registry_tests.rs"]
+mod tests;

@@ -1,0 +1,352 @@
+//! Parity with diffusers: runs every case of a reference fixture (default
+//! `tests/fixtures/tiny-sd15`, or the directory in `LIMNER_PARITY_FIXTURE`) against the engine,
+//! loading the model from its diffusers folder and again from each single-file checkpoint.
+//! Nothing here names a fixture-specific value: the cases, tensors and tolerances come from
+//! `cases.json`, `reference.safetensors` and the contract (components 1e-3 relative; pipelines
+//! 2e-2 max / 2e-3 mean absolute error on the decoded image).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use limner::engine::model::{LoadOptions, ModelSource, StableDiffusion};
+use limner::engine::noise::{NoisePurpose, NoiseSource};
+use limner::engine::pipeline::{CancelToken, Job};
+use limner::engine::samplers::{
+    build_sampler, img2img_start, parse_sampler, python_json_to_strict, SchedulerConfig,
+};
+use limner::engine::text::ClipTokenizer;
+use limner::engine::EngineError;
+use serde_json::Value;
+
+fn fixture_dir() -> PathBuf {
+    std::env::var_os("LIMNER_PARITY_FIXTURE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15"))
+}
+
+struct Fixture {
+    dir: PathBuf,
+    cases: Value,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl Fixture {
+    fn load() -> Self {
+        let dir = fixture_dir();
+        let text = std::fs::read_to_string(dir.join("cases.json")).expect("cases.json");
+        let cases: Value =
+            serde_json::from_str(&python_json_to_strict(&text)).expect("cases.json parses");
+        let tensors =
+            candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
+                .expect("reference.safetensors");
+        Fixture {
+            dir,
+            cases,
+            tensors,
+        }
+    }
+
+    fn t(&self, name: &str) -> Tensor {
+        self.tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("reference tensor {name} missing"))
+            .to_dtype(DType::F32)
+            .unwrap()
+    }
+
+    fn cases(&self) -> &Vec<Value> {
+        self.cases["cases"].as_array().expect("cases[]")
+    }
+
+    fn sources(&self) -> Vec<(String, ModelSource)> {
+        let model = self.dir.join("model");
+        let mut out = vec![(
+            "diffusers folder".to_string(),
+            ModelSource::Folder(model.clone()),
+        )];
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("single-file")) {
+            let mut files: Vec<_> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+                .collect();
+            files.sort();
+            for file in files {
+                out.push((
+                    format!("single file {}", file.display()),
+                    ModelSource::SingleFile {
+                        file,
+                        config: Some(model.clone()),
+                    },
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn errors(actual: &Tensor, expected: &Tensor) -> (f32, f32) {
+    assert_eq!(actual.dims(), expected.dims(), "shape");
+    let diff = (actual.to_dtype(DType::F32).unwrap() - expected)
+        .unwrap()
+        .abs()
+        .unwrap();
+    let max = max_abs(&diff);
+    let mean = diff.mean_all().unwrap().to_scalar::<f32>().unwrap();
+    (max, mean)
+}
+
+/// Checks a component output: max abs error <= 1e-3 x max |reference|.
+fn component(label: &str, actual: &Tensor, expected: &Tensor, failures: &mut Vec<String>) {
+    let (max, _) = errors(actual, expected);
+    let limit = 1e-3 * max_abs(expected);
+    eprintln!("{label}: max abs err {max:.3e} (limit {limit:.3e})");
+    if max > limit {
+        failures.push(format!("{label}: max abs err {max:.3e} > {limit:.3e}"));
+    }
+}
+
+/// Hands out the reference's exact noise tensors by purpose.
+struct Replay {
+    initial: Tensor,
+    vae: Option<Tensor>,
+    steps: Vec<Tensor>,
+    start: usize,
+}
+
+impl NoiseSource for Replay {
+    fn draw(&mut self, purpose: NoisePurpose, shape: &[usize]) -> Result<Tensor, EngineError> {
+        let t = match purpose {
+            NoisePurpose::Initial { pass: 0 } => self.initial.clone(),
+            NoisePurpose::VaeSample => self.vae.clone().expect("no VAE sample noise in case"),
+            NoisePurpose::Step { pass: 0, step } => self.steps[step - self.start].clone(),
+            other => panic!("unexpected draw {other:?}"),
+        };
+        assert_eq!(t.dims(), shape, "noise shape for {purpose:?}");
+        Ok(t)
+    }
+}
+
+fn run_pipeline_case(
+    fx: &Fixture,
+    model: &StableDiffusion,
+    case: &Value,
+    label: &str,
+    failures: &mut Vec<String>,
+) {
+    let s = |k: &str| case[k].as_str().unwrap_or_default().to_string();
+    let u = |k: &str| case[k].as_u64().unwrap_or_else(|| panic!("{k}")) as usize;
+    let scheduler: SchedulerConfig =
+        serde_json::from_value(case["scheduler_config"].clone()).expect("scheduler_config");
+    let steps = u("steps");
+    let sampler = parse_sampler(&s("sampler"), None).expect("sampler");
+    let img2img = case["kind"] == "img2img";
+    let strength = case["strength"].as_f64().unwrap_or(1.0);
+    let start = if img2img {
+        img2img_start(steps, strength).unwrap()
+    } else {
+        0
+    };
+
+    // The schedule itself must be diffusers'.
+    let built = build_sampler(&sampler, &scheduler, steps).unwrap();
+    let used: Vec<f64> = case["timesteps_used"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let ours = &built.timesteps()[start..];
+    if ours.len() != used.len() || ours.iter().zip(&used).any(|(a, b)| (a - b).abs() > 1e-3) {
+        failures.push(format!("{label}: timesteps {ours:?} != reference {used:?}"));
+    }
+
+    let job = Job {
+        prompt: s("prompt"),
+        negative_prompt: s("negative_prompt"),
+        steps,
+        cfg_scale: case["cfg_scale"].as_f64().unwrap(),
+        sampler,
+        scheduler_override: Some(scheduler),
+        width: u("width"),
+        height: u("height"),
+        batch_size: 1,
+        init_image: img2img.then(|| fx.t(case["init_image"].as_str().unwrap())),
+        denoising_strength: strength,
+        hires: None,
+        clip_skip: 0,
+        plain_prompt: true,
+    };
+    let noise_key = if img2img { "noise" } else { "initial_noise" };
+    let replay = Replay {
+        initial: fx.t(case[noise_key].as_str().unwrap()),
+        vae: case["vae_sample_noise"].as_str().map(|k| fx.t(k)),
+        steps: case["ancestral_step_noise"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| fx.t(k.as_str().unwrap()))
+            .collect(),
+        start,
+    };
+    let mut noise: Vec<Box<dyn NoiseSource>> = vec![Box::new(replay)];
+    let mut steps_seen = 0;
+    let out = model
+        .run(
+            &job,
+            &mut noise,
+            &mut |_| steps_seen += 1,
+            &CancelToken::new(),
+        )
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+    if steps_seen != steps - start {
+        failures.push(format!(
+            "{label}: {steps_seen} progress callbacks for {} steps",
+            steps - start
+        ));
+    }
+    let (lmax, lmean) = errors(
+        &out.latents,
+        &fx.t(case["expected_latents"].as_str().unwrap()),
+    );
+    let (imax, imean) = errors(&out.images, &fx.t(case["expected_image"].as_str().unwrap()));
+    eprintln!(
+        "{label}: latents max {lmax:.3e} mean {lmean:.3e}; image max {imax:.3e} mean {imean:.3e}"
+    );
+    if imax > 2e-2 || imean > 2e-3 {
+        failures.push(format!(
+            "{label}: image max {imax:.3e} (limit 2e-2), mean {imean:.3e} (limit 2e-3)"
+        ));
+    }
+}
+
+fn run_all(fx: &Fixture, source_label: &str, source: &ModelSource) -> Vec<String> {
+    let model = StableDiffusion::load("parity", source, &LoadOptions::cpu())
+        .unwrap_or_else(|e| panic!("{source_label}: load failed: {e}"));
+    let mut failures = vec![];
+    let mut ran = 0;
+    for case in fx.cases() {
+        let kind = case["kind"].as_str().unwrap_or_default();
+        let id = case["id"].as_str().map(str::to_string).unwrap_or_else(|| {
+            format!(
+                "{kind} {}",
+                case["expected"]
+                    .as_str()
+                    .or(case["timestep"].as_str())
+                    .unwrap_or("")
+            )
+        });
+        let label = format!("[{source_label}] {id}");
+        match kind {
+            "text_embeddings" => {
+                let got = model
+                    .encode_plain(case["prompt"].as_str().unwrap(), 0)
+                    .unwrap();
+                component(
+                    &label,
+                    &got,
+                    &fx.t(case["expected"].as_str().unwrap()),
+                    &mut failures,
+                );
+            }
+            "unet" => {
+                let ctx = fx.t(case["context"].as_str().unwrap());
+                let got = model
+                    .unet_forward(
+                        &fx.t(case["sample"].as_str().unwrap()),
+                        case["timestep"].as_f64().unwrap(),
+                        &ctx,
+                    )
+                    .unwrap();
+                component(
+                    &format!("{label} t={}", case["timestep"]),
+                    &got,
+                    &fx.t(case["expected"].as_str().unwrap()),
+                    &mut failures,
+                );
+            }
+            "vae_decode" => {
+                let got = model
+                    .decode(&fx.t(case["latents_scaled"].as_str().unwrap()))
+                    .unwrap();
+                component(
+                    &label,
+                    &got,
+                    &fx.t(case["expected"].as_str().unwrap()),
+                    &mut failures,
+                );
+            }
+            "vae_encode" => {
+                let post = model
+                    .vae
+                    .encode(&fx.t(case["image"].as_str().unwrap()))
+                    .unwrap();
+                component(
+                    &format!("{label} mean"),
+                    &post.mean,
+                    &fx.t(case["expected_mean"].as_str().unwrap()),
+                    &mut failures,
+                );
+                component(
+                    &format!("{label} std"),
+                    &post.std,
+                    &fx.t(case["expected_std"].as_str().unwrap()),
+                    &mut failures,
+                );
+            }
+            "txt2img" | "img2img" => run_pipeline_case(fx, &model, case, &label, &mut failures),
+            other => failures.push(format!("{label}: unknown case kind '{other}'")),
+        }
+        ran += 1;
+    }
+    assert!(ran > 0, "no cases ran");
+    failures
+}
+
+#[test]
+fn tokenizer_ids_match_reference() {
+    let fx = Fixture::load();
+    let tok = ClipTokenizer::from_dir(&fx.dir.join("model/tokenizer")).unwrap();
+    let cases = fx.cases["tokenizer"].as_array().expect("tokenizer cases");
+    assert!(!cases.is_empty());
+    for case in cases {
+        let prompt = case["prompt"].as_str().unwrap();
+        let want: Vec<u32> = case["input_ids_padded_77"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            tok.encode_padded(prompt, want.len()),
+            want,
+            "prompt {prompt:?}"
+        );
+    }
+}
+
+#[test]
+fn every_case_matches_diffusers_for_every_model_source() {
+    let fx = Fixture::load();
+    let mut failures = vec![];
+    for (label, source) in fx.sources() {
+        failures.extend(run_all(&fx, &label, &source));
+    }
+    assert!(
+        failures.is_empty(),
+        "parity failures:\n{}",
+        failures.join("\n")
+    );
+}
