@@ -7,3 +7,5 @@
 
 pub mod characters;
 pub mod engine;
+pub mod jobs;
+pub mod registry;

@@ -29,18 +29,38 @@ enum Command {
     Pregen(cmd::pregen::Args),
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+/// Logs go to stderr, filtered by RUST_LOG (default info). `bench --profile` also records
+/// candle's TRACE spans into a [`cmd::profile::Profile`].
+fn init_tracing(profile: Option<cmd::profile::Profile>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let env = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+        .with_filter(env);
+    let spans = profile.map(|p| {
+        p.with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("candle_transformers", tracing::Level::TRACE)
+                .with_target("limner", tracing::Level::TRACE),
+        )
+    });
+    tracing_subscriber::registry().with(fmt).with(spans).init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let profile = match &cli.command {
+        Command::Bench(args) if args.profile => Some(cmd::profile::Profile::default()),
+        _ => None,
+    };
+    init_tracing(profile.clone());
+    match cli.command {
         Command::Pull(args) => cmd::pull::run(args),
         Command::Generate(args) => cmd::generate::run(args),
-        Command::Bench(args) => cmd::bench::run(args),
+        Command::Bench(args) => cmd::bench::run(args, profile),
         Command::Migrate(args) => cmd::migrate::run(args),
         Command::Backup(args) => cmd::backup::run(args),
         Command::Pregen(args) => cmd::pregen::run(args),

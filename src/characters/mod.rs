@@ -10,7 +10,10 @@
 mod campaigns;
 pub mod enums;
 mod error;
+mod legacy;
+pub mod migrate;
 mod portraits;
+pub mod pregenerated;
 mod profiles;
 mod store;
 mod types;
@@ -20,6 +23,9 @@ pub use enums::{
     AgeCategory, Build, CharacterClass, CharacterType, FacialExpression, Gender, Pose, Race,
 };
 pub use error::{StoreError, StoreResult};
+pub use legacy::LegacyPlan;
+pub use migrate::{migrate_legacy, MigrateError, MigrateOptions, MigrationReport};
+pub use pregenerated::{import_pregenerated, pregenerated, PregenCharacter, PregenReport};
 pub use store::{CharacterStore, SqliteStore, Store, DB_FILE_NAME, SCHEMA_VERSION};
 pub use types::{
     Campaign, CampaignFilter, CampaignStatePatch, CharacterFilter, CharacterInfo, CharacterPatch,

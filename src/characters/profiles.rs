@@ -8,7 +8,7 @@ use super::error::{StoreError, StoreResult};
 use super::types::{CharacterFilter, CharacterPatch, CharacterProfile, NewCharacter};
 use super::validate::{self, ValidationError};
 use super::{campaigns, types::CampaignStatePatch};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use rusqlite::types::Type;
 use rusqlite::{named_params, Connection, OptionalExtension, Row};
 use serde_json::Value;
@@ -22,8 +22,10 @@ pub(crate) fn page(limit: Option<u32>, offset: Option<u32>) -> (i64, i64) {
     (i64::from(limit), i64::from(offset.unwrap_or(0)))
 }
 
+/// Now, at the microsecond precision the database keeps, so what a write returns equals what
+/// a later read returns.
 pub(crate) fn now() -> DateTime<Utc> {
-    Utc::now()
+    Utc::now().trunc_subsecs(6)
 }
 
 pub(crate) fn new_id() -> String {

@@ -12,6 +12,7 @@ use super::types::{
     CharacterProfile, EnrichedCharacter, NewCampaign, NewCharacter, NewPortrait, PortraitRecord,
 };
 use super::{campaigns, portraits, profiles};
+use rusqlite::backup::StepResult;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -337,10 +338,20 @@ impl CharacterStore for SqliteStore {
             let mut dst = Connection::open(&tmp).map_err(|e| db_err("open", &e))?;
             let backup =
                 rusqlite::backup::Backup::new(&src, &mut dst).map_err(|e| db_err("start", &e))?;
-            // All pages in one step: one consistent snapshot even while other processes write.
-            backup
-                .run_to_completion(-1, Duration::from_millis(50), None)
-                .map_err(|e| db_err("copy", &e))?;
+            // All pages in one step (-1): one consistent snapshot even while other processes
+            // write. Busy / locked: another connection holds a lock briefly; retry.
+            let mut attempts = 0;
+            loop {
+                match backup.step(-1).map_err(|e| db_err("copy", &e))? {
+                    StepResult::Done => break,
+                    StepResult::More => continue,
+                    _ if attempts < 200 => {
+                        attempts += 1;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    other => return Err(db_err("copy", &format!("{other:?}"))),
+                }
+            }
         }
         std::fs::rename(&tmp, dest).map_err(|e| db_err("rename", &e))?;
         Ok(())

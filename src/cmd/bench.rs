@@ -33,6 +33,10 @@ pub struct Args {
     pub warmup: Option<usize>,
     #[arg(long, default_value = "portrait of a dwarf cleric, detailed face")]
     pub prompt: String,
+    /// Also report where the time goes: candle's layer spans (conv2d, linear, attention, ...)
+    /// summed over the timed run, inclusive and exclusive of nested spans.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// Peak resident memory of this process (Linux VmHWM), in MB.
@@ -43,7 +47,7 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args, profile: Option<super::profile::Profile>) -> anyhow::Result<()> {
     let ResolvedModel {
         name,
         source,
@@ -72,6 +76,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for _ in 0..warmup {
         generate_on(&model, &request, &mut |_| {}, &CancelToken::new())?;
     }
+    // Only the timed run counts in the profile.
+    if let Some(p) = &profile {
+        p.clear();
+    }
     let started = Instant::now();
     let result = generate_on(
         &model,
@@ -89,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let end_to_end_s = started.elapsed().as_secs_f64();
     let t = &result.timings;
     let unet_s = t.unet_ms_total / 1000.0;
-    let report = json!({
+    let mut report = json!({
         "model": name,
         "device": describe(&options.device),
         "dtype": dtype_name(options.dtype),
@@ -108,6 +116,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "load_s": load_s,
         "peak_rss_mb": peak_rss_mb(),
     });
+    if let Some(p) = &profile {
+        report["profile"] = p.report();
+    }
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

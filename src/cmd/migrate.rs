@@ -1,9 +1,49 @@
-//! `limner migrate` (not written yet).
+//! `limner migrate`: imports the legacy JSON character layout into the store and prints one JSON
+//! report on stdout. Unreadable input writes nothing and exits non-zero (the report lists why).
+
+use limner::characters::migrate::{apply_legacy, plan_legacy};
+use limner::characters::{MigrateError, Store, DB_FILE_NAME};
+use std::path::PathBuf;
 
 /// Arguments of `limner migrate`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The legacy folder, holding `character_profiles/` and/or `campaigns/`.
+    #[arg(long, value_name = "DIR")]
+    from: PathBuf,
+    /// Report what would change without writing anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// List unreadable or malformed files as skipped instead of refusing to migrate.
+    #[arg(long)]
+    skip_malformed: bool,
+    /// Data directory; the database is `<data-dir>/limner.db`.
+    #[arg(long, env = "LIMNER_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("limner migrate is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    // Read and check everything before the database is even opened.
+    let plan = match plan_legacy(&args.from, args.skip_malformed) {
+        Ok(plan) => plan,
+        Err(MigrateError::Input(report)) => {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            anyhow::bail!(
+                "{} unreadable or malformed file(s) in {}; nothing was written",
+                report.errors.len(),
+                args.from.display()
+            );
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let db = args.data_dir.join(DB_FILE_NAME);
+    // A dry run against a database that does not exist yet must not create one.
+    let store = if args.dry_run && !db.exists() {
+        Store::open_in_memory()?
+    } else {
+        Store::open(&db)?
+    };
+    let report = apply_legacy(&store, plan, args.dry_run)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
 }

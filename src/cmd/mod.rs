@@ -6,4 +6,5 @@ pub mod common;
 pub mod generate;
 pub mod migrate;
 pub mod pregen;
+pub mod profile;
 pub mod pull;

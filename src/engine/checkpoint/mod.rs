@@ -283,6 +283,12 @@ pub fn convert(tensors: HashMap<String, Tensor>, layout: &UNetLayout) -> Result<
                 .to_string(),
         ));
     }
+    if !tensors.keys().any(|k| k.starts_with(unet::PREFIX)) {
+        return Err(EngineError::Model(format!(
+            "the checkpoint has no UNet weights ({}*)",
+            unet::PREFIX
+        )));
+    }
     unet::check_block_counts(tensors.keys().map(String::as_str), layout)?;
 
     let text_prefix = match architecture {
@@ -310,12 +316,6 @@ pub fn convert(tensors: HashMap<String, Tensor>, layout: &UNetLayout) -> Result<
         } else if !is_ignored(&key) {
             unknown_keys.push(key);
         }
-    }
-    if unet.is_empty() {
-        return Err(EngineError::Model(format!(
-            "the checkpoint has no UNet weights ({}*)",
-            unet::PREFIX
-        )));
     }
     unet::check_layout(&unet, layout)?;
 

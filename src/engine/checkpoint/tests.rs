@@ -299,3 +299,15 @@ fn missing_truncated_and_foreign_files_are_model_errors() {
     std::fs::write(&tiny, b"{}").expect("write");
     assert!(refusal(&tiny).contains("2 bytes"));
 }
+
+#[test]
+fn a_checkpoint_without_a_unet_is_refused() {
+    let tensors: HashMap<String, Tensor> = load("single-file/tiny-sd15.safetensors")
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("model.diffusion_model."))
+        .collect();
+    let err = convert(tensors, &fixture_layout())
+        .err()
+        .expect("must fail");
+    assert!(err.to_string().contains("no UNet weights"), "{err}");
+}

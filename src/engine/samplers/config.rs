@@ -70,7 +70,7 @@ impl Default for SchedulerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Prediction {
     Epsilon,
-    VPrediction,
+    Velocity,
     Sample,
 }
 
@@ -104,7 +104,7 @@ impl SchedulerConfig {
     pub(crate) fn prediction(&self) -> Result<Prediction> {
         match self.prediction_type.as_str() {
             "epsilon" => Ok(Prediction::Epsilon),
-            "v_prediction" => Ok(Prediction::VPrediction),
+            "v_prediction" => Ok(Prediction::Velocity),
             "sample" => Ok(Prediction::Sample),
             other => Err(EngineError::invalid(
                 "prediction_type",
@@ -343,7 +343,7 @@ mod tests {
         assert_eq!(c.beta_end, 0.02);
         assert_eq!(c.beta_schedule, "linear");
         assert!(c.set_alpha_to_one);
-        assert_eq!(c.final_sigma_zero().unwrap(), true);
+        assert!(c.final_sigma_zero().unwrap());
     }
 
     #[test]

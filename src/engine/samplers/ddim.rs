@@ -103,7 +103,7 @@ impl Sampler for DdimSampler {
                 out.clone(),
                 lin(&[(&x, 1.0 / b_t.sqrt()), (&out, -a_t.sqrt() / b_t.sqrt())])?,
             ),
-            Prediction::VPrediction => (
+            Prediction::Velocity => (
                 lin(&[(&x, a_t.sqrt()), (&out, -b_t.sqrt())])?,
                 lin(&[(&out, a_t.sqrt()), (&x, b_t.sqrt())])?,
             ),

@@ -84,7 +84,7 @@ impl Sampler for HeunSampler {
         check_step(step, self.timesteps.len())?;
         check_next(step, self.last_step)?;
         // Even indices are predictor (Euler) evaluations, odd ones correctors.
-        if (step % 2 == 0) != self.predictor.is_none() {
+        if step.is_multiple_of(2) != self.predictor.is_none() {
             return Err(EngineError::invalid(
                 "step",
                 format!("Heun step {step} is out of phase; runs start at an even index"),

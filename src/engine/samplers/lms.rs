@@ -91,11 +91,12 @@ impl Sampler for LmsSampler {
         if self.derivatives.len() > ORDER {
             self.derivatives.remove(0);
         }
-        // diffusers takes the order from the step index, not from the history length, and pairs
-        // coefficients with the newest derivatives, dropping the surplus (img2img starts).
-        let order = (step + 1).min(ORDER);
+        // The order grows with the steps actually taken. (diffusers takes it from the step index,
+        // so its img2img runs start with an order-4 weight on a single derivative and leave the
+        // first steps under-denoised; A1111's k-diffusion LMS counts taken steps, as we do.)
+        let order = self.derivatives.len();
         let mut terms: Vec<(&Tensor, f64)> = vec![(&x, 1.0)];
-        for (current, d) in (0..order).zip(self.derivatives.iter().rev()) {
+        for (current, d) in self.derivatives.iter().rev().enumerate() {
             terms.push((d, self.coefficient(order, step, current)));
         }
         let prev = lin(&terms)?;

@@ -17,6 +17,8 @@ mod schedule;
 mod unipc;
 
 #[cfg(test)]
+mod exactness_tests;
+#[cfg(test)]
 mod fixture_tests;
 #[cfg(test)]
 mod parity_tests;

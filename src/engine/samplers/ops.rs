@@ -56,7 +56,7 @@ pub(crate) fn x0_at_sigma(
 ) -> Result<Tensor> {
     match prediction {
         Prediction::Epsilon => lin(&[(sample, 1.0), (model_output, -sigma)]),
-        Prediction::VPrediction => {
+        Prediction::Velocity => {
             let s2 = sigma * sigma + 1.0;
             lin(&[(model_output, -sigma / s2.sqrt()), (sample, 1.0 / s2)])
         }
@@ -75,7 +75,7 @@ pub(crate) fn x0_at_alpha_sigma(
 ) -> Result<Tensor> {
     match prediction {
         Prediction::Epsilon => lin(&[(sample, 1.0 / alpha_t), (model_output, -sigma_t / alpha_t)]),
-        Prediction::VPrediction => lin(&[(sample, alpha_t), (model_output, -sigma_t)]),
+        Prediction::Velocity => lin(&[(sample, alpha_t), (model_output, -sigma_t)]),
         Prediction::Sample => Ok(model_output.clone()),
     }
 }
@@ -123,11 +123,11 @@ mod tests {
         // k-diffusion sample x = x0 + sigma*eps; VP sample = a*x; v = a*eps - s*x0.
         let x = lin(&[(&x0, 1.0), (&eps, sigma)]).unwrap();
         let v = lin(&[(&eps, a), (&x0, -s)]).unwrap();
-        let got = x0_at_sigma(Prediction::VPrediction, &v, &x, sigma).unwrap();
+        let got = x0_at_sigma(Prediction::Velocity, &v, &x, sigma).unwrap();
         let diff = (got - &x0).unwrap().abs().unwrap().max(0).unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
         let vp = x.affine(a, 0.0).unwrap();
-        let got = x0_at_alpha_sigma(Prediction::VPrediction, &v, &vp, a, s).unwrap();
+        let got = x0_at_alpha_sigma(Prediction::Velocity, &v, &vp, a, s).unwrap();
         let diff = (got - &x0).unwrap().abs().unwrap().max(0).unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
         let got = x0_at_alpha_sigma(Prediction::Epsilon, &eps, &vp, a, s).unwrap();

@@ -196,6 +196,44 @@ mod tests {
     }
 
     #[test]
+    fn corrector_is_the_trapezoid_rule_and_predictor_extrapolates() {
+        // Order-1 corrector with rho = 1/2 and B(h) = e^-h - 1 reduces to
+        // x1 = (s1/s0) x0 + a1 (1 - e^-h) (m0 + m1) / 2; the order-2 predictor adds
+        // -a2 B(h2) / 2 * (m0 - m1) / r with r = (lambda0 - lambda1) / h2.
+        let cfg = SchedulerConfig {
+            beta_schedule: "scaled_linear".into(),
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            ..Default::default()
+        };
+        let mut s = UniPcSampler::new(&cfg, 10, false).unwrap();
+        let sg = s.schedule.sigmas.clone();
+        let vp = |k: f64| (1.0 / (k * k + 1.0).sqrt(), k / (k * k + 1.0).sqrt());
+        let lam = |k: f64| (1.0 / k).ln();
+        let dev = Device::Cpu;
+        let x_0 = 0.9;
+        let (e0, e1) = (0.4, -0.2);
+        let t = |v: f64| Tensor::new(&[v as f32], &dev).unwrap();
+        let (a0, g0) = vp(sg[0]);
+        let (a1, g1) = vp(sg[1]);
+        let (a2, g2) = vp(sg[2]);
+        let m0 = (x_0 - g0 * e0) / a0;
+        let h1 = lam(sg[1]) - lam(sg[0]);
+        let x1_pred = g1 / g0 * x_0 + a1 * (1.0 - (-h1).exp()) * m0;
+        let x1 = s.step(&t(e0), 0, &t(x_0), None).unwrap();
+        assert!((value(&x1) - x1_pred).abs() < 1e-5);
+        // The data prediction at step 1 uses the uncorrected sample.
+        let m1 = (x1_pred - g1 * e1) / a1;
+        let x1_corr = g1 / g0 * x_0 + a1 * (1.0 - (-h1).exp()) * (m0 + m1) / 2.0;
+        let h2 = lam(sg[2]) - lam(sg[1]);
+        let r = (lam(sg[0]) - lam(sg[1])) / h2;
+        let b_h = (-h2).exp() - 1.0;
+        let want = g2 / g1 * x1_corr - a2 * b_h * m1 - a2 * b_h * 0.5 * (m0 - m1) / r;
+        let x2 = s.step(&t(e1), 1, &x1, None).unwrap();
+        assert!((value(&x2) - want).abs() < 1e-4, "{} vs {want}", value(&x2));
+    }
+
+    #[test]
     fn exact_data_predictions_are_reproduced() {
         // If every model call returns the true eps of a fixed x0 (so the data prediction is
         // constant), predictor and corrector both keep the sample on the noising path

@@ -227,7 +227,7 @@ impl<'a> ChunkBuilder<'a> {
             self.last_comma = Some(self.tokens.len());
         } else if let Some(comma) = self
             .last_comma
-            .filter(|&c| full && TOKENS_PER_CHUNK - c <= COMMA_BACKTRACK)
+            .filter(|&c| full && TOKENS_PER_CHUNK.saturating_sub(c) <= COMMA_BACKTRACK)
         {
             // Move the words after the comma to the next chunk instead of splitting them.
             let moved_tokens = self.tokens.split_off(comma + 1);

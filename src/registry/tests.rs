@@ -1,0 +1,404 @@
+//! Tests of the registry: the repository's own weights.toml, resolution and error messages.
+
+use super::*;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn repo_registry() -> Registry {
+    Registry::load(&repo_root().join("weights.toml")).expect("weights.toml parses")
+}
+
+const MINIMAL_HUB: &str = r#"
+    [models.m]
+    architecture = "sd1"
+    source = { hub = "owner/repo", revision = "main", files = ["model_index.json", "unet/config.json"] }
+"#;
+
+fn err_of(text: &str) -> String {
+    Registry::from_str(text).unwrap_err().to_string()
+}
+
+#[test]
+fn repo_weights_toml_is_valid() {
+    let reg = repo_registry();
+    for name in [
+        "dreamshaper-8",
+        "realistic-vision-5",
+        "sd-turbo",
+        "tiny-fixture",
+    ] {
+        assert!(reg.get(name).is_some(), "{name} missing");
+    }
+    let turbo = reg.get("sd-turbo").unwrap();
+    assert_eq!(turbo.architecture, Architecture::SdTurbo);
+    assert_eq!(turbo.defaults.cfg_scale, Some(0.0));
+    assert!(turbo.defaults.steps.is_some_and(|s| (1..=4).contains(&s)));
+    for (name, entry) in reg.models() {
+        if let ModelSource::Hub { files, .. } = &entry.source {
+            // Every diffusers hub entry lists what a pipeline needs to load.
+            for needed in [
+                "model_index.json",
+                "scheduler/scheduler_config.json",
+                "text_encoder/config.json",
+                "tokenizer/vocab.json",
+                "tokenizer/merges.txt",
+                "unet/config.json",
+                "vae/config.json",
+            ] {
+                assert!(files.iter().any(|f| f == needed), "{name} lacks {needed}");
+            }
+            for component in ["text_encoder/", "unet/", "vae/"] {
+                assert!(
+                    files
+                        .iter()
+                        .any(|f| f.starts_with(component) && f.ends_with(".safetensors")),
+                    "{name} lacks {component} weights"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn styles_map_to_models() {
+    let reg = repo_registry();
+    assert_eq!(
+        reg.model_for_style("Fantasy").map(|m| m.0),
+        Some("dreamshaper-8")
+    );
+    assert_eq!(
+        reg.model_for_style("realistic").map(|m| m.0),
+        Some("realistic-vision-5")
+    );
+    assert!(reg.model_for_style("cubism").is_none());
+}
+
+#[test]
+fn tiny_fixture_resolves_offline() {
+    let reg = repo_registry();
+    let models = tempfile::tempdir().unwrap();
+    let r = reg.resolve("tiny-fixture", models.path()).unwrap();
+    assert_eq!(r.name, "tiny-fixture");
+    let ModelLocation::Diffusers(dir) = &r.location else {
+        panic!("{r:?}")
+    };
+    assert!(dir.join("model_index.json").is_file());
+    assert_eq!(
+        r.entry.as_ref().map(|e| e.architecture),
+        Some(Architecture::Sd1)
+    );
+}
+
+#[test]
+fn resolves_paths() {
+    let reg = Registry::default();
+    let fixtures = repo_root().join("tests/fixtures/tiny-sd15");
+    let folder = fixtures.join("model");
+    let r = reg
+        .resolve(folder.to_str().unwrap(), Path::new("models"))
+        .unwrap();
+    assert_eq!(r.location, ModelLocation::Diffusers(folder.clone()));
+    assert!(r.entry.is_none());
+    let file = fixtures.join("single-file/tiny-sd15.safetensors");
+    let r = reg
+        .resolve(file.to_str().unwrap(), Path::new("models"))
+        .unwrap();
+    assert_eq!(
+        r.location,
+        ModelLocation::SingleFile {
+            file: file.clone(),
+            config: None
+        }
+    );
+    assert_eq!(r.name, "tiny-sd15");
+    // A folder holding one checkpoint is that checkpoint.
+    let r = reg
+        .resolve(
+            fixtures.join("single-file").to_str().unwrap(),
+            Path::new("models"),
+        )
+        .unwrap();
+    assert_eq!(r.location, ModelLocation::SingleFile { file, config: None });
+}
+
+#[test]
+fn refuses_pickles_and_missing_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("old.ckpt");
+    std::fs::write(&ckpt, b"pickle").unwrap();
+    let err = Registry::default()
+        .resolve(ckpt.to_str().unwrap(), dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("pickled") && err.contains(".safetensors"),
+        "{err}"
+    );
+    let missing = dir.path().join("nope.safetensors");
+    let err = Registry::default()
+        .resolve(missing.to_str().unwrap(), dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not exist"), "{err}");
+    let err = Registry::default()
+        .resolve(dir.path().to_str().unwrap(), dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model_index.json"), "{err}");
+}
+
+#[test]
+fn unknown_names_list_the_known_ones() {
+    let reg = repo_registry();
+    let err = reg
+        .resolve("dreamshaper-9", Path::new("models"))
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::UnknownModel { .. }));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("dreamshaper-9") && msg.contains("sd-turbo") && msg.contains("tiny-fixture"),
+        "{msg}"
+    );
+    assert!(reg.entry("nope").is_err());
+    assert!(
+        matches!(EngineError::from(reg.entry("nope").unwrap_err()), EngineError::UnknownModel(n) if n == "nope")
+    );
+}
+
+#[test]
+fn hub_model_not_pulled_says_how_to_pull() {
+    let reg = repo_registry();
+    let models = tempfile::tempdir().unwrap();
+    let msg = reg
+        .resolve("sd-turbo", models.path())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("run: limner pull sd-turbo"), "{msg}");
+    // A partial copy is still "not pulled", naming what is missing.
+    let dir = reg.local_dir("sd-turbo", models.path());
+    assert_eq!(dir, models.path().join("sd-turbo"));
+    std::fs::create_dir_all(dir.join("unet")).unwrap();
+    std::fs::write(dir.join("model_index.json"), "{}").unwrap();
+    let msg = reg
+        .resolve("sd-turbo", models.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("unet/diffusion_pytorch_model.fp16.safetensors")
+            && msg.contains("limner pull"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn pulled_hub_model_resolves_to_its_folder() {
+    let reg = Registry::from_str(MINIMAL_HUB).unwrap();
+    let models = tempfile::tempdir().unwrap();
+    let dir = models.path().join("m");
+    std::fs::create_dir_all(dir.join("unet")).unwrap();
+    std::fs::write(dir.join("model_index.json"), "{}").unwrap();
+    std::fs::write(dir.join("unet/config.json"), "{}").unwrap();
+    let r = reg.resolve("m", models.path()).unwrap();
+    assert_eq!(r.location, ModelLocation::Diffusers(dir));
+}
+
+#[test]
+fn single_file_sources_resolve_against_the_weights_folder() {
+    let text = r#"
+        [models.rv]
+        architecture = "sd1"
+        source = { file = "ckpt/rv.safetensors", config = "cfg" }
+        [models.hubfile]
+        architecture = "sd1"
+        source = { hub = "a/b", revision = "v1", files = ["rv.safetensors"] }
+    "#;
+    let root = tempfile::tempdir().unwrap();
+    let reg = Registry::from_str(text).unwrap().with_base_dir(root.path());
+    let msg = reg
+        .resolve("rv", Path::new("models"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("rv.safetensors") && msg.contains("not there"),
+        "{msg}"
+    );
+    std::fs::create_dir_all(root.path().join("ckpt")).unwrap();
+    std::fs::create_dir_all(root.path().join("cfg")).unwrap();
+    std::fs::write(root.path().join("ckpt/rv.safetensors"), b"x").unwrap();
+    let r = reg.resolve("rv", Path::new("models")).unwrap();
+    assert_eq!(
+        r.location,
+        ModelLocation::SingleFile {
+            file: root.path().join("ckpt/rv.safetensors"),
+            config: Some(root.path().join("cfg")),
+        }
+    );
+    let models = root.path().join("models");
+    std::fs::create_dir_all(models.join("hubfile")).unwrap();
+    std::fs::write(models.join("hubfile/rv.safetensors"), b"x").unwrap();
+    let r = reg.resolve("hubfile", &models).unwrap();
+    assert_eq!(
+        r.location,
+        ModelLocation::SingleFile {
+            file: models.join("hubfile/rv.safetensors"),
+            config: None
+        }
+    );
+}
+
+#[test]
+fn errors_name_the_model_and_field() {
+    let cases: &[(&str, &str)] = &[
+        (
+            r#"[models.a]
+            architecture = "sd3"
+            source = { path = "x" }"#,
+            "model 'a': invalid architecture",
+        ),
+        (
+            r#"[models.a]
+            architecture = "sd1"
+            colour = "red"
+            source = { path = "x" }"#,
+            "invalid colour: unknown key",
+        ),
+        (
+            r#"[models.a]
+            architecture = "sd1"
+            source = { path = "x" }
+            [models.a.defaults]
+            steps = 0"#,
+            "invalid defaults.steps: 0 is outside 1..=150",
+        ),
+        (
+            r#"[models.a]
+            architecture = "sd1"
+            source = { path = "x" }
+            [models.a.defaults]
+            width = 500"#,
+            "invalid defaults.width: 500 is not a multiple of 8",
+        ),
+        (
+            r#"[models.a]
+            architecture = "sd1"
+            source = { path = "x" }
+            [models.a.defaults]
+            sampler = 3"#,
+            "invalid defaults.sampler: expected a string",
+        ),
+        (
+            r#"[models.t]
+            architecture = "sd-turbo"
+            source = { path = "x" }
+            [models.t.defaults]
+            steps = 20"#,
+            "model 't': invalid defaults.steps: 20 is outside 1..=4",
+        ),
+        (
+            r#"[models.t]
+            architecture = "sd-turbo"
+            source = { path = "x" }
+            [models.t.defaults]
+            cfg_scale = 7"#,
+            "invalid defaults.cfg_scale",
+        ),
+        (
+            r#"[models.a]
+            architecture = "sd1"
+            source = { path = "x", file = "y.safetensors" }"#,
+            "invalid source: give exactly one",
+        ),
+        (
+            r#"[models.a]
+            architecture = "sd1"
+            source = { hub = "a/b", files = ["model_index.json"] }"#,
+            "invalid source.revision: required",
+        ),
+        (
+            r#"[models.a]
+            architecture = "sd1"
+            source = { hub = "a/b", revision = "main", files = ["../etc/passwd", "model_index.json"] }"#,
+            "invalid source.files",
+        ),
+        (
+            r#"[models.a]
+            architecture = "sd1"
+            source = { hub = "a/b", revision = "main", files = ["model.ckpt"] }"#,
+            "pickled",
+        ),
+        (
+            r#"[models.a]
+            architecture = "sd1"
+            source = { hub = "a/b", revision = "main", files = ["unet/config.json"] }"#,
+            "model_index.json",
+        ),
+        (
+            r#"[models.a]
+            architecture = "sd1"
+            source = { hub = "not a repo", revision = "main", files = ["model_index.json"] }"#,
+            "invalid source.hub",
+        ),
+        (
+            r#"[models.a]
+            architecture = "sd1"
+            source = { file = "x.ckpt" }"#,
+            "invalid source.file: pickled",
+        ),
+        (
+            r#"[models."../up"]
+            architecture = "sd1"
+            source = { path = "x" }"#,
+            "invalid name",
+        ),
+        (
+            r#"[models.a]
+            architecture = "sd1"
+            styles = ["fantasy"]
+            source = { path = "x" }
+            [models.b]
+            architecture = "sd1"
+            styles = ["Fantasy"]
+            source = { path = "y" }"#,
+            "style 'fantasy' is already served by model 'a'",
+        ),
+        (
+            r#"[models.a]
+            architecture = "sd1"
+            source = { hub = "a/b", revision = "main", files = ["model_index.json"] }
+            sha256 = { "model_index.json" = "abc" }"#,
+            "invalid sha256.\"model_index.json\": expected 64 hex",
+        ),
+        (
+            r#"[models.a]
+            architecture = "sd1"
+            source = { hub = "a/b", revision = "main", files = ["model_index.json"] }
+            sha256 = { "other.json" = "abc" }"#,
+            "not one of source.files",
+        ),
+        ("[other]\nx = 1", "unknown top-level key 'other'"),
+        ("[models.a\n", "weights.toml"),
+    ];
+    for (text, want) in cases {
+        let err = err_of(text);
+        assert!(err.contains(want), "want {want:?} in {err:?}");
+    }
+}
+
+#[test]
+fn sha256_table_is_parsed_and_lowercased() {
+    let hex = "AB".repeat(32);
+    let text = format!("{MINIMAL_HUB}\nsha256 = {{ \"unet/config.json\" = \"{hex}\" }}");
+    let reg = Registry::from_str(&text).unwrap();
+    let entry = reg.get("m").unwrap();
+    assert_eq!(entry.sha256.get("unet/config.json"), Some(&"ab".repeat(32)));
+}
+
+#[test]
+fn load_reports_missing_file() {
+    let err = Registry::load(Path::new("/nonexistent/weights.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent/weights.toml"), "{err}");
+}

@@ -1,0 +1,504 @@
+//! The job queue end to end with real threads: FIFO order, capacity, concurrent submits,
+//! cancellation (queued, running, timeout, dropped guard), event order, panics and shutdown.
+//! Jobs are closures that sleep or loop over steps checking their cancel token; no engine.
+//! Timeouts here only guard against hangs; nothing asserts how long anything took.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use limner::engine::EngineError;
+use limner::jobs::{
+    FailureKind, JobContext, JobEvent, JobEvents, JobFailure, JobId, JobQueue, JobState,
+    QueueConfig, QueueError, WaitError,
+};
+use serde_json::{json, Value};
+
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+fn queue(max_queued: usize, concurrency: usize) -> JobQueue {
+    JobQueue::new(QueueConfig {
+        max_queued,
+        concurrency,
+        ..QueueConfig::default()
+    })
+    .expect("valid config")
+}
+
+async fn guarded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(HANG_GUARD, fut)
+        .await
+        .unwrap_or_else(|_| panic!("hung: {what}"))
+}
+
+async fn result_of(q: &JobQueue, id: &JobId) -> Result<Value, WaitError> {
+    guarded("wait", q.wait(id.as_str(), HANG_GUARD)).await
+}
+
+/// A job that holds its slot until the returned sender fires (or is dropped), then reports
+/// cancelled if its token was set meanwhile.
+fn blocker(q: &JobQueue) -> (JobId, mpsc::Sender<()>) {
+    let (tx, rx) = mpsc::channel::<()>();
+    let id = q
+        .submit("blocker", None, move |ctx: JobContext| {
+            let _ = rx.recv();
+            if ctx.is_cancelled() {
+                return Err(JobFailure::cancelled("saw the token"));
+            }
+            Ok(json!("blocker done"))
+        })
+        .expect("blocker admitted");
+    (id, tx)
+}
+
+/// A job of `steps` steps that checks its cancel token before each one, like the engine, and
+/// counts the steps it actually began.
+fn stepping_job(
+    steps: usize,
+    pause: Duration,
+    begun: Arc<AtomicUsize>,
+) -> impl FnOnce(JobContext) -> Result<Value, JobFailure> + Send + 'static {
+    move |ctx: JobContext| {
+        let token = ctx.cancel_token();
+        for step in 1..=steps {
+            if token.is_cancelled() {
+                return Err(EngineError::Cancelled.into());
+            }
+            begun.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(pause);
+            ctx.progress(step, steps);
+        }
+        Ok(json!({ "steps": steps }))
+    }
+}
+
+async fn next_event(events: &mut JobEvents) -> Option<JobEvent> {
+    guarded("next event", events.next()).await
+}
+
+async fn all_events(mut events: JobEvents) -> Vec<JobEvent> {
+    guarded("event stream end", async move {
+        let mut all = Vec::new();
+        while let Some(e) = events.next().await {
+            all.push(e);
+        }
+        all
+    })
+    .await
+}
+
+/// Waits until the job reports at least `step` steps.
+async fn until_step(events: &mut JobEvents, step: usize) {
+    loop {
+        match next_event(events).await {
+            Some(JobEvent::Progress { step: s, .. }) if s >= step => return,
+            Some(e) if e.is_terminal() => panic!("job ended early: {e:?}"),
+            Some(_) => {}
+            None => panic!("stream ended before step {step}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn twenty_jobs_on_one_slot_start_in_submission_order_one_at_a_time() {
+    let q = queue(32, 1);
+    let (_, release) = blocker(&q);
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let running = Arc::new(AtomicUsize::new(0));
+    let most_at_once = Arc::new(AtomicUsize::new(0));
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let (order, running, most) = (order.clone(), running.clone(), most_at_once.clone());
+        let id = q
+            .submit(format!("job {n}"), None, move |_ctx: JobContext| {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                order.lock().unwrap().push(n);
+                std::thread::sleep(Duration::from_millis(1));
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok(json!(n))
+            })
+            .unwrap();
+        assert_eq!(q.status(id.as_str()).unwrap().position, Some(n + 1));
+        ids.push(id);
+    }
+    release.send(()).unwrap();
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(result_of(&q, id).await, Ok(json!(n)));
+    }
+    assert_eq!(*order.lock().unwrap(), (0..20).collect::<Vec<_>>());
+    assert_eq!(most_at_once.load(Ordering::SeqCst), 1);
+    let m = q.metrics();
+    assert_eq!((m.done, m.queued, m.running), (21, 0, 0));
+}
+
+#[tokio::test]
+async fn the_ninth_waiting_job_is_refused_with_a_retry_after() {
+    let q = queue(8, 1);
+    let (blocker_id, release) = blocker(&q);
+    let mut waiting = Vec::new();
+    for n in 0..8 {
+        waiting.push(q.submit(format!("w{n}"), None, |_| Ok(json!(1))).unwrap());
+    }
+    match q.submit("one too many", None, |_| Ok(json!(1))) {
+        Err(QueueError::Full {
+            max_queued,
+            retry_after_secs,
+        }) => {
+            assert_eq!(max_queued, 8);
+            assert!(retry_after_secs >= 1);
+        }
+        other => panic!("expected Full, got {other:?}"),
+    }
+    let m = q.metrics();
+    assert_eq!((m.queued, m.running, m.rejected), (8, 1, 1));
+    release.send(()).unwrap();
+    assert!(result_of(&q, &blocker_id).await.is_ok());
+    for id in &waiting {
+        assert_eq!(result_of(&q, id).await, Ok(json!(1)));
+    }
+    // Room again once the backlog is gone.
+    let id = q.submit("after", None, |_| Ok(json!(2))).unwrap();
+    assert_eq!(result_of(&q, &id).await, Ok(json!(2)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_submits_each_complete_once_or_are_refused() {
+    let q = queue(8, 1);
+    let executions: Arc<Mutex<HashMap<usize, usize>>> = Arc::default();
+    let start_order: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let barrier = Arc::new(Barrier::new(50));
+    let submitters: Vec<_> = (0..50)
+        .map(|n| {
+            let (q, executions, start_order, barrier) = (
+                q.clone(),
+                executions.clone(),
+                start_order.clone(),
+                barrier.clone(),
+            );
+            std::thread::spawn(move || {
+                barrier.wait();
+                let submitted = q.submit(format!("job {n}"), None, move |_ctx: JobContext| {
+                    start_order.lock().unwrap().push(n);
+                    *executions.lock().unwrap().entry(n).or_default() += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                    Ok(json!(n))
+                });
+                (n, submitted)
+            })
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    let mut refused = Vec::new();
+    for handle in submitters {
+        let (n, submitted) = handle.join().expect("submitter thread");
+        match submitted {
+            Ok(id) => accepted.push((n, id)),
+            Err(QueueError::Full {
+                retry_after_secs, ..
+            }) => {
+                assert!(retry_after_secs >= 1);
+                refused.push(n);
+            }
+            Err(e) => panic!("unexpected refusal {e}"),
+        }
+    }
+    assert_eq!(accepted.len() + refused.len(), 50);
+    // A refusal only happens with 8 waiting and 1 running.
+    assert!(
+        refused.is_empty() || accepted.len() >= 9,
+        "{}",
+        accepted.len()
+    );
+    for (n, id) in &accepted {
+        assert_eq!(result_of(&q, id).await, Ok(json!(n)), "job {n}");
+    }
+    let executions = executions.lock().unwrap().clone();
+    for (n, _) in &accepted {
+        assert_eq!(executions.get(n), Some(&1), "job {n} ran {executions:?}");
+    }
+    for n in &refused {
+        assert_eq!(executions.get(n), None, "refused job {n} ran");
+    }
+    // First come, first served: jobs began in admission (seq) order.
+    let seq_of: HashMap<usize, u64> = accepted
+        .iter()
+        .map(|(n, id)| (*n, q.status(id.as_str()).unwrap().seq))
+        .collect();
+    let seqs: Vec<u64> = start_order
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|n| seq_of[n])
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let m = q.metrics();
+    assert_eq!(m.done as usize, accepted.len());
+    assert_eq!(m.rejected as usize, refused.len());
+}
+
+#[tokio::test]
+async fn a_cancelled_waiting_job_never_runs_and_the_queue_moves_on() {
+    let q = queue(8, 1);
+    let (_, release) = blocker(&q);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let victim = {
+        let ran = ran.clone();
+        q.submit("victim", None, move |_| {
+            ran.fetch_add(1, Ordering::SeqCst);
+            Ok(json!("should not run"))
+        })
+        .unwrap()
+    };
+    let after = q.submit("after", None, |_| Ok(json!("after"))).unwrap();
+    assert_eq!(q.status(after.as_str()).unwrap().position, Some(2));
+    assert!(q.cancel(victim.as_str()));
+    let st = q.status(victim.as_str()).unwrap();
+    assert_eq!(st.state, JobState::Cancelled);
+    assert_eq!(st.error.map(|e| e.kind), Some(FailureKind::Cancelled));
+    assert_eq!(q.status(after.as_str()).unwrap().position, Some(1));
+    assert!(!q.cancel(victim.as_str()), "second cancel reported success");
+    release.send(()).unwrap();
+    assert_eq!(result_of(&q, &after).await, Ok(json!("after")));
+    assert!(matches!(
+        result_of(&q, &victim).await,
+        Err(WaitError::Cancelled(_))
+    ));
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_cancelled_running_job_stops_within_one_step_and_frees_its_slot() {
+    let q = queue(8, 1);
+    let begun = Arc::new(AtomicUsize::new(0));
+    let long = q
+        .submit(
+            "long",
+            None,
+            stepping_job(100_000, Duration::from_millis(2), begun.clone()),
+        )
+        .unwrap();
+    let next = q.submit("next", None, |_| Ok(json!("next ran"))).unwrap();
+    let mut events = q.subscribe(long.as_str()).unwrap();
+    until_step(&mut events, 3).await;
+    let before_cancel = begun.load(Ordering::SeqCst);
+    assert!(q.cancel(long.as_str()));
+    match result_of(&q, &long).await {
+        Err(WaitError::Cancelled(e)) => assert_eq!(e.kind, FailureKind::Cancelled),
+        other => panic!("expected cancelled, got {other:?}"),
+    }
+    // At most the step already past its check when the token was set.
+    let after = begun.load(Ordering::SeqCst);
+    assert!(after <= before_cancel + 1, "{before_cancel} -> {after}");
+    assert_eq!(result_of(&q, &next).await, Ok(json!("next ran")));
+    assert_eq!(q.status(long.as_str()).unwrap().state, JobState::Cancelled);
+    assert_eq!(q.metrics().cancelled, 1);
+}
+
+#[tokio::test]
+async fn a_wait_that_times_out_cancels_the_job() {
+    let q = queue(8, 1);
+    let begun = Arc::new(AtomicUsize::new(0));
+    let id = q
+        .submit(
+            "slow",
+            None,
+            stepping_job(100_000, Duration::from_millis(2), begun),
+        )
+        .unwrap();
+    match guarded("short wait", q.wait(id.as_str(), Duration::from_millis(50))).await {
+        Err(WaitError::Timeout { id: timed_out, .. }) => assert_eq!(timed_out, id),
+        other => panic!("expected timeout, got {other:?}"),
+    }
+    let events = all_events(q.subscribe(id.as_str()).unwrap()).await;
+    match events.last() {
+        Some(JobEvent::Cancelled { error }) => assert_eq!(error.kind, FailureKind::Timeout),
+        other => panic!("expected cancelled last, got {other:?}"),
+    }
+    assert_eq!(q.status(id.as_str()).unwrap().state, JobState::Cancelled);
+}
+
+#[tokio::test]
+async fn dropping_the_guard_of_an_abandoned_request_cancels_its_job() {
+    let q = queue(8, 1);
+    let begun = Arc::new(AtomicUsize::new(0));
+    let id = q
+        .submit(
+            "sync request",
+            None,
+            stepping_job(100_000, Duration::from_millis(2), begun),
+        )
+        .unwrap();
+    let mut events = q.subscribe(id.as_str()).unwrap();
+    // What a synchronous handler does; aborting it is what axum does on disconnect.
+    let handler = {
+        let (q, id) = (q.clone(), id.clone());
+        tokio::spawn(async move {
+            let guard = q.guard(&id);
+            let out = q.wait(id.as_str(), HANG_GUARD).await;
+            guard.disarm();
+            out
+        })
+    };
+    until_step(&mut events, 2).await;
+    handler.abort();
+    assert!(guarded("aborted handler", handler).await.is_err());
+    let rest = all_events(events).await;
+    match rest.last() {
+        Some(JobEvent::Cancelled { error }) => assert_eq!(error.kind, FailureKind::Cancelled),
+        other => panic!("expected cancelled last, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_disarmed_guard_leaves_the_job_alone() {
+    let q = queue(8, 1);
+    let (id, release) = blocker(&q);
+    q.guard(&id).disarm();
+    release.send(()).unwrap();
+    assert_eq!(result_of(&q, &id).await, Ok(json!("blocker done")));
+    // Dropping an armed guard after the job finished is harmless too.
+    drop(q.guard(&id));
+    assert_eq!(q.status(id.as_str()).unwrap().state, JobState::Done);
+}
+
+#[tokio::test]
+async fn a_subscriber_sees_queued_started_every_step_and_done_in_order() {
+    let q = queue(8, 1);
+    let (_, release) = blocker(&q);
+    let id = q
+        .submit(
+            "watched",
+            None,
+            stepping_job(5, Duration::from_millis(1), Arc::default()),
+        )
+        .unwrap();
+    let events = q.subscribe(id.as_str()).unwrap();
+    release.send(()).unwrap();
+    let events = all_events(events).await;
+    assert_eq!(events.first(), Some(&JobEvent::Queued { position: 1 }));
+    assert_eq!(events.get(1), Some(&JobEvent::Started));
+    let steps: Vec<(usize, usize)> = events
+        .iter()
+        .filter_map(|e| match e {
+            JobEvent::Progress { step, total, .. } => Some((*step, *total)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, (1..=5).map(|s| (s, 5)).collect::<Vec<_>>());
+    assert_eq!(events.len(), 2 + 5 + 1, "{events:?}");
+    assert_eq!(
+        events.last(),
+        Some(&JobEvent::Done {
+            result: json!({ "steps": 5 })
+        })
+    );
+    // A late subscriber gets the outcome at once and the stream ends.
+    let late = all_events(q.subscribe(id.as_str()).unwrap()).await;
+    assert_eq!(
+        late,
+        vec![JobEvent::Done {
+            result: json!({ "steps": 5 })
+        }]
+    );
+    assert!(q.subscribe("no-such-job").is_none());
+}
+
+#[tokio::test]
+async fn a_waiting_subscriber_hears_each_new_position() {
+    let q = queue(8, 1);
+    let (_, release) = blocker(&q);
+    let a = q.submit("a", None, |_| Ok(json!("a"))).unwrap();
+    let b = q.submit("b", None, |_| Ok(json!("b"))).unwrap();
+    let c = q.submit("c", None, |_| Ok(json!("c"))).unwrap();
+    let mut events = q.subscribe(c.as_str()).unwrap();
+    assert_eq!(
+        next_event(&mut events).await,
+        Some(JobEvent::Queued { position: 3 })
+    );
+    assert!(q.cancel(a.as_str()));
+    assert_eq!(
+        next_event(&mut events).await,
+        Some(JobEvent::Queued { position: 2 })
+    );
+    assert!(q.cancel(b.as_str()));
+    assert_eq!(
+        next_event(&mut events).await,
+        Some(JobEvent::Queued { position: 1 })
+    );
+    release.send(()).unwrap();
+    let rest = all_events(events).await;
+    assert_eq!(
+        rest,
+        vec![JobEvent::Started, JobEvent::Done { result: json!("c") }]
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_job_fails_and_the_queue_keeps_working() {
+    let q = queue(8, 1);
+    let bad = q
+        .submit("bad", None, |_| -> Result<Value, JobFailure> {
+            panic!("the painter dropped the brush")
+        })
+        .unwrap();
+    let good = q.submit("good", None, |_| Ok(json!("fine"))).unwrap();
+    match result_of(&q, &bad).await {
+        Err(WaitError::Failed(e)) => {
+            assert_eq!(e.kind, FailureKind::Internal);
+            assert!(e.message.contains("dropped the brush"), "{}", e.message);
+        }
+        other => panic!("expected failed, got {other:?}"),
+    }
+    assert_eq!(result_of(&q, &good).await, Ok(json!("fine")));
+    let m = q.metrics();
+    assert_eq!((m.failed, m.done, m.running), (1, 1, 0));
+}
+
+#[tokio::test]
+async fn an_engine_failure_is_reported_with_its_kind() {
+    let q = queue(8, 1);
+    let id = q
+        .submit("invalid", Some("player-1".into()), |_| {
+            Err(EngineError::invalid("steps", "must be at most 150").into())
+        })
+        .unwrap();
+    match result_of(&q, &id).await {
+        Err(WaitError::Failed(e)) => {
+            assert_eq!(e.kind, FailureKind::Invalid);
+            assert!(e.message.contains("steps"), "{}", e.message);
+        }
+        other => panic!("expected failed, got {other:?}"),
+    }
+    let st = q.status(id.as_str()).unwrap();
+    assert_eq!(st.state, JobState::Failed);
+    assert_eq!(st.owner.as_deref(), Some("player-1"));
+    let json = serde_json::to_value(&st).unwrap();
+    assert_eq!(json["state"], "failed");
+    assert_eq!(json["error"]["kind"], "invalid");
+    assert!(json.get("result").is_none());
+}
+
+#[tokio::test]
+async fn shutdown_cancels_waiting_jobs_refuses_new_ones_and_drains() {
+    let q = queue(8, 1);
+    let (running, release) = blocker(&q);
+    let waiting = q.submit("waiting", None, |_| Ok(json!(1))).unwrap();
+    q.shutdown(false);
+    assert_eq!(
+        q.status(waiting.as_str()).unwrap().state,
+        JobState::Cancelled
+    );
+    assert_eq!(
+        q.submit("late", None, |_| Ok(json!(1))),
+        Err(QueueError::ShuttingDown)
+    );
+    assert_eq!(q.status(running.as_str()).unwrap().state, JobState::Running);
+    release.send(()).unwrap();
+    guarded("drain", q.drained()).await;
+    assert_eq!(q.status(running.as_str()).unwrap().state, JobState::Done);
+    assert!(!q.metrics().accepting);
+}
