@@ -14,6 +14,9 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::engine::EngineError;
+use parse::{invalid, is_pickle, is_safetensors, parse_entry};
+
+mod parse;
 
 /// The file `limner pull` writes into a model's folder once every file is in place.
 pub const PULLED_MARKER: &str = ".limner-pulled.json";
@@ -167,12 +170,6 @@ pub struct Registry {
     /// Relative source paths are resolved against this (the folder of `weights.toml`).
     base_dir: PathBuf,
 }
-
-use parse::{invalid, is_pickle, is_safetensors, parse_entry};
-
-mod parse;
-
-// ---- the registry ----------------------------------------------------------------------------
 
 impl Registry {
     /// Reads and checks a `weights.toml`; relative source paths become relative to its folder.
@@ -448,3 +445,41 @@ fn locate_path(path: &Path) -> Result<ModelLocation> {
 
 #[cfg(test)]
 mod tests;
+
+impl ResolvedModel {
+    /// Where the engine loads this model from.
+    pub fn source(&self) -> crate::engine::model::ModelSource {
+        use crate::engine::model::ModelSource as Engine;
+        match &self.location {
+            ModelLocation::Diffusers(dir) => Engine::Folder(dir.clone()),
+            ModelLocation::SingleFile { file, config } => Engine::SingleFile {
+                file: file.clone(),
+                config: config.clone(),
+            },
+        }
+    }
+
+    /// The entry's defaults over seed 001's portrait defaults (512x768, 25 steps, CFG 8, Euler a).
+    pub fn defaults(&self) -> crate::engine::request::Defaults {
+        let mut d = crate::engine::request::Defaults::default();
+        if let Some(e) = &self.entry {
+            let m = &e.defaults;
+            if let Some(s) = &m.sampler {
+                d.sampler = s.clone();
+            }
+            if let Some(s) = m.steps {
+                d.steps = s;
+            }
+            if let Some(c) = m.cfg_scale {
+                d.cfg_scale = c;
+            }
+            if let Some(w) = m.width {
+                d.width = w as usize;
+            }
+            if let Some(h) = m.height {
+                d.height = h as usize;
+            }
+        }
+        d
+    }
+}

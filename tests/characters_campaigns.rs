@@ -115,7 +115,7 @@ fn join_leave_and_state_updates() {
     assert_eq!(state.level, None);
     assert_eq!(
         store.get_campaign(&camp).unwrap().character_ids,
-        [hero.clone()]
+        std::slice::from_ref(&hero)
     );
     assert!(matches!(
         store.join_campaign(&camp, &hero, &Default::default()),

@@ -74,7 +74,12 @@ fn sigkill_mid_burst_keeps_every_committed_write() {
     let mut lines = Vec::new();
     let mut line = String::new();
     // Let a good number of transactions commit, then kill while the child is still writing.
-    while lines.iter().filter(|l: &&String| l.starts_with("CHARACTER")).count() < 150 {
+    while lines
+        .iter()
+        .filter(|l: &&String| l.starts_with("CHARACTER"))
+        .count()
+        < 150
+    {
         line.clear();
         let n = reader.read_line(&mut line).unwrap();
         assert!(n > 0, "child ended early: {lines:?}");
@@ -117,7 +122,10 @@ fn sigkill_mid_burst_keeps_every_committed_write() {
             _ => {}
         }
     }
-    assert!(characters >= 150 && portraits >= 149, "{characters} {portraits}");
+    assert!(
+        characters >= 150 && portraits >= 149,
+        "{characters} {portraits}"
+    );
     // No half-written character: every profile in the campaign has its state (the roster is
     // built from states joined to profiles, so compare with all profiles).
     let all = store

@@ -81,7 +81,13 @@ fn migrate(args: &[&str]) -> (bool, Value, String) {
 
 fn counts(db: &Path) -> [i64; 4] {
     let conn = rusqlite::Connection::open(db).unwrap();
-    ["characters", "campaigns", "campaign_characters", "portraits"].map(|t| {
+    [
+        "characters",
+        "campaigns",
+        "campaign_characters",
+        "portraits",
+    ]
+    .map(|t| {
         conn.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
             .unwrap()
     })
@@ -125,21 +131,53 @@ fn migrates_legacy_folder_and_second_run_changes_nothing() {
     assert_eq!(r["portraits_existing"], 0);
     assert_eq!(r["errors"], json!([]));
     assert_eq!(
-        sorted(&r["conflicts"], &["character_id", "field", "kept", "kept_from", "discarded", "discarded_from"]),
+        sorted(
+            &r["conflicts"],
+            &[
+                "character_id",
+                "field",
+                "kept",
+                "kept_from",
+                "discarded",
+                "discarded_from"
+            ]
+        ),
         vec![vec![
-            "\"char_a\"", "\"race\"", "\"Wood Elf\"", "\"character_profiles/char_a.json\"",
-            "\"High Elf\"", "\"campaigns/camp1/characters.json\""
+            "\"char_a\"",
+            "\"race\"",
+            "\"Wood Elf\"",
+            "\"character_profiles/char_a.json\"",
+            "\"High Elf\"",
+            "\"campaigns/camp1/characters.json\""
         ]
         .into_iter()
         .map(String::from)
         .collect::<Vec<_>>()]
     );
     assert_eq!(
-        sorted(&r["unrecognized"], &["character_id", "field", "value", "source"]),
+        sorted(
+            &r["unrecognized"],
+            &["character_id", "field", "value", "source"]
+        ),
         vec![
-            vec!["\"char_b\"", "\"armor_class\"", "\"sixteen\"", "\"campaigns/camp2/characters.json\""],
-            vec!["\"char_b\"", "\"character_class\"", "\"adventurer\"", "\"character_profiles/char_b.json\""],
-            vec!["\"char_c\"", "\"build\"", "\"lanky\"", "\"campaigns/camp1/characters.json\""],
+            vec![
+                "\"char_b\"",
+                "\"armor_class\"",
+                "\"sixteen\"",
+                "\"campaigns/camp2/characters.json\""
+            ],
+            vec![
+                "\"char_b\"",
+                "\"character_class\"",
+                "\"adventurer\"",
+                "\"character_profiles/char_b.json\""
+            ],
+            vec![
+                "\"char_c\"",
+                "\"build\"",
+                "\"lanky\"",
+                "\"campaigns/camp1/characters.json\""
+            ],
         ]
         .into_iter()
         .map(|r| r.into_iter().map(String::from).collect::<Vec<_>>())
@@ -195,12 +233,19 @@ fn migrates_legacy_folder_and_second_run_changes_nothing() {
     assert_eq!(aria.voice_id.as_deref(), Some("voice-7"));
     assert_eq!(aria.voice_settings, json!({"pitch": 1.1}));
     assert_eq!(aria.total_interactions, 7);
-    assert_eq!(aria.created_at.to_rfc3339(), "2024-03-01T10:00:00.123456+00:00");
+    assert_eq!(
+        aria.created_at.to_rfc3339(),
+        "2024-03-01T10:00:00.123456+00:00"
+    );
     assert_eq!(aria.base_level, 3);
     let history = store.portrait_history(&aria.id).unwrap();
     assert_eq!(history.len(), 2);
     let current = history.iter().find(|p| p.is_current).unwrap();
-    assert!(current.file_path.ends_with("media/aria.png"), "{}", current.file_path);
+    assert!(
+        current.file_path.ends_with("media/aria.png"),
+        "{}",
+        current.file_path
+    );
     assert_eq!(current.prompt, "an elf ranger");
 
     let borin = store.get_character(&id_of("char_b")).unwrap();
@@ -214,9 +259,20 @@ fn migrates_legacy_folder_and_second_run_changes_nothing() {
 
     // One profile, two campaign states; level override only where it differs.
     let campaigns = store.list_campaigns(&Default::default()).unwrap();
-    let camp = |name: &str| campaigns.iter().find(|c| c.name == name).unwrap().id.clone();
-    let in1 = store.enriched_character(&aria.id, Some(&camp("camp1"))).unwrap();
-    let in2 = store.enriched_character(&aria.id, Some(&camp("camp2"))).unwrap();
+    let camp = |name: &str| {
+        campaigns
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap()
+            .id
+            .clone()
+    };
+    let in1 = store
+        .enriched_character(&aria.id, Some(&camp("camp1")))
+        .unwrap();
+    let in2 = store
+        .enriched_character(&aria.id, Some(&camp("camp2")))
+        .unwrap();
     assert_eq!((in1.level, in2.level), (3, 5));
     assert_eq!(in1.hit_points_max, Some(25));
     assert_eq!(in1.armor_class, Some(14));
@@ -256,7 +312,10 @@ fn malformed_input_writes_nothing_and_exits_non_zero() {
     let tmp = tempfile::tempdir().unwrap();
     let legacy = tmp.path().join("legacy");
     legacy_folder(&legacy);
-    write(&legacy.join("campaigns/camp3/characters.json"), "{\"char_x\": {\"name\": ");
+    write(
+        &legacy.join("campaigns/camp3/characters.json"),
+        "{\"char_x\": {\"name\": ",
+    );
     let data = tmp.path().join("data");
     let (from, data_arg) = (legacy.to_str().unwrap(), data.to_str().unwrap());
 
@@ -265,7 +324,10 @@ fn malformed_input_writes_nothing_and_exits_non_zero() {
     let errors = r["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0]["path"], "campaigns/camp3/characters.json");
-    assert!(errors[0]["reason"].as_str().unwrap().contains("malformed JSON"));
+    assert!(errors[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("malformed JSON"));
     assert!(!data.join("limner.db").exists(), "nothing may be written");
 
     // Into an existing database: still untouched.

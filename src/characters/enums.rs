@@ -169,24 +169,30 @@ vocabulary! {
     aliases = []
 }
 
+// The enums are declared by `vocabulary!`, where a `#[default]` variant attribute cannot be
+// placed on one variant of the repetition; hence hand-written impls.
+#[allow(clippy::derivable_impls)]
 impl Default for CharacterType {
     fn default() -> Self {
         CharacterType::Player
     }
 }
 
+#[allow(clippy::derivable_impls)]
 impl Default for Gender {
     fn default() -> Self {
         Gender::NonBinary
     }
 }
 
+#[allow(clippy::derivable_impls)]
 impl Default for Build {
     fn default() -> Self {
         Build::Average
     }
 }
 
+#[allow(clippy::derivable_impls)]
 impl Default for FacialExpression {
     fn default() -> Self {
         FacialExpression::Determined

@@ -54,7 +54,10 @@ pub struct LegacyPlan {
 }
 
 /// Fields that belong to the profile, with how each is normalized.
-const ENUM_FIELDS: &[(&str, fn(&str) -> Result<&'static str, ValidationError>)] = &[
+/// Parses one enum field to its canonical spelling.
+type Normalizer = fn(&str) -> Result<&'static str, ValidationError>;
+
+const ENUM_FIELDS: &[(&str, Normalizer)] = &[
     ("character_type", |s| {
         CharacterType::parse(s).map(|v| v.as_str())
     }),
@@ -611,7 +614,7 @@ fn campaign_state(
     let mut state = default_state("", id);
     let mut extra = Map::new();
     for (key, raw) in &copy.obj {
-        if is_profile_key(key) && key != "level" {
+        if is_profile_key(key) {
             continue;
         }
         let int = || integer(raw).ok_or_else(|| "expected an integer".to_string());
@@ -626,9 +629,18 @@ fn campaign_state(
                 .map(|s| s.rsplit('.').next().unwrap_or(&s).to_lowercase())
                 .map(|s| patch.status = Some(s))
                 .ok_or_else(|| "expected text".into()),
-            "location" => Ok(patch.location = Some(as_text(raw))),
-            "inventory" => Ok(patch.inventory = Some(raw.clone())),
-            "quests" => Ok(patch.quests = Some(raw.clone())),
+            "location" => {
+                patch.location = Some(as_text(raw));
+                Ok(())
+            }
+            "inventory" => {
+                patch.inventory = Some(raw.clone());
+                Ok(())
+            }
+            "quests" => {
+                patch.quests = Some(raw.clone());
+                Ok(())
+            }
             _ => {
                 extra.insert(key.clone(), raw.clone());
                 continue;

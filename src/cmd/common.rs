@@ -1,11 +1,12 @@
 //! What several subcommands share: choosing a model (a weights.toml name, a path, or a random
 //! full-size architecture) and the device/dtype to load it on.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use limner::engine::device::{parse_dtype, select_device};
 use limner::engine::model::{LoadOptions, ModelSource};
 use limner::engine::request::Defaults;
+use limner::registry::Registry;
 
 /// Model selection flags.
 #[derive(clap::Args, Clone)]
@@ -71,6 +72,7 @@ impl ModelArgs {
         })
     }
 
+    /// `random:ARCH`, else a weights.toml name, else a path to a folder or checkpoint.
     fn source(&self) -> anyhow::Result<(String, ModelSource, Defaults)> {
         if let Some(arch) = self.model.strip_prefix("random:") {
             return Ok((
@@ -79,29 +81,20 @@ impl ModelArgs {
                 Defaults::default(),
             ));
         }
-        let path = Path::new(&self.model);
-        if path.exists() {
-            let name = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_else(|| self.model.clone());
-            let source = match ModelSource::from_path(path)? {
-                ModelSource::SingleFile { file, .. } => ModelSource::SingleFile {
-                    file,
-                    config: self.config.clone(),
-                },
-                other => other,
-            };
-            return Ok((name, source, Defaults::default()));
-        }
-        crate::cmd::common::from_registry(self)
+        let registry = if self.weights.exists() {
+            Registry::load(&self.weights)?
+        } else {
+            Registry::default()
+        };
+        let resolved = registry.resolve(&self.model, &self.models_dir)?;
+        let source = match resolved.source() {
+            // --config applies to a checkpoint given by path.
+            ModelSource::SingleFile { file, config } => ModelSource::SingleFile {
+                file,
+                config: self.config.clone().or(config),
+            },
+            other => other,
+        };
+        Ok((resolved.name.clone(), source, resolved.defaults()))
     }
-}
-
-fn from_registry(args: &ModelArgs) -> anyhow::Result<(String, ModelSource, Defaults)> {
-    anyhow::bail!(
-        "model '{}' is neither a path nor random:ARCH (registry lookup in {} pending)",
-        args.model,
-        args.weights.display()
-    )
 }

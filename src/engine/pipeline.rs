@@ -137,20 +137,22 @@ impl StableDiffusion {
         }
         let scheduler = job.scheduler_override.as_ref().unwrap_or(&self.scheduler);
         let first = build_sampler(&job.sampler, scheduler, job.steps)?;
+        // Indices into the sampler's timesteps (Heun evaluates the UNet twice per step, so its
+        // list is longer than `steps`; `start_index` maps a diffusers t_start onto it).
         let first_start = match job.init_image {
-            Some(_) => img2img_start(job.steps, job.denoising_strength)?.min(job.steps - 1),
+            Some(_) => first.start_index(img2img_start(job.steps, job.denoising_strength)?),
             None => 0,
         };
         let second = match &job.hires {
             Some(h) => {
                 let steps = if h.steps == 0 { job.steps } else { h.steps };
                 let s = build_sampler(&job.sampler, scheduler, steps)?;
-                let start = img2img_start(steps, h.denoising_strength)?.min(steps - 1);
+                let start = s.start_index(img2img_start(steps, h.denoising_strength)?);
                 Some((s, start, h.scale))
             }
             None => None,
         };
-        let total = (job.steps - first_start)
+        let total = (first.timesteps().len() - first_start)
             + second
                 .as_ref()
                 .map_or(0, |(s, start, _)| s.timesteps().len() - start);

@@ -1,10 +1,10 @@
 //! Reading `weights.toml` entries: every key checked by hand (not serde) so each error names
 //! the model and the dotted field, and unknown keys are refused.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::{Architecture, ModelDefaults, ModelEntry, ModelSource, RegistryError, Result};
-use std::collections::BTreeMap;
 
 pub(super) fn invalid(model: &str, field: &str, message: impl Into<String>) -> RegistryError {
     RegistryError::Invalid {
