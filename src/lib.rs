@@ -5,7 +5,10 @@
 //! HTTP or characters; `characters` is the SQLite-backed store of profiles, campaigns and portrait
 //! history; the binary in `main.rs` wires them to a command line.
 
+pub mod api;
+pub mod auth;
 pub mod characters;
 pub mod engine;
 pub mod jobs;
+pub mod portraits;
 pub mod registry;

@@ -27,6 +27,10 @@ enum Command {
     Backup(cmd::backup::Args),
     /// Import the pregenerated characters shipped with limner into the store.
     Pregen(cmd::pregen::Args),
+    /// Run the portrait server: HTTP API, job queue and engine.
+    Serve(cmd::serve::Args),
+    /// Create, list or revoke API tokens.
+    Token(cmd::token::Args),
 }
 
 /// Logs go to stderr, filtered by RUST_LOG (default info). `bench --profile` also records
@@ -64,5 +68,7 @@ fn main() -> anyhow::Result<()> {
         Command::Migrate(args) => cmd::migrate::run(args),
         Command::Backup(args) => cmd::backup::run(args),
         Command::Pregen(args) => cmd::pregen::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::Token(args) => cmd::token::run(args),
     }
 }

@@ -11,6 +11,7 @@ mod campaigns;
 pub mod enums;
 mod error;
 mod legacy;
+mod legacy_merge;
 pub mod migrate;
 mod portraits;
 pub mod pregenerated;

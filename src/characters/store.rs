@@ -23,7 +23,11 @@ pub const DB_FILE_NAME: &str = "limner.db";
 
 /// The versioned schema migrations, in order; version N is `MIGRATIONS[N - 1]`. Never edit a
 /// released one: append a new file instead.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_initial.sql"),
+    // API tokens (src/auth); idempotent, the token store may also apply it itself.
+    include_str!("../../migrations/0002_api_tokens.sql"),
+];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -8,3 +8,5 @@ pub mod migrate;
 pub mod pregen;
 pub mod profile;
 pub mod pull;
+pub mod serve;
+pub mod token;

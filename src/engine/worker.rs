@@ -124,6 +124,11 @@ impl EngineHandle {
         &self.models
     }
 
+    /// The model used when a request names none.
+    pub fn default_model(&self) -> &str {
+        &self.default_model
+    }
+
     /// The defaults of the named model (or the default model).
     pub fn defaults(&self, model: Option<&str>) -> Result<Defaults> {
         let name = model.unwrap_or(&self.default_model);

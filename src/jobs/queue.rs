@@ -366,7 +366,9 @@ fn run_job(inner: Arc<Inner>, ctx: JobContext, job: JobFn) {
     launch_all(&inner, next);
 }
 
-/// What a running job gets: its id, a progress reporter and its cancel token.
+/// What a running job gets: its id, a progress reporter and its cancel token. Cloneable so the
+/// progress reporter can move into a `'static` callback.
+#[derive(Clone)]
 pub struct JobContext {
     inner: Arc<Inner>,
     id: JobId,

@@ -1,0 +1,191 @@
+//! `/api/campaigns`: campaigns, joining and leaving, campaign state (the DM manages it), and the
+//! DM roster as EnrichedCharacters.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+
+use super::auth::Caller;
+use super::characters::{blocking, with_urls};
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, ApiQuery};
+use super::AppState;
+use crate::characters::{
+    Campaign, CampaignFilter, CampaignStatePatch, CharacterInfo, EnrichedCharacter, NewCampaign,
+};
+
+pub async fn create(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    ApiJson(mut new): ApiJson<NewCampaign>,
+) -> ApiResult<(StatusCode, Json<Campaign>)> {
+    // The creator runs the campaign unless an admin names another DM.
+    if !caller.is_admin() || new.dm_id.is_none() {
+        new.dm_id = Some(caller.user.clone());
+    }
+    let c = blocking(move || Ok(state.store.create_campaign(&new)?)).await?;
+    Ok((StatusCode::CREATED, Json(c)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct ListQuery {
+    dm_id: Option<String>,
+    character_id: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Vec<Campaign>>> {
+    let all = blocking(move || {
+        let list = state.store.list_campaigns(&CampaignFilter {
+            dm_id: q.dm_id,
+            character_id: q.character_id,
+            limit: q.limit,
+            offset: q.offset,
+        })?;
+        let mut out = vec![];
+        for c in list {
+            if state.visible_campaign(&caller, &c.id).is_ok() {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(Json(all))
+}
+
+pub async fn get_one(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Campaign>> {
+    Ok(Json(
+        blocking(move || state.visible_campaign(&caller, &id)).await?,
+    ))
+}
+
+pub async fn delete_one(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    blocking(move || {
+        state.managed_campaign(&caller, &id)?;
+        Ok(state.store.delete_campaign(&id)?)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The DM roster: every character of the campaign, merged with its campaign state.
+pub async fn roster(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<EnrichedCharacter>>> {
+    let s = state.clone();
+    let list = blocking(move || {
+        s.visible_campaign(&caller, &id)?;
+        Ok(s.store.campaign_roster(&id)?)
+    })
+    .await?;
+    Ok(Json(
+        list.into_iter().map(|e| with_urls(&state, e)).collect(),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct JoinBody {
+    character_id: String,
+    #[serde(flatten)]
+    initial: CampaignStatePatch,
+}
+
+/// A character joins: its owner (into a campaign they can see) or the campaign's DM.
+pub async fn join(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<JoinBody>,
+) -> ApiResult<(StatusCode, Json<CharacterInfo>)> {
+    let info = blocking(move || {
+        let camp = state.store.get_campaign(&id)?;
+        let is_dm = caller.is_admin() || camp.dm_id.as_deref() == Some(caller.user.as_str());
+        let character = state.visible_character(&caller, &body.character_id)?;
+        let owns = character.owner_id.as_deref() == Some(caller.user.as_str());
+        if !is_dm && !owns {
+            return Err(ApiError::forbidden(
+                "only the campaign's DM or the character's owner may add it",
+            ));
+        }
+        Ok(state
+            .store
+            .join_campaign(&id, &body.character_id, &body.initial)?)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+pub async fn leave(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path((id, character_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    blocking(move || {
+        let camp = state.store.get_campaign(&id)?;
+        let is_dm = caller.is_admin() || camp.dm_id.as_deref() == Some(caller.user.as_str());
+        let character = state.visible_character(&caller, &character_id)?;
+        if !is_dm && character.owner_id.as_deref() != Some(caller.user.as_str()) {
+            return Err(ApiError::forbidden(
+                "only the campaign's DM or the character's owner may remove it",
+            ));
+        }
+        Ok(state.store.leave_campaign(&id, &character_id)?)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct NoQuery {}
+
+pub async fn get_state(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path((id, character_id)): Path<(String, String)>,
+    ApiQuery(_): ApiQuery<NoQuery>,
+) -> ApiResult<Json<EnrichedCharacter>> {
+    let s = state.clone();
+    let e = blocking(move || {
+        s.visible_campaign(&caller, &id)?;
+        s.visible_character(&caller, &character_id)?;
+        Ok(s.store.enriched_character(&character_id, Some(&id))?)
+    })
+    .await?;
+    Ok(Json(with_urls(&state, e)))
+}
+
+/// Campaign state is the DM's to manage.
+pub async fn update_state(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path((id, character_id)): Path<(String, String)>,
+    ApiJson(patch): ApiJson<CampaignStatePatch>,
+) -> ApiResult<Json<EnrichedCharacter>> {
+    let s = state.clone();
+    let e = blocking(move || {
+        s.managed_campaign(&caller, &id)?;
+        s.store.update_campaign_state(&id, &character_id, &patch)?;
+        Ok(s.store.enriched_character(&character_id, Some(&id))?)
+    })
+    .await?;
+    Ok(Json(with_urls(&state, e)))
+}

@@ -1,0 +1,228 @@
+//! The API's one error type and the one table that maps every error kind of the layers below
+//! (engine, store, portraits, jobs) to an HTTP status and the JSON shape
+//! `{error, error_type, field?}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::characters::{StoreError, ValidationError};
+use crate::engine::EngineError;
+use crate::jobs::{FailureKind, JobFailure, QueueError, WaitError};
+
+/// An error reply. `field` names the offending request field for validation errors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error_type: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    error_type: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error_type: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            error_type,
+            message: message.into(),
+            field: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let field = field.into();
+        let message = message.into();
+        Self {
+            field: Some(field.clone()),
+            // Keep the field in the text too, for clients that only show `error`.
+            message: if message.contains(&field) {
+                message
+            } else {
+                format!("{field}: {message}")
+            },
+            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_error", "")
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 404 for anything the caller may not know exists (also used instead of 403 so a
+    /// character's existence never leaks).
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.status, self.error_type, self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = %self.status, error_type = self.error_type, "{}", self.message);
+        }
+        let body = Body {
+            error: &self.message,
+            error_type: self.error_type,
+            field: self.field.as_deref(),
+        };
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"limner\""),
+            );
+        }
+        resp
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        ApiError::validation(e.field, e.message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { what, .. } => ApiError::not_found(what),
+            StoreError::Validation(v) => v.into(),
+            StoreError::Conflict(m) => ApiError::conflict(m),
+            StoreError::Database(m) => ApiError::internal(format!("database error: {m}")),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::InvalidInput { field, message } => ApiError::validation(field, message),
+            EngineError::UnknownSampler { .. } => ApiError::validation("sampler", e.to_string()),
+            EngineError::UnknownModel(_) => ApiError::validation("model", e.to_string()),
+            EngineError::Cancelled => {
+                ApiError::new(StatusCode::CONFLICT, "cancelled", "the job was cancelled")
+            }
+            EngineError::Unavailable(m) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "engine_unavailable",
+                format!("the engine is not available: {m}"),
+            ),
+            other => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "engine_error",
+                other.to_string(),
+            ),
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Full {
+                max_queued,
+                retry_after_secs,
+            } => ApiError {
+                retry_after: Some(retry_after_secs),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "queue_full",
+                    format!(
+                        "the generation queue is full ({max_queued} waiting); retry in {retry_after_secs} s"
+                    ),
+                )
+            },
+            QueueError::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down",
+            ),
+        }
+    }
+}
+
+impl From<JobFailure> for ApiError {
+    fn from(f: JobFailure) -> Self {
+        match f.kind {
+            // A job's own 4xx travels as its JSON; see `portraits` where it is built.
+            FailureKind::Invalid => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_error",
+                f.message,
+            ),
+            FailureKind::Cancelled => ApiError::new(StatusCode::CONFLICT, "cancelled", f.message),
+            FailureKind::Timeout => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", f.message)
+            }
+            FailureKind::Engine => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "engine_error", f.message)
+            }
+            FailureKind::Storage => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage_error",
+                f.message,
+            ),
+            FailureKind::Internal => ApiError::internal(f.message),
+        }
+    }
+}
+
+impl From<WaitError> for ApiError {
+    fn from(e: WaitError) -> Self {
+        match e {
+            WaitError::NotFound(id) => ApiError::not_found(&format!("job {id}")),
+            WaitError::Timeout { waited, .. } => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!(
+                    "generation did not finish within {} s; the job was cancelled (use ?async=true for long jobs)",
+                    waited.as_secs()
+                ),
+            ),
+            WaitError::Failed(f) | WaitError::Cancelled(f) => f.into(),
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,126 @@
+//! The HTTP API (axum): one `app(state)` router used by `limner serve` and by the tests, one
+//! error shape, and one file per resource. Handlers never touch tensors: generation goes through
+//! the portrait service and the job queue.
+
+pub mod auth;
+mod campaigns;
+mod characters;
+pub mod error;
+pub mod extract;
+mod jobs;
+mod media;
+mod meta;
+mod portraits;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use axum::Router;
+
+use crate::auth::{TokenStore, UrlSigner};
+use crate::characters::CharacterStore;
+use crate::jobs::JobQueue;
+use crate::portraits::{ImageBackend, PortraitService};
+
+/// Everything a handler may use; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Arc<dyn CharacterStore>,
+    pub portraits: PortraitService,
+    pub backend: Arc<dyn ImageBackend>,
+    pub jobs: JobQueue,
+    /// None = no authentication (loopback `--no-auth`): every caller is the local admin.
+    pub tokens: Option<TokenStore>,
+    pub signer: UrlSigner,
+    /// How long a synchronous generation waits before its job is cancelled (seed 000: 60 s).
+    pub request_timeout: Duration,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> Self {
+        AppState(Arc::new(inner))
+    }
+
+    /// A signed, expiring URL for a media key (a path under the image store).
+    pub fn media_url(&self, key: &str) -> String {
+        self.signer.sign(
+            &format!("/api/media/images/{key}"),
+            crate::auth::signing_now(),
+        )
+    }
+}
+
+/// Largest request body: img2img init images arrive base64-encoded in JSON.
+pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// The whole API.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(meta::health))
+        .route("/api/models", get(meta::models))
+        .route("/api/openapi.json", get(meta::openapi))
+        .route("/api/pregenerated", get(meta::list_pregenerated))
+        .route(
+            "/api/pregenerated/{id}/create",
+            post(meta::create_from_pregenerated),
+        )
+        .route(
+            "/api/characters",
+            get(characters::list).post(characters::create),
+        )
+        .route(
+            "/api/characters/{id}",
+            get(characters::get_one)
+                .patch(characters::patch)
+                .delete(characters::delete_one),
+        )
+        .route(
+            "/api/characters/{id}/portrait/generate",
+            post(portraits::generate),
+        )
+        .route("/api/characters/{id}/portrait", get(portraits::current))
+        .route(
+            "/api/characters/{id}/regenerate-image",
+            post(portraits::regenerate),
+        )
+        .route("/api/characters/{id}/portraits", get(portraits::history))
+        .route(
+            "/api/characters/{id}/portraits/{portrait_id}/current",
+            post(portraits::make_current),
+        )
+        .route("/api/media/images/{*key}", get(media::image))
+        .route(
+            "/api/campaigns",
+            get(campaigns::list).post(campaigns::create),
+        )
+        .route(
+            "/api/campaigns/{id}",
+            get(campaigns::get_one).delete(campaigns::delete_one),
+        )
+        .route(
+            "/api/campaigns/{id}/characters",
+            get(campaigns::roster).post(campaigns::join),
+        )
+        .route(
+            "/api/campaigns/{id}/characters/{character_id}",
+            delete(campaigns::leave)
+                .get(campaigns::get_state)
+                .patch(campaigns::update_state),
+        )
+        .route("/api/jobs/{id}", get(jobs::status).delete(jobs::cancel))
+        .route("/api/jobs/{id}/events", get(jobs::events))
+        .fallback(meta::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}

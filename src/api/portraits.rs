@@ -1,0 +1,334 @@
+//! Portrait endpoints: generate (seed 000), regenerate-image (seed 001), the current portrait,
+//! history and "make current". Generation is a job in the queue: synchronous by default (waits
+//! up to the request timeout, then the job is cancelled and the reply is 504), or `?async=true`
+//! for 202 + a job id to follow over Server-Sent Events.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::Caller;
+use super::characters::blocking;
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, ApiQuery};
+use super::jobs::accepted;
+use super::AppState;
+use crate::characters::PortraitRecord;
+use crate::jobs::{FailureKind, JobFailure};
+use crate::portraits::{GenerateOptions, PortraitError, PortraitOutcome, PreparedPortrait};
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct AsyncQuery {
+    #[serde(rename = "async")]
+    pub is_async: bool,
+}
+
+/// seed 000's request, plus our per-request overrides.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct GenerateBody {
+    /// Accepted for seed 000's clients; the path names the character.
+    pub character_id: Option<String>,
+    /// false (default): return the existing portrait when there is one.
+    pub regenerate: bool,
+    pub custom_prompt_additions: Option<String>,
+    #[serde(flatten)]
+    pub options: GenerateOptions,
+}
+
+/// seed 001's request.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegenerateBody {
+    pub new_prompt: String,
+    pub denoising_strength: Option<f64>,
+    #[serde(flatten, default)]
+    pub options: GenerateOptions,
+}
+
+impl From<PortraitError> for ApiError {
+    fn from(e: PortraitError) -> Self {
+        match e {
+            PortraitError::NotFound(what) => ApiError::not_found(&what),
+            PortraitError::Validation { field, message } => ApiError::validation(field, message),
+            PortraitError::Conflict(m) => ApiError::conflict(m),
+            PortraitError::Engine(e) => e.into(),
+            PortraitError::Storage(m) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", m)
+            }
+            PortraitError::Cancelled => {
+                ApiError::new(StatusCode::CONFLICT, "cancelled", "the job was cancelled")
+            }
+        }
+    }
+}
+
+fn failure(e: PortraitError) -> JobFailure {
+    let kind = match &e {
+        PortraitError::Cancelled => FailureKind::Cancelled,
+        PortraitError::Validation { .. }
+        | PortraitError::NotFound(_)
+        | PortraitError::Conflict(_) => FailureKind::Invalid,
+        PortraitError::Storage(_) => FailureKind::Storage,
+        PortraitError::Engine(engine)
+            if matches!(engine, crate::engine::EngineError::Cancelled) =>
+        {
+            FailureKind::Cancelled
+        }
+        PortraitError::Engine(engine) if engine.is_client_error() => FailureKind::Invalid,
+        PortraitError::Engine(_) => FailureKind::Engine,
+    };
+    JobFailure {
+        kind,
+        message: e.to_string(),
+    }
+}
+
+/// seed 000's generate reply for a portrait record.
+fn generate_reply(state: &AppState, r: &PortraitRecord, extra: Option<&PortraitOutcome>) -> Value {
+    let mut v = json!({
+        "success": true,
+        "character_id": r.character_id,
+        "portrait_id": r.id,
+        "portrait_url": state.media_url(&r.file_path),
+        "portrait_path": r.file_path,
+        "thumbnail_url": r.thumbnail_path.as_deref().map(|t| state.media_url(t)),
+        "prompt_used": r.prompt,
+        "negative_prompt": r.negative_prompt,
+        "seed": r.seed,
+        "model": r.model,
+        "art_style": r.art_style,
+        "parameters": r.parameters,
+        "created_at": r.created_at,
+        "generated": extra.is_some(),
+    });
+    if let Some(o) = extra {
+        v["generation_time_ms"] = json!(o.generation_time_ms);
+    }
+    v
+}
+
+/// seed 001's regenerate reply.
+fn regenerate_reply(
+    state: &AppState,
+    name: &str,
+    o: &PortraitOutcome,
+    new_prompt: &str,
+    strength: f64,
+) -> Value {
+    let previous = o.previous.as_ref().map(|p| state.media_url(&p.file_path));
+    json!({
+        "success": true,
+        "message": "Character image regenerated successfully!",
+        "character": {
+            "id": o.record.character_id,
+            "name": name,
+            "avatar": state.media_url(&o.record.file_path),
+            "previousImage": previous,
+        },
+        "generationData": {
+            "originalImageUrl": previous,
+            "newPrompt": new_prompt,
+            "denoisingStrength": strength,
+            "artStyle": o.art_style,
+            "generationTime": o.record.created_at,
+            "generationTimeMs": o.generation_time_ms,
+            "method": "img2img_consistency",
+            "portraitId": o.record.id,
+            "seed": o.seed,
+            "promptUsed": o.prompt_used,
+        },
+    })
+}
+
+/// Queues a prepared portrait; the job's result is the final JSON reply.
+async fn run_job(
+    state: &AppState,
+    owner: &str,
+    label: String,
+    prepared: PreparedPortrait,
+    is_async: bool,
+    reply: impl FnOnce(&AppState, &PortraitOutcome) -> Value + Send + 'static,
+) -> ApiResult<Response> {
+    let s = state.clone();
+    let id = state
+        .jobs
+        .submit(label, Some(owner.to_string()), move |ctx| {
+            let progress_ctx = ctx.clone();
+            let progress = Box::new(move |p: crate::engine::pipeline::Progress| {
+                progress_ctx.progress(p.step, p.total)
+            });
+            let outcome = s
+                .portraits
+                .run(prepared, progress, &ctx.cancel_token())
+                .map_err(failure)?;
+            Ok(reply(&s, &outcome))
+        })?;
+    if is_async {
+        return Ok(accepted(id.as_str()).into_response());
+    }
+    // A client that goes away drops this future, and the guard cancels its job.
+    let guard = state.jobs.guard(&id);
+    let result = state.jobs.wait(id.as_str(), state.request_timeout).await;
+    guard.disarm();
+    Ok(Json(result?).into_response())
+}
+
+pub async fn generate(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<AsyncQuery>,
+    ApiJson(body): ApiJson<GenerateBody>,
+) -> ApiResult<Response> {
+    if let Some(body_id) = &body.character_id {
+        if body_id != &id {
+            return Err(ApiError::validation(
+                "character_id",
+                format!("does not match the character in the path ({id})"),
+            ));
+        }
+    }
+    let s = state.clone();
+    let c = caller.clone();
+    let i = id.clone();
+    let existing = blocking(move || {
+        let profile = s.editable_character(&c, &i)?;
+        match (&profile.current_portrait_id, body.regenerate) {
+            (Some(pid), false) => Ok(Some(s.store.get_portrait(pid)?)),
+            _ => Ok(None),
+        }
+    })
+    .await?;
+    if let Some(record) = existing {
+        return Ok(Json(generate_reply(&state, &record, None)).into_response());
+    }
+    let mut options = body.options;
+    options.custom_prompt_additions = body
+        .custom_prompt_additions
+        .or(options.custom_prompt_additions);
+    let s = state.clone();
+    let i = id.clone();
+    let prepared = blocking(move || Ok(s.portraits.prepare_generate(&i, options)?)).await?;
+    run_job(
+        &state,
+        &caller.user,
+        format!("portrait {id}"),
+        prepared,
+        q.is_async,
+        |s, o| generate_reply(s, &o.record, Some(o)),
+    )
+    .await
+}
+
+pub async fn regenerate(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<AsyncQuery>,
+    ApiJson(body): ApiJson<RegenerateBody>,
+) -> ApiResult<Response> {
+    let s = state.clone();
+    let c = caller.clone();
+    let i = id.clone();
+    let new_prompt = body.new_prompt.clone();
+    let strength = body.denoising_strength;
+    let (name, prepared) = blocking(move || {
+        let profile = s.editable_character(&c, &i)?;
+        let prepared = s
+            .portraits
+            .prepare_regenerate(&i, &new_prompt, strength, body.options)?;
+        Ok((profile.name, prepared))
+    })
+    .await?;
+    let strength = prepared
+        .denoising_strength()
+        .unwrap_or(crate::portraits::DEFAULT_REGENERATE_STRENGTH);
+    let new_prompt = body.new_prompt;
+    run_job(
+        &state,
+        &caller.user,
+        format!("variation {id}"),
+        prepared,
+        q.is_async,
+        move |s, o| regenerate_reply(s, &name, o, &new_prompt, strength),
+    )
+    .await
+}
+
+/// seed 000: `{character_id, portrait_url, portrait_path, has_portrait}`.
+pub async fn current(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let s = state.clone();
+    let record = blocking(move || {
+        let profile = s.visible_character(&caller, &id)?;
+        match &profile.current_portrait_id {
+            Some(pid) => Ok((id, Some(s.store.get_portrait(pid)?))),
+            None => Ok((id, None)),
+        }
+    })
+    .await?;
+    Ok(Json(match record {
+        (_, Some(r)) => json!({
+            "character_id": r.character_id,
+            "portrait_id": r.id,
+            "portrait_url": state.media_url(&r.file_path),
+            "portrait_path": r.file_path,
+            "thumbnail_url": r.thumbnail_path.as_deref().map(|t| state.media_url(t)),
+            "has_portrait": true,
+        }),
+        (id, None) => json!({
+            "character_id": id,
+            "portrait_url": null,
+            "portrait_path": null,
+            "has_portrait": false,
+        }),
+    }))
+}
+
+fn history_entry(state: &AppState, r: &PortraitRecord) -> Value {
+    let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+    v["portrait_url"] = json!(state.media_url(&r.file_path));
+    v["thumbnail_url"] = json!(r.thumbnail_path.as_deref().map(|t| state.media_url(t)));
+    v
+}
+
+/// Every portrait the character ever had, newest first.
+pub async fn history(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<Value>>> {
+    let s = state.clone();
+    let list = blocking(move || {
+        s.visible_character(&caller, &id)?;
+        Ok(s.store.portrait_history(&id)?)
+    })
+    .await?;
+    Ok(Json(
+        list.iter().map(|r| history_entry(&state, r)).collect(),
+    ))
+}
+
+/// Makes an earlier portrait current again.
+pub async fn make_current(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path((id, portrait_id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let s = state.clone();
+    let record = blocking(move || {
+        s.editable_character(&caller, &id)?;
+        s.store.set_current_portrait(&id, &portrait_id)?;
+        Ok(s.store.get_portrait(&portrait_id)?)
+    })
+    .await?;
+    Ok(Json(generate_reply(&state, &record, None)))
+}

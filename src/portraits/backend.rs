@@ -1,0 +1,443 @@
+//! The seam between portraits and the engine: [`ImageBackend`], implemented by the real
+//! [`EngineHandle`] and by [`FakeBackend`], a fast deterministic painter for tests of everything
+//! above the engine (HTTP, jobs, history) that behaves like the engine where it matters: one
+//! progress call per denoising step, cancellation checked every step, the same output sizes,
+//! encoding and infotext.
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use image::{Rgb, RgbImage};
+
+use crate::engine::output::encode_image;
+use crate::engine::pipeline::{CancelToken, Job, Progress, Timings};
+use crate::engine::request::{
+    infotext_for, Defaults, GeneratedImage, GenerationResult, ValidRequest,
+};
+use crate::engine::samplers::img2img_start;
+use crate::engine::worker::{EngineHandle, EngineState};
+use crate::engine::EngineError;
+
+/// Something that paints validated requests.
+pub trait ImageBackend: Send + Sync + 'static {
+    /// Blocking; runs on a job thread. `progress` is called once per denoising step.
+    fn generate(
+        &self,
+        request: ValidRequest,
+        progress: Box<dyn FnMut(Progress) + Send>,
+        cancel: &CancelToken,
+    ) -> Result<GenerationResult, EngineError>;
+    /// The defaults of `model` (or of the default model).
+    fn defaults(&self, model: Option<&str>) -> Result<Defaults, EngineError>;
+    fn state(&self) -> EngineState;
+    fn model_names(&self) -> Vec<String>;
+    fn default_model(&self) -> String;
+}
+
+impl ImageBackend for EngineHandle {
+    fn generate(
+        &self,
+        request: ValidRequest,
+        progress: Box<dyn FnMut(Progress) + Send>,
+        cancel: &CancelToken,
+    ) -> Result<GenerationResult, EngineError> {
+        EngineHandle::generate(self, request, progress, cancel.clone())
+    }
+
+    fn defaults(&self, model: Option<&str>) -> Result<Defaults, EngineError> {
+        EngineHandle::defaults(self, model)
+    }
+
+    fn state(&self) -> EngineState {
+        EngineHandle::state(self)
+    }
+
+    fn model_names(&self) -> Vec<String> {
+        self.models().iter().map(|m| m.name.clone()).collect()
+    }
+
+    fn default_model(&self) -> String {
+        EngineHandle::default_model(self).to_string()
+    }
+}
+
+/// A fake engine: paints a deterministic pattern (from the seed, the prompt and, for img2img,
+/// the init image) at the size the real engine would produce. Counts its calls and remembers the
+/// last request so tests can check what was asked.
+pub struct FakeBackend {
+    models: Vec<(String, Defaults)>,
+    default_model: String,
+    step_delay: Duration,
+    failure: Mutex<Option<String>>,
+    state: Mutex<EngineState>,
+    calls: AtomicUsize,
+    completed: AtomicUsize,
+    last: Mutex<Option<ValidRequest>>,
+}
+
+impl Default for FakeBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeBackend {
+    /// One model, `fake-model`, with seed 001's defaults; ready; no delay.
+    pub fn new() -> Self {
+        Self {
+            models: vec![("fake-model".into(), Defaults::default())],
+            default_model: "fake-model".into(),
+            step_delay: Duration::ZERO,
+            failure: Mutex::new(None),
+            state: Mutex::new(EngineState::Ready),
+            calls: AtomicUsize::new(0),
+            completed: AtomicUsize::new(0),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Sleeps this long in every denoising step (to test queues, progress and cancellation).
+    pub fn with_step_delay(mut self, delay: Duration) -> Self {
+        self.step_delay = delay;
+        self
+    }
+
+    /// Every generation fails with `EngineError::Model(message)`.
+    pub fn with_failure(self, message: impl Into<String>) -> Self {
+        self.set_failure(Some(message.into()));
+        self
+    }
+
+    /// Replaces the defaults of every model known so far.
+    pub fn with_defaults(mut self, defaults: Defaults) -> Self {
+        for (_, d) in &mut self.models {
+            *d = defaults.clone();
+        }
+        self
+    }
+
+    /// Adds (or replaces) a model.
+    pub fn with_model(mut self, name: &str, defaults: Defaults) -> Self {
+        self.models.retain(|(n, _)| n != name);
+        self.models.push((name.to_string(), defaults));
+        self
+    }
+
+    /// Makes `name` (added with [`FakeBackend::with_model`] if unknown) the default model.
+    pub fn with_default_model(mut self, name: &str) -> Self {
+        if !self.models.iter().any(|(n, _)| n == name) {
+            self.models.push((name.to_string(), Defaults::default()));
+        }
+        self.default_model = name.to_string();
+        self
+    }
+
+    /// Turns failing on (`Some(message)`) or off at run time.
+    pub fn set_failure(&self, message: Option<String>) {
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = message;
+    }
+
+    /// What `state()` reports from now on.
+    pub fn set_state(&self, state: EngineState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    /// How many generations were started.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// How many generations finished with an image.
+    pub fn completed(&self) -> usize {
+        self.completed.load(Ordering::SeqCst)
+    }
+
+    /// The most recent request received.
+    pub fn last_request(&self) -> Option<ValidRequest> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn model_defaults(&self, name: &str) -> Result<&Defaults, EngineError> {
+        self.models
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| d)
+            .ok_or_else(|| EngineError::UnknownModel(name.to_string()))
+    }
+}
+
+/// Steps a pass runs: all of them for txt2img, `floor(steps * strength)` for img2img (the
+/// engine's rule, including its error when that is zero).
+fn pass_steps(steps: usize, strength: Option<f64>) -> Result<usize, EngineError> {
+    match strength {
+        None => Ok(steps),
+        Some(s) => Ok(steps - img2img_start(steps, s)?),
+    }
+}
+
+/// Denoising steps a job runs over both passes, i.e. the progress callbacks to expect (exact for
+/// one-evaluation samplers; Heun reports its extra evaluations too).
+pub(crate) fn expected_steps(job: &Job, img2img: bool) -> Result<usize, EngineError> {
+    let mut total = pass_steps(job.steps, img2img.then_some(job.denoising_strength))?;
+    if let Some(hr) = &job.hires {
+        let steps = if hr.steps == 0 { job.steps } else { hr.steps };
+        total += pass_steps(steps, Some(hr.denoising_strength))?;
+    }
+    Ok(total)
+}
+
+fn mix(mut z: u64) -> u64 {
+    // splitmix64's finaliser: cheap and well spread.
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Blocks of colour from `key` over a gradient; blended with `init` by `strength` for img2img.
+fn paint(key: u64, w: u32, h: u32, init: Option<(&RgbImage, f64)>) -> RgbImage {
+    let init = init.map(|(img, s)| {
+        let img = if img.dimensions() == (w, h) {
+            img.clone()
+        } else {
+            image::imageops::resize(img, w, h, image::imageops::FilterType::Triangle)
+        };
+        (img, s)
+    });
+    RgbImage::from_fn(w, h, |x, y| {
+        let block = mix(key ^ ((u64::from(x / 8) << 32) | u64::from(y / 8)));
+        let pattern = [
+            ((x * 255 / w.max(1)) as u8).wrapping_add(block as u8 / 4),
+            ((y * 255 / h.max(1)) as u8).wrapping_add((block >> 8) as u8 / 4),
+            (block >> 16) as u8,
+        ];
+        match &init {
+            None => Rgb(pattern),
+            Some((img, s)) => {
+                let base = img.get_pixel(x, y).0;
+                Rgb(std::array::from_fn(|i| {
+                    (f64::from(base[i]) * (1.0 - s) + f64::from(pattern[i]) * s).round() as u8
+                }))
+            }
+        }
+    })
+}
+
+impl ImageBackend for FakeBackend {
+    fn generate(
+        &self,
+        request: ValidRequest,
+        mut progress: Box<dyn FnMut(Progress) + Send>,
+        cancel: &CancelToken,
+    ) -> Result<GenerationResult, EngineError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(request.clone());
+        let started = Instant::now();
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        let model = request
+            .model
+            .clone()
+            .unwrap_or_else(|| self.default_model.clone());
+        self.model_defaults(&model)?;
+        if let Some(why) = self
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Err(EngineError::Model(why));
+        }
+        let job = &request.job;
+        let img2img = request.init_image.is_some();
+        let total = expected_steps(job, img2img)?;
+        let (mut w, mut h) = (job.width as u32, job.height as u32);
+        if let Some(hr) = &job.hires {
+            // Same rounding as the engine's latent upscale (latents are 1/8 of the pixels).
+            let up = |side: u32| ((f64::from(side / 8) * hr.scale).round() as u32).max(1) * 8;
+            (w, h) = (up(w), up(h));
+        }
+        for step in 1..=total {
+            if cancel.is_cancelled() {
+                return Err(EngineError::Cancelled);
+            }
+            if !self.step_delay.is_zero() {
+                std::thread::sleep(self.step_delay);
+            }
+            progress(Progress {
+                step,
+                total,
+                elapsed: started.elapsed(),
+            });
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&job.prompt, &job.negative_prompt, job.steps, &model).hash(&mut hasher);
+        let prompt_key = hasher.finish();
+        let images = request
+            .seeds
+            .iter()
+            .map(|&seed| {
+                let init = request
+                    .init_image
+                    .as_ref()
+                    .map(|i| (i, job.denoising_strength));
+                let pixels = paint(mix(prompt_key ^ mix(seed)), w, h, init);
+                let info = infotext_for(job, seed, w, h, &model, None, img2img);
+                let bytes = encode_image(&pixels, request.format, Some(&info), 95)?;
+                Ok(GeneratedImage {
+                    bytes,
+                    format: request.format,
+                    width: w,
+                    height: h,
+                    seed,
+                    infotext: info,
+                    pixels,
+                })
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        self.completed.fetch_add(1, Ordering::SeqCst);
+        let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+        Ok(GenerationResult {
+            images,
+            model,
+            sampler: job.sampler.display_name(),
+            timings: Timings {
+                unet_steps: total,
+                total_ms,
+                ..Timings::default()
+            },
+        })
+    }
+
+    fn defaults(&self, model: Option<&str>) -> Result<Defaults, EngineError> {
+        self.model_defaults(model.unwrap_or(&self.default_model))
+            .cloned()
+    }
+
+    fn state(&self) -> EngineState {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn model_names(&self) -> Vec<String> {
+        self.models.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    fn default_model(&self) -> String {
+        self.default_model.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::output::{decode_image, read_parameters};
+    use crate::engine::request::{GenerationRequest, HiresRequest};
+    use std::sync::Arc;
+
+    fn small() -> Defaults {
+        Defaults {
+            steps: 6,
+            width: 64,
+            height: 96,
+            ..Defaults::default()
+        }
+    }
+
+    fn req(seed: i64) -> GenerationRequest {
+        GenerationRequest {
+            prompt: "a dwarf".into(),
+            seed: Some(seed),
+            ..Default::default()
+        }
+    }
+
+    fn run(b: &FakeBackend, r: GenerationRequest) -> (GenerationResult, Vec<Progress>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let out = b
+            .generate(
+                r.validate(&small()).unwrap(),
+                Box::new(move |p| s.lock().unwrap().push(p)),
+                &CancelToken::new(),
+            )
+            .unwrap();
+        let p = seen.lock().unwrap().clone();
+        (out, p)
+    }
+
+    #[test]
+    fn deterministic_sized_and_tagged() {
+        let b = FakeBackend::new().with_defaults(small());
+        let (a, steps) = run(&b, req(7));
+        let (again, _) = run(&b, req(7));
+        let (other, _) = run(&b, req(8));
+        assert_eq!(a.images[0].bytes, again.images[0].bytes);
+        assert_ne!(a.images[0].bytes, other.images[0].bytes);
+        assert_eq!(
+            steps.iter().map(|p| p.step).collect::<Vec<_>>(),
+            (1..=6).collect::<Vec<_>>()
+        );
+        assert!(steps.iter().all(|p| p.total == 6));
+        let img = decode_image(&a.images[0].bytes).unwrap();
+        assert_eq!(img.dimensions(), (64, 96));
+        let info = read_parameters(&a.images[0].bytes).unwrap();
+        assert!(info.starts_with("a dwarf\n"), "{info}");
+        assert!(info.contains("Seed: 7"), "{info}");
+        assert_eq!(b.calls(), 3);
+        assert_eq!(b.completed(), 3);
+    }
+
+    #[test]
+    fn hires_scales_and_adds_second_pass_steps() {
+        let b = FakeBackend::new().with_defaults(small());
+        let r = GenerationRequest {
+            hires: Some(HiresRequest {
+                scale: 2.0,
+                denoising_strength: 0.5,
+                ..Default::default()
+            }),
+            ..req(1)
+        };
+        let (out, steps) = run(&b, r);
+        assert_eq!((out.images[0].width, out.images[0].height), (128, 192));
+        // 6 first-pass steps + floor(6 * 0.5) second-pass steps.
+        assert_eq!(steps.len(), 9);
+    }
+
+    #[test]
+    fn cancel_and_failure() {
+        let b = FakeBackend::new()
+            .with_defaults(small())
+            .with_step_delay(Duration::from_millis(1));
+        let cancel = CancelToken::new();
+        let c = cancel.clone();
+        let steps = Arc::new(AtomicUsize::new(0));
+        let s = steps.clone();
+        let r = b.generate(
+            req(1).validate(&small()).unwrap(),
+            Box::new(move |p| {
+                s.store(p.step, Ordering::SeqCst);
+                if p.step == 2 {
+                    c.cancel();
+                }
+            }),
+            &cancel,
+        );
+        assert!(matches!(r, Err(EngineError::Cancelled)));
+        assert_eq!(steps.load(Ordering::SeqCst), 2);
+        b.set_failure(Some("boom".into()));
+        let r = b.generate(
+            req(1).validate(&small()).unwrap(),
+            Box::new(|_| {}),
+            &CancelToken::new(),
+        );
+        assert!(matches!(r, Err(EngineError::Model(m)) if m == "boom"));
+        assert_eq!(b.completed(), 0);
+        assert!(matches!(
+            b.defaults(Some("nope")),
+            Err(EngineError::UnknownModel(_))
+        ));
+    }
+}
