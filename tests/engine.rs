@@ -408,3 +408,28 @@ fn single_file_checkpoint_generates_like_the_folder() {
     .unwrap();
     assert_eq!(a.images[0].pixels, b.images[0].pixels);
 }
+
+#[test]
+fn hires_pass_runs_at_least_one_step_when_steps_times_strength_rounds_to_zero() {
+    let e = engine();
+    let count = Arc::new(Mutex::new(0));
+    let c = count.clone();
+    let valid = GenerationRequest {
+        steps: Some(2),
+        hires: Some(HiresRequest {
+            scale: 1.5,
+            second_pass_steps: 0,
+            denoising_strength: 0.4,
+            upscaler: "Latent".into(),
+        }),
+        ..request(5)
+    }
+    .validate(&small_defaults())
+    .unwrap();
+    let r = e
+        .generate(valid, move |_| *c.lock().unwrap() += 1, CancelToken::new())
+        .unwrap();
+    // 2 first-pass steps + 1 (2 x 0.4 rounds down to 0; A1111 still runs one).
+    assert_eq!(*count.lock().unwrap(), 3);
+    assert_eq!((r.images[0].width, r.images[0].height), (96, 96));
+}

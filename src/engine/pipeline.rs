@@ -147,7 +147,16 @@ impl StableDiffusion {
             Some(h) => {
                 let steps = if h.steps == 0 { job.steps } else { h.steps };
                 let s = build_sampler(&job.sampler, scheduler, steps)?;
-                let start = s.start_index(img2img_start(steps, h.denoising_strength)?);
+                // The hires pass runs at least one step, as A1111 does, even when
+                // steps x strength rounds down to zero (its steps are usually implicit).
+                let t_start = match img2img_start(steps, h.denoising_strength) {
+                    Ok(t) => t,
+                    Err(_) if h.denoising_strength > 0.0 && h.denoising_strength <= 1.0 => {
+                        steps - 1
+                    }
+                    Err(e) => return Err(e),
+                };
+                let start = s.start_index(t_start);
                 Some((s, start, h.scale))
             }
             None => None,

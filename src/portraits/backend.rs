@@ -183,7 +183,10 @@ pub(crate) fn expected_steps(job: &Job, img2img: bool) -> Result<usize, EngineEr
     let mut total = pass_steps(job.steps, img2img.then_some(job.denoising_strength))?;
     if let Some(hr) = &job.hires {
         let steps = if hr.steps == 0 { job.steps } else { hr.steps };
-        total += pass_steps(steps, Some(hr.denoising_strength))?;
+        // The engine's hires pass runs at least one step.
+        total += pass_steps(steps, Some(hr.denoising_strength))
+            .unwrap_or(1)
+            .max(1);
     }
     Ok(total)
 }
