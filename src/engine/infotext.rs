@@ -131,6 +131,12 @@ impl InfoText {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The `key: value` pairs of the last line, in A1111's order, as written (for
+    /// `/sdapi/v1/png-info`'s parsed `parameters`).
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        self.params()
+    }
+
     /// The `key: value` pairs of the last line, in A1111's order.
     fn params(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();

@@ -1,0 +1,274 @@
+//! AUTOMATIC1111's `POST /sdapi/v1/txt2img` and `/img2img`: A1111's request in, A1111's reply
+//! out — `{images: [bare base64 PNG], parameters: {the request with defaults}, info: "<JSON>"}`,
+//! where `info` is the JSON text of A1111's `Processed.js()` with the same keys, plus
+//! `limner_unsupported` (the fields that were accepted but not applied) and `limner_interrupted`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::{Extension, Json};
+use serde_json::{json, Value};
+
+use super::a1111_request::{crop_and_resize, Common, Img2ImgBody, Txt2ImgBody};
+use super::errors::A1111Error;
+use super::run::{self, CompatJob, CompatOutput};
+use super::{from_body, image_bytes, resolve_model, to_base64, CompatState};
+use crate::api::auth::Caller;
+use crate::api::characters::blocking;
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::extract::ApiJson;
+use crate::api::AppState;
+use crate::engine::infotext::{limner_version, InfoText, VERSION_KEY};
+use crate::engine::output::decode_image;
+use crate::engine::request::{GenerationRequest, ValidRequest};
+use crate::engine::EngineError;
+
+/// The model a compat request runs on: `override_settings.sd_model_checkpoint` if given (it
+/// must be served), else the `sd_model_checkpoint` option, else the backend's default.
+pub(crate) fn pick_model(
+    state: &AppState,
+    compat: &CompatState,
+    user: &str,
+    wanted: Option<&str>,
+    field: &str,
+) -> ApiResult<String> {
+    match wanted {
+        None => Ok(compat.default_model(&*state.backend, user)),
+        Some(w) => resolve_model(&*state.backend, w).ok_or_else(|| {
+            ApiError::validation(
+                field,
+                format!(
+                    "unknown model {w:?}; models served here: {}",
+                    state.backend.model_names().join(", ")
+                ),
+            )
+        }),
+    }
+}
+
+/// Validates against the model's limits; the engine's field names are A1111's already, except
+/// for the init image.
+pub(crate) fn validate(
+    state: &AppState,
+    model: &str,
+    mut req: GenerationRequest,
+) -> ApiResult<ValidRequest> {
+    req.model = Some(model.to_string());
+    let defaults = state.backend.defaults(Some(model))?;
+    req.validate(&defaults).map_err(|e| match e {
+        EngineError::InvalidInput {
+            field: "init_image",
+            message,
+        } => ApiError::validation("init_images", message),
+        other => other.into(),
+    })
+}
+
+/// What the info JSON reports about the job, taken before the request moves into the queue.
+struct Summary {
+    prompt: String,
+    negative_prompt: String,
+    steps: usize,
+    cfg_scale: f64,
+    sampler: String,
+    width: usize,
+    height: usize,
+    batch_size: usize,
+    clip_skip: usize,
+}
+
+impl Summary {
+    fn of(v: &ValidRequest) -> Self {
+        let j = &v.job;
+        Summary {
+            prompt: j.prompt.clone(),
+            negative_prompt: j.negative_prompt.clone(),
+            steps: j.steps,
+            cfg_scale: j.cfg_scale,
+            sampler: j.sampler.display_name(),
+            width: j.width,
+            height: j.height,
+            batch_size: j.batch_size,
+            clip_skip: j.clip_skip + 1,
+        }
+    }
+}
+
+/// A1111's `Processed.js()`, field for field, for what was painted.
+fn info_json(
+    common: &Common,
+    s: &Summary,
+    out: &CompatOutput,
+    denoising_strength: Option<f64>,
+    notes: &[String],
+) -> Value {
+    let n = out.all_seeds.len();
+    let first = out.images.first().map(|i| InfoText::parse(&i.infotext));
+    let mut extra = serde_json::Map::new();
+    if let Some(info) = &first {
+        if let Some(s) = &info.schedule_type {
+            extra.insert("Schedule type".into(), json!(s));
+        }
+        if let Some(u) = info.hires_upscale {
+            extra.insert("Hires upscale".into(), json!(u));
+        }
+        if let Some(st) = info.hires_steps {
+            extra.insert("Hires steps".into(), json!(st));
+        }
+        if let Some(u) = &info.hires_upscaler {
+            extra.insert("Hires upscaler".into(), json!(u));
+        }
+        for (k, v) in &info.extra {
+            if k != VERSION_KEY && k != "Clip skip" {
+                extra.insert(k.clone(), json!(v));
+            }
+        }
+    }
+    let subseed = common.subseed.unwrap_or(-1);
+    json!({
+        "prompt": s.prompt,
+        "all_prompts": vec![&s.prompt; n],
+        "negative_prompt": s.negative_prompt,
+        "all_negative_prompts": vec![&s.negative_prompt; n],
+        "seed": out.all_seeds.first(),
+        "all_seeds": out.all_seeds,
+        "subseed": subseed,
+        "all_subseeds": vec![subseed; n],
+        "subseed_strength": common.subseed_strength.unwrap_or(0.0),
+        "width": s.width,
+        "height": s.height,
+        "sampler_name": s.sampler,
+        "cfg_scale": s.cfg_scale,
+        "steps": s.steps,
+        "batch_size": s.batch_size,
+        "restore_faces": common.restore_faces.unwrap_or(false),
+        "face_restoration_model": null,
+        "sd_model_name": out.model,
+        "sd_model_hash": first.as_ref().and_then(|i| i.model_hash.clone()),
+        "sd_vae_name": null,
+        "sd_vae_hash": null,
+        "seed_resize_from_w": common.seed_resize_from_w.unwrap_or(-1),
+        "seed_resize_from_h": common.seed_resize_from_h.unwrap_or(-1),
+        "denoising_strength": denoising_strength,
+        "extra_generation_params": extra,
+        "index_of_first_image": 0,
+        "infotexts": out.images.iter().map(|i| i.infotext.as_str()).collect::<Vec<_>>(),
+        "styles": common.styles.clone().unwrap_or_default(),
+        "job_timestamp": out.timestamp,
+        "clip_skip": s.clip_skip,
+        "is_using_inpainting_conditioning": false,
+        "version": limner_version(),
+        "limner_unsupported": notes,
+        "limner_interrupted": out.interrupted,
+        "limner_skipped_batches": out.skipped_batches,
+    })
+}
+
+fn reply(common: &Common, echo: Value, out: &CompatOutput, info: Value) -> Json<Value> {
+    let images: Vec<String> = if common.send_images.unwrap_or(true) {
+        out.images.iter().map(|i| to_base64(&i.bytes)).collect()
+    } else {
+        Vec::new()
+    };
+    Json(json!({"images": images, "parameters": echo, "info": info.to_string()}))
+}
+
+pub(crate) async fn txt2img(
+    State(state): State<AppState>,
+    Extension(compat): Extension<Arc<CompatState>>,
+    caller: Result<Caller, ApiError>,
+    body: Result<ApiJson<Value>, ApiError>,
+) -> Result<Json<Value>, A1111Error> {
+    let Caller(caller) = caller?;
+    let ApiJson(body) = body?;
+    let mut body: Txt2ImgBody = from_body(body)?;
+    body.fill_defaults();
+    let (req, notes) = body.to_request()?;
+    let model = pick_model(
+        &state,
+        &compat,
+        &caller.user,
+        body.common.checkpoint(),
+        "override_settings.sd_model_checkpoint",
+    )?;
+    let valid = validate(&state, &model, req)?;
+    let summary = Summary::of(&valid);
+    let denoising = valid
+        .job
+        .hires
+        .as_ref()
+        .map(|h| h.denoising_strength)
+        .or(body.common.denoising_strength);
+    let job = CompatJob {
+        kind: "txt2img",
+        request: valid,
+        n_iter: body.common.n_iter.unwrap_or(1),
+    };
+    let out = run::run(&state, &compat, &caller.user, job).await?;
+    let info = info_json(&body.common, &summary, &out, denoising, &notes);
+    let echo = serde_json::to_value(&body).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(reply(&body.common, echo, &out, info))
+}
+
+pub(crate) async fn img2img(
+    State(state): State<AppState>,
+    Extension(compat): Extension<Arc<CompatState>>,
+    caller: Result<Caller, ApiError>,
+    body: Result<ApiJson<Value>, ApiError>,
+) -> Result<Json<Value>, A1111Error> {
+    let Caller(caller) = caller?;
+    let ApiJson(body) = body?;
+    let mut body: Img2ImgBody = from_body(body)?;
+    body.fill_defaults();
+    let (req, notes) = body.to_request()?;
+    let model = pick_model(
+        &state,
+        &compat,
+        &caller.user,
+        body.common.checkpoint(),
+        "override_settings.sd_model_checkpoint",
+    )?;
+    // Decoding and resizing the init image is CPU work: off the async threads.
+    let first = body
+        .init_images
+        .as_ref()
+        .and_then(|i| i.first())
+        .cloned()
+        .unwrap_or_default();
+    let crop = body.resize_mode == Some(1);
+    let s = state.clone();
+    let valid = blocking(move || {
+        let bytes = image_bytes("init_images[0]", &first)?;
+        let mut img = decode_image(&bytes)
+            .map_err(|e| ApiError::validation("init_images[0]", e.to_string()))?;
+        if crop {
+            let (w, h) = (req.width.unwrap_or(512), req.height.unwrap_or(512));
+            img = crop_and_resize(&img, w as u32, h as u32);
+        }
+        validate(
+            &s,
+            &model,
+            GenerationRequest {
+                init_image: Some(img),
+                ..req
+            },
+        )
+    })
+    .await?;
+    let summary = Summary::of(&valid);
+    let denoising = Some(valid.job.denoising_strength);
+    let job = CompatJob {
+        kind: "img2img",
+        request: valid,
+        n_iter: body.common.n_iter.unwrap_or(1),
+    };
+    let out = run::run(&state, &compat, &caller.user, job).await?;
+    let info = info_json(&body.common, &summary, &out, denoising, &notes);
+    let mut echo = serde_json::to_value(&body).map_err(|e| ApiError::internal(e.to_string()))?;
+    // A1111 echoes the init images (and mask) only when asked to.
+    if body.include_init_images != Some(true) {
+        echo["init_images"] = Value::Null;
+        echo["mask"] = Value::Null;
+    }
+    Ok(reply(&body.common, echo, &out, info))
+}

@@ -1,0 +1,361 @@
+//! AUTOMATIC1111's other `/sdapi/v1/*` endpoints: progress of the running compat job,
+//! interrupt and skip, the sampler / scheduler / model / upscaler lists, options (the
+//! `sd_model_checkpoint` default), png-info, and the empty lists A1111 clients probe for
+//! (scripts, VAEs, LoRAs, ...) so they start up without errors.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::a1111::pick_model;
+use super::errors::A1111Error;
+use super::run::visible_jobs;
+use super::{from_body, image_bytes, CompatState};
+use crate::api::auth::Caller;
+use crate::api::characters::blocking;
+use crate::api::error::ApiError;
+use crate::api::extract::ApiJson;
+use crate::api::AppState;
+use crate::engine::infotext::InfoText;
+use crate::engine::output::read_parameters;
+use crate::engine::samplers::{known_samplers, known_schedulers};
+use crate::jobs::{JobState, JobStatus};
+
+type A1111Result = Result<Json<Value>, A1111Error>;
+
+/// A1111's progress numbers for a job `step` steps into `total` over `n_iter` batches:
+/// (batch index, step within the batch, steps per batch).
+fn batch_position(step: usize, total: usize, n_iter: usize) -> (usize, usize, usize) {
+    let n_iter = n_iter.max(1);
+    let per = total / n_iter;
+    if per == 0 {
+        return (0, 0, 0);
+    }
+    let job_no = (step.saturating_sub(1) / per).min(n_iter - 1);
+    (job_no, step - job_no * per, per)
+}
+
+fn idle() -> Value {
+    json!({
+        "progress": 0.0,
+        "eta_relative": 0.0,
+        "state": {
+            "skipped": false, "interrupted": false, "stopping_generation": false,
+            "job": "", "job_count": 0, "job_timestamp": "0", "job_no": 0,
+            "sampling_step": 0, "sampling_steps": 0,
+        },
+        "current_image": null,
+        "textinfo": null,
+        "current_task": null,
+    })
+}
+
+/// `GET /sdapi/v1/progress`: the caller's running compat job (admins: anyone's), else the first
+/// waiting one, else idle. `current_image` is always null: the engine does not decode previews.
+pub(crate) async fn progress(
+    State(state): State<AppState>,
+    Extension(compat): Extension<Arc<CompatState>>,
+    caller: Result<Caller, ApiError>,
+) -> A1111Result {
+    let Caller(caller) = caller?;
+    let jobs = visible_jobs(&state, &compat, &caller);
+    let pick = jobs
+        .iter()
+        .find(|(_, s)| s.state == JobState::Running)
+        .or_else(|| jobs.iter().find(|(_, s)| s.state == JobState::Queued));
+    let Some((job, status)) = pick else {
+        return Ok(Json(idle()));
+    };
+    let JobStatus {
+        step,
+        total,
+        elapsed_ms,
+        position,
+        ..
+    } = status;
+    let (job_no, sampling_step, sampling_steps) = batch_position(*step, *total, job.n_iter);
+    let progress = if *total > 0 {
+        (*step as f64 / *total as f64).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let elapsed = *elapsed_ms as f64 / 1000.0;
+    let eta = if progress > 0.0 {
+        elapsed / progress - elapsed
+    } else {
+        0.0
+    };
+    let textinfo = match status.state {
+        JobState::Queued => format!(
+            "Waiting in the queue (position {})",
+            position.unwrap_or_default()
+        ),
+        _ => format!(
+            "Batch {} of {}, step {sampling_step}/{sampling_steps}",
+            job_no + 1,
+            job.n_iter
+        ),
+    };
+    Ok(Json(json!({
+        "progress": progress,
+        "eta_relative": eta,
+        "state": {
+            "skipped": false,
+            "interrupted": job.is_interrupted(),
+            "stopping_generation": false,
+            "job": job.kind,
+            "job_count": job.n_iter,
+            "job_timestamp": job.timestamp,
+            "job_no": job_no,
+            "sampling_step": sampling_step,
+            "sampling_steps": sampling_steps,
+        },
+        "current_image": null,
+        "textinfo": textinfo,
+        "current_task": job.id().map(|i| i.to_string()),
+    })))
+}
+
+/// Applies `f` to the caller's running compat jobs (admins: all running compat jobs).
+fn for_running(
+    state: &AppState,
+    compat: &CompatState,
+    caller: &crate::auth::Principal,
+    f: impl Fn(&super::run::ActiveJob),
+) {
+    for (job, status) in visible_jobs(state, compat, caller) {
+        if status.state == JobState::Running {
+            f(&job);
+        }
+    }
+}
+
+/// `POST /sdapi/v1/interrupt`: the running job stops after its current step and answers with
+/// the images finished so far, as A1111 does.
+pub(crate) async fn interrupt(
+    State(state): State<AppState>,
+    Extension(compat): Extension<Arc<CompatState>>,
+    caller: Result<Caller, ApiError>,
+) -> A1111Result {
+    let Caller(caller) = caller?;
+    for_running(&state, &compat, &caller, |j| j.interrupt());
+    Ok(Json(json!({})))
+}
+
+/// `POST /sdapi/v1/skip`: the running job drops its current batch and goes on with the next.
+pub(crate) async fn skip(
+    State(state): State<AppState>,
+    Extension(compat): Extension<Arc<CompatState>>,
+    caller: Result<Caller, ApiError>,
+) -> A1111Result {
+    let Caller(caller) = caller?;
+    for_running(&state, &compat, &caller, |j| j.skip());
+    Ok(Json(json!({})))
+}
+
+pub(crate) async fn samplers(caller: Result<Caller, ApiError>) -> A1111Result {
+    caller?;
+    let list: Vec<Value> = known_samplers()
+        .into_iter()
+        .map(|s| json!({"name": s.name, "aliases": s.aliases, "options": {}}))
+        .collect();
+    Ok(Json(Value::Array(list)))
+}
+
+pub(crate) async fn schedulers(caller: Result<Caller, ApiError>) -> A1111Result {
+    caller?;
+    let list: Vec<Value> = known_schedulers()
+        .into_iter()
+        .map(|s| {
+            // A1111's values: Karras sigmas use rho 7; -1 means "not applicable".
+            let rho = if s.name == "karras" { 7.0 } else { -1.0 };
+            json!({"name": s.name, "label": s.label, "aliases": s.aliases,
+                   "default_rho": rho, "need_inner_model": false})
+        })
+        .collect();
+    Ok(Json(Value::Array(list)))
+}
+
+/// Our models under A1111's keys. We know no file hashes here, so `hash` and `sha256` are null
+/// and `title` is the plain name (A1111's is `file [hash]`).
+pub(crate) async fn sd_models(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+) -> A1111Result {
+    caller?;
+    let list: Vec<Value> = state
+        .backend
+        .model_names()
+        .into_iter()
+        .map(|name| {
+            json!({"title": name, "model_name": name, "hash": null, "sha256": null,
+                   "filename": name, "config": null})
+        })
+        .collect();
+    Ok(Json(Value::Array(list)))
+}
+
+pub(crate) async fn get_options(
+    State(state): State<AppState>,
+    Extension(compat): Extension<Arc<CompatState>>,
+    caller: Result<Caller, ApiError>,
+) -> A1111Result {
+    let Caller(caller) = caller?;
+    Ok(Json(json!({
+        "sd_model_checkpoint": compat.default_model(&*state.backend, &caller.user),
+        "sd_checkpoint_hash": null,
+        "CLIP_stop_at_last_layers": 1,
+        "samples_format": "png",
+        "eta_noise_seed_delta": 0,
+        "return_grid": false,
+        "enable_pnginfo": true,
+        "img2img_fix_steps": false,
+        "sd_vae": "Automatic",
+    })))
+}
+
+/// `POST /sdapi/v1/options`: `sd_model_checkpoint` (any name `sd-models` lists, or the file
+/// name) becomes the caller's default model; other options are accepted and ignored.
+pub(crate) async fn set_options(
+    State(state): State<AppState>,
+    Extension(compat): Extension<Arc<CompatState>>,
+    caller: Result<Caller, ApiError>,
+    body: Result<ApiJson<Map<String, Value>>, ApiError>,
+) -> A1111Result {
+    let Caller(caller) = caller?;
+    let ApiJson(options) = body?;
+    if let Some(value) = options.get("sd_model_checkpoint") {
+        let wanted = value
+            .as_str()
+            .ok_or_else(|| ApiError::validation("sd_model_checkpoint", "must be a string"))?;
+        let model = pick_model(
+            &state,
+            &compat,
+            &caller.user,
+            Some(wanted),
+            "sd_model_checkpoint",
+        )?;
+        compat.set_checkpoint(&caller.user, model);
+    }
+    Ok(Json(Value::Null))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct PngInfoBody {
+    image: String,
+}
+
+/// A1111's `parse_generation_parameters` result: every key as written, `Size` split into
+/// `Size-1` / `Size-2`, and the prompts under `Prompt` / `Negative prompt`.
+fn parsed_parameters(text: &str) -> Value {
+    let info = InfoText::parse(text);
+    let mut out = Map::new();
+    out.insert("Prompt".into(), json!(info.prompt));
+    out.insert("Negative prompt".into(), json!(info.negative_prompt));
+    for (k, v) in info.pairs() {
+        if k == "Size" {
+            out.insert("Size-1".into(), json!(info.width.to_string()));
+            out.insert("Size-2".into(), json!(info.height.to_string()));
+        } else {
+            out.insert(k, json!(v));
+        }
+    }
+    Value::Object(out)
+}
+
+/// `POST /sdapi/v1/png-info`: the generation parameters of an image (ours or A1111's).
+pub(crate) async fn png_info(
+    caller: Result<Caller, ApiError>,
+    body: Result<ApiJson<Value>, ApiError>,
+) -> A1111Result {
+    caller?;
+    let ApiJson(body) = body?;
+    let body: PngInfoBody = from_body(body)?;
+    let text = blocking(move || Ok(read_parameters(&image_bytes("image", &body.image)?))).await?;
+    Ok(Json(match text {
+        Some(t) => json!({
+            "info": t,
+            "items": {"parameters": t},
+            "parameters": parsed_parameters(&t),
+        }),
+        None => json!({"info": "", "items": {}, "parameters": {}}),
+    }))
+}
+
+/// Pixel-space upscalers: none (hires fix runs in latent space only, see latent-upscale-modes).
+pub(crate) async fn upscalers(caller: Result<Caller, ApiError>) -> A1111Result {
+    caller?;
+    Ok(Json(json!([
+        {"name": "None", "model_name": null, "model_path": null, "model_url": null, "scale": 4}
+    ])))
+}
+
+pub(crate) async fn latent_upscale_modes(caller: Result<Caller, ApiError>) -> A1111Result {
+    caller?;
+    Ok(Json(json!([{"name": "Latent"}])))
+}
+
+pub(crate) async fn scripts(caller: Result<Caller, ApiError>) -> A1111Result {
+    caller?;
+    Ok(Json(json!({"txt2img": [], "img2img": []})))
+}
+
+pub(crate) async fn cmd_flags(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+) -> A1111Result {
+    caller?;
+    Ok(Json(
+        json!({"api": true, "nowebui": true, "api_auth": state.tokens.is_some()}),
+    ))
+}
+
+pub(crate) async fn refresh_checkpoints(caller: Result<Caller, ApiError>) -> A1111Result {
+    caller?;
+    Ok(Json(Value::Null))
+}
+
+pub(crate) async fn empty_list(caller: Result<Caller, ApiError>) -> A1111Result {
+    caller?;
+    Ok(Json(json!([])))
+}
+
+pub(crate) async fn embeddings(caller: Result<Caller, ApiError>) -> A1111Result {
+    caller?;
+    Ok(Json(json!({"loaded": {}, "skipped": {}})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_splits_steps_into_batches() {
+        // 3 batches of 10 steps.
+        assert_eq!(batch_position(0, 30, 3), (0, 0, 10));
+        assert_eq!(batch_position(10, 30, 3), (0, 10, 10));
+        assert_eq!(batch_position(11, 30, 3), (1, 1, 10));
+        assert_eq!(batch_position(30, 30, 3), (2, 10, 10));
+        assert_eq!(batch_position(0, 0, 1), (0, 0, 0));
+    }
+
+    #[test]
+    fn png_info_parameters_follow_a1111_keys() {
+        let p = parsed_parameters(
+            "a knight\nNegative prompt: blurry\nSteps: 25, Sampler: Euler a, CFG scale: 8, Seed: 42, Size: 512x768, Model: dreamshaper",
+        );
+        assert_eq!(p["Prompt"], "a knight");
+        assert_eq!(p["Negative prompt"], "blurry");
+        assert_eq!(p["Steps"], "25");
+        assert_eq!(p["Sampler"], "Euler a");
+        assert_eq!(p["CFG scale"], "8");
+        assert_eq!(p["Seed"], "42");
+        assert_eq!(p["Size-1"], "512");
+        assert_eq!(p["Size-2"], "768");
+        assert_eq!(p["Model"], "dreamshaper");
+        assert!(p.get("Size").is_none());
+    }
+}
