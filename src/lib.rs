@@ -12,3 +12,4 @@ pub mod engine;
 pub mod jobs;
 pub mod portraits;
 pub mod registry;
+pub mod web;

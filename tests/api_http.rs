@@ -933,7 +933,7 @@ async fn auth_players_dms_and_signed_media() {
         .await
         .json();
     let camp = camp["id"].as_str().unwrap().to_string();
-    assert_eq!(camp.is_empty(), false);
+    assert!(!camp.is_empty());
     // The DM cannot pull in a character the DM cannot see (404: no leak).
     assert_error(
         &h.call(

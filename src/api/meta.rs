@@ -243,6 +243,34 @@ pub async fn openapi() -> Json<Value> {
         vec![id.clone()],
     );
     add(
+        "/api/campaigns/{id}",
+        "delete",
+        "Delete a campaign (its DM)",
+        "campaigns",
+        vec![id.clone()],
+    );
+    let member = json!({"name": "character_id", "in": "path", "required": true, "schema": {"type": "string"}});
+    for (method, summary) in [
+        ("get", "A character with its campaign state"),
+        ("patch", "Update campaign state (the DM)"),
+        ("delete", "A character leaves the campaign"),
+    ] {
+        add(
+            "/api/campaigns/{id}/characters/{character_id}",
+            method,
+            summary,
+            "campaigns",
+            vec![id.clone(), member.clone()],
+        );
+    }
+    add(
+        "/api/pregenerated/{id}/create",
+        "post",
+        "Create a character from a pregenerated one",
+        "characters",
+        vec![id.clone()],
+    );
+    add(
         "/api/jobs/{id}",
         "get",
         "Job status: queue position, step i/N, result or error",

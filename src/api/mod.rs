@@ -5,6 +5,7 @@
 pub mod auth;
 mod campaigns;
 mod characters;
+mod compat;
 pub mod error;
 pub mod extract;
 mod jobs;
@@ -120,6 +121,8 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/jobs/{id}", get(jobs::status).delete(jobs::cancel))
         .route("/api/jobs/{id}/events", get(jobs::events))
+        .merge(compat::routes())
+        .merge(crate::web::routes())
         .fallback(meta::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -74,11 +74,7 @@ fn failure(e: PortraitError) -> JobFailure {
         | PortraitError::NotFound(_)
         | PortraitError::Conflict(_) => FailureKind::Invalid,
         PortraitError::Storage(_) => FailureKind::Storage,
-        PortraitError::Engine(engine)
-            if matches!(engine, crate::engine::EngineError::Cancelled) =>
-        {
-            FailureKind::Cancelled
-        }
+        PortraitError::Engine(crate::engine::EngineError::Cancelled) => FailureKind::Cancelled,
         PortraitError::Engine(engine) if engine.is_client_error() => FailureKind::Invalid,
         PortraitError::Engine(_) => FailureKind::Engine,
     };
@@ -166,7 +162,10 @@ async fn run_job(
                 .portraits
                 .run(prepared, progress, &ctx.cancel_token())
                 .map_err(failure)?;
-            Ok(reply(&s, &outcome))
+            // The job id lets a synchronous caller look the job up afterwards (timings, order).
+            let mut v = reply(&s, &outcome);
+            v["job_id"] = json!(ctx.id());
+            Ok(v)
         })?;
     if is_async {
         return Ok(accepted(id.as_str()).into_response());

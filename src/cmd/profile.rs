@@ -80,7 +80,7 @@ impl Profile {
         let map = self.0.lock().map(|m| m.clone()).unwrap_or_default();
         let total: f64 = map.values().map(|t| t.exclusive.as_secs_f64()).sum();
         let mut rows: Vec<_> = map.into_iter().collect();
-        rows.sort_by(|a, b| b.1.exclusive.cmp(&a.1.exclusive));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1.exclusive));
         serde_json::Value::Array(
             rows.into_iter()
                 .map(|(name, t)| {

@@ -288,7 +288,8 @@ fn quick_gelu() -> ClipActivation {
 impl ClipConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let cfg: Self = read_json(path)?;
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+        {
             return Err(EngineError::Model(format!(
                 "unsupported text encoder config {}: hidden_size {} not divisible by {} heads",
                 path.display(),

@@ -105,7 +105,7 @@ pub struct ValidRequest {
 }
 
 fn check_side(field: &'static str, v: usize) -> Result<usize> {
-    if !(MIN_SIDE..=MAX_SIDE).contains(&v) || v % 8 != 0 {
+    if !(MIN_SIDE..=MAX_SIDE).contains(&v) || !v.is_multiple_of(8) {
         return Err(EngineError::invalid(
             field,
             format!("must be a multiple of 8 between {MIN_SIDE} and {MAX_SIDE}, got {v}"),
