@@ -41,8 +41,17 @@ pub struct Args {
 
 /// Peak resident memory of this process (Linux VmHWM), in MB.
 fn peak_rss_mb() -> Option<f64> {
+    proc_status_mb("VmHWM:")
+}
+
+/// Current resident memory (Linux VmRSS), in MB.
+fn rss_mb() -> Option<f64> {
+    proc_status_mb("VmRSS:")
+}
+
+fn proc_status_mb(key: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
@@ -70,6 +79,7 @@ pub fn run(args: Args, profile: Option<super::profile::Profile>) -> anyhow::Resu
     let load_started = Instant::now();
     let model = StableDiffusion::load(&name, &source, &options)?;
     let load_s = load_started.elapsed().as_secs_f64();
+    let rss_after_load_mb = rss_mb();
     let warmup = args
         .warmup
         .unwrap_or(if options.device.is_cpu() { 0 } else { 1 });
@@ -81,6 +91,10 @@ pub fn run(args: Args, profile: Option<super::profile::Profile>) -> anyhow::Resu
         p.clear();
     }
     let started = Instant::now();
+    // Peak memory once denoising is done, to tell the UNet's share from the VAE decode's.
+    let mut peak_after_denoise = None;
+    // With --profile: the spans of the denoising loop alone, before the VAE decode.
+    let mut unet_profile = None;
     let result = generate_on(
         &model,
         &request,
@@ -90,7 +104,11 @@ pub fn run(args: Args, profile: Option<super::profile::Profile>) -> anyhow::Resu
                 p.step,
                 p.total,
                 p.elapsed.as_secs_f64()
-            )
+            );
+            if p.step == p.total {
+                peak_after_denoise = peak_rss_mb();
+                unet_profile = profile.as_ref().map(|p| p.report());
+            }
         },
         &CancelToken::new(),
     )?;
@@ -114,9 +132,12 @@ pub fn run(args: Args, profile: Option<super::profile::Profile>) -> anyhow::Resu
         "vae_decode_ms": t.vae_decode_ms,
         "end_to_end_s": end_to_end_s,
         "load_s": load_s,
+        "rss_after_load_mb": rss_after_load_mb,
+        "peak_rss_after_denoise_mb": peak_after_denoise,
         "peak_rss_mb": peak_rss_mb(),
     });
     if let Some(p) = &profile {
+        report["profile_denoise"] = unet_profile.unwrap_or_default();
         report["profile"] = p.report();
     }
     println!("{}", serde_json::to_string(&report)?);

@@ -55,12 +55,14 @@ impl ModelArgs {
         if self.flash_attn && !cfg!(feature = "flash-attn") {
             anyhow::bail!("--flash-attn needs a build with --features flash-attn");
         }
+        let vae_tile = limner::engine::model::default_vae_tile(&device);
         let options = LoadOptions {
             device,
             dtype,
             variant: None,
             use_flash_attn: self.flash_attn,
             sliced_attention: self.sliced_attention,
+            vae_tile,
             prediction_type: self.prediction_type.clone(),
         };
         let (name, source, defaults) = self.source()?;

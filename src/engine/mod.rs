@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod request;
 pub mod samplers;
 pub mod text;
+mod tiled;
 pub mod vae;
 pub mod worker;
 

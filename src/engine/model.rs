@@ -62,9 +62,19 @@ pub struct LoadOptions {
     pub use_flash_attn: bool,
     /// Slice attention over heads to bound memory (candle's `sliced_attention_size`).
     pub sliced_attention: Option<usize>,
+    /// Decode latents larger than this many cells per side in blended tiles (None = never).
+    /// The default bounds memory: 32 on the CPU (256 px tiles), 96 on GPUs.
+    pub vae_tile: Option<usize>,
     /// Overrides the scheduler's prediction type ("epsilon" / "v_prediction"), for single files
     /// whose type cannot be read from the weights.
     pub prediction_type: Option<String>,
+}
+
+/// Tiled VAE decoding threshold for a device: the CPU decoder's memory grows by ~64 KB per output
+/// pixel (a 256x256 decode peaks ~4 GB above the weights), so tile above 256 px there; GPUs hold
+/// more and decode up to 768 px whole.
+pub fn default_vae_tile(device: &Device) -> Option<usize> {
+    Some(if device.is_cpu() { 32 } else { 96 })
 }
 
 impl LoadOptions {
@@ -75,6 +85,7 @@ impl LoadOptions {
             variant: None,
             use_flash_attn: false,
             sliced_attention: None,
+            vae_tile: Some(32),
             prediction_type: None,
         }
     }
@@ -95,6 +106,8 @@ pub struct StableDiffusion {
     /// First 10 hex digits of the SHA-256 of the main weight file (A1111's "Model hash").
     pub hash: Option<String>,
     pub load_seconds: f64,
+    /// See [`LoadOptions::vae_tile`].
+    pub vae_tile: Option<usize>,
 }
 
 struct Preset {
@@ -421,6 +434,7 @@ impl StableDiffusion {
             dtype: opts.dtype,
             hash,
             load_seconds: 0.0,
+            vae_tile: opts.vae_tile,
         })
     }
 

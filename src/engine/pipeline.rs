@@ -257,9 +257,28 @@ impl StableDiffusion {
     }
 
     /// Scaled latents -> images in about [-1, 1], f32.
+    /// Latents larger than `vae_tile` cells on a side are decoded in blended tiles (bounded
+    /// memory); smaller ones whole, exactly as diffusers does.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         let z = (latents / self.vae.config.scaling_factor)?.to_dtype(self.dtype)?;
-        Ok(self.vae.decode(&z)?.to_dtype(DType::F32)?)
+        let (b, _, h, w) = z.dims4()?;
+        match self.vae_tile {
+            Some(tile) if h > tile || w > tile => {
+                let images = (0..b)
+                    .map(|i| {
+                        super::tiled::decode_tiled(
+                            &z.narrow(0, i, 1)?,
+                            tile,
+                            self.vae_scale(),
+                            &self.device,
+                            |part| self.vae.decode(part),
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&images, 0)?)
+            }
+            _ => Ok(self.vae.decode(&z)?.to_dtype(DType::F32)?),
+        }
     }
 
     /// One UNet evaluation, in the model's dtype, returning f32.

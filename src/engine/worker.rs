@@ -12,7 +12,7 @@ use candle_core::Device;
 
 use super::device::{parse_dtype, select_device};
 use super::error::{EngineError, Result};
-use super::model::{LoadOptions, ModelSource, StableDiffusion};
+use super::model::{default_vae_tile, LoadOptions, ModelSource, StableDiffusion};
 use super::noise::{NoiseSource, SeededNoise};
 use super::output::encode_image;
 use super::pipeline::{from_rgb_image, to_rgb_images, CancelToken, Progress};
@@ -282,6 +282,7 @@ fn engine_main(
 
 fn load_options(config: &EngineConfig) -> Result<LoadOptions> {
     let device: Device = select_device(&config.device)?;
+    let vae_tile = default_vae_tile(&device);
     let dtype = parse_dtype(&config.dtype, &device)?;
     Ok(LoadOptions {
         device,
@@ -289,6 +290,7 @@ fn load_options(config: &EngineConfig) -> Result<LoadOptions> {
         variant: None,
         use_flash_attn: config.use_flash_attn,
         sliced_attention: config.sliced_attention,
+        vae_tile,
         prediction_type: None,
     })
 }
