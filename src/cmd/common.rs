@@ -33,9 +33,6 @@ pub struct ModelArgs {
     /// Use flash attention (needs the flash-attn feature and a CUDA GPU).
     #[arg(long)]
     pub flash_attn: bool,
-    /// Slice attention to bound memory (0 = automatic slice size).
-    #[arg(long)]
-    pub sliced_attention: Option<usize>,
     /// Override the prediction type ("epsilon" or "v_prediction"), e.g. for SD 2.x single files.
     #[arg(long)]
     pub prediction_type: Option<String>,
@@ -61,7 +58,8 @@ impl ModelArgs {
             dtype,
             variant: None,
             use_flash_attn: self.flash_attn,
-            sliced_attention: self.sliced_attention,
+            // candle 0.11's sliced attention fails with a rank error on the UNet; off.
+            sliced_attention: None,
             vae_tile,
             prediction_type: self.prediction_type.clone(),
         };

@@ -295,6 +295,39 @@ pub struct GeneratedImage {
     pub pixels: RgbImage,
 }
 
+impl GeneratedImage {
+    /// Encodes `pixels` in `request`'s format with A1111's infotext for image `seed` of the job.
+    pub fn encode(
+        pixels: RgbImage,
+        request: &ValidRequest,
+        job: &Job,
+        seed: u64,
+        model: &str,
+        hash: Option<&str>,
+    ) -> Result<Self> {
+        let (width, height) = pixels.dimensions();
+        let infotext = infotext_for(
+            job,
+            seed,
+            width,
+            height,
+            model,
+            hash,
+            request.init_image.is_some(),
+        );
+        let bytes = super::output::encode_image(&pixels, request.format, Some(&infotext), 95)?;
+        Ok(GeneratedImage {
+            bytes,
+            format: request.format,
+            width,
+            height,
+            seed,
+            infotext,
+            pixels,
+        })
+    }
+}
+
 /// The result of one request.
 #[derive(Debug, Clone)]
 pub struct GenerationResult {

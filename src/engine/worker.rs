@@ -14,9 +14,8 @@ use super::device::{parse_dtype, select_device};
 use super::error::{EngineError, Result};
 use super::model::{default_vae_tile, LoadOptions, ModelSource, StableDiffusion};
 use super::noise::{NoiseSource, SeededNoise};
-use super::output::encode_image;
 use super::pipeline::{from_rgb_image, to_rgb_images, CancelToken, Progress};
-use super::request::{infotext_for, Defaults, GeneratedImage, GenerationResult, ValidRequest};
+use super::request::{Defaults, GeneratedImage, GenerationResult, ValidRequest};
 
 /// A model the engine may load, by name.
 #[derive(Debug, Clone)]
@@ -318,26 +317,7 @@ pub fn generate_on(
         .into_iter()
         .zip(&request.seeds)
         .map(|(img, &seed)| {
-            let (w, h) = img.dimensions();
-            let info = infotext_for(
-                &job,
-                seed,
-                w,
-                h,
-                &model.name,
-                model.hash.as_deref(),
-                request.init_image.is_some(),
-            );
-            let bytes = encode_image(&img, request.format, Some(&info), 95)?;
-            Ok(GeneratedImage {
-                bytes,
-                format: request.format,
-                width: w,
-                height: h,
-                seed,
-                infotext: info,
-                pixels: img,
-            })
+            GeneratedImage::encode(img, request, &job, seed, &model.name, model.hash.as_deref())
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(GenerationResult {

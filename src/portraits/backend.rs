@@ -11,11 +11,8 @@ use std::time::{Duration, Instant};
 
 use image::{Rgb, RgbImage};
 
-use crate::engine::output::encode_image;
 use crate::engine::pipeline::{CancelToken, Job, Progress, Timings};
-use crate::engine::request::{
-    infotext_for, Defaults, GeneratedImage, GenerationResult, ValidRequest,
-};
+use crate::engine::request::{Defaults, GeneratedImage, GenerationResult, ValidRequest};
 use crate::engine::samplers::img2img_start;
 use crate::engine::worker::{EngineHandle, EngineState};
 use crate::engine::EngineError;
@@ -287,17 +284,7 @@ impl ImageBackend for FakeBackend {
                     .as_ref()
                     .map(|i| (i, job.denoising_strength));
                 let pixels = paint(mix(prompt_key ^ mix(seed)), w, h, init);
-                let info = infotext_for(job, seed, w, h, &model, None, img2img);
-                let bytes = encode_image(&pixels, request.format, Some(&info), 95)?;
-                Ok(GeneratedImage {
-                    bytes,
-                    format: request.format,
-                    width: w,
-                    height: h,
-                    seed,
-                    infotext: info,
-                    pixels,
-                })
+                GeneratedImage::encode(pixels, &request, job, seed, &model, None)
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
         self.completed.fetch_add(1, Ordering::SeqCst);
