@@ -14,7 +14,7 @@ use super::errors::A1111Error;
 use super::run::{self, CompatJob, CompatOutput};
 use super::{from_body, image_bytes, resolve_model, to_base64, CompatState};
 use crate::api::auth::Caller;
-use crate::api::characters::blocking;
+use crate::api::blocking;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::ApiJson;
 use crate::api::AppState;
@@ -173,6 +173,36 @@ fn reply(common: &Common, echo: Value, out: &CompatOutput, info: Value) -> Json<
     Json(json!({"images": images, "parameters": echo, "info": info.to_string()}))
 }
 
+/// What a txt2img or img2img reply needs besides the images.
+struct Generation<'a> {
+    kind: &'static str,
+    common: &'a Common,
+    /// The request as A1111 echoes it in `parameters`.
+    echo: Value,
+    denoising: Option<f64>,
+    notes: &'a [String],
+}
+
+/// Queues a validated request (through the shared job queue) and wraps what it painted in
+/// A1111's `{images, parameters, info}` reply.
+async fn run_and_reply(
+    state: &AppState,
+    compat: &Arc<CompatState>,
+    user: &str,
+    valid: ValidRequest,
+    g: Generation<'_>,
+) -> Result<Json<Value>, A1111Error> {
+    let summary = Summary::of(&valid);
+    let job = CompatJob {
+        kind: g.kind,
+        request: valid,
+        n_iter: g.common.n_iter.unwrap_or(1),
+    };
+    let out = run::run(state, compat, user, job).await?;
+    let info = info_json(g.common, &summary, &out, g.denoising, g.notes);
+    Ok(reply(g.common, g.echo, &out, info))
+}
+
 pub(crate) async fn txt2img(
     State(state): State<AppState>,
     Extension(compat): Extension<Arc<CompatState>>,
@@ -192,22 +222,21 @@ pub(crate) async fn txt2img(
         "override_settings.sd_model_checkpoint",
     )?;
     let valid = validate(&state, &model, req)?;
-    let summary = Summary::of(&valid);
     let denoising = valid
         .job
         .hires
         .as_ref()
         .map(|h| h.denoising_strength)
         .or(body.common.denoising_strength);
-    let job = CompatJob {
-        kind: "txt2img",
-        request: valid,
-        n_iter: body.common.n_iter.unwrap_or(1),
-    };
-    let out = run::run(&state, &compat, &caller.user, job).await?;
-    let info = info_json(&body.common, &summary, &out, denoising, &notes);
     let echo = serde_json::to_value(&body).map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(reply(&body.common, echo, &out, info))
+    let done = Generation {
+        kind: "txt2img",
+        common: &body.common,
+        echo,
+        denoising,
+        notes: &notes,
+    };
+    run_and_reply(&state, &compat, &caller.user, valid, done).await
 }
 
 pub(crate) async fn img2img(
@@ -255,20 +284,19 @@ pub(crate) async fn img2img(
         )
     })
     .await?;
-    let summary = Summary::of(&valid);
     let denoising = Some(valid.job.denoising_strength);
-    let job = CompatJob {
-        kind: "img2img",
-        request: valid,
-        n_iter: body.common.n_iter.unwrap_or(1),
-    };
-    let out = run::run(&state, &compat, &caller.user, job).await?;
-    let info = info_json(&body.common, &summary, &out, denoising, &notes);
     let mut echo = serde_json::to_value(&body).map_err(|e| ApiError::internal(e.to_string()))?;
     // A1111 echoes the init images (and mask) only when asked to.
     if body.include_init_images != Some(true) {
         echo["init_images"] = Value::Null;
         echo["mask"] = Value::Null;
     }
-    Ok(reply(&body.common, echo, &out, info))
+    let done = Generation {
+        kind: "img2img",
+        common: &body.common,
+        echo,
+        denoising,
+        notes: &notes,
+    };
+    run_and_reply(&state, &compat, &caller.user, valid, done).await
 }
