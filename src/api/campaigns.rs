@@ -7,7 +7,8 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::auth::Caller;
-use super::characters::{blocking, with_urls};
+use super::blocking;
+use super::characters::with_urls;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery};
 use super::AppState;

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery};
-use super::AppState;
+use super::{blocking, AppState};
 use crate::characters::{CharacterFilter, CharacterPatch, EnrichedCharacter, NewCharacter};
 
 /// Fills the media URL of a merged view (signed, so `<img src>` works).
@@ -31,15 +31,6 @@ pub(crate) async fn enriched(
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(with_urls(state, e))
-}
-
-/// Runs blocking store work on the blocking pool.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
-) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
 }
 
 pub async fn create(

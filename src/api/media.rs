@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::auth::Caller;
-use super::characters::blocking;
+use super::blocking;
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiQuery;
 use super::AppState;

@@ -8,7 +8,8 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::auth::Caller;
-use super::characters::{blocking, enriched};
+use super::blocking;
+use super::characters::enriched;
 use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::characters::pregenerated;

@@ -62,6 +62,16 @@ impl AppState {
     }
 }
 
+/// Runs blocking work (SQLite, image decoding, file I/O) on tokio's blocking pool, so handlers
+/// never stall the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> error::ApiResult<T> + Send + 'static,
+) -> error::ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| error::ApiError::internal(e.to_string()))?
+}
+
 /// Largest request body: img2img init images arrive base64-encoded in JSON.
 pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 

@@ -15,7 +15,7 @@ use super::errors::A1111Error;
 use super::run::visible_jobs;
 use super::{from_body, image_bytes, CompatState};
 use crate::api::auth::Caller;
-use crate::api::characters::blocking;
+use crate::api::blocking;
 use crate::api::error::ApiError;
 use crate::api::extract::ApiJson;
 use crate::api::AppState;

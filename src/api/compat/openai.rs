@@ -20,7 +20,7 @@ use super::errors::OpenAiError;
 use super::run::{self, CompatJob};
 use super::{from_body, resolve_model, to_base64, CompatState};
 use crate::api::auth::Caller;
-use crate::api::characters::blocking;
+use crate::api::blocking;
 use crate::api::error::ApiError;
 use crate::api::extract::ApiJson;
 use crate::api::AppState;
