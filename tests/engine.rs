@@ -43,7 +43,7 @@ fn engine_with(models: Vec<ModelSpec>, default: &str) -> EngineHandle {
         device: "cpu".into(),
         dtype: "auto".into(),
         use_flash_attn: false,
-        sliced_attention: None,
+        max_memory: None,
         max_loaded: 2,
     })
     .unwrap()

@@ -719,7 +719,7 @@ fn real_engine_on_the_tiny_model() {
         device: "cpu".into(),
         dtype: "f32".into(),
         use_flash_attn: false,
-        sliced_attention: None,
+        max_memory: None,
         max_loaded: 1,
     })
     .unwrap();

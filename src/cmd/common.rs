@@ -33,6 +33,10 @@ pub struct ModelArgs {
     /// Use flash attention (needs the flash-attn feature and a CUDA GPU).
     #[arg(long)]
     pub flash_attn: bool,
+    /// Refuse jobs estimated to need more memory: a size (12G), "auto" (90% of physical
+    /// memory) or "none".
+    #[arg(long, env = "LIMNER_MAX_MEMORY")]
+    pub max_memory: Option<String>,
     /// Override the prediction type ("epsilon" or "v_prediction"), e.g. for SD 2.x single files.
     #[arg(long)]
     pub prediction_type: Option<String>,
@@ -58,9 +62,9 @@ impl ModelArgs {
             dtype,
             variant: None,
             use_flash_attn: self.flash_attn,
-            // candle 0.11's sliced attention fails with a rank error on the UNet; off.
-            sliced_attention: None,
             vae_tile,
+            max_memory: limner::engine::memory::resolve_limit(self.max_memory.as_deref())
+                .map_err(|e| anyhow::anyhow!(e))?,
             prediction_type: self.prediction_type.clone(),
         };
         let (name, source, defaults) = self.source()?;

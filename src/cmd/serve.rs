@@ -53,6 +53,10 @@ pub struct ServeConfig {
     pub dtype: Option<String>,
     #[arg(long, env = "LIMNER_FLASH_ATTN", num_args = 0..=1, default_missing_value = "true")]
     pub flash_attn: Option<bool>,
+    /// Jobs estimated to need more memory than this are refused with 422 too_large before
+    /// they start: a size (12G, 800M), "auto" (90% of physical memory) or "none".
+    #[arg(long, env = "LIMNER_MAX_MEMORY")]
+    pub max_memory: Option<String>,
     /// Models kept loaded at once (least recently used is dropped).
     #[arg(long, env = "LIMNER_MAX_LOADED")]
     pub max_loaded: Option<usize>,
@@ -87,6 +91,7 @@ pub struct Settings {
     pub device: String,
     pub dtype: String,
     pub flash_attn: bool,
+    pub max_memory: Option<String>,
     pub max_loaded: usize,
     pub queue_depth: usize,
     pub concurrency: usize,
@@ -126,6 +131,7 @@ impl ServeConfig {
             device: pick!(device, "auto".into()),
             dtype: pick!(dtype, "auto".into()),
             flash_attn: pick!(flash_attn, false),
+            max_memory: self.max_memory.clone().or(file.max_memory.clone()),
             max_loaded: pick!(max_loaded, 2),
             queue_depth: pick!(queue_depth, 8),
             concurrency: pick!(concurrency, 1),
@@ -241,7 +247,8 @@ pub fn build(s: &Settings) -> anyhow::Result<Built> {
         device: s.device.clone(),
         dtype: s.dtype.clone(),
         use_flash_attn: s.flash_attn,
-        sliced_attention: None,
+        max_memory: limner::engine::memory::resolve_limit(s.max_memory.as_deref())
+            .map_err(|e| anyhow::anyhow!(e))?,
         max_loaded: s.max_loaded,
     })?;
     let backend: Arc<dyn ImageBackend> = Arc::new(engine);

@@ -4,9 +4,6 @@
 
 use std::path::Path;
 
-use candle_transformers::models::stable_diffusion::unet_2d::{
-    BlockConfig, UNet2DConditionModelConfig,
-};
 use serde::Deserialize;
 
 use super::error::{EngineError, Result};
@@ -75,6 +72,8 @@ pub struct UNetConfig {
     #[serde(default)]
     pub addition_embed_type: Option<String>,
     #[serde(default)]
+    pub mid_block_type: Option<String>,
+    #[serde(default)]
     pub sample_size: Option<usize>,
 }
 
@@ -109,7 +108,7 @@ impl UNetConfig {
         Ok(cfg)
     }
 
-    /// Rejects shapes candle's UNet cannot build, before candle gets a chance to panic on them.
+    /// Rejects shapes our UNet cannot build, with a message naming the field.
     fn check(&self) -> std::result::Result<(), String> {
         let n = self.block_out_channels.len();
         if n == 0 {
@@ -165,37 +164,27 @@ impl UNetConfig {
         self.cross_attention_dim.get(0).unwrap_or(768)
     }
 
-    /// The candle configuration for this UNet.
-    pub fn to_candle(&self, sliced_attention_size: Option<usize>) -> UNet2DConditionModelConfig {
-        let blocks = self
-            .block_out_channels
-            .iter()
-            .enumerate()
-            .map(|(i, &out_channels)| BlockConfig {
-                out_channels,
-                use_cross_attn: self.has_cross_attention(i).then(|| {
-                    self.transformer_layers_per_block
-                        .as_ref()
-                        .and_then(|t| t.get(i))
-                        .unwrap_or(1)
-                }),
-                attention_head_dim: self.heads(i),
-            })
-            .collect();
-        UNet2DConditionModelConfig {
-            center_input_sample: self.center_input_sample,
-            flip_sin_to_cos: self.flip_sin_to_cos,
-            freq_shift: self.freq_shift,
-            blocks,
-            layers_per_block: self.layers_per_block,
-            downsample_padding: self.downsample_padding,
-            mid_block_scale_factor: self.mid_block_scale_factor,
-            norm_num_groups: self.norm_num_groups,
-            norm_eps: self.norm_eps,
-            cross_attention_dim: self.context_dim(),
-            sliced_attention_size,
-            use_linear_projection: self.use_linear_projection,
-        }
+    /// Cross-attention input width of block `i` (one value for all blocks in every SD model).
+    pub fn context_dim_of(&self, i: usize) -> usize {
+        self.cross_attention_dim
+            .get(i)
+            .unwrap_or_else(|| self.context_dim())
+    }
+
+    /// Transformer blocks per attention of block `i` (SDXL's `transformer_layers_per_block`).
+    pub fn transformer_depth(&self, i: usize) -> usize {
+        self.transformer_layers_per_block
+            .as_ref()
+            .and_then(|t| t.get(i))
+            .unwrap_or(1)
+    }
+
+    /// diffusers' default mid block (`UNetMidBlock2DCrossAttn`) has a transformer;
+    /// `UNetMidBlock2D` has none.
+    pub fn mid_block_has_attention(&self) -> bool {
+        self.mid_block_type
+            .as_deref()
+            .is_none_or(|t| t.contains("CrossAttn"))
     }
 }
 
@@ -316,10 +305,9 @@ mod tests {
         assert_eq!(unet.block_out_channels, vec![32, 64, 64]);
         assert_eq!(unet.heads(0), 4);
         assert!(unet.has_cross_attention(1) && !unet.has_cross_attention(2));
-        let c = unet.to_candle(None);
-        assert_eq!(c.blocks.len(), 3);
-        assert_eq!(c.blocks[2].use_cross_attn, None);
-        assert_eq!(c.cross_attention_dim, 32);
+        assert_eq!(unet.transformer_depth(0), 1);
+        assert_eq!(unet.context_dim_of(1), 32);
+        assert!(unet.mid_block_has_attention());
         let vae = VaeConfig::load(&Path::new(FIXTURE).join("vae/config.json")).unwrap();
         assert_eq!(vae.downscale(), 8);
         let clip = ClipConfig::load(&Path::new(FIXTURE).join("text_encoder/config.json")).unwrap();

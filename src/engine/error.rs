@@ -21,6 +21,18 @@ pub enum EngineError {
     /// The model named in a request is not loaded / not known.
     #[error("unknown model '{0}'")]
     UnknownModel(String),
+    /// The job's estimated peak memory is over the engine's limit (maps to 422 `too_large`).
+    #[error(
+        "{what} needs about {} of memory (weights {} + working memory {}), over this server's \
+         {} limit; use a smaller size, fewer images or no hires pass",
+        gib(*estimate), gib(*weights), gib(estimate.saturating_sub(*weights)), gib(*limit)
+    )]
+    TooLarge {
+        what: String,
+        estimate: u64,
+        weights: u64,
+        limit: u64,
+    },
     /// The job was cancelled through its token.
     #[error("cancelled")]
     Cancelled,
@@ -50,8 +62,14 @@ impl EngineError {
             EngineError::InvalidInput { .. }
                 | EngineError::UnknownSampler { .. }
                 | EngineError::UnknownModel(_)
+                | EngineError::TooLarge { .. }
         )
     }
+}
+
+/// Bytes as GiB with one decimal, for messages.
+pub fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

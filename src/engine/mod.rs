@@ -2,13 +2,16 @@
 //! and hires-fix images. Nothing here knows about HTTP or characters; callers talk to the engine
 //! thread through [`worker::EngineHandle`] with typed requests.
 
+pub mod cancel;
 pub mod checkpoint;
-pub mod clip;
 pub mod config;
 pub mod device;
 pub mod error;
 pub mod infotext;
+pub mod kernels;
+pub mod memory;
 pub mod model;
+pub mod models;
 pub mod noise;
 pub mod output;
 pub mod pipeline;
@@ -16,7 +19,6 @@ pub mod request;
 pub mod samplers;
 pub mod text;
 mod tiled;
-pub mod vae;
 pub mod worker;
 
 pub use error::EngineError;

@@ -7,15 +7,15 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 
 use super::checkpoint::{self, Architecture, UNetLayout};
-use super::clip::{self, ClipTextModel};
 use super::config::{read_json, ClipConfig, UNetConfig, VaeConfig};
 use super::error::{EngineError, Result};
+use super::models::clip::{self, ClipTextModel};
+use super::models::unet::UNet;
+use super::models::vae::Vae;
 use super::samplers::SchedulerConfig;
 use super::text::{pad_to_same_chunks, tokenize_weighted, ClipTokenizer, PadToken, PromptChunks};
-use super::vae::Vae;
 
 /// Where a model's files are.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,11 +60,12 @@ pub struct LoadOptions {
     /// Prefer `*.{variant}.safetensors` files (e.g. "fp16"); None picks by dtype.
     pub variant: Option<String>,
     pub use_flash_attn: bool,
-    /// Slice attention over heads to bound memory (candle's `sliced_attention_size`).
-    pub sliced_attention: Option<usize>,
     /// Decode latents larger than this many cells per side in blended tiles (None = never).
     /// The default bounds memory: 32 on the CPU (256 px tiles), 96 on GPUs.
     pub vae_tile: Option<usize>,
+    /// Jobs whose estimated peak memory is over this many bytes are refused before they start
+    /// (None = no limit). See [`super::memory`].
+    pub max_memory: Option<u64>,
     /// Overrides the scheduler's prediction type ("epsilon" / "v_prediction"), for single files
     /// whose type cannot be read from the weights.
     pub prediction_type: Option<String>,
@@ -84,8 +85,8 @@ impl LoadOptions {
             dtype: DType::F32,
             variant: None,
             use_flash_attn: false,
-            sliced_attention: None,
             vae_tile: Some(32),
+            max_memory: None,
             prediction_type: None,
         }
     }
@@ -97,7 +98,7 @@ pub struct StableDiffusion {
     pub architecture: Architecture,
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextModel,
-    pub unet: UNet2DConditionModel,
+    pub unet: UNet,
     pub unet_config: UNetConfig,
     pub vae: Vae,
     pub scheduler: SchedulerConfig,
@@ -108,6 +109,10 @@ pub struct StableDiffusion {
     pub load_seconds: f64,
     /// See [`LoadOptions::vae_tile`].
     pub vae_tile: Option<usize>,
+    /// Bytes of all loaded weights.
+    pub weight_bytes: u64,
+    /// See [`LoadOptions::max_memory`].
+    pub max_memory: Option<u64>,
 }
 
 struct Preset {
@@ -185,19 +190,27 @@ fn weight_files(dir: &Path, variant: Option<&str>) -> Result<Vec<PathBuf>> {
     Ok(chosen)
 }
 
-fn mmap_vb(files: &[PathBuf], dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+fn mmap_vb(
+    files: &[PathBuf],
+    dtype: DType,
+    device: &Device,
+    counter: &WeightBytes,
+) -> Result<VarBuilder<'static>> {
     // SAFETY: the files are memory-mapped read-only; limner never writes model files while
     // they are loaded, which is the condition candle's mmap loader documents.
-    unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }.map_err(|e| {
-        EngineError::Model(format!(
-            "cannot read weights {}: {e}",
-            files
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-    })
+    let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files) };
+    tensors
+        .map(|t| counter.builder(t, dtype, device))
+        .map_err(|e| {
+            EngineError::Model(format!(
+                "cannot read weights {}: {e}",
+                files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
 }
 
 fn with_context<T>(what: &str, r: candle_core::Result<T>) -> Result<T> {
@@ -282,14 +295,17 @@ impl StableDiffusion {
             Architecture::Sd1
         };
         let hash = short_hash(&unet_files[0]);
+        let counter = WeightBytes::default();
+        let vb = |files: &[PathBuf]| mmap_vb(files, opts.dtype, &opts.device, &counter);
         Self::assemble(
             name,
             architecture,
             tokenizer,
             Components {
-                unet: (unet_config, mmap_vb(&unet_files, opts.dtype, &opts.device)?),
-                vae: (vae_config, mmap_vb(&vae_files, opts.dtype, &opts.device)?),
-                text_encoder: (clip_config, mmap_vb(&te_files, opts.dtype, &opts.device)?),
+                unet: (unet_config, vb(&unet_files)?),
+                vae: (vae_config, vb(&vae_files)?),
+                text_encoder: (clip_config, vb(&te_files)?),
+                counter: counter.clone(),
             },
             scheduler,
             hash,
@@ -345,8 +361,8 @@ impl StableDiffusion {
         if let Some(layers) = converted.text_encoder_layers {
             clip_config.num_hidden_layers = layers;
         }
-        let from =
-            |map: HashMap<String, Tensor>| VarBuilder::from_tensors(map, opts.dtype, &opts.device);
+        let counter = WeightBytes::default();
+        let from = |map: HashMap<String, Tensor>| counter.builder(map, opts.dtype, &opts.device);
         Self::assemble(
             name,
             architecture,
@@ -355,6 +371,7 @@ impl StableDiffusion {
                 unet: (unet_config, from(converted.unet)),
                 vae: (vae_config, from(converted.vae)),
                 text_encoder: (clip_config, from(converted.text_encoder)),
+                counter: counter.clone(),
             },
             scheduler,
             short_hash(file),
@@ -375,11 +392,9 @@ impl StableDiffusion {
                 ))
             }
         };
-        // Each component gets its own map: a VarMap hands out fresh, initialised tensors.
-        let vb = || {
-            let map = candle_nn::VarMap::new();
-            VarBuilder::from_varmap(&map, opts.dtype, &opts.device)
-        };
+        // Plain tensors, not a VarMap: autograd Vars would keep every forward graph alive.
+        let counter = WeightBytes::default();
+        let vb = || counter.builder(RandomWeights, opts.dtype, &opts.device);
         Self::assemble(
             name,
             architecture,
@@ -388,6 +403,7 @@ impl StableDiffusion {
                 unet: (parse_preset(preset.unet)?, vb()),
                 vae: (parse_preset(preset.vae)?, vb()),
                 text_encoder: (parse_preset(preset.text_encoder)?, vb()),
+                counter: counter.clone(),
             },
             parse_preset(preset.scheduler)?,
             None,
@@ -407,18 +423,11 @@ impl StableDiffusion {
         let (unet_config, unet_vb) = parts.unet;
         let (vae_config, vae_vb) = parts.vae;
         let (clip_config, te_vb) = parts.text_encoder;
+        let counter = parts.counter;
         let text_encoder = ClipTextModel::new(te_vb, &clip_config)
             .map_err(|e| EngineError::Model(format!("text encoder: {e}")))?;
-        let unet = with_context(
-            "UNet",
-            UNet2DConditionModel::new(
-                unet_vb,
-                unet_config.in_channels,
-                unet_config.out_channels,
-                opts.use_flash_attn,
-                unet_config.to_candle(opts.sliced_attention),
-            ),
-        )?;
+        super::kernels::attention::set_flash_attn(opts.use_flash_attn);
+        let unet = with_context("UNet", UNet::new(unet_vb, &unet_config))?;
         let vae =
             Vae::new(vae_vb, vae_config).map_err(|e| EngineError::Model(format!("VAE: {e}")))?;
         Ok(Self {
@@ -435,12 +444,25 @@ impl StableDiffusion {
             hash,
             load_seconds: 0.0,
             vae_tile: opts.vae_tile,
+            weight_bytes: counter.get(),
+            max_memory: opts.max_memory,
         })
     }
 
     /// Pixels per latent cell (8 for every Stable Diffusion VAE).
     pub fn vae_scale(&self) -> usize {
         self.vae.config.downscale()
+    }
+
+    /// What the memory estimate needs to know about this model.
+    pub fn footprint(&self) -> super::memory::ModelFootprint {
+        super::memory::ModelFootprint {
+            weights: self.weight_bytes,
+            unet_channels: self.unet_config.block_out_channels[0],
+            vae_channels: self.vae.config.block_out_channels[0],
+            value_bytes: self.dtype.size_in_bytes(),
+            vae_scale: self.vae_scale(),
+        }
     }
 
     pub fn latent_channels(&self) -> usize {
@@ -501,4 +523,104 @@ struct Components {
     unet: (UNetConfig, VarBuilder<'static>),
     vae: (VaeConfig, VarBuilder<'static>),
     text_encoder: (ClipConfig, VarBuilder<'static>),
+    /// Counts the bytes the three builders hand out.
+    counter: WeightBytes,
+}
+
+/// Sums the bytes of every weight a model takes from its builders: the weights' share of the
+/// memory estimate, whatever the source (files, a converted checkpoint, random).
+#[derive(Clone, Default)]
+struct WeightBytes(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl WeightBytes {
+    fn builder<B: candle_nn::var_builder::SimpleBackend + 'static>(
+        &self,
+        inner: B,
+        dtype: DType,
+        device: &Device,
+    ) -> VarBuilder<'static> {
+        let backend = Counting {
+            inner,
+            bytes: self.clone(),
+        };
+        VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+struct Counting<B> {
+    inner: B,
+    bytes: WeightBytes,
+}
+
+impl<B: candle_nn::var_builder::SimpleBackend> candle_nn::var_builder::SimpleBackend
+    for Counting<B>
+{
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.inner.get(s, name, h, dtype, dev)?;
+        let n = (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+        self.bytes
+            .0
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.inner.get_unchecked(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.inner.contains_tensor(name)
+    }
+}
+
+/// Hands out freshly drawn weights for any name: N(0, 1/fan_in) matrices and kernels, ones for
+/// norm scales, zeros for biases. Benchmarks get realistic activations at the real shapes.
+struct RandomWeights;
+
+impl candle_nn::var_builder::SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let dims = s.dims();
+        let t = if dims.len() >= 2 {
+            let fan_in: usize = dims[1..].iter().product();
+            Tensor::randn(
+                0f32,
+                (1.0 / (fan_in.max(1) as f64).sqrt()) as f32,
+                s,
+                &Device::Cpu,
+            )?
+        } else if name.ends_with("weight") {
+            Tensor::ones(s, DType::F32, &Device::Cpu)?
+        } else if let candle_nn::Init::Const(v) = h {
+            (Tensor::ones(s, DType::F32, &Device::Cpu)? * v)?
+        } else {
+            Tensor::zeros(s, DType::F32, &Device::Cpu)?
+        };
+        t.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("random weights need a shape for {name}")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
 }

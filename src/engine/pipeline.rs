@@ -1,32 +1,17 @@
 //! The sampling pipelines: txt2img, img2img and hires fix, on a loaded model. Every random draw
 //! comes from the caller's noise sources; progress and cancellation are checked every step.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Tensor};
 
 use super::error::{EngineError, Result};
 use super::model::StableDiffusion;
+use super::models::unet::UNetInputs;
 use super::noise::{draw_batch, NoisePurpose, NoiseSource};
 use super::samplers::{build_sampler, img2img_start, Sampler, SamplerSpec, SchedulerConfig};
 
-/// Cancels a running job; checked before every denoising step.
-#[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
-
-impl CancelToken {
-    pub fn new() -> Self {
-        Self::default()
-    }
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+pub use super::cancel::CancelToken;
 
 /// One denoising step done.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -135,6 +120,8 @@ impl StableDiffusion {
                 ),
             ));
         }
+        let tile_px = self.vae_tile.map(|t| t * self.vae_scale());
+        super::memory::admit(&self.footprint(), job, tile_px, self.max_memory)?;
         let scheduler = job.scheduler_override.as_ref().unwrap_or(&self.scheduler);
         let first = build_sampler(&job.sampler, scheduler, job.steps)?;
         // Indices into the sampler's timesteps (Heun evaluates the UNet twice per step, so its
@@ -283,12 +270,23 @@ impl StableDiffusion {
 
     /// One UNet evaluation, in the model's dtype, returning f32.
     pub fn unet_forward(&self, x: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
-        let x = x.to_dtype(self.dtype)?;
-        let context = context.to_dtype(self.dtype)?;
-        Ok(self
-            .unet
-            .forward(&x, timestep, &context)?
-            .to_dtype(DType::F32)?)
+        self.unet_forward_cancellable(x, timestep, context, &CancelToken::new())
+    }
+
+    /// [`Self::unet_forward`] that gives up within one UNet block once `cancel` is set.
+    pub fn unet_forward_cancellable(
+        &self,
+        x: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        cancel: &CancelToken,
+    ) -> Result<Tensor> {
+        let inputs = UNetInputs {
+            sample: x,
+            timestep,
+            context,
+        };
+        Ok(self.unet.forward(&inputs, cancel)?.to_dtype(DType::F32)?)
     }
 }
 
@@ -328,13 +326,16 @@ impl Ctx<'_> {
             let x = sampler.scale_model_input(&latents, i)?;
             let eps = if guidance {
                 let both = Tensor::cat(&[&x, &x], 0)?;
-                let out = self.model.unet_forward(&both, t, context)?;
+                let out = self
+                    .model
+                    .unet_forward_cancellable(&both, t, context, self.cancel)?;
                 let b = latents.dim(0)?;
                 let u = out.narrow(0, 0, b)?;
                 let c = out.narrow(0, b, b)?;
                 (&u + ((c - &u)? * cfg)?)?
             } else {
-                self.model.unet_forward(&x, t, context)?
+                self.model
+                    .unet_forward_cancellable(&x, t, context, self.cancel)?
             };
             self.timings.unet_ms_total += ms(began);
             self.timings.unet_steps += 1;

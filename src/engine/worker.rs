@@ -38,7 +38,8 @@ pub struct EngineConfig {
     /// "auto", "f32", "f16", "bf16".
     pub dtype: String,
     pub use_flash_attn: bool,
-    pub sliced_attention: Option<usize>,
+    /// Refuse jobs whose estimated peak memory is over this many bytes (None = no limit).
+    pub max_memory: Option<u64>,
     /// How many models stay loaded at once; the least recently used is dropped first.
     pub max_loaded: usize,
 }
@@ -288,8 +289,8 @@ fn load_options(config: &EngineConfig) -> Result<LoadOptions> {
         dtype,
         variant: None,
         use_flash_attn: config.use_flash_attn,
-        sliced_attention: config.sliced_attention,
         vae_tile,
+        max_memory: config.max_memory,
         prediction_type: None,
     })
 }

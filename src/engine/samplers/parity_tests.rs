@@ -1,43 +1,42 @@
 //! The samplers' update rules against diffusers' reference latents: every txt2img and img2img
-//! case of the tiny-sd15 fixture is replayed with candle-transformers' UNet on the fixture
+//! case of the tiny-sd15 fixture is replayed with our UNet on the fixture
 //! weights, the reference text embeddings, VAE posterior and noise tensors, so only the sampler
 //! differs from the reference run. (The full pipeline, tokenizer and VAE included, is checked by
 //! `tests/parity.rs`.)
 
 use std::collections::HashMap;
 
+use crate::engine::cancel::CancelToken;
+use crate::engine::models::unet::{UNet, UNetInputs};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::unet_2d::{
-    BlockConfig, UNet2DConditionModel, UNet2DConditionModelConfig,
-};
 use serde_json::Value;
 
 use super::*;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-sd15");
 
-fn tiny_unet() -> UNet2DConditionModel {
+fn tiny_unet() -> UNet {
     let path = format!("{FIXTURE}/model/unet/diffusion_pytorch_model.safetensors");
     // SAFETY: the fixture file is not modified while the test runs.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &Device::Cpu) }
         .expect("fixture unet weights");
-    // The tiny UNet's config.json: blocks 32/64/64, cross-attention in the first two, 4 heads.
-    let block = |out_channels, cross: bool| BlockConfig {
-        out_channels,
-        use_cross_attn: cross.then_some(1),
-        attention_head_dim: 4,
+    let config = crate::engine::config::UNetConfig::load(std::path::Path::new(&format!(
+        "{FIXTURE}/model/unet/config.json"
+    )))
+    .expect("fixture unet config");
+    UNet::new(vb, &config).expect("tiny unet")
+}
+
+/// One UNet call, never cancelled.
+fn run_unet(unet: &UNet, sample: &Tensor, timestep: f64, context: &Tensor) -> Tensor {
+    let inputs = UNetInputs {
+        sample,
+        timestep,
+        context,
     };
-    let config = UNet2DConditionModelConfig {
-        blocks: vec![block(32, true), block(64, true), block(64, false)],
-        layers_per_block: 2,
-        cross_attention_dim: 32,
-        norm_num_groups: 32,
-        norm_eps: 1e-5,
-        use_linear_projection: false,
-        ..Default::default()
-    };
-    UNet2DConditionModel::new(vb, 4, 4, false, config).expect("tiny unet")
+    unet.forward(&inputs, &CancelToken::new())
+        .expect("unet forward")
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -60,7 +59,7 @@ fn max_abs(t: &Tensor) -> f32 {
 struct Fixture {
     doc: Value,
     tensors: HashMap<String, Tensor>,
-    unet: UNet2DConditionModel,
+    unet: UNet,
 }
 
 impl Fixture {
@@ -129,10 +128,7 @@ impl Fixture {
         for (k, i) in (start..n).enumerate() {
             let x = sampler.scale_model_input(&latents, i).unwrap();
             let x2 = Tensor::cat(&[&x, &x], 0).unwrap();
-            let out = self
-                .unet
-                .forward(&x2, sampler.timesteps()[i], &context)
-                .unwrap();
+            let out = run_unet(&self.unet, &x2, sampler.timesteps()[i], &context);
             let (u, c) = (out.narrow(0, 0, 1).unwrap(), out.narrow(0, 1, 1).unwrap());
             let eps = (&u + ((c - &u).unwrap().affine(cfg_scale, 0.0)).unwrap()).unwrap();
             let noise = sampler
@@ -145,21 +141,19 @@ impl Fixture {
 }
 
 #[test]
-fn candle_unet_matches_the_reference_unet() {
+fn our_unet_matches_the_reference_unet() {
     // Guards the harness: if the UNet itself differed, the sampler comparison would mean nothing.
     let fx = Fixture::load();
     for case in fx.doc["cases"].as_array().unwrap() {
         if case["kind"] != "unet" {
             continue;
         }
-        let out = fx
-            .unet
-            .forward(
-                fx.tensor(&case["sample"]),
-                case["timestep"].as_f64().unwrap(),
-                fx.tensor(&case["context"]),
-            )
-            .unwrap();
+        let out = run_unet(
+            &fx.unet,
+            fx.tensor(&case["sample"]),
+            case["timestep"].as_f64().unwrap(),
+            fx.tensor(&case["context"]),
+        );
         let want = fx.tensor(&case["expected"]);
         let d = max_abs_diff(&out, want) / max_abs(want);
         eprintln!("unet t={}: relative max abs diff {d}", case["timestep"]);

@@ -5,8 +5,8 @@
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
 
-use super::config::{ClipActivation, ClipConfig};
-use super::error::Result;
+use crate::engine::config::{ClipActivation, ClipConfig};
+use crate::engine::error::Result;
 
 struct Attention {
     q: Linear,

@@ -1,0 +1,203 @@
+//! GroupNorm with an optional fused SiLU, in two passes over each group: the statistics (mean,
+//! then the variance about it, accumulated in f64), then one pass that normalizes, applies the
+//! per-channel affine and the activation, and writes the output. candle's version makes five
+//! full-size temporaries and a separate SiLU.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{f32_slice, multiversion, vmath, widened};
+
+/// `GroupNorm(groups, eps)` with weight `gamma` and bias `beta` over dim 1 of `x` (N, C, ...),
+/// followed by SiLU when `silu`.
+pub fn group_norm(
+    x: &Tensor,
+    groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    let dims = x.dims();
+    if dims.len() < 2 || groups == 0 || dims[1] % groups != 0 {
+        candle_core::bail!("group_norm: {dims:?} does not split into {groups} groups");
+    }
+    if x.device().is_cpu() {
+        let op = GroupNormCpu { groups, eps, silu };
+        return widened(&[x, gamma, beta], |t| {
+            t[0].apply_op3_no_bwd(&t[1], &t[2], &op)
+        });
+    }
+    reference(x, groups, gamma, beta, eps, silu)
+}
+
+/// GroupNorm from plain candle ops (statistics in f32), for GPUs and the tests.
+pub fn reference(
+    x: &Tensor,
+    groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let dims = x.dims().to_vec();
+    let (n, c) = (dims[0], dims[1]);
+    let xs = x.to_dtype(DType::F32)?.reshape((n, groups, ()))?;
+    let mean = xs.mean_keepdim(2)?;
+    let centered = xs.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(2)?;
+    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    let mut affine = vec![1usize; dims.len()];
+    affine[1] = c;
+    let y = normed
+        .reshape(dims.as_slice())?
+        .broadcast_mul(&gamma.to_dtype(DType::F32)?.reshape(affine.as_slice())?)?
+        .broadcast_add(&beta.to_dtype(DType::F32)?.reshape(affine.as_slice())?)?;
+    let y = if silu { candle_nn::ops::silu(&y)? } else { y };
+    y.to_dtype(dtype)
+}
+
+struct GroupNormCpu {
+    groups: usize,
+    eps: f64,
+    silu: bool,
+}
+
+#[inline(always)]
+fn stats_body(x: &[f32]) -> (f64, f64) {
+    // f32 partial sums per 8-lane over short runs, folded into f64: accurate and vectorized.
+    let sum = |f: &dyn Fn(f32) -> f32| -> f64 {
+        let mut total = 0f64;
+        for run in x.chunks(256) {
+            let mut acc = [0f32; 8];
+            let mut chunks = run.chunks_exact(8);
+            for c in &mut chunks {
+                for (a, v) in acc.iter_mut().zip(c) {
+                    *a += f(*v);
+                }
+            }
+            total += acc.iter().map(|&a| a as f64).sum::<f64>();
+            total += chunks.remainder().iter().map(|&v| f(v) as f64).sum::<f64>();
+        }
+        total
+    };
+    let n = x.len() as f64;
+    let mean = sum(&|v| v) / n;
+    let m = mean as f32;
+    let var = sum(&|v| (v - m) * (v - m)) / n;
+    (mean, var)
+}
+
+multiversion!(fn stats(x: &[f32]) -> (f64, f64) => stats_body);
+
+#[inline(always)]
+fn normalize_body(x: &[f32], y: &mut [f32], mean: f32, scale: f32, beta: f32, silu: bool) {
+    // (x - mean) first: folding the mean into a shift would cancel badly for large means.
+    if silu {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = vmath::silu((v - mean) * scale + beta);
+        }
+    } else {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = (v - mean) * scale + beta;
+        }
+    }
+}
+
+multiversion!(fn normalize(x: &[f32], y: &mut [f32], mean: f32, scale: f32, beta: f32, silu: bool) => normalize_body);
+
+impl CustomOp3 for GroupNormCpu {
+    fn name(&self) -> &'static str {
+        "group-norm-cpu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, self.name())?;
+        let gamma = f32_slice(s2, l2, self.name())?;
+        let beta = f32_slice(s3, l3, self.name())?;
+        let dims = l1.shape().dims();
+        let c = dims[1];
+        let spatial: usize = dims[2..].iter().product();
+        if gamma.len() != c || beta.len() != c {
+            candle_core::bail!("group_norm: {c} channels but {} weights", gamma.len());
+        }
+        let cpg = c / self.groups;
+        let group_len = cpg * spatial;
+        let mut out = vec![0f32; x.len()];
+        if group_len == 0 {
+            return Ok((CpuStorage::F32(out), l1.shape().clone()));
+        }
+        out.par_chunks_mut(group_len)
+            .zip(x.par_chunks(group_len))
+            .enumerate()
+            .for_each(|(i, (y, xg))| {
+                let (mean, var) = stats(xg);
+                let rstd = 1.0 / (var + self.eps).sqrt();
+                let c0 = (i % self.groups) * cpg;
+                for ch in 0..cpg {
+                    let scale = (gamma[c0 + ch] as f64 * rstd) as f32;
+                    let r = ch * spatial..(ch + 1) * spatial;
+                    let (m, b) = (mean as f32, beta[c0 + ch]);
+                    normalize(&xg[r.clone()], &mut y[r], m, scale, b, self.silu);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn check(shape: &[usize], groups: usize, silu: bool, offset: f32) {
+        let dev = Device::Cpu;
+        let c = shape[1];
+        let x = (Tensor::randn(0f32, 3.0, shape, &dev).unwrap() + offset as f64).unwrap();
+        let gamma = Tensor::randn(1f32, 0.5, c, &dev).unwrap();
+        let beta = Tensor::randn(0f32, 0.5, c, &dev).unwrap();
+        // The reference runs in f64, so a large mean tests our precision, not candle's.
+        let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let want = reference(&f64s(&x), groups, &f64s(&gamma), &f64s(&beta), 1e-5, silu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let got = group_norm(&x, groups, &gamma, &beta, 1e-5, silu).unwrap();
+        let err = (got - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(err < 5e-5, "{shape:?} groups {groups} silu {silu}: {err}");
+    }
+
+    #[test]
+    fn matches_candle_ops_with_and_without_silu() {
+        check(&[2, 64, 9, 7], 32, false, 0.0);
+        check(&[2, 64, 9, 7], 32, true, 0.0);
+        check(&[1, 32, 33], 8, true, 0.0);
+        // A large mean tests the two-pass variance (one-pass E[x²]-E[x]² loses it in f32).
+        check(&[1, 8, 64, 64], 4, false, 1000.0);
+    }
+
+    #[test]
+    fn rejects_groups_that_do_not_divide_channels() {
+        let x = Tensor::zeros((1, 6, 2, 2), DType::F32, &Device::Cpu).unwrap();
+        let w = Tensor::ones(6, DType::F32, &Device::Cpu).unwrap();
+        assert!(group_norm(&x, 4, &w, &w, 1e-5, false).is_err());
+    }
+}

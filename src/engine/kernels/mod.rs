@@ -1,0 +1,97 @@
+//! Fused CPU kernels for the diffusion models, each with a plain-candle fallback for the other
+//! devices: memory-efficient attention, GroupNorm(+SiLU), GEGLU and convolution.
+//!
+//! Why our own: candle's CPU ops materialize the full attention score matrix (38.65 GB at
+//! 1024x1536), make five temporaries per GroupNorm and re-lay out every convolution kernel on
+//! every call. Each kernel here reads its input once or twice and writes its output once.
+//! Every kernel is checked against plain candle ops in its unit tests.
+
+pub mod attention;
+pub mod conv;
+pub mod geglu;
+pub mod group_norm;
+pub mod vmath;
+
+use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
+
+pub use attention::attention;
+pub use conv::{conv2d, Conv2dParams};
+pub use geglu::geglu;
+pub use group_norm::group_norm;
+
+/// The f32 slice of a contiguous CPU storage, or an error naming the op.
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        _ => candle_core::bail!("{op}: expected f32 storage"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// Runs `f` on f32 CPU tensors: half-precision inputs are widened first and the result narrowed
+/// back, so the kernels have one precise code path.
+pub(crate) fn widened(
+    inputs: &[&Tensor],
+    f: impl FnOnce(&[Tensor]) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let dtype = inputs[0].dtype();
+    let wide = inputs
+        .iter()
+        .map(|t| t.to_dtype(DType::F32)?.contiguous())
+        .collect::<Result<Vec<_>>>()?;
+    let out = f(&wide)?;
+    if dtype == DType::F32 {
+        Ok(out)
+    } else {
+        out.to_dtype(dtype)
+    }
+}
+
+/// A raw pointer that parallel tasks may share because each writes a disjoint part of it.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(pub *mut f32);
+// SAFETY: only used by kernels whose tasks write disjoint index ranges.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer (a method, so closures capture the whole Send + Sync wrapper).
+    pub(crate) fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Threads the kernels split work over (candle's own setting, so both agree).
+pub(crate) fn threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+/// Whether AVX2 and FMA can be used (checked once by std, then a relaxed load).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx2() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
+/// Calls `$body` (an `#[inline(always)]` function) compiled for AVX2+FMA when the CPU has them,
+/// so its loops vectorize 8-wide, and as plain code elsewhere.
+macro_rules! multiversion {
+    (fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:path) => {
+        pub(crate) fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn wide($($arg: $ty),*) $(-> $ret)? { $body($($arg),*) }
+                if $crate::engine::kernels::has_avx2() {
+                    // SAFETY: the CPU supports the features `wide` was compiled for.
+                    return unsafe { wide($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+pub(crate) use multiversion;

@@ -1,0 +1,225 @@
+//! Memory admission: before a job runs, the engine estimates its peak memory (weights plus the
+//! working memory of the largest UNet call and of the VAE decode at this size, batch and hires
+//! pass) and refuses the job with [`EngineError::TooLarge`] when that is over the limit, so no
+//! request can abort or OOM the process.
+//!
+//! The per-cell coefficients were measured with `limner bench` on the full-size SD 1.5 model
+//! (peak RSS minus the weights, f32 on the CPU) and rounded up; see the README's benchmark notes.
+
+use super::error::{EngineError, Result};
+use super::pipeline::Job;
+
+/// Working bytes of one UNet sample per latent cell, per channel of the first block (f32).
+/// Covers the skip connections, the widest transformer's GEGLU tensors and conv scratch.
+const UNET_BYTES_PER_CELL_CHANNEL: f64 = 160.0;
+/// Working bytes of the VAE decoder per output pixel, per channel of its first block (f32).
+const VAE_BYTES_PER_PIXEL_CHANNEL: f64 = 40.0;
+/// Fixed overhead: allocator slack, the text encoder's activations, thread stacks, buffers.
+const BASE_BYTES: u64 = 512 << 20;
+
+/// The shape facts an estimate needs, read from a loaded model.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelFootprint {
+    /// Bytes of all loaded weights.
+    pub weights: u64,
+    /// Channels of the UNet's first block (320 for SD 1.x/2.x/XL).
+    pub unet_channels: usize,
+    /// Channels of the VAE decoder's last (full-resolution) block.
+    pub vae_channels: usize,
+    /// Bytes per activation value (4 for f32, 2 for f16/bf16).
+    pub value_bytes: usize,
+    /// Pixels per latent cell along a side (8).
+    pub vae_scale: usize,
+}
+
+/// What a job is estimated to need at its peak.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Estimate {
+    pub weights: u64,
+    pub unet: u64,
+    pub vae: u64,
+    pub peak: u64,
+}
+
+/// Output size of the last pass: the first pass' size times the hires scale, as the pipeline
+/// computes it (whole latent cells).
+fn final_size(job: &Job, vae_scale: usize) -> (usize, usize) {
+    match &job.hires {
+        Some(h) => {
+            let cell = |v: usize| ((v / vae_scale) as f64 * h.scale).round() as usize * vae_scale;
+            (cell(job.width), cell(job.height))
+        }
+        None => (job.width, job.height),
+    }
+}
+
+pub fn estimate(m: &ModelFootprint, job: &Job, vae_tile_px: Option<usize>) -> Estimate {
+    let (w, h) = final_size(job, m.vae_scale);
+    let cells = (w / m.vae_scale * (h / m.vae_scale)) as f64;
+    let guided = if job.cfg_scale > 1.0 { 2 } else { 1 };
+    let samples = (job.batch_size * guided) as f64;
+    let value = m.value_bytes as f64 / 4.0;
+    let unet =
+        (UNET_BYTES_PER_CELL_CHANNEL * m.unet_channels as f64 * cells * samples * value) as u64;
+    // The VAE decodes the whole batch at once, or one tile of one image at a time.
+    let vae_pixels = match vae_tile_px {
+        Some(t) if w > t || h > t => (t * t) as f64 * 2.25,
+        _ => (w * h) as f64 * job.batch_size as f64,
+    };
+    let vae = (VAE_BYTES_PER_PIXEL_CHANNEL * m.vae_channels as f64 * vae_pixels * value) as u64;
+    Estimate {
+        weights: m.weights,
+        unet,
+        vae,
+        peak: m.weights + unet.max(vae) + BASE_BYTES,
+    }
+}
+
+/// Refuses a job whose estimate is over `limit` (None = no limit).
+pub fn admit(
+    m: &ModelFootprint,
+    job: &Job,
+    vae_tile_px: Option<usize>,
+    limit: Option<u64>,
+) -> Result<Estimate> {
+    let e = estimate(m, job, vae_tile_px);
+    match limit {
+        Some(limit) if e.peak > limit => {
+            let (w, h) = final_size(job, m.vae_scale);
+            let what = if job.hires.is_some() {
+                format!(
+                    "{}x{} with a hires pass to {w}x{h}, batch {}",
+                    job.width, job.height, job.batch_size
+                )
+            } else {
+                format!("{w}x{h}, batch {}", job.batch_size)
+            };
+            Err(EngineError::TooLarge {
+                what,
+                estimate: e.peak,
+                weights: e.weights,
+                limit,
+            })
+        }
+        _ => Ok(e),
+    }
+}
+
+/// The default limit: 90% of the machine's physical memory (`MemTotal`), leaving room for the
+/// server and the OS. None where it cannot be read.
+pub fn machine_limit() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024 / 10 * 9)
+}
+
+/// The limit a setting asks for: unset or "auto" = [`machine_limit`], "none"/"off" = no limit,
+/// else a size.
+pub fn resolve_limit(setting: Option<&str>) -> std::result::Result<Option<u64>, String> {
+    match setting.map(str::trim) {
+        None | Some("") | Some("auto") => Ok(machine_limit()),
+        Some("none") | Some("off") | Some("unlimited") => Ok(None),
+        Some(size) => parse_size(size)
+            .map(Some)
+            .map_err(|e| format!("max_memory: {e}")),
+    }
+}
+
+/// Parses a size such as "12G", "12GiB", "800M" or a plain byte count.
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size such as 12G or 800M"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1u64,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit '{other}' in '{text}'")),
+    };
+    Ok((value * mult as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::pipeline::HiresPass;
+    use crate::engine::samplers::parse_sampler;
+
+    fn job(w: usize, h: usize, hires: Option<f64>) -> Job {
+        Job {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            steps: 20,
+            cfg_scale: 7.0,
+            sampler: parse_sampler("Euler a", None).unwrap(),
+            scheduler_override: None,
+            width: w,
+            height: h,
+            batch_size: 1,
+            init_image: None,
+            denoising_strength: 1.0,
+            hires: hires.map(|scale| HiresPass {
+                scale,
+                steps: 0,
+                denoising_strength: 0.4,
+            }),
+            clip_skip: 0,
+            plain_prompt: false,
+        }
+    }
+
+    const SD15: ModelFootprint = ModelFootprint {
+        weights: 4 << 30,
+        unet_channels: 320,
+        vae_channels: 128,
+        value_bytes: 4,
+        vae_scale: 8,
+    };
+
+    #[test]
+    fn hires_pass_sets_the_size_and_limits_refuse_with_numbers() {
+        let small = estimate(&SD15, &job(512, 768, None), None);
+        let hires = estimate(&SD15, &job(512, 768, Some(2.0)), None);
+        assert!(hires.unet > 3 * small.unet && hires.peak > small.peak);
+        let err = admit(&SD15, &job(1024, 1024, Some(2.0)), None, Some(12 << 30)).unwrap_err();
+        let text = err.to_string();
+        assert!(err.is_client_error());
+        assert!(
+            text.contains("2048x2048") && text.contains("12.0 GiB"),
+            "{text}"
+        );
+        assert!(admit(&SD15, &job(512, 512, None), None, Some(12 << 30)).is_ok());
+        assert!(admit(&SD15, &job(4096, 4096, None), None, None).is_ok());
+    }
+
+    #[test]
+    fn tiling_bounds_the_vae_share() {
+        let whole = estimate(&SD15, &job(2048, 2048, None), None);
+        let tiled = estimate(&SD15, &job(2048, 2048, None), Some(512));
+        assert!(tiled.vae * 4 < whole.vae);
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("12G").unwrap(), 12 << 30);
+        assert_eq!(parse_size("800MiB").unwrap(), 800 << 20);
+        assert_eq!(parse_size("1.5g").unwrap(), 3 << 29);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("3 parsecs").is_err());
+        assert!(machine_limit().is_some_and(|b| b > 1 << 28));
+    }
+}
