@@ -626,3 +626,58 @@ fn openapi_document_lists_the_seed_paths() {
         );
     }
 }
+
+#[test]
+fn requests_over_the_memory_limit_are_refused_cleanly_in_every_api_shape() {
+    // 600 MiB: the tiny model's 64x96 default fits easily; a 2048x2048 image does not.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_no_auth(dir.path(), &["--max-memory", "600M"]);
+    let c = server.client();
+    let id = c
+        .post("/api/characters", &seed_character(None))
+        .expect(201)
+        .str("id");
+    let generate = format!("/api/characters/{id}/portrait/generate");
+
+    // Our API: 422 too_large, naming the size, the estimate and the limit.
+    let refused = c
+        .post(
+            &generate,
+            &json!({"character_id": id, "regenerate": true, "width": 2048, "height": 2048}),
+        )
+        .expect(422);
+    assert_eq!(refused.json["error_type"], "too_large", "{}", refused.json);
+    let message = refused.str("error");
+    assert!(
+        message.contains("2048x2048") && message.contains("GiB") && message.contains("limit"),
+        "{message}"
+    );
+
+    // A hires pass counts at its final size: 512x512 x2 is a 1024x1024 second pass.
+    let hires = c
+        .post(
+            "/sdapi/v1/txt2img",
+            &json!({"prompt": "a knight", "width": 512, "height": 512, "steps": 2,
+                    "enable_hr": true, "hr_scale": 2, "denoising_strength": 0.4}),
+        )
+        .expect(422);
+    assert_eq!(hires.json["error"], "too_large", "{}", hires.json);
+    assert!(hires.text.contains("1024x1024"), "{}", hires.text);
+
+    // OpenAI's shape: a 400 invalid_request_error with code too_large.
+    let openai = c
+        .post(
+            "/v1/images/generations",
+            &json!({"prompt": "a knight", "size": "2048x2048"}),
+        )
+        .expect(400);
+    assert_eq!(openai.json["error"]["code"], "too_large", "{}", openai.json);
+
+    // The engine is untouched: the next, normal request is served.
+    let ok = c
+        .post(&generate, &json!({"character_id": id, "regenerate": true}))
+        .expect(200);
+    assert_eq!(ok.json["success"], true);
+    let health = c.get("/health").expect(200);
+    assert!(health.text.contains("ok"), "{}", health.text);
+}

@@ -140,6 +140,9 @@ impl From<EngineError> for ApiError {
             EngineError::InvalidInput { field, message } => ApiError::validation(field, message),
             EngineError::UnknownSampler { .. } => ApiError::validation("sampler", e.to_string()),
             EngineError::UnknownModel(_) => ApiError::validation("model", e.to_string()),
+            EngineError::TooLarge { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "too_large", e.to_string())
+            }
             EngineError::Cancelled => {
                 ApiError::new(StatusCode::CONFLICT, "cancelled", "the job was cancelled")
             }
@@ -191,6 +194,9 @@ impl From<JobFailure> for ApiError {
                 "validation_error",
                 f.message,
             ),
+            FailureKind::TooLarge => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "too_large", f.message)
+            }
             FailureKind::Cancelled => ApiError::new(StatusCode::CONFLICT, "cancelled", f.message),
             FailureKind::Timeout => {
                 ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", f.message)

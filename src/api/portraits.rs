@@ -75,6 +75,7 @@ fn failure(e: PortraitError) -> JobFailure {
         | PortraitError::Conflict(_) => FailureKind::Invalid,
         PortraitError::Storage(_) => FailureKind::Storage,
         PortraitError::Engine(crate::engine::EngineError::Cancelled) => FailureKind::Cancelled,
+        PortraitError::Engine(crate::engine::EngineError::TooLarge { .. }) => FailureKind::TooLarge,
         PortraitError::Engine(engine) if engine.is_client_error() => FailureKind::Invalid,
         PortraitError::Engine(_) => FailureKind::Engine,
     };

@@ -37,6 +37,10 @@ pub struct Args {
     /// summed over the timed run, inclusive and exclusive of nested spans.
     #[arg(long)]
     pub profile: bool,
+    /// Time the UNet alone: `steps` guided UNet calls on random latents, no sampler, no VAE
+    /// decode. Quick, and the figure to hold beside `torch_unet_step.py`.
+    #[arg(long)]
+    pub no_decode: bool,
 }
 
 /// Peak resident memory of this process (Linux VmHWM), in MB.
@@ -80,6 +84,17 @@ pub fn run(args: Args, profile: Option<super::profile::Profile>) -> anyhow::Resu
     let model = StableDiffusion::load(&name, &source, &options)?;
     let load_s = load_started.elapsed().as_secs_f64();
     let rss_after_load_mb = rss_mb();
+    if args.no_decode {
+        return unet_only(
+            &args,
+            &model,
+            &name,
+            &options,
+            load_s,
+            rss_after_load_mb,
+            profile,
+        );
+    }
     let warmup = args
         .warmup
         .unwrap_or(if options.device.is_cpu() { 0 } else { 1 });
@@ -138,6 +153,77 @@ pub fn run(args: Args, profile: Option<super::profile::Profile>) -> anyhow::Resu
     });
     if let Some(p) = &profile {
         report["profile_denoise"] = unet_profile.unwrap_or_default();
+        report["profile"] = p.report();
+    }
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// `--no-decode`: guided UNet calls at the requested size, timed one by one.
+fn unet_only(
+    args: &Args,
+    model: &StableDiffusion,
+    name: &str,
+    options: &limner::engine::model::LoadOptions,
+    load_s: f64,
+    rss_after_load_mb: Option<f64>,
+    profile: Option<super::profile::Profile>,
+) -> anyhow::Result<()> {
+    use candle_core::{DType, Tensor};
+    let scale = model.vae_scale();
+    let (h, w) = (args.height / scale, args.width / scale);
+    let (neg, pos) = model.encode_pair("blurry, lowres", &args.prompt, 0, false)?;
+    let guided = args.cfg > 1.0;
+    let context = if guided {
+        Tensor::cat(&[&neg, &pos], 0)?
+    } else {
+        pos
+    };
+    let batch = if guided { 2 } else { 1 };
+    let latents = Tensor::randn(
+        0f32,
+        1.0,
+        (batch, model.latent_channels(), h, w),
+        &model.device,
+    )?
+    .to_dtype(DType::F32)?;
+    for _ in 0..args.warmup.unwrap_or(0) {
+        model.unet_forward(&latents, 500.0, &context)?;
+    }
+    if let Some(p) = &profile {
+        p.clear();
+    }
+    let mut times = vec![];
+    for i in 0..args.steps.max(1) {
+        let started = Instant::now();
+        let out = model.unet_forward(&latents, 500.0, &context)?;
+        // Reading one value waits for asynchronous devices to finish.
+        out.flatten_all()?.narrow(0, 0, 1)?.to_vec1::<f32>()?;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        eprintln!("unet call {}/{}: {ms:.0} ms", i + 1, args.steps.max(1));
+        times.push(ms);
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let mut report = json!({
+        "model": name,
+        "mode": "unet_only",
+        "device": describe(&options.device),
+        "dtype": dtype_name(options.dtype),
+        "flash_attn": options.use_flash_attn,
+        "width": args.width,
+        "height": args.height,
+        "batch_per_unet_call": batch,
+        "unet_ms_per_step": times.iter().sum::<f64>() / times.len() as f64,
+        "unet_ms_min": sorted[0],
+        "unet_ms_median": sorted[sorted.len() / 2],
+        "unet_ms_each": times,
+        "load_s": load_s,
+        "weights_mb": model.weight_bytes as f64 / (1u64 << 20) as f64,
+        "rss_after_load_mb": rss_after_load_mb,
+        "peak_rss_mb": peak_rss_mb(),
+    });
+    if let Some(p) = &profile {
         report["profile"] = p.report();
     }
     println!("{}", serde_json::to_string(&report)?);

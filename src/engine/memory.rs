@@ -11,9 +11,9 @@ use super::pipeline::Job;
 
 /// Working bytes of one UNet sample per latent cell, per channel of the first block (f32).
 /// Covers the skip connections, the widest transformer's GEGLU tensors and conv scratch.
-const UNET_BYTES_PER_CELL_CHANNEL: f64 = 160.0;
+const UNET_BYTES_PER_CELL_CHANNEL: f64 = 200.0;
 /// Working bytes of the VAE decoder per output pixel, per channel of its first block (f32).
-const VAE_BYTES_PER_PIXEL_CHANNEL: f64 = 40.0;
+const VAE_BYTES_PER_PIXEL_CHANNEL: f64 = 26.0;
 /// Fixed overhead: allocator slack, the text encoder's activations, thread stacks, buffers.
 const BASE_BYTES: u64 = 512 << 20;
 
@@ -53,7 +53,25 @@ fn final_size(job: &Job, vae_scale: usize) -> (usize, usize) {
     }
 }
 
-pub fn estimate(m: &ModelFootprint, job: &Job, vae_tile_px: Option<usize>) -> Estimate {
+/// Working bytes of a whole-image VAE decode of `images` images of `w` x `h` pixels.
+pub fn vae_whole_bytes(m: &ModelFootprint, w: usize, h: usize, images: usize) -> u64 {
+    let value = m.value_bytes as f64 / 4.0;
+    (VAE_BYTES_PER_PIXEL_CHANNEL * m.vae_channels as f64 * (w * h * images) as f64 * value) as u64
+}
+
+/// Whether decoding the whole image at once stays under `limit`; otherwise the pipeline decodes
+/// in tiles of `tile_px` (with a blended overlap, so about 2.25 tiles' worth at once).
+pub fn decode_whole_fits(
+    m: &ModelFootprint,
+    w: usize,
+    h: usize,
+    images: usize,
+    limit: Option<u64>,
+) -> bool {
+    limit.is_none_or(|l| m.weights + vae_whole_bytes(m, w, h, images) + BASE_BYTES <= l)
+}
+
+pub fn estimate(m: &ModelFootprint, job: &Job, tile_px: usize, limit: Option<u64>) -> Estimate {
     let (w, h) = final_size(job, m.vae_scale);
     let cells = (w / m.vae_scale * (h / m.vae_scale)) as f64;
     let guided = if job.cfg_scale > 1.0 { 2 } else { 1 };
@@ -61,12 +79,12 @@ pub fn estimate(m: &ModelFootprint, job: &Job, vae_tile_px: Option<usize>) -> Es
     let value = m.value_bytes as f64 / 4.0;
     let unet =
         (UNET_BYTES_PER_CELL_CHANNEL * m.unet_channels as f64 * cells * samples * value) as u64;
-    // The VAE decodes the whole batch at once, or one tile of one image at a time.
-    let vae_pixels = match vae_tile_px {
-        Some(t) if w > t || h > t => (t * t) as f64 * 2.25,
-        _ => (w * h) as f64 * job.batch_size as f64,
+    let vae = if decode_whole_fits(m, w, h, job.batch_size, limit) {
+        vae_whole_bytes(m, w, h, job.batch_size)
+    } else {
+        let t = tile_px.min(w.max(h));
+        (vae_whole_bytes(m, t, t, 1) as f64 * 2.25) as u64
     };
-    let vae = (VAE_BYTES_PER_PIXEL_CHANNEL * m.vae_channels as f64 * vae_pixels * value) as u64;
     Estimate {
         weights: m.weights,
         unet,
@@ -79,10 +97,10 @@ pub fn estimate(m: &ModelFootprint, job: &Job, vae_tile_px: Option<usize>) -> Es
 pub fn admit(
     m: &ModelFootprint,
     job: &Job,
-    vae_tile_px: Option<usize>,
+    tile_px: usize,
     limit: Option<u64>,
 ) -> Result<Estimate> {
-    let e = estimate(m, job, vae_tile_px);
+    let e = estimate(m, job, tile_px, limit);
     match limit {
         Some(limit) if e.peak > limit => {
             let (w, h) = final_size(job, m.vae_scale);
@@ -191,25 +209,28 @@ mod tests {
 
     #[test]
     fn hires_pass_sets_the_size_and_limits_refuse_with_numbers() {
-        let small = estimate(&SD15, &job(512, 768, None), None);
-        let hires = estimate(&SD15, &job(512, 768, Some(2.0)), None);
+        let small = estimate(&SD15, &job(512, 768, None), 512, None);
+        let hires = estimate(&SD15, &job(512, 768, Some(2.0)), 512, None);
         assert!(hires.unet > 3 * small.unet && hires.peak > small.peak);
-        let err = admit(&SD15, &job(1024, 1024, Some(2.0)), None, Some(12 << 30)).unwrap_err();
+        let err = admit(&SD15, &job(1024, 1024, Some(2.0)), 512, Some(12 << 30)).unwrap_err();
         let text = err.to_string();
         assert!(err.is_client_error());
         assert!(
             text.contains("2048x2048") && text.contains("12.0 GiB"),
             "{text}"
         );
-        assert!(admit(&SD15, &job(512, 512, None), None, Some(12 << 30)).is_ok());
-        assert!(admit(&SD15, &job(4096, 4096, None), None, None).is_ok());
+        assert!(admit(&SD15, &job(512, 512, None), 512, Some(12 << 30)).is_ok());
+        assert!(admit(&SD15, &job(4096, 4096, None), 512, None).is_ok());
     }
 
     #[test]
-    fn tiling_bounds_the_vae_share() {
-        let whole = estimate(&SD15, &job(2048, 2048, None), None);
-        let tiled = estimate(&SD15, &job(2048, 2048, None), Some(512));
+    fn decode_is_whole_when_it_fits_and_tiled_beyond() {
+        let whole = estimate(&SD15, &job(2048, 2048, None), 512, None);
+        assert!(decode_whole_fits(&SD15, 2048, 2048, 1, None));
+        assert!(!decode_whole_fits(&SD15, 2048, 2048, 1, Some(8 << 30)));
+        let tiled = estimate(&SD15, &job(2048, 2048, None), 512, Some(8 << 30));
         assert!(tiled.vae * 4 < whole.vae);
+        assert!(decode_whole_fits(&SD15, 512, 512, 1, Some(8 << 30)));
     }
 
     #[test]

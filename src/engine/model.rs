@@ -60,8 +60,8 @@ pub struct LoadOptions {
     /// Prefer `*.{variant}.safetensors` files (e.g. "fp16"); None picks by dtype.
     pub variant: Option<String>,
     pub use_flash_attn: bool,
-    /// Decode latents larger than this many cells per side in blended tiles (None = never).
-    /// The default bounds memory: 32 on the CPU (256 px tiles), 96 on GPUs.
+    /// Tile side, in latent cells, for decodes that do not fit the memory limit whole
+    /// (None = never tile). Default: 64 on the CPU (512 px tiles), 96 on GPUs.
     pub vae_tile: Option<usize>,
     /// Jobs whose estimated peak memory is over this many bytes are refused before they start
     /// (None = no limit). See [`super::memory`].
@@ -71,11 +71,10 @@ pub struct LoadOptions {
     pub prediction_type: Option<String>,
 }
 
-/// Tiled VAE decoding threshold for a device: the CPU decoder's memory grows by ~64 KB per output
-/// pixel (a 256x256 decode peaks ~4 GB above the weights), so tile above 256 px there; GPUs hold
-/// more and decode up to 768 px whole.
+/// Tile side (latent cells) for VAE decodes too large for the memory limit: 512 px on the CPU,
+/// 768 px on GPUs. Decodes that fit are done whole.
 pub fn default_vae_tile(device: &Device) -> Option<usize> {
-    Some(if device.is_cpu() { 32 } else { 96 })
+    Some(if device.is_cpu() { 64 } else { 96 })
 }
 
 impl LoadOptions {
@@ -85,7 +84,7 @@ impl LoadOptions {
             dtype: DType::F32,
             variant: None,
             use_flash_attn: false,
-            vae_tile: Some(32),
+            vae_tile: Some(64),
             max_memory: None,
             prediction_type: None,
         }

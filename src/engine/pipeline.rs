@@ -120,8 +120,7 @@ impl StableDiffusion {
                 ),
             ));
         }
-        let tile_px = self.vae_tile.map(|t| t * self.vae_scale());
-        super::memory::admit(&self.footprint(), job, tile_px, self.max_memory)?;
+        super::memory::admit(&self.footprint(), job, self.vae_tile_px(), self.max_memory)?;
         let scheduler = job.scheduler_override.as_ref().unwrap_or(&self.scheduler);
         let first = build_sampler(&job.sampler, scheduler, job.steps)?;
         // Indices into the sampler's timesteps (Heun evaluates the UNet twice per step, so its
@@ -243,14 +242,22 @@ impl StableDiffusion {
         })
     }
 
+    /// Tile side in pixels for decodes too large to do whole.
+    fn vae_tile_px(&self) -> usize {
+        self.vae_tile.unwrap_or(64) * self.vae_scale()
+    }
+
     /// Scaled latents -> images in about [-1, 1], f32.
-    /// Latents larger than `vae_tile` cells on a side are decoded in blended tiles (bounded
-    /// memory); smaller ones whole, exactly as diffusers does.
+    /// Decoded whole, exactly as diffusers does, when that fits the memory limit; beyond it in
+    /// blended tiles of `vae_tile` cells (bounded memory).
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         let z = (latents / self.vae.config.scaling_factor)?.to_dtype(self.dtype)?;
         let (b, _, h, w) = z.dims4()?;
+        let s = self.vae_scale();
+        let whole =
+            super::memory::decode_whole_fits(&self.footprint(), w * s, h * s, b, self.max_memory);
         match self.vae_tile {
-            Some(tile) if h > tile || w > tile => {
+            Some(tile) if !whole && (h > tile || w > tile) => {
                 let images = (0..b)
                     .map(|i| {
                         super::tiled::decode_tiled(

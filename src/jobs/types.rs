@@ -69,6 +69,9 @@ pub enum FailureKind {
     Timeout,
     /// The job's input was refused by the code it ran (a 4xx in the API).
     Invalid,
+    /// The job needs more memory than the engine allows (422 `too_large`); refused before it
+    /// started.
+    TooLarge,
     /// The engine failed (a 5xx).
     Engine,
     /// Saving or loading the job's data failed (a 5xx).
@@ -83,6 +86,7 @@ impl FailureKind {
             FailureKind::Cancelled => "cancelled",
             FailureKind::Timeout => "timeout",
             FailureKind::Invalid => "invalid",
+            FailureKind::TooLarge => "too_large",
             FailureKind::Engine => "engine",
             FailureKind::Storage => "storage",
             FailureKind::Internal => "internal",
@@ -137,6 +141,7 @@ impl From<EngineError> for JobFailure {
     fn from(e: EngineError) -> Self {
         let kind = match &e {
             EngineError::Cancelled => FailureKind::Cancelled,
+            EngineError::TooLarge { .. } => FailureKind::TooLarge,
             e if e.is_client_error() => FailureKind::Invalid,
             _ => FailureKind::Engine,
         };

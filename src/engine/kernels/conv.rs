@@ -23,8 +23,29 @@ pub struct Conv2dParams {
     pub padding: usize,
 }
 
-/// `x` (N, Cin, H, W) * `weight` (Cout, Cin, kh, kw) + `bias` (Cout).
+/// `x` (N, Cin, H, W) * `weight` (Cout, Cin, kh, kw) + `bias` (Cout). On the CPU, 3x3 stride-1
+/// padding-1 convolutions use Winograd F(2x2, 3x3); the rest im2col + gemm.
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, p: Conv2dParams) -> Result<Tensor> {
+    conv2d_with(x, weight, bias, p, true)
+}
+
+/// [`conv2d`] without Winograd: the direct (im2col) path, for tests and benchmarks.
+pub fn conv2d_direct(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    p: Conv2dParams,
+) -> Result<Tensor> {
+    conv2d_with(x, weight, bias, p, false)
+}
+
+fn conv2d_with(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    p: Conv2dParams,
+    winograd: bool,
+) -> Result<Tensor> {
     let (_, cin, _, _) = x.dims4()?;
     let (cout, wcin, _, _) = weight.dims4()?;
     if wcin != cin || bias.dims1()? != cout || p.stride == 0 {
@@ -37,7 +58,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, p: Conv2dParams) -> Re
         );
     }
     if x.device().is_cpu() {
-        let op = ConvCpu(p);
+        let op = ConvCpu { p, winograd };
         return widened(&[x, weight, bias], |t| {
             t[0].apply_op3_no_bwd(&t[1], &t[2], &op)
         });
@@ -51,7 +72,10 @@ pub fn reference(x: &Tensor, weight: &Tensor, bias: &Tensor, p: Conv2dParams) ->
     y.broadcast_add(&bias.reshape((1, (), 1, 1))?)
 }
 
-struct ConvCpu(Conv2dParams);
+struct ConvCpu {
+    p: Conv2dParams,
+    winograd: bool,
+}
 
 thread_local! {
     static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -117,7 +141,7 @@ impl CustomOp3 for ConvCpu {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let p = self.0;
+        let p = self.p;
         let x = f32_slice(s1, l1, self.name())?;
         let wt = f32_slice(s2, l2, self.name())?;
         let bias = f32_slice(s3, l3, self.name())?;
@@ -131,6 +155,11 @@ impl CustomOp3 for ConvCpu {
         let k = cin * kh * kw;
         let plane = ho * wo;
         let mut out = vec![0f32; n * cout * plane];
+        let three = kh == 3 && kw == 3 && p.stride == 1 && p.padding == 1;
+        if self.winograd && three && super::winograd::worthwhile(n, h, w) {
+            super::winograd::conv3x3(x, wt, bias, (n, cin, h, w), cout, &mut out);
+            return Ok((CpuStorage::F32(out), Shape::from((n, cout, ho, wo))));
+        }
         // Bias first, so the gemm accumulates onto it.
         out.par_chunks_mut(plane)
             .enumerate()
@@ -229,8 +258,24 @@ mod tests {
         let w = Tensor::randn(0f32, 0.2, (cout, cin, k, k), &dev).unwrap();
         let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
         let want = reference(&x, &w, &b, p).unwrap();
+        let direct = conv2d_direct(&x, &w, &b, p).unwrap();
         let got = conv2d(&x, &w, &b, p).unwrap();
         assert_eq!(got.dims(), want.dims(), "{p:?}");
+        assert_eq!(direct.dims(), want.dims(), "{p:?}");
+        let direct_err = (direct - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            direct_err < 1e-4,
+            "direct {n}x{cin}->{cout} {hw:?} k{k} {p:?}: {direct_err}"
+        );
         let err = (got - want)
             .unwrap()
             .abs()
@@ -289,14 +334,33 @@ mod tests {
     }
 
     #[test]
+    fn winograd_matches_direct_conv_at_odd_sizes() {
+        // Odd sides leave half tiles at the right and bottom edges.
+        let same = Conv2dParams {
+            stride: 1,
+            padding: 1,
+        };
+        assert!(super::super::winograd::worthwhile(2, 33, 31));
+        for (h, w) in [(33, 31), (45, 23), (32, 32), (64, 17)] {
+            check(2, 9, 5, (h, w), 3, same);
+        }
+        // Below the threshold: the direct path, also right.
+        assert!(!super::super::winograd::worthwhile(1, 7, 5));
+        check(2, 9, 5, (7, 5), 3, same);
+        // Enough channels that gemm blocking and the parallel transforms both engage.
+        check(1, 96, 80, (48, 40), 3, same);
+    }
+
+    #[test]
     fn bands_cover_large_images() {
         // Enough output rows that the im2col band splits the image.
         let p = Conv2dParams {
             stride: 1,
             padding: 1,
         };
-        let rows_per_band = BAND_ELEMS / (128 * 9 * 300);
-        assert!(rows_per_band < 70);
-        check(1, 128, 8, (70, 300), 3, p);
+        // im2col: 16M / (128 * 9 * 300) = 48 rows per band; Winograd: 54 tile rows of 60.
+        assert!(BAND_ELEMS / (128 * 9 * 300) < 120);
+        assert!(super::super::winograd::band_rows(128, 8, 300) < 60);
+        check(1, 128, 8, (120, 300), 3, p);
     }
 }

@@ -182,7 +182,10 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        assert!(err < 5e-5, "{shape:?} groups {groups} silu {silu}: {err}");
+        // With a mean of 1000, f32 itself rounds x - mean to ~3e-5; a one-pass variance would
+        // be off by ~1e-2.
+        let tol = if offset.abs() > 100.0 { 2e-4 } else { 5e-5 };
+        assert!(err < tol, "{shape:?} groups {groups} silu {silu}: {err}");
     }
 
     #[test]

@@ -10,14 +10,17 @@ pub mod attention;
 pub mod conv;
 pub mod geglu;
 pub mod group_norm;
+pub mod linear;
 pub mod vmath;
+mod winograd;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
 
 pub use attention::attention;
-pub use conv::{conv2d, Conv2dParams};
+pub use conv::{conv2d, conv2d_direct, Conv2dParams};
 pub use geglu::geglu;
 pub use group_norm::group_norm;
+pub use linear::linear_t;
 
 /// The f32 slice of a contiguous CPU storage, or an error naming the op.
 pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {

@@ -80,11 +80,12 @@ impl GroupNorm {
     }
 }
 
-/// A linear projection applied to the last dim of any rank, as one 2-D gemm.
+/// A linear projection applied to the last dim of any rank, as one 2-D gemm. The weight is
+/// kept transposed, (in, out) row-major, which is the layout the gemm streams best.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
+    weight_t: Tensor,
+    bias: Tensor,
 }
 
 impl Linear {
@@ -99,15 +100,18 @@ impl Linear {
             },
         };
         let bias = if bias {
-            Some(vb.get(cout, "bias")?)
+            vb.get(cout, "bias")?
         } else {
-            None
+            Tensor::zeros(cout, weight.dtype(), weight.device())?
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+        })
     }
 
     pub fn out_features(&self) -> usize {
-        self.weight.dims()[0]
+        self.weight_t.dims()[1]
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -115,11 +119,7 @@ impl Linear {
         let dims = x.dims().to_vec();
         let cin = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / cin.max(1);
-        let y = x.reshape((rows, cin))?.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
+        let y = kernels::linear_t(&x.reshape((rows, cin))?, &self.weight_t, &self.bias)?;
         let mut out = dims;
         *out.last_mut().expect("rank >= 1") = self.out_features();
         y.reshape(out)
