@@ -16,6 +16,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::{f32_slice, multiversion, vmath, widened, SharedMut};
+use crate::engine::cancel::CancelToken;
 
 /// Query rows per task.
 const BQ: usize = 128;
@@ -25,6 +26,21 @@ const BK: usize = 512;
 const CHUNK_SCORE_BYTES: usize = 256 << 20;
 
 static FLASH_ATTN: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// The cancel flag of the job running on this thread, if any (see [`with_cancel`]).
+    static CANCEL: std::cell::RefCell<Option<CancelToken>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with `token` as this thread's cancel flag: attention calls inside give up between
+/// key blocks once it is set (an attention call over a 2048x2048 image takes minutes on a CPU,
+/// longer than a client waits), and fail with an error the caller maps to `Cancelled`.
+pub fn with_cancel<T>(token: &CancelToken, f: impl FnOnce() -> T) -> T {
+    let previous = CANCEL.with(|c| c.replace(Some(token.clone())));
+    let out = f();
+    CANCEL.with(|c| *c.borrow_mut() = previous);
+    out
+}
 
 /// Lets CUDA half-precision attention use the flash-attn kernels (in builds with the
 /// `flash-attn` feature); set from the model's load options.
@@ -49,6 +65,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -
         let op = FlashAttnCpu {
             heads,
             scale: scale as f32,
+            cancel: CANCEL.with(|c| c.borrow().clone()),
         };
         return widened(&[q, k, v], |t| t[0].apply_op3_no_bwd(&t[1], &t[2], &op));
     }
@@ -84,7 +101,16 @@ pub fn chunked(
     let nk = k.dim(1)?;
     let d = hd / heads;
     let split = |t: &Tensor, n| t.reshape((b, n, heads, d))?.transpose(1, 2)?.contiguous();
-    let (q, k, v) = (split(q, nq)?, split(k, nk)?, split(v, nk)?);
+    // f16 scores overflow for some models (SD 2.x's `upcast_attention`): scores in f32.
+    let dtype = q.dtype();
+    let wide = |t: Tensor| {
+        if dtype == candle_core::DType::F16 {
+            t.to_dtype(candle_core::DType::F32)
+        } else {
+            Ok(t)
+        }
+    };
+    let (q, k, v) = (wide(split(q, nq)?)?, wide(split(k, nk)?)?, split(v, nk)?);
     let kt = k.t()?;
     let per_row = b * heads * nk * q.dtype().size_in_bytes();
     let rows = (budget / per_row.max(1)).clamp(1, nq);
@@ -94,7 +120,7 @@ pub fn chunked(
         let len = rows.min(nq - start);
         let qc = q.narrow(2, start, len)?;
         let scores = (qc.matmul(&kt)? * scale)?;
-        let p = candle_nn::ops::softmax_last_dim(&scores)?;
+        let p = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         parts.push(p.matmul(&v)?);
         start += len;
     }
@@ -118,6 +144,7 @@ pub fn reference(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -
 struct FlashAttnCpu {
     heads: usize,
     scale: f32,
+    cancel: Option<CancelToken>,
 }
 
 /// Geometry of one call, shared by all tasks.
@@ -127,6 +154,12 @@ struct Geometry {
     hd: usize,
     d: usize,
     scale: f32,
+}
+
+impl FlashAttnCpu {
+    fn cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|c| c.is_cancelled())
+    }
 }
 
 impl CustomOp3 for FlashAttnCpu {
@@ -159,6 +192,9 @@ impl CustomOp3 for FlashAttnCpu {
         let qblocks = nq.div_ceil(BQ);
         let tasks = b * self.heads * qblocks;
         (0..tasks).into_par_iter().for_each(|t| {
+            if self.cancelled() {
+                return;
+            }
             let qb = t % qblocks;
             let bh = t / qblocks;
             let (bi, h) = (bh / self.heads, bh % self.heads);
@@ -181,6 +217,9 @@ impl CustomOp3 for FlashAttnCpu {
                 );
             });
         });
+        if self.cancelled() {
+            candle_core::bail!("attention cancelled");
+        }
         Ok((CpuStorage::F32(out), Shape::from((b, nq, hd))))
     }
 }
@@ -387,6 +426,18 @@ mod tests {
         let got = attention(&half, &half, &half, 4, 0.3).unwrap();
         assert_eq!(got.dtype(), DType::F16);
         assert!(max_err(&got.to_dtype(DType::F32).unwrap(), &want) < 1e-2);
+    }
+
+    #[test]
+    fn a_cancelled_job_stops_attention() {
+        let q = Tensor::randn(0f32, 1.0, (1, 300, 16), &Device::Cpu).unwrap();
+        let token = CancelToken::new();
+        assert!(with_cancel(&token, || attention(&q, &q, &q, 2, 0.25)).is_ok());
+        token.cancel();
+        let err = with_cancel(&token, || attention(&q, &q, &q, 2, 0.25)).unwrap_err();
+        assert!(err.to_string().contains("cancelled"), "{err}");
+        // Outside the scope the flag no longer applies.
+        assert!(attention(&q, &q, &q, 2, 0.25).is_ok());
     }
 
     #[test]

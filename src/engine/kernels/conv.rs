@@ -359,7 +359,7 @@ mod tests {
             padding: 1,
         };
         // im2col: 16M / (128 * 9 * 300) = 48 rows per band; Winograd: 54 tile rows of 60.
-        assert!(BAND_ELEMS / (128 * 9 * 300) < 120);
+        const { assert!(BAND_ELEMS / (128 * 9 * 300) < 120) };
         assert!(super::super::winograd::band_rows(128, 8, 300) < 60);
         check(1, 128, 8, (120, 300), 3, p);
     }

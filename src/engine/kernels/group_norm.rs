@@ -19,7 +19,7 @@ pub fn group_norm(
     silu: bool,
 ) -> Result<Tensor> {
     let dims = x.dims();
-    if dims.len() < 2 || groups == 0 || dims[1] % groups != 0 {
+    if dims.len() < 2 || groups == 0 || !dims[1].is_multiple_of(groups) {
         candle_core::bail!("group_norm: {dims:?} does not split into {groups} groups");
     }
     if x.device().is_cpu() {

@@ -226,6 +226,17 @@ impl UNet {
     /// block of `cancel` being set.
     pub fn forward(&self, inputs: &UNetInputs, cancel: &CancelToken) -> Result<Tensor> {
         let _span = tracing::trace_span!("unet").entered();
+        let out = crate::engine::kernels::attention::with_cancel(cancel, || {
+            self.forward_inner(inputs, cancel)
+        });
+        match out {
+            // A kernel that stopped for the flag fails with a tensor error: report why.
+            Err(_) if cancel.is_cancelled() => Err(EngineError::Cancelled),
+            other => other,
+        }
+    }
+
+    fn forward_inner(&self, inputs: &UNetInputs, cancel: &CancelToken) -> Result<Tensor> {
         let c = &self.config;
         let x = inputs.sample.to_dtype(self.dtype)?;
         let ctx = inputs.context.to_dtype(self.dtype)?;
