@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use limner::engine::kernels::{self, attention, group_norm, Conv2dParams};
-use limner::engine::model::{LoadOptions, ModelSource, StableDiffusion};
+use limner::engine::loading::model::{LoadOptions, ModelSource, StableDiffusion};
 use limner::engine::pipeline::CancelToken;
 use limner::engine::request::{Defaults, GenerationRequest};
 use limner::engine::worker::generate_on;

@@ -448,8 +448,8 @@ mod tests;
 
 impl ResolvedModel {
     /// Where the engine loads this model from.
-    pub fn source(&self) -> crate::engine::model::ModelSource {
-        use crate::engine::model::ModelSource as Engine;
+    pub fn source(&self) -> crate::engine::loading::model::ModelSource {
+        use crate::engine::loading::model::ModelSource as Engine;
         match &self.location {
             ModelLocation::Diffusers(dir) => Engine::Folder(dir.clone()),
             ModelLocation::SingleFile { file, config } => Engine::SingleFile {

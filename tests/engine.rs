@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use limner::engine::infotext::InfoText;
-use limner::engine::model::ModelSource;
+use limner::engine::loading::model::ModelSource;
 use limner::engine::output::read_png_parameters;
 use limner::engine::pipeline::CancelToken;
 use limner::engine::request::{Defaults, GenerationRequest, HiresRequest};

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use limner::engine::model::{LoadOptions, ModelSource, StableDiffusion};
+use limner::engine::loading::model::{LoadOptions, ModelSource, StableDiffusion};
 use limner::engine::noise::{NoisePurpose, NoiseSource};
 use limner::engine::pipeline::{CancelToken, Job};
 use limner::engine::samplers::{

@@ -700,7 +700,7 @@ fn deleting_a_character_removes_its_files_only() {
 
 #[test]
 fn real_engine_on_the_tiny_model() {
-    use limner::engine::model::ModelSource;
+    use limner::engine::loading::model::ModelSource;
     use limner::engine::worker::{EngineConfig, EngineHandle, ModelSpec};
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15/model");
     let engine = EngineHandle::spawn(EngineConfig {

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use limner::engine::device::{describe, dtype_name};
-use limner::engine::model::StableDiffusion;
+use limner::engine::loading::model::StableDiffusion;
 use limner::engine::pipeline::CancelToken;
 use limner::engine::request::GenerationRequest;
 use limner::engine::worker::generate_on;
@@ -164,7 +164,7 @@ fn unet_only(
     args: &Args,
     model: &StableDiffusion,
     name: &str,
-    options: &limner::engine::model::LoadOptions,
+    options: &limner::engine::loading::model::LoadOptions,
     load_s: f64,
     rss_after_load_mb: Option<f64>,
     profile: Option<super::profile::Profile>,

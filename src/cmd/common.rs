@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use limner::engine::device::{parse_dtype, select_device};
-use limner::engine::model::{LoadOptions, ModelSource};
+use limner::engine::loading::model::{LoadOptions, ModelSource};
 use limner::engine::request::Defaults;
 use limner::registry::Registry;
 
@@ -56,15 +56,17 @@ impl ModelArgs {
         if self.flash_attn && !cfg!(feature = "flash-attn") {
             anyhow::bail!("--flash-attn needs a build with --features flash-attn");
         }
-        let vae_tile = limner::engine::model::default_vae_tile(&device);
+        let vae_tile = limner::engine::loading::model::default_vae_tile(&device);
+        let max_memory =
+            limner::engine::memory::resolve_limit(self.max_memory.as_deref(), device.is_cpu())
+                .map_err(|e| anyhow::anyhow!(e))?;
         let options = LoadOptions {
             device,
             dtype,
             variant: None,
             use_flash_attn: self.flash_attn,
             vae_tile,
-            max_memory: limner::engine::memory::resolve_limit(self.max_memory.as_deref())
-                .map_err(|e| anyhow::anyhow!(e))?,
+            max_memory,
             prediction_type: self.prediction_type.clone(),
         };
         let (name, source, defaults) = self.source()?;

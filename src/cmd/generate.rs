@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use limner::engine::model::StableDiffusion;
+use limner::engine::loading::model::StableDiffusion;
 use limner::engine::output::ImageFormat;
 use limner::engine::pipeline::CancelToken;
 use limner::engine::request::{GenerationRequest, HiresRequest};

@@ -247,8 +247,13 @@ pub fn build(s: &Settings) -> anyhow::Result<Built> {
         device: s.device.clone(),
         dtype: s.dtype.clone(),
         use_flash_attn: s.flash_attn,
-        max_memory: limner::engine::memory::resolve_limit(s.max_memory.as_deref())
-            .map_err(|e| anyhow::anyhow!(e))?,
+        max_memory: limner::engine::memory::resolve_limit(
+            s.max_memory.as_deref(),
+            // "auto" means the CPU unless a GPU backend was compiled in.
+            s.device == "cpu"
+                || (s.device == "auto" && !cfg!(feature = "cuda") && !cfg!(feature = "metal")),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?,
         max_loaded: s.max_loaded,
     })?;
     let backend: Arc<dyn ImageBackend> = Arc::new(engine);

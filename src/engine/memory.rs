@@ -137,11 +137,12 @@ pub fn machine_limit() -> Option<u64> {
     Some(kb * 1024 / 10 * 9)
 }
 
-/// The limit a setting asks for: unset or "auto" = [`machine_limit`], "none"/"off" = no limit,
-/// else a size.
-pub fn resolve_limit(setting: Option<&str>) -> std::result::Result<Option<u64>, String> {
+/// The limit a setting asks for: "none"/"off" = no limit, a size = that size, unset or "auto" =
+/// [`machine_limit`] on the CPU and no limit on a GPU (whose memory is not the machine's; give
+/// the card's size there).
+pub fn resolve_limit(setting: Option<&str>, cpu: bool) -> std::result::Result<Option<u64>, String> {
     match setting.map(str::trim) {
-        None | Some("") | Some("auto") => Ok(machine_limit()),
+        None | Some("") | Some("auto") => Ok(if cpu { machine_limit() } else { None }),
         Some("none") | Some("off") | Some("unlimited") => Ok(None),
         Some(size) => parse_size(size)
             .map(Some)
@@ -242,5 +243,12 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert!(parse_size("3 parsecs").is_err());
         assert!(machine_limit().is_some_and(|b| b > 1 << 28));
+        assert_eq!(resolve_limit(None, true).unwrap(), machine_limit());
+        assert_eq!(resolve_limit(Some("auto"), false).unwrap(), None);
+        assert_eq!(resolve_limit(Some("none"), true).unwrap(), None);
+        assert_eq!(resolve_limit(Some("2G"), false).unwrap(), Some(2 << 30));
+        assert!(resolve_limit(Some("2 elephants"), true)
+            .unwrap_err()
+            .contains("max_memory"));
     }
 }

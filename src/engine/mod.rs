@@ -3,14 +3,12 @@
 //! thread through [`worker::EngineHandle`] with typed requests.
 
 pub mod cancel;
-pub mod checkpoint;
-pub mod config;
 pub mod device;
 pub mod error;
 pub mod infotext;
 pub mod kernels;
+pub mod loading;
 pub mod memory;
-pub mod model;
 pub mod models;
 pub mod noise;
 pub mod output;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Tensor};
 
 use super::error::{EngineError, Result};
-use super::model::StableDiffusion;
+use super::loading::model::StableDiffusion;
 use super::models::unet::UNetInputs;
 use super::noise::{draw_batch, NoisePurpose, NoiseSource};
 use super::samplers::{build_sampler, img2img_start, Sampler, SamplerSpec, SchedulerConfig};

@@ -12,7 +12,7 @@ use candle_core::Device;
 
 use super::device::{parse_dtype, select_device};
 use super::error::{EngineError, Result};
-use super::model::{default_vae_tile, LoadOptions, ModelSource, StableDiffusion};
+use super::loading::model::{default_vae_tile, LoadOptions, ModelSource, StableDiffusion};
 use super::noise::{NoiseSource, SeededNoise};
 use super::pipeline::{from_rgb_image, to_rgb_images, CancelToken, Progress};
 use super::request::{Defaults, GeneratedImage, GenerationResult, ValidRequest};

@@ -10,12 +10,14 @@ use candle_nn::VarBuilder;
 
 use super::checkpoint::{self, Architecture, UNetLayout};
 use super::config::{read_json, ClipConfig, UNetConfig, VaeConfig};
-use super::error::{EngineError, Result};
-use super::models::clip::{self, ClipTextModel};
-use super::models::unet::UNet;
-use super::models::vae::Vae;
-use super::samplers::SchedulerConfig;
-use super::text::{pad_to_same_chunks, tokenize_weighted, ClipTokenizer, PadToken, PromptChunks};
+use crate::engine::error::{EngineError, Result};
+use crate::engine::models::clip::{self, ClipTextModel};
+use crate::engine::models::unet::UNet;
+use crate::engine::models::vae::Vae;
+use crate::engine::samplers::SchedulerConfig;
+use crate::engine::text::{
+    pad_to_same_chunks, tokenize_weighted, ClipTokenizer, PadToken, PromptChunks,
+};
 
 /// Where a model's files are.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,7 +66,7 @@ pub struct LoadOptions {
     /// (None = never tile). Default: 64 on the CPU (512 px tiles), 96 on GPUs.
     pub vae_tile: Option<usize>,
     /// Jobs whose estimated peak memory is over this many bytes are refused before they start
-    /// (None = no limit). See [`super::memory`].
+    /// (None = no limit). See [`crate::engine::memory`].
     pub max_memory: Option<u64>,
     /// Overrides the scheduler's prediction type ("epsilon" / "v_prediction"), for single files
     /// whose type cannot be read from the weights.
@@ -123,23 +125,23 @@ struct Preset {
 }
 
 const SD15: Preset = Preset {
-    unet: include_str!("presets/sd15/unet.json"),
-    vae: include_str!("presets/sd15/vae.json"),
-    text_encoder: include_str!("presets/sd15/text_encoder.json"),
-    scheduler: include_str!("presets/sd15/scheduler.json"),
+    unet: include_str!("../presets/sd15/unet.json"),
+    vae: include_str!("../presets/sd15/vae.json"),
+    text_encoder: include_str!("../presets/sd15/text_encoder.json"),
+    scheduler: include_str!("../presets/sd15/scheduler.json"),
     pad: "<|endoftext|>",
 };
 
 const SD21: Preset = Preset {
-    unet: include_str!("presets/sd21/unet.json"),
-    vae: include_str!("presets/sd21/vae.json"),
-    text_encoder: include_str!("presets/sd21/text_encoder.json"),
-    scheduler: include_str!("presets/sd21/scheduler.json"),
+    unet: include_str!("../presets/sd21/unet.json"),
+    vae: include_str!("../presets/sd21/vae.json"),
+    text_encoder: include_str!("../presets/sd21/text_encoder.json"),
+    scheduler: include_str!("../presets/sd21/scheduler.json"),
     pad: "!",
 };
 
-const CLIP_VOCAB: &[u8] = include_bytes!("presets/clip/vocab.json");
-const CLIP_MERGES: &[u8] = include_bytes!("presets/clip/merges.txt");
+const CLIP_VOCAB: &[u8] = include_bytes!("../presets/clip/vocab.json");
+const CLIP_MERGES: &[u8] = include_bytes!("../presets/clip/merges.txt");
 
 fn parse_preset<T: for<'de> serde::Deserialize<'de>>(text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| EngineError::Model(format!("bad built-in preset: {e}")))
@@ -425,7 +427,7 @@ impl StableDiffusion {
         let counter = parts.counter;
         let text_encoder = ClipTextModel::new(te_vb, &clip_config)
             .map_err(|e| EngineError::Model(format!("text encoder: {e}")))?;
-        super::kernels::attention::set_flash_attn(opts.use_flash_attn);
+        crate::engine::kernels::attention::set_flash_attn(opts.use_flash_attn);
         let unet = with_context("UNet", UNet::new(unet_vb, &unet_config))?;
         let vae =
             Vae::new(vae_vb, vae_config).map_err(|e| EngineError::Model(format!("VAE: {e}")))?;
@@ -454,8 +456,8 @@ impl StableDiffusion {
     }
 
     /// What the memory estimate needs to know about this model.
-    pub fn footprint(&self) -> super::memory::ModelFootprint {
-        super::memory::ModelFootprint {
+    pub fn footprint(&self) -> crate::engine::memory::ModelFootprint {
+        crate::engine::memory::ModelFootprint {
             weights: self.weight_bytes,
             unet_channels: self.unet_config.block_out_channels[0],
             vae_channels: self.vae.config.block_out_channels[0],
