@@ -7,7 +7,18 @@
 //! (peak RSS minus the weights, f32 on the CPU) and rounded up; see the README's benchmark notes.
 
 use super::error::{EngineError, Result};
-use super::pipeline::Job;
+
+/// The sizes of a job that decide its memory: first-pass size, images, guidance, hires scale.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JobShape {
+    pub width: usize,
+    pub height: usize,
+    pub batch_size: usize,
+    /// Classifier-free guidance doubles the UNet batch.
+    pub guided: bool,
+    /// The hires pass' scale, if there is one.
+    pub hires_scale: Option<f64>,
+}
 
 /// Working bytes of one UNet sample per latent cell, per channel of the first block (f32).
 /// Covers the skip connections, the widest transformer's GEGLU tensors and conv scratch.
@@ -43,10 +54,10 @@ pub struct Estimate {
 
 /// Output size of the last pass: the first pass' size times the hires scale, as the pipeline
 /// computes it (whole latent cells).
-fn final_size(job: &Job, vae_scale: usize) -> (usize, usize) {
-    match &job.hires {
-        Some(h) => {
-            let cell = |v: usize| ((v / vae_scale) as f64 * h.scale).round() as usize * vae_scale;
+fn final_size(job: &JobShape, vae_scale: usize) -> (usize, usize) {
+    match job.hires_scale {
+        Some(scale) => {
+            let cell = |v: usize| ((v / vae_scale) as f64 * scale).round() as usize * vae_scale;
             (cell(job.width), cell(job.height))
         }
         None => (job.width, job.height),
@@ -71,10 +82,15 @@ pub fn decode_whole_fits(
     limit.is_none_or(|l| m.weights + vae_whole_bytes(m, w, h, images) + BASE_BYTES <= l)
 }
 
-pub fn estimate(m: &ModelFootprint, job: &Job, tile_px: usize, limit: Option<u64>) -> Estimate {
+pub fn estimate(
+    m: &ModelFootprint,
+    job: &JobShape,
+    tile_px: usize,
+    limit: Option<u64>,
+) -> Estimate {
     let (w, h) = final_size(job, m.vae_scale);
     let cells = (w / m.vae_scale * (h / m.vae_scale)) as f64;
-    let guided = if job.cfg_scale > 1.0 { 2 } else { 1 };
+    let guided = if job.guided { 2 } else { 1 };
     let samples = (job.batch_size * guided) as f64;
     let value = m.value_bytes as f64 / 4.0;
     let unet =
@@ -96,7 +112,7 @@ pub fn estimate(m: &ModelFootprint, job: &Job, tile_px: usize, limit: Option<u64
 /// Refuses a job whose estimate is over `limit` (None = no limit).
 pub fn admit(
     m: &ModelFootprint,
-    job: &Job,
+    job: &JobShape,
     tile_px: usize,
     limit: Option<u64>,
 ) -> Result<Estimate> {
@@ -104,7 +120,7 @@ pub fn admit(
     match limit {
         Some(limit) if e.peak > limit => {
             let (w, h) = final_size(job, m.vae_scale);
-            let what = if job.hires.is_some() {
+            let what = if job.hires_scale.is_some() {
                 format!(
                     "{}x{} with a hires pass to {w}x{h}, batch {}",
                     job.width, job.height, job.batch_size
@@ -174,29 +190,14 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::pipeline::HiresPass;
-    use crate::engine::samplers::parse_sampler;
 
-    fn job(w: usize, h: usize, hires: Option<f64>) -> Job {
-        Job {
-            prompt: String::new(),
-            negative_prompt: String::new(),
-            steps: 20,
-            cfg_scale: 7.0,
-            sampler: parse_sampler("Euler a", None).unwrap(),
-            scheduler_override: None,
+    fn job(w: usize, h: usize, hires: Option<f64>) -> JobShape {
+        JobShape {
             width: w,
             height: h,
             batch_size: 1,
-            init_image: None,
-            denoising_strength: 1.0,
-            hires: hires.map(|scale| HiresPass {
-                scale,
-                steps: 0,
-                denoising_strength: 0.4,
-            }),
-            clip_skip: 0,
-            plain_prompt: false,
+            guided: true,
+            hires_scale: hires,
         }
     }
 

@@ -3,6 +3,7 @@
 //! thread through [`worker::EngineHandle`] with typed requests.
 
 pub mod cancel;
+pub mod config;
 pub mod device;
 pub mod error;
 pub mod infotext;

@@ -120,7 +120,19 @@ impl StableDiffusion {
                 ),
             ));
         }
-        super::memory::admit(&self.footprint(), job, self.vae_tile_px(), self.max_memory)?;
+        let shape = super::memory::JobShape {
+            width: job.width,
+            height: job.height,
+            batch_size: job.batch_size,
+            guided: job.cfg_scale > 1.0,
+            hires_scale: job.hires.as_ref().map(|h| h.scale),
+        };
+        super::memory::admit(
+            &self.footprint(),
+            &shape,
+            self.vae_tile_px(),
+            self.max_memory,
+        )?;
         let scheduler = job.scheduler_override.as_ref().unwrap_or(&self.scheduler);
         let first = build_sampler(&job.sampler, scheduler, job.steps)?;
         // Indices into the sampler's timesteps (Heun evaluates the UNet twice per step, so its

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::checkpoint::{self, Architecture, UNetLayout};
-use super::config::{read_json, ClipConfig, UNetConfig, VaeConfig};
+use crate::engine::config::{read_json, ClipConfig, UNetConfig, VaeConfig};
 use crate::engine::error::{EngineError, Result};
 use crate::engine::models::clip::{self, ClipTextModel};
 use crate::engine::models::unet::UNet;

@@ -5,8 +5,8 @@
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
 
+use crate::engine::config::{ClipActivation, ClipConfig};
 use crate::engine::error::Result;
-use crate::engine::loading::config::{ClipActivation, ClipConfig};
 
 struct Attention {
     q: Linear,

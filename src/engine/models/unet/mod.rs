@@ -17,8 +17,8 @@ use candle_nn::VarBuilder;
 use super::layers::{upsample_nearest, Conv2d, GroupNorm};
 use super::resnet::{ResnetBlock2D, ResnetConfig};
 use crate::engine::cancel::CancelToken;
+use crate::engine::config::UNetConfig;
 use crate::engine::error::{EngineError, Result};
-use crate::engine::loading::config::UNetConfig;
 use embeddings::{timestep_features, TimestepEmbedding};
 use transformer::{Transformer2D, TransformerConfig};
 
