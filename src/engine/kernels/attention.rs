@@ -361,18 +361,7 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
 
-    fn max_err(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use crate::engine::kernels::max_abs_diff as max_err;
 
     fn case(b: usize, nq: usize, nk: usize, heads: usize, d: usize, spread: f64) {
         let dev = Device::Cpu;

@@ -262,30 +262,12 @@ mod tests {
         let got = conv2d(&x, &w, &b, p).unwrap();
         assert_eq!(got.dims(), want.dims(), "{p:?}");
         assert_eq!(direct.dims(), want.dims(), "{p:?}");
-        let direct_err = (direct - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let direct_err = crate::engine::kernels::max_abs_diff(&direct, &want);
         assert!(
             direct_err < 1e-4,
             "direct {n}x{cin}->{cout} {hw:?} k{k} {p:?}: {direct_err}"
         );
-        let err = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let err = crate::engine::kernels::max_abs_diff(&got, &want);
         assert!(err < 1e-4, "{n}x{cin}->{cout} {hw:?} k{k} {p:?}: {err}");
     }
 

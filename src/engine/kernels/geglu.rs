@@ -76,16 +76,7 @@ mod tests {
         let want = reference(&x).unwrap();
         let got = geglu(&x).unwrap();
         assert_eq!(got.dims(), &[2, 37, 160]);
-        let err = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let err = crate::engine::kernels::max_abs_diff(&got, &want);
         assert!(err < 1e-5, "{err}");
         let odd = Tensor::zeros((1, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
         assert!(geglu(&odd).is_err());

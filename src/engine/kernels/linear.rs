@@ -101,16 +101,7 @@ mod tests {
             .unwrap();
         let wt = w.t().unwrap().contiguous().unwrap();
         let got = linear_t(&x, &wt, &b).unwrap();
-        let err = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let err = crate::engine::kernels::max_abs_diff(&got, &want);
         assert!(err < 1e-4, "{err}");
         assert!(linear_t(&x, &w, &b).is_err());
     }

@@ -98,3 +98,14 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+/// Largest absolute difference between two tensors of one shape, for the kernels' tests.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("tensors of one shape")
+}
