@@ -64,28 +64,31 @@ struct GroupNormCpu {
     silu: bool,
 }
 
+/// Sum of `f(x)` over `x`: eight f32 lanes over runs of 256 values, each run folded into f64,
+/// so the sum is both vectorized and accurate.
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    let mut total = 0f64;
+    for run in x.chunks(256) {
+        let mut acc = [0f32; 8];
+        let mut chunks = run.chunks_exact(8);
+        for c in &mut chunks {
+            for (a, v) in acc.iter_mut().zip(c) {
+                *a += f(*v);
+            }
+        }
+        total += acc.iter().map(|&a| a as f64).sum::<f64>();
+        total += chunks.remainder().iter().map(|&v| f(v) as f64).sum::<f64>();
+    }
+    total
+}
+
 #[inline(always)]
 fn stats_body(x: &[f32]) -> (f64, f64) {
-    // f32 partial sums per 8-lane over short runs, folded into f64: accurate and vectorized.
-    let sum = |f: &dyn Fn(f32) -> f32| -> f64 {
-        let mut total = 0f64;
-        for run in x.chunks(256) {
-            let mut acc = [0f32; 8];
-            let mut chunks = run.chunks_exact(8);
-            for c in &mut chunks {
-                for (a, v) in acc.iter_mut().zip(c) {
-                    *a += f(*v);
-                }
-            }
-            total += acc.iter().map(|&a| a as f64).sum::<f64>();
-            total += chunks.remainder().iter().map(|&v| f(v) as f64).sum::<f64>();
-        }
-        total
-    };
     let n = x.len() as f64;
-    let mean = sum(&|v| v) / n;
+    let mean = lane_sum(x, |v| v) / n;
     let m = mean as f32;
-    let var = sum(&|v| (v - m) * (v - m)) / n;
+    let var = lane_sum(x, |v| (v - m) * (v - m)) / n;
     (mean, var)
 }
 
