@@ -36,8 +36,9 @@ fn our_unet_matches_diffusers_on_other_shapes() {
         let config = UNetConfig::load(&dir.join("config.json")).expect("config");
         let weights = dir.join("diffusion_pytorch_model.safetensors");
         // SAFETY: the fixture file is not modified while the test runs.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu) }
-            .expect("weights");
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu) }
+                .expect("weights");
         let unet = UNet::new(vb, &config).expect("our UNet builds from diffusers' config");
         let refs = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
             .expect("reference");
@@ -54,8 +55,15 @@ fn our_unet_matches_diffusers_on_other_shapes() {
         assert_eq!(got.dims(), want.dims(), "{}", dir.display());
         let rel = max_abs(&(&got - &want).unwrap()) / max_abs(&want);
         eprintln!("{}: relative max abs error {rel:.2e}", dir.display());
-        assert!(rel < 1e-3, "{}: relative max abs error {rel}", dir.display());
+        assert!(
+            rel < 1e-3,
+            "{}: relative max abs error {rel}",
+            dir.display()
+        );
         checked += 1;
     }
-    assert!(checked >= 2, "expected at least two variants, found {checked}");
+    assert!(
+        checked >= 2,
+        "expected at least two variants, found {checked}"
+    );
 }
