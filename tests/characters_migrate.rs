@@ -1,9 +1,9 @@
 //! `limner migrate` end to end through the real binary, on a legacy folder the test writes: two
 //! campaigns sharing a character, a character without a profile file, a conflict, unknown enum
 //! values, missing portrait files, a malformed JSON file; the report is checked field by field and
-//! a second run must change nothing.
+//! a second run must change nothing. Also: legacy ids that cannot be kept (unsafe, or taken).
 
-use limner::characters::{CharacterFilter, CharacterStore, Store};
+use limner::characters::{CharacterFilter, CharacterStore, NewCharacter, NewPortrait, Store};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
@@ -17,10 +17,25 @@ fn write_json(path: &Path, value: Value) {
     write(path, &serde_json::to_string_pretty(&value).unwrap());
 }
 
-/// The legacy layout of seed 000.
+/// A real PNG of `w` x `h` pixels.
+fn png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 40]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn write_png(path: &Path, w: u32, h: u32) -> Vec<u8> {
+    let bytes = png(w, h);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, &bytes).unwrap();
+    bytes
+}
+
+/// The portrait-creator spec's legacy layout.
 fn legacy_folder(root: &Path) {
-    write(&root.join("media/aria.png"), "png bytes");
-    write(&root.join("media/aria_old.png"), "older png bytes");
+    write_png(&root.join("media/aria.png"), 40, 60);
+    write_png(&root.join("media/aria_old.png"), 30, 30);
     write_json(
         &root.join("character_profiles/char_a.json"),
         json!({
@@ -129,6 +144,8 @@ fn migrates_legacy_folder_and_second_run_changes_nothing() {
     assert_eq!(r["campaign_states_created"], 4);
     assert_eq!(r["portraits_recorded"], 2);
     assert_eq!(r["portraits_existing"], 0);
+    assert_eq!(r["portraits_copied"], 2);
+    assert_eq!(r["ids_changed"], json!([]));
     assert_eq!(r["errors"], json!([]));
     assert_eq!(
         sorted(
@@ -222,8 +239,12 @@ fn migrates_legacy_folder_and_second_run_changes_nothing() {
             .unwrap()
             .to_string()
     };
+    // The legacy ids are the ids.
+    for legacy_id in ["char_a", "char_b", "char_c"] {
+        assert_eq!(id_of(legacy_id), legacy_id);
+    }
     let store = Store::open(&db).unwrap();
-    let aria = store.get_character(&id_of("char_a")).unwrap();
+    let aria = store.get_character("char_a").unwrap();
     assert_eq!(aria.race.unwrap().as_str(), "Wood Elf");
     assert_eq!(aria.character_class.unwrap().as_str(), "Ranger");
     // Fields only the campaign copy had moved to the profile.
@@ -241,11 +262,18 @@ fn migrates_legacy_folder_and_second_run_changes_nothing() {
     let history = store.portrait_history(&aria.id).unwrap();
     assert_eq!(history.len(), 2);
     let current = history.iter().find(|p| p.is_current).unwrap();
+    // Copied into the media store, byte for byte, with a thumbnail.
     assert!(
-        current.file_path.ends_with("media/aria.png"),
+        current.file_path.starts_with("portraits/char_a/legacy-"),
         "{}",
         current.file_path
     );
+    assert_eq!(
+        std::fs::read(data.join("media").join(&current.file_path)).unwrap(),
+        std::fs::read(legacy.join("media/aria.png")).unwrap()
+    );
+    let thumb = current.thumbnail_path.as_deref().unwrap();
+    assert!(data.join("media").join(thumb).is_file());
     assert_eq!(current.prompt, "an elf ranger");
 
     let borin = store.get_character(&id_of("char_b")).unwrap();
@@ -267,6 +295,10 @@ fn migrates_legacy_folder_and_second_run_changes_nothing() {
             .id
             .clone()
     };
+    assert_eq!(
+        (camp("camp1"), camp("camp2")),
+        ("camp1".into(), "camp2".into())
+    );
     let in1 = store
         .enriched_character(&aria.id, Some(&camp("camp1")))
         .unwrap();
@@ -300,6 +332,7 @@ fn migrates_legacy_folder_and_second_run_changes_nothing() {
     assert_eq!(again["campaign_states_existing"], 4);
     assert_eq!(again["portraits_recorded"], 0);
     assert_eq!(again["portraits_existing"], 2);
+    assert_eq!(again["portraits_copied"], 0);
     assert_eq!(counts(&db), [3, 2, 4, 2]);
     let store = Store::open(&db).unwrap();
     assert_eq!(store.get_character(&aria.id).unwrap(), aria);
@@ -353,4 +386,201 @@ fn malformed_input_writes_nothing_and_exits_non_zero() {
         .unwrap()
         .iter()
         .any(|s| s["path"] == "campaigns/camp3/characters.json"));
+}
+
+fn new_character(name: &str) -> NewCharacter {
+    NewCharacter {
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn older_migrations_are_repaired_and_unsafe_or_taken_ids_get_new_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let legacy = tmp.path().join("legacy");
+    let data = tmp.path().join("data");
+    let legacy_png = write_png(&legacy.join("media/x.png"), 20, 20);
+    let db = data.join("limner.db");
+
+    // What an older limner left: UUID ids, the legacy path itself as the portrait file, and a
+    // portrait generated since under the UUID's media folder.
+    let store = Store::open(&db).unwrap();
+    let other = store.create_character(&new_character("Other")).unwrap();
+    let (old, _) = store
+        .import_character("legacy:char_x", &new_character("Xan"))
+        .unwrap();
+    let legacy_path = legacy.join("media/x.png").canonicalize().unwrap();
+    let portrait = |file: &str, thumb: Option<&str>| NewPortrait {
+        character_id: old.id.clone(),
+        file_path: file.into(),
+        thumbnail_path: thumb.map(str::to_string),
+        ..Default::default()
+    };
+    store
+        .add_portrait(&portrait(legacy_path.to_str().unwrap(), None), true)
+        .unwrap();
+    let generated = format!("portraits/{}/gen.png", old.id);
+    let generated_thumb = format!("portraits/{}/gen.thumb.png", old.id);
+    store
+        .add_portrait(&portrait(&generated, Some(&generated_thumb)), false)
+        .unwrap();
+    let generated_png = write_png(&data.join("media").join(&generated), 8, 8);
+    write_png(&data.join("media").join(&generated_thumb), 4, 4);
+    let campaign = store
+        .create_campaign(&limner::characters::NewCampaign {
+            name: "First".into(),
+            dm_id: None,
+            description: None,
+        })
+        .unwrap();
+    store
+        .join_campaign(&campaign.id, &old.id, &Default::default())
+        .unwrap();
+    drop(store);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute("UPDATE campaigns SET import_key = 'legacy:camp1'", [])
+        .unwrap();
+    drop(conn);
+
+    write_json(
+        &legacy.join("character_profiles/char_x.json"),
+        json!({"character_id": "char_x", "name": "Xan", "portrait_path": "media/x.png"}),
+    );
+    write_json(
+        &legacy.join("character_profiles/bad.json"),
+        json!({"character_id": "bad id/1", "name": "Bad"}),
+    );
+    write_json(
+        &legacy.join("character_profiles/taken.json"),
+        json!({"character_id": other.id, "name": "Taken"}),
+    );
+    write_json(
+        &legacy.join("campaigns/camp1/characters.json"),
+        json!([{"character_id": "char_x", "name": "Xan", "level": 2}]),
+    );
+    let (from, data_arg) = (legacy.to_str().unwrap(), data.to_str().unwrap());
+
+    let (ok, r, err) = migrate(&["--from", from, "--data-dir", data_arg]);
+    assert!(ok, "{err}");
+    assert_eq!(r["profiles_created"], 2, "{r}");
+    assert_eq!(r["portraits_copied"], 1, "{r}");
+    assert_eq!(r["portraits_existing"], 1, "{r}");
+    let changes = r["ids_changed"].as_array().unwrap().clone();
+    assert_eq!(changes.len(), 2, "{r}");
+    let change = |legacy_id: &str| {
+        changes
+            .iter()
+            .find(|c| c["legacy_id"] == legacy_id)
+            .unwrap_or_else(|| panic!("{legacy_id} not in {changes:?}"))
+            .clone()
+    };
+    let bad = change("bad id/1");
+    assert_eq!(bad["kind"], "character");
+    assert!(bad["reason"].as_str().unwrap().contains("' '"), "{bad}");
+    let taken = change(&other.id);
+    assert_ne!(taken["id"], other.id);
+    assert!(
+        taken["reason"]
+            .as_str()
+            .unwrap()
+            .contains("already has this id"),
+        "{taken}"
+    );
+    assert!(
+        err.contains("bad id/1"),
+        "the renaming is not on stderr: {err}"
+    );
+
+    let store = Store::open(&db).unwrap();
+    // The UUID record moved to its legacy id, with its campaign and every portrait.
+    assert!(store.get_character(&old.id).is_err());
+    let xan = store.get_character("char_x").unwrap();
+    assert_eq!(xan.name, "Xan");
+    assert_eq!(xan.created_at, old.created_at);
+    let camp = store.get_campaign("camp1").unwrap();
+    assert_eq!(camp.character_ids, ["char_x"]);
+    let history = store.portrait_history("char_x").unwrap();
+    assert_eq!(history.len(), 2);
+    let media = data.join("media");
+    let copied = history.iter().find(|p| p.is_current).unwrap();
+    assert!(
+        copied.file_path.starts_with("portraits/char_x/legacy-"),
+        "{copied:?}"
+    );
+    assert_eq!(
+        std::fs::read(media.join(&copied.file_path)).unwrap(),
+        legacy_png
+    );
+    let moved = history.iter().find(|p| !p.is_current).unwrap();
+    assert_eq!(moved.file_path, "portraits/char_x/gen.png");
+    assert_eq!(
+        std::fs::read(media.join(&moved.file_path)).unwrap(),
+        generated_png
+    );
+    assert!(media
+        .join(moved.thumbnail_path.as_deref().unwrap())
+        .is_file());
+    assert!(
+        !media.join(&generated).exists(),
+        "the old file was left behind"
+    );
+    assert_eq!(store.get_character(&other.id).unwrap().name, "Other");
+    assert_eq!(
+        store
+            .get_character(taken["id"].as_str().unwrap())
+            .unwrap()
+            .name,
+        "Taken"
+    );
+    drop(store);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let dangling: i64 = conn
+        .query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(dangling, 0);
+    drop(conn);
+
+    // Again: nothing changes, and the report still says where the renamed ones went.
+    let before = counts(&db);
+    let (ok, again, err) = migrate(&["--from", from, "--data-dir", data_arg]);
+    assert!(ok, "{err}");
+    assert_eq!(again["profiles_created"], 0);
+    assert_eq!(again["profiles_unchanged"], 3, "{again}");
+    assert_eq!(again["portraits_copied"], 0);
+    assert_eq!(again["ids_changed"], r["ids_changed"]);
+    assert_eq!(counts(&db), before);
+}
+
+#[test]
+fn unreadable_portrait_files_are_reported_not_fatal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let legacy = tmp.path().join("legacy");
+    write(&legacy.join("media/fake.png"), "not an image");
+    write_json(
+        &legacy.join("character_profiles/char_f.json"),
+        json!({"character_id": "char_f", "name": "Fay", "portrait_path": "media/fake.png",
+               "additional_images": ["/nowhere/gone.png"]}),
+    );
+    let data = tmp.path().join("data");
+    let (from, data_arg) = (legacy.to_str().unwrap(), data.to_str().unwrap());
+    let (ok, r, err) = migrate(&["--from", from, "--data-dir", data_arg]);
+    assert!(ok, "{err}");
+    assert_eq!(r["profiles_created"], 1);
+    assert_eq!(r["portraits_recorded"], 0);
+    let skipped = r["files_skipped"].as_array().unwrap();
+    let reason = |path: &str| {
+        skipped
+            .iter()
+            .find(|s| s["path"] == path)
+            .unwrap_or_else(|| panic!("{path} not skipped: {skipped:?}"))["reason"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(reason("media/fake.png").contains("not a PNG, JPEG or WebP"));
+    assert!(reason("/nowhere/gone.png").contains("not found"));
+    assert!(!data.join("media").exists(), "nothing may be copied");
 }

@@ -1,4 +1,4 @@
-//! Reads seed 000's legacy JSON layout into a [`LegacyPlan`] without touching the database:
+//! Reads the portrait-creator spec's legacy JSON layout into a [`LegacyPlan`] without touching the database:
 //! `character_profiles/{id}.json` and `campaigns/{id}/characters.json` (an array of CharacterInfo
 //! objects or an object keyed by character id). Identity and visual fields of every copy are
 //! normalized and merged (the profile file wins; disagreements become conflicts; values that
@@ -15,13 +15,18 @@ use std::path::{Path, PathBuf};
 
 pub(super) type Object = Map<String, Value>;
 
-/// One portrait file found for a character.
+/// One portrait file a character's copies name.
 #[derive(Debug, Clone)]
 pub(crate) struct PlannedPortrait {
+    /// The resolved (canonical when the file exists) path: the portrait's identity across runs.
     pub file_path: String,
+    /// The path as the legacy JSON wrote it (what the report shows).
+    pub named_as: String,
     pub prompt: String,
     /// The profile's (or first copy's) own portrait: made current if none is.
     pub main: bool,
+    /// Whether the file existed when the folder was read.
+    pub found: bool,
 }
 
 #[derive(Debug, Clone)]

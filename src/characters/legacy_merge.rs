@@ -300,7 +300,9 @@ fn merge_character(plan: &mut LegacyPlan, dir: &Path, id: &str, copies: &[Copy])
     base_level
 }
 
-/// Portrait files named by any copy: recorded when the file exists, listed as skipped if not.
+/// Portrait files named by any copy (`portrait_path`, a `file://` `portrait_url`,
+/// `additional_images`), each once. Whether a file is missing is decided when the plan is applied:
+/// one imported by an earlier run is already in the media store.
 fn portraits(
     report: &mut MigrationReport,
     dir: &Path,
@@ -316,16 +318,25 @@ fn portraits(
             .get("portrait_prompt")
             .and_then(as_text)
             .unwrap_or_default();
+        let url = copy.obj.get("portrait_url").and_then(as_text);
+        let local_url = url
+            .as_deref()
+            .and_then(|u| u.strip_prefix("file://"))
+            .map(str::to_string);
         match copy.obj.get("portrait_path").and_then(as_text) {
             Some(p) if !p.trim().is_empty() => named.push((p, prompt, true)),
-            _ => {
-                if let Some(url) = copy.obj.get("portrait_url").and_then(as_text) {
+            _ => match (local_url, url) {
+                (Some(p), _) if !p.trim().is_empty() => named.push((p, prompt, true)),
+                (_, Some(url)) if !url.trim().is_empty() => {
                     report.files_skipped.push(FileProblem {
                         path: url,
-                        reason: format!("portrait_url of {id} without a local portrait_path"),
-                    });
+                        reason: format!(
+                            "portrait_url of {id} is not a local file and there is no portrait_path"
+                        ),
+                    })
                 }
-            }
+                _ => {}
+            },
         }
         if let Some(Value::Array(extra)) = copy.obj.get("additional_images") {
             named.extend(
@@ -336,32 +347,50 @@ fn portraits(
             );
         }
     }
+    // Canonical, so the same file named two ways (or by a later run) is one portrait.
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     for (raw, prompt, main) in named {
-        let path = Path::new(raw.trim());
-        let resolved = if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            dir.join(path)
-        };
-        let resolved = resolved.canonicalize().unwrap_or(resolved);
-        if !seen.insert(resolved.clone()) {
+        let Some(resolved) = resolve(&dir, raw.trim()) else {
             continue;
-        }
-        if !resolved.is_file() {
-            report.files_skipped.push(FileProblem {
-                path: raw.clone(),
-                reason: format!("portrait file of {id} not found"),
-            });
+        };
+        let found = resolved.is_file();
+        if !seen.insert(resolved.clone()) {
             continue;
         }
         let main = main && !out.iter().any(|p| p.main);
         out.push(PlannedPortrait {
             file_path: resolved.display().to_string(),
+            named_as: raw.clone(),
             prompt,
             main,
+            found,
         });
     }
     out
+}
+
+/// Where a portrait path of the legacy data points. The portrait-creator spec writes paths such
+/// as `/campaigns/<id>/media/portraits/<file>.png` that are absolute in form but relative to the
+/// storage folder: an absolute path that does not exist is also tried under `dir`.
+fn resolve(dir: &Path, raw: &str) -> Option<std::path::PathBuf> {
+    if raw.is_empty() {
+        return None;
+    }
+    let path = Path::new(raw);
+    let candidates = if path.is_absolute() {
+        let under_dir = path
+            .strip_prefix("/")
+            .ok()
+            .filter(|rest| !rest.as_os_str().is_empty())
+            .map(|rest| dir.join(rest));
+        vec![Some(path.to_path_buf()), under_dir]
+    } else {
+        vec![Some(dir.join(path))]
+    };
+    let candidates: Vec<_> = candidates.into_iter().flatten().collect();
+    let existing = candidates.iter().find(|c| c.is_file()).cloned();
+    let chosen = existing.unwrap_or_else(|| candidates[0].clone());
+    Some(chosen.canonicalize().unwrap_or(chosen))
 }
 
 /// Splits the campaign state off one campaign copy; bad values keep their default and are listed.

@@ -1,17 +1,20 @@
 //! `limner migrate`: imports the legacy JSON layout (read and planned by `legacy.rs`) into the
 //! store in one transaction, and reports what it did as one JSON document.
 //!
-//! Idempotent: characters and campaigns are remembered by `legacy:<id>` import keys, campaign
-//! states by (campaign, character), portraits by (character, file). A second run creates nothing;
-//! an existing profile only gets fields it still lacks, so edits made in limner since are kept.
+//! Legacy ids stay the ids (`legacy_ids.rs` says when they cannot), and portrait files are
+//! copied into the media store (`legacy_files.rs`). Idempotent: characters and campaigns are
+//! remembered by `legacy:<id>` import keys, campaign states by (campaign, character), portraits by
+//! (character, legacy file). A second run creates nothing; an existing profile only gets fields it
+//! still lacks, so edits made in limner since are kept.
 
 use super::campaigns;
 use super::error::StoreError;
 use super::legacy::{read_legacy, LegacyPlan, PlannedCharacter};
-use super::portraits;
-use super::profiles::{self, new_id, now};
+use super::legacy_files::{FileError, FileLog, Importer, PortraitFiles};
+use super::legacy_ids::{self, Table};
+use super::profiles::{self, now};
 use super::store::SqliteStore;
-use super::types::{CharacterProfile, NewCampaign, NewPortrait};
+use super::types::{Campaign, CharacterProfile, NewCampaign};
 use super::validate;
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
@@ -57,6 +60,16 @@ pub struct MigratedCharacter {
     pub action: String,
 }
 
+/// A legacy id that is not the limner id, and why (the record has the id in `id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdChange {
+    /// "character" or "campaign".
+    pub kind: String,
+    pub legacy_id: String,
+    pub id: String,
+    pub reason: String,
+}
+
 /// The JSON report `limner migrate` prints.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MigrationReport {
@@ -71,7 +84,12 @@ pub struct MigrationReport {
     pub campaign_states_existing: usize,
     pub portraits_recorded: usize,
     pub portraits_existing: usize,
+    /// Portrait files copied into the media store by this run (with their thumbnails).
+    pub portraits_copied: usize,
     pub characters: Vec<MigratedCharacter>,
+    /// Legacy ids that could not be kept as ids (listed on every run, so the report always says
+    /// where such a character went).
+    pub ids_changed: Vec<IdChange>,
     pub conflicts: Vec<Conflict>,
     pub unrecognized: Vec<Unrecognized>,
     pub files_skipped: Vec<FileProblem>,
@@ -87,6 +105,9 @@ pub enum MigrateError {
     Input(Box<MigrationReport>),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A portrait file could not be written to the media store; nothing was kept.
+    #[error("media store: {0}; nothing was written")]
+    Media(String),
 }
 
 /// Options of a migration run.
@@ -98,14 +119,15 @@ pub struct MigrateOptions {
     pub skip_malformed: bool,
 }
 
-/// Reads `dir` completely, then applies it to `store` in one transaction.
+/// Reads `dir` completely, then applies it to `store` (portrait files to `files`).
 pub fn migrate_legacy(
     store: &SqliteStore,
+    files: &dyn PortraitFiles,
     dir: &Path,
     opts: MigrateOptions,
 ) -> Result<MigrationReport, MigrateError> {
     let plan = read_legacy(dir, opts.skip_malformed)?;
-    Ok(apply_legacy(store, plan, opts.dry_run)?)
+    apply_legacy(store, files, plan, opts.dry_run)
 }
 
 /// Reads and plans `dir` without touching any database (the first half of a migration).
@@ -113,58 +135,69 @@ pub fn plan_legacy(dir: &Path, skip_malformed: bool) -> Result<LegacyPlan, Migra
     read_legacy(dir, skip_malformed)
 }
 
-/// Writes a plan in one transaction (rolled back when `dry_run`).
+/// Writes a plan in one transaction (rolled back when `dry_run`, which writes no file either).
+/// Portrait files are stored before the commit; if it does not happen they are removed again.
 pub fn apply_legacy(
     store: &SqliteStore,
+    files: &dyn PortraitFiles,
     plan: LegacyPlan,
     dry_run: bool,
-) -> Result<MigrationReport, StoreError> {
-    let run = |conn: &Connection| {
+) -> Result<MigrationReport, MigrateError> {
+    let mut log = FileLog::default();
+    let mut media_error = None;
+    let mut run = |conn: &Connection| {
         let mut report = plan.report.clone();
         report.dry_run = dry_run;
-        apply(conn, &plan, &mut report)?;
-        Ok(report)
+        let mut importer = Importer {
+            files,
+            dry_run,
+            log: &mut log,
+        };
+        match apply(conn, &mut importer, &plan, &mut report) {
+            Ok(()) => Ok(report),
+            Err(FileError::Store(e)) => Err(e),
+            Err(FileError::Media(m)) => {
+                media_error = Some(m);
+                Err(StoreError::Database("media store write failed".into()))
+            }
+        }
     };
-    if dry_run {
+    let result = if dry_run {
         store.rehearse(|tx| run(tx))
     } else {
         store.write(|tx| run(tx))
+    };
+    match result {
+        Ok(report) => {
+            for key in &log.superseded {
+                files.delete(key);
+            }
+            Ok(report)
+        }
+        Err(e) => {
+            for key in &log.written {
+                files.delete(key);
+            }
+            Err(media_error.map_or(MigrateError::Store(e), MigrateError::Media))
+        }
     }
 }
 
 fn apply(
     conn: &Connection,
+    importer: &mut Importer<'_>,
     plan: &LegacyPlan,
     report: &mut MigrationReport,
-) -> Result<(), StoreError> {
+) -> Result<(), FileError> {
     let mut ids = std::collections::BTreeMap::new();
     for planned in &plan.characters {
-        let (profile, action) = upsert_character(conn, planned)?;
+        let (profile, action) = upsert_character(conn, importer, planned, report)?;
         match action {
             "created" => report.profiles_created += 1,
             "updated" => report.profiles_updated += 1,
             _ => report.profiles_unchanged += 1,
         }
-        let mut current = profile.current_portrait_id.clone();
-        for p in &planned.portraits {
-            if portraits::find_by_file(conn, &profile.id, &p.file_path)?.is_some() {
-                report.portraits_existing += 1;
-                continue;
-            }
-            let new = NewPortrait {
-                character_id: profile.id.clone(),
-                file_path: p.file_path.clone(),
-                prompt: p.prompt.clone(),
-                model: Some("legacy".into()),
-                ..Default::default()
-            };
-            let make_current = p.main && current.is_none();
-            let record = portraits::add(conn, &new, make_current)?;
-            if make_current {
-                current = Some(record.id);
-            }
-            report.portraits_recorded += 1;
-        }
+        importer.import(conn, &profile, planned, report)?;
         report.characters.push(MigratedCharacter {
             legacy_id: planned.legacy_id.clone(),
             id: profile.id.clone(),
@@ -174,22 +207,7 @@ fn apply(
         ids.insert(planned.legacy_id.clone(), profile.id);
     }
     for planned in &plan.campaigns {
-        let key = format!("legacy:{}", planned.legacy_id);
-        let campaign = match campaigns::by_import_key(conn, &key)? {
-            Some(c) => {
-                report.campaigns_existing += 1;
-                c
-            }
-            None => {
-                report.campaigns_created += 1;
-                let new = NewCampaign {
-                    name: planned.name.clone(),
-                    dm_id: planned.dm_id.clone(),
-                    description: None,
-                };
-                campaigns::create(conn, &new, Some(&key))?
-            }
-        };
+        let campaign = upsert_campaign(conn, planned, report)?;
         for (legacy_id, state) in &planned.states {
             let Some(character_id) = ids.get(legacy_id) else {
                 continue;
@@ -208,26 +226,87 @@ fn apply(
     Ok(())
 }
 
+fn note_id(
+    report: &mut MigrationReport,
+    table: Table,
+    legacy_id: &str,
+    id: &str,
+    why: Option<String>,
+) {
+    if let Some(reason) = why {
+        report.ids_changed.push(IdChange {
+            kind: table.kind().into(),
+            legacy_id: legacy_id.to_string(),
+            id: id.to_string(),
+            reason,
+        });
+    }
+}
+
+/// The campaign of a legacy campaign folder: created under the legacy id, or found (and moved to
+/// the legacy id if an older limner gave it a UUID).
+fn upsert_campaign(
+    conn: &Connection,
+    planned: &super::legacy::PlannedCampaign,
+    report: &mut MigrationReport,
+) -> Result<Campaign, FileError> {
+    let key = format!("legacy:{}", planned.legacy_id);
+    let legacy_id = planned.legacy_id.as_str();
+    if let Some(existing) = campaigns::by_import_key(conn, &key)? {
+        report.campaigns_existing += 1;
+        let (id, why) = legacy_ids::settle(conn, Table::Campaigns, &existing.id, legacy_id)?;
+        note_id(report, Table::Campaigns, legacy_id, &id, why);
+        return Ok(campaigns::get(conn, &id)?);
+    }
+    report.campaigns_created += 1;
+    let (id, why) = legacy_ids::for_new(conn, Table::Campaigns, legacy_id)?;
+    let new = NewCampaign {
+        name: planned.name.clone(),
+        dm_id: planned.dm_id.clone(),
+        description: None,
+    };
+    let created = campaigns::create(conn, &new, Some(&key))?;
+    // Nothing refers to the row yet, so taking the chosen id is a plain rename.
+    conn.execute(
+        "UPDATE campaigns SET id = ?2 WHERE id = ?1",
+        [&created.id, &id],
+    )?;
+    note_id(report, Table::Campaigns, legacy_id, &id, why);
+    Ok(campaigns::get(conn, &id)?)
+}
+
 /// Creates the profile of a legacy character, or fills the fields an existing one lacks.
 fn upsert_character(
     conn: &Connection,
+    importer: &mut Importer<'_>,
     planned: &PlannedCharacter,
-) -> Result<(CharacterProfile, &'static str), StoreError> {
+    report: &mut MigrationReport,
+) -> Result<(CharacterProfile, &'static str), FileError> {
     let key = format!("legacy:{}", planned.legacy_id);
+    let legacy_id = planned.legacy_id.as_str();
     let t = now();
-    let fresh = validate::build_profile(&planned.new, new_id(), t)?;
-    let Some(mut existing) = profiles::by_import_key(conn, &key)? else {
-        let mut p = fresh;
+    let Some(existing) = profiles::by_import_key(conn, &key)? else {
+        let (id, why) = legacy_ids::for_new(conn, Table::Characters, legacy_id)?;
+        note_id(report, Table::Characters, legacy_id, &id, why);
+        let mut p = validate::build_profile(&planned.new, id, t).map_err(StoreError::from)?;
         p.import_key = Some(key);
         p.created_at = planned.created_at.unwrap_or(t);
         p.total_interactions = planned.total_interactions;
         profiles::insert(conn, &p)?;
         return Ok((p, "created"));
     };
+    let (id, why) = legacy_ids::settle(conn, Table::Characters, &existing.id, legacy_id)?;
+    note_id(report, Table::Characters, legacy_id, &id, why);
+    let renamed = id != existing.id;
+    if renamed {
+        importer.follow_rename(conn, &existing.id, &id)?;
+    }
+    let mut existing = profiles::get(conn, &id)?;
+    let fresh = validate::build_profile(&planned.new, id, t).map_err(StoreError::from)?;
     let before = existing.clone();
     fill(&mut existing, fresh);
     if existing == before {
-        return Ok((existing, "unchanged"));
+        return Ok((existing, if renamed { "updated" } else { "unchanged" }));
     }
     existing.updated_at = t;
     profiles::save(conn, &existing)?;

@@ -11,6 +11,8 @@ mod campaigns;
 pub mod enums;
 mod error;
 mod legacy;
+mod legacy_files;
+mod legacy_ids;
 mod legacy_merge;
 pub mod migrate;
 mod portraits;
@@ -25,6 +27,7 @@ pub use enums::{
 };
 pub use error::{StoreError, StoreResult};
 pub use legacy::LegacyPlan;
+pub use legacy_files::{PortraitFiles, PreparedFile};
 pub use migrate::{migrate_legacy, MigrateError, MigrateOptions, MigrationReport};
 pub use pregenerated::{import_pregenerated, pregenerated, PregenCharacter, PregenReport};
 pub use store::{CharacterStore, SqliteStore, Store, DB_FILE_NAME, SCHEMA_VERSION};

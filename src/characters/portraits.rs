@@ -42,18 +42,6 @@ pub(crate) fn get(conn: &Connection, id: &str) -> StoreResult<PortraitRecord> {
     find(conn, id)?.ok_or_else(|| StoreError::not_found("portrait", id))
 }
 
-/// Whether the character already has a portrait with this file (keeps imports idempotent).
-pub(crate) fn find_by_file(
-    conn: &Connection,
-    character_id: &str,
-    file_path: &str,
-) -> StoreResult<Option<PortraitRecord>> {
-    let sql = format!("SELECT {COLUMNS} {FROM} WHERE p.character_id = ?1 AND p.file_path = ?2");
-    Ok(conn
-        .query_row(&sql, [character_id, file_path], from_row)
-        .optional()?)
-}
-
 pub(crate) fn add(
     conn: &Connection,
     new: &NewPortrait,

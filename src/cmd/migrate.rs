@@ -1,9 +1,12 @@
-//! `limner migrate`: imports the legacy JSON character layout into the store and prints one JSON
-//! report on stdout. Unreadable input writes nothing and exits non-zero (the report lists why).
+//! `limner migrate`: imports the legacy JSON character layout into the store, copies its portrait
+//! files into the media store (`<data-dir>/media`) and prints one JSON report on stdout.
+//! Unreadable input writes nothing and exits non-zero (the report lists why).
 
 use limner::characters::migrate::{apply_legacy, plan_legacy};
 use limner::characters::{MigrateError, Store, DB_FILE_NAME};
+use limner::portraits::{LocalImageStore, MediaPortraitFiles};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Arguments of `limner migrate`.
 #[derive(clap::Args)]
@@ -17,7 +20,7 @@ pub struct Args {
     /// List unreadable or malformed files as skipped instead of refusing to migrate.
     #[arg(long)]
     skip_malformed: bool,
-    /// Data directory; the database is `<data-dir>/limner.db`.
+    /// Data directory: the database is `<data-dir>/limner.db`, portraits go to `<data-dir>/media`.
     #[arg(long, env = "LIMNER_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
 }
@@ -43,7 +46,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         Store::open(&db)?
     };
-    let report = apply_legacy(&store, plan, args.dry_run)?;
+    let files =
+        MediaPortraitFiles::new(Arc::new(LocalImageStore::new(args.data_dir.join("media"))));
+    let report = apply_legacy(&store, &files, plan, args.dry_run)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
+    for change in &report.ids_changed {
+        eprintln!(
+            "note: {} {:?} is now {:?}: {}",
+            change.kind, change.legacy_id, change.id, change.reason
+        );
+    }
+    for skipped in &report.files_skipped {
+        eprintln!("skipped {}: {}", skipped.path, skipped.reason);
+    }
     Ok(())
 }

@@ -10,6 +10,7 @@
 mod backend;
 mod error;
 mod image_store;
+mod legacy_files;
 mod options;
 mod prompt;
 mod service;
@@ -18,6 +19,7 @@ mod templates;
 pub use backend::{FakeBackend, ImageBackend};
 pub use error::PortraitError;
 pub use image_store::{validate_key, ImageStore, ImageStoreError, LocalImageStore, MAX_KEY_LEN};
+pub use legacy_files::{MediaPortraitFiles, MAX_LEGACY_FILE_BYTES};
 pub use options::{
     GenerateOptions, Method, PortraitOutcome, PreparedPortrait, StyleModels,
     DEFAULT_REGENERATE_STRENGTH, MAX_ADDITIONS_CHARS, MAX_REGENERATE_STRENGTH,
