@@ -156,8 +156,10 @@ fn check_served(server: &Server, admin: &Client, want_png: &[u8]) {
 
     let history = admin.get("/api/characters/thorin_01/portraits").expect(200);
     let list = history.json.as_array().unwrap();
-    assert_eq!(list.len(), 1, "{}", history.text);
-    let entry = &list[0];
+    let entry = list
+        .iter()
+        .find(|p| p["model"] == "legacy")
+        .unwrap_or_else(|| panic!("no migrated portrait in {}", history.text));
     let url = entry["portrait_url"].as_str().unwrap();
     assert!(url.contains("/api/media/images/portraits/"), "{url}");
     let (status, ct, bytes) = fetch_media(server, url);
@@ -218,15 +220,27 @@ fn legacy_ids_resolve_and_portraits_are_served_after_migrate() {
     let token = server.admin_token.clone().expect("admin token");
     let admin = server.client_with(&token);
     check_served(&server, &admin, &bytes);
+    // The regeneration guide's img2img starts from the migrated file like from any portrait.
+    let regen = admin
+        .post(
+            "/api/characters/thorin_01/regenerate-image",
+            &json!({"newPrompt": "smiling", "denoisingStrength": 0.5, "steps": 4}),
+        )
+        .expect(200);
+    assert_eq!(regen.json["character"]["id"], "thorin_01");
+    let history = admin.get("/api/characters/thorin_01/portraits").expect(200);
+    assert_eq!(history.json.as_array().unwrap().len(), 2);
     assert_eq!(server.stop().code(), Some(0));
 
     // The legacy file is gone: the copy is still served, and migrating again is still a no-op
     // that does not call the imported portrait missing.
     std::fs::remove_file(&portrait).unwrap();
+    let before_third = counts(&db);
     let third = migrate(&legacy, &data);
     assert_eq!(third["portraits_existing"], 1, "{third}");
+    assert_eq!(third["portraits_copied"], 0, "{third}");
     assert_eq!(third["files_skipped"], json!([]), "{third}");
-    assert_eq!(counts(&db), after_first.0);
+    assert_eq!(counts(&db), before_third);
     // The admin token lives in the database, so it still works after the restart.
     let server = Server::start(&data, &[]);
     let admin = server.client_with(&token);
