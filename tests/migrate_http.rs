@@ -27,7 +27,8 @@ fn png(width: u32, height: u32) -> Vec<u8> {
 }
 
 /// The portrait-creator spec's layout: a profile file with an absolute portrait path, and a
-/// campaign (with its metadata) whose roster holds that character and one without a profile.
+/// campaign (with its metadata) whose roster holds that character and one without a profile
+/// (whose id has a dot, and whose JPEG portrait lies in the campaign's media folder).
 fn legacy_folder(root: &Path, portrait: &Path) {
     write_json(
         &root.join("character_profiles/thorin_01.json"),
@@ -47,8 +48,10 @@ fn legacy_folder(root: &Path, portrait: &Path) {
         json!([
             {"character_id": "thorin_01", "name": "Thorin Oakenshield", "level": 4,
              "hit_points_current": 30, "hit_points_max": 38, "armor_class": 17},
-            {"character_id": "mira-2", "name": "Mira", "race": "halfling",
-             "character_class": "rogue", "level": 2}
+            // Absolute in form, relative to the storage folder (as the spec's server wrote it).
+            {"character_id": "npc.mira-2", "name": "Mira", "race": "halfling",
+             "character_class": "rogue", "level": 2,
+             "portrait_path": "/campaigns/camp_a/media/portraits/mira.jpg"}
         ]),
     );
 }
@@ -124,8 +127,12 @@ fn check_served(server: &Server, admin: &Client, want_png: &[u8]) {
     assert_eq!(thorin.json["character_class"], "Fighter");
     assert_eq!(thorin.json["voice_id"], "voice-dwarf-3");
     assert_eq!(thorin.json["attire"], "battered plate");
-    let mira = admin.get("/api/characters/mira-2").expect(200);
+    let mira = admin.get("/api/characters/npc.mira-2").expect(200);
     assert_eq!(mira.json["name"], "Mira");
+    let mira_portrait = admin.get("/api/characters/npc.mira-2/portrait").expect(200);
+    let (status, ct, jpeg) = fetch_media(server, &mira_portrait.str("portrait_url"));
+    assert_eq!((status, ct.as_deref()), (200, Some("image/jpeg")));
+    assert_eq!(image::load_from_memory(&jpeg).unwrap().width(), 40);
 
     let camp = admin.get("/api/campaigns/camp_a").expect(200);
     assert_eq!(camp.json["id"], "camp_a");
@@ -137,7 +144,7 @@ fn check_served(server: &Server, admin: &Client, want_png: &[u8]) {
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
     members.sort();
-    assert_eq!(members, ["mira-2", "thorin_01"]);
+    assert_eq!(members, ["npc.mira-2", "thorin_01"]);
     let roster = admin.get("/api/campaigns/camp_a/characters").expect(200);
     let in_roster = roster
         .json
@@ -192,12 +199,17 @@ fn legacy_ids_resolve_and_portraits_are_served_after_migrate() {
     let bytes = png(512, 384);
     std::fs::write(&portrait, &bytes).unwrap();
     legacy_folder(&legacy, &portrait);
+    let mira = legacy.join("campaigns/camp_a/media/portraits/mira.jpg");
+    std::fs::create_dir_all(mira.parent().unwrap()).unwrap();
+    image::RgbImage::from_pixel(40, 50, image::Rgb([200, 120, 40]))
+        .save(&mira)
+        .unwrap();
     let data = tmp.path().join("data");
 
     let first = migrate(&legacy, &data);
     assert_eq!(first["profiles_created"], 2, "{first}");
-    assert_eq!(first["portraits_recorded"], 1, "{first}");
-    assert_eq!(first["portraits_copied"], 1, "{first}");
+    assert_eq!(first["portraits_recorded"], 2, "{first}");
+    assert_eq!(first["portraits_copied"], 2, "{first}");
     assert_eq!(first["ids_changed"], json!([]), "{first}");
     let db = data.join("limner.db");
     let after_first = (counts(&db), media_files(&data));
@@ -213,7 +225,7 @@ fn legacy_ids_resolve_and_portraits_are_served_after_migrate() {
     assert_eq!(second["campaigns_existing"], 1, "{second}");
     assert_eq!(second["portraits_recorded"], 0, "{second}");
     assert_eq!(second["portraits_copied"], 0, "{second}");
-    assert_eq!(second["portraits_existing"], 1, "{second}");
+    assert_eq!(second["portraits_existing"], 2, "{second}");
     assert_eq!((counts(&db), media_files(&data)), after_first);
 
     let server = Server::start(&data, &[]);
@@ -237,7 +249,7 @@ fn legacy_ids_resolve_and_portraits_are_served_after_migrate() {
     std::fs::remove_file(&portrait).unwrap();
     let before_third = counts(&db);
     let third = migrate(&legacy, &data);
-    assert_eq!(third["portraits_existing"], 1, "{third}");
+    assert_eq!(third["portraits_existing"], 2, "{third}");
     assert_eq!(third["portraits_copied"], 0, "{third}");
     assert_eq!(third["files_skipped"], json!([]), "{third}");
     assert_eq!(counts(&db), before_third);

@@ -36,9 +36,9 @@ impl Table {
     }
 }
 
-/// Why `id` cannot be used as is, if it cannot. Only `A-Z a-z 0-9 _ -` are kept: such an id needs
-/// no escaping in a URL path, is one media key segment unchanged (`portraits/<id>/...`), and can
-/// never be `.` or `..`.
+/// Why `id` cannot be used as is, if it cannot. Kept: `A-Z a-z 0-9 _ -`, and `.` except first or
+/// last. Such an id needs no escaping in a URL path, is one media key segment unchanged
+/// (`portraits/<id>/...`, see the portrait service's key rules), and is never `.` or `..`.
 pub fn unusable(id: &str) -> Option<String> {
     if id.is_empty() {
         return Some("the legacy id is empty".into());
@@ -48,9 +48,12 @@ pub fn unusable(id: &str) -> Option<String> {
             "the legacy id is longer than {LEGACY_ID_MAX} bytes"
         ));
     }
+    if id.starts_with('.') || id.ends_with('.') {
+        return Some("the legacy id starts or ends with '.'".into());
+    }
     id.chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-')))
-        .map(|c| format!("the legacy id contains {c:?} (only A-Z a-z 0-9 _ - are kept as ids)"))
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+        .map(|c| format!("the legacy id contains {c:?} (only A-Z a-z 0-9 _ - . are kept as ids)"))
 }
 
 fn taken(conn: &Connection, table: Table, id: &str) -> StoreResult<bool> {
@@ -129,6 +132,7 @@ mod tests {
             "thorin_01",
             "camp_a",
             "char-abc123",
+            "npc.innkeeper",
             "A",
             &"x".repeat(LEGACY_ID_MAX),
         ] {
@@ -140,7 +144,8 @@ mod tests {
             "a/b",
             "..",
             ".hidden",
-            "thorin.01",
+            "thorin.",
+            ".",
             "caf\u{e9}",
             "50%",
             "a?b",

@@ -36,11 +36,16 @@ const HIRES_SCALE: f64 = 2.0;
 const HIRES_STRENGTH: f64 = 0.4;
 
 /// Keeps a character id usable as one key segment (ids are UUIDs, but imported ones may not be).
+/// A `.` inside the id is kept (`npc.innkeeper`), never a first or last one: a key segment may
+/// not start with one, and some file systems drop a trailing one.
 fn key_segment(id: &str) -> String {
+    let last = id.chars().count().saturating_sub(1);
     let s: String = id
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+        .enumerate()
+        .map(|(i, c)| {
+            let inner_dot = c == '.' && i != 0 && i != last;
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || inner_dot {
                 c
             } else {
                 '_'
