@@ -133,6 +133,8 @@ fn migrates_legacy_folder_and_second_run_changes_nothing() {
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["profiles_created"], 3);
     assert!(!data.join("limner.db").exists());
+    assert_eq!(dry["portraits_copied"], 2);
+    assert!(!data.join("media").exists(), "a dry run copies no file");
 
     let (ok, r, err) = migrate(&["--from", from, "--data-dir", data_arg]);
     assert!(ok, "{err}");
