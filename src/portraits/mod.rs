@@ -15,7 +15,7 @@ mod prompt;
 mod service;
 mod templates;
 
-pub use backend::{FakeBackend, ImageBackend};
+pub use backend::{FakeBackend, ImageBackend, NoModelBackend};
 pub use error::PortraitError;
 pub use image_store::{validate_key, ImageStore, ImageStoreError, LocalImageStore, MAX_KEY_LEN};
 pub use options::{

@@ -233,16 +233,21 @@ impl PortraitService {
     }
 
     fn validate(&self, model: &str, req: GenerationRequest) -> Result<ValidRequest, PortraitError> {
-        let defaults = self
-            .inner
-            .backend
-            .defaults(Some(model))
-            .map_err(|e| match e {
-                EngineError::UnknownModel(m) => {
-                    PortraitError::validation("model", format!("unknown model {m:?}"))
-                }
-                other => other.into(),
-            })?;
+        let defaults = match self.inner.backend.defaults(Some(model)) {
+            Ok(d) => d,
+            Err(EngineError::UnknownModel(m)) => {
+                return Err(PortraitError::validation(
+                    "model",
+                    format!("unknown model {m:?}"),
+                ))
+            }
+            // No model to paint with (none pulled): bad input is still named first.
+            Err(unavailable @ EngineError::Unavailable(_)) => {
+                req.validate(&Default::default())?;
+                return Err(unavailable.into());
+            }
+            Err(other) => return Err(other.into()),
+        };
         Ok(req.validate(&defaults)?)
     }
 
