@@ -15,7 +15,8 @@ use limner::characters::{CharacterStore, SqliteStore};
 use limner::engine::worker::{EngineConfig, EngineHandle, ModelSpec};
 use limner::jobs::{JobQueue, QueueConfig};
 use limner::portraits::{
-    ImageBackend, LocalImageStore, NoModelBackend, PortraitService, StyleModels,
+    device_defaults, DeviceClass, ImageBackend, LocalImageStore, NoModelBackend, PortraitService,
+    StyleModels,
 };
 use limner::registry::Registry;
 
@@ -258,7 +259,7 @@ pub fn build(s: &Settings) -> anyhow::Result<Built> {
     let signer = UrlSigner::load_or_create(&s.data_dir.join("secret.key"), s.media_url_ttl)?;
     let templates = load_templates(s.prompts_dir.as_deref())?;
     let registry = load_registry(s.weights.as_deref())?;
-    let Some((default_model, specs)) = model_specs(s, &registry)? else {
+    let Some((default_model, mut specs)) = model_specs(s, &registry)? else {
         let hint = no_model_hint(s);
         tracing::warn!("{hint}");
         let backend: Arc<dyn ImageBackend> = Arc::new(NoModelBackend::new(hint));
@@ -266,7 +267,17 @@ pub fn build(s: &Settings) -> anyhow::Result<Built> {
             .map(|state| Built { state, admin_token });
     };
     let served: Vec<String> = specs.iter().map(|m| m.name.clone()).collect();
-    let styles = StyleModels::from_registry(&registry, &served);
+    let mut styles = StyleModels::from_registry(&registry, &served);
+    // Defaults that finish on this device: the regeneration guide's on a GPU, cheaper on a CPU.
+    let device = DeviceClass::from_spec(&s.device);
+    for spec in &mut specs {
+        let entry_hires = registry
+            .get(&spec.name)
+            .and_then(|e| e.defaults.hires_fix);
+        let (defaults, hires) = device_defaults(spec.defaults.clone(), entry_hires, device);
+        spec.defaults = defaults;
+        styles = styles.with_hires_fix(&spec.name, hires);
+    }
     let engine = EngineHandle::spawn(EngineConfig {
         models: specs,
         default_model,
@@ -275,9 +286,7 @@ pub fn build(s: &Settings) -> anyhow::Result<Built> {
         use_flash_attn: s.flash_attn,
         max_memory: limner::engine::memory::resolve_limit(
             s.max_memory.as_deref(),
-            // "auto" means the CPU unless a GPU backend was compiled in.
-            s.device == "cpu"
-                || (s.device == "auto" && !cfg!(feature = "cuda") && !cfg!(feature = "metal")),
+            device == DeviceClass::Cpu,
         )
         .map_err(|e| anyhow::anyhow!(e))?,
         max_loaded: s.max_loaded,

@@ -19,7 +19,7 @@ pub use backend::{FakeBackend, ImageBackend, NoModelBackend};
 pub use error::PortraitError;
 pub use image_store::{validate_key, ImageStore, ImageStoreError, LocalImageStore, MAX_KEY_LEN};
 pub use options::{
-    GenerateOptions, Method, PortraitOutcome, PreparedPortrait, StyleModels,
+    device_defaults, DeviceClass, GenerateOptions, Method, PortraitOutcome, PreparedPortrait, StyleModels,
     DEFAULT_REGENERATE_STRENGTH, MAX_ADDITIONS_CHARS, MAX_REGENERATE_STRENGTH,
     MIN_REGENERATE_STRENGTH,
 };
