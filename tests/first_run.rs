@@ -1,7 +1,8 @@
 //! The first run outside a checkout, as `cargo install` leaves it: the real binary started from
 //! an empty directory with `HOME` and `XDG_DATA_HOME` pointing at empty temporary folders, no
 //! flags. It must serve (built-in prompt templates and weights.toml, per-user data dir), say
-//! how to get a model, and still keep characters.
+//! how to get a model, and still keep characters. And the first portrait of a model served by
+//! path on a CPU gets defaults that finish there, not the regeneration guide's GPU settings.
 
 #[path = "common/server.rs"]
 mod server;
@@ -14,7 +15,7 @@ use std::thread;
 
 use serde_json::json;
 
-use server::{seed_character, Client, PATIENCE};
+use server::{repo_root, seed_character, Client, PATIENCE};
 
 /// `limner ARGS` in `cwd` with only the environment a fresh user has.
 fn limner_in(cwd: &Path, home: &Path, xdg: Option<&Path>) -> Command {
@@ -38,10 +39,11 @@ impl Drop for Running {
     }
 }
 
-/// Starts `serve --no-auth --port 0` and returns it with its base URL.
-fn serve(mut cmd: Command) -> (Running, String) {
+/// Starts `serve --no-auth --port 0 EXTRA` and returns it with its base URL.
+fn serve(mut cmd: Command, extra: &[&str]) -> (Running, String) {
     let mut child = cmd
         .args(["serve", "--no-auth", "--port", "0"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -79,7 +81,7 @@ fn serve_from_an_empty_directory_uses_built_in_files_and_per_user_data() {
     let cwd = tempfile::tempdir().unwrap();
     let home = tempfile::tempdir().unwrap();
     let xdg = tempfile::tempdir().unwrap();
-    let (_server, base) = serve(limner_in(cwd.path(), home.path(), Some(xdg.path())));
+    let (_server, base) = serve(limner_in(cwd.path(), home.path(), Some(xdg.path())), &[]);
     let c = Client::new(&base);
 
     // Healthy, and says what is missing instead of failing.
@@ -123,7 +125,7 @@ fn serve_from_an_empty_directory_uses_built_in_files_and_per_user_data() {
 fn without_xdg_data_home_the_data_dir_is_under_home() {
     let cwd = tempfile::tempdir().unwrap();
     let home = tempfile::tempdir().unwrap();
-    let (_server, base) = serve(limner_in(cwd.path(), home.path(), None));
+    let (_server, base) = serve(limner_in(cwd.path(), home.path(), None), &[]);
     Client::new(&base)
         .post("/api/characters", &seed_character(None))
         .expect(201);
@@ -144,7 +146,7 @@ fn files_in_the_data_dir_override_the_built_in_ones() {
     )
     .unwrap();
     std::fs::write(data.join("prompts/noir.toml"), "template = \"noir {subject}\"\n").unwrap();
-    let (_server, base) = serve(limner_in(cwd.path(), home.path(), Some(xdg.path())));
+    let (_server, base) = serve(limner_in(cwd.path(), home.path(), Some(xdg.path())), &[]);
     let c = Client::new(&base);
     let id = c
         .post("/api/characters", &seed_character(None))
@@ -183,4 +185,42 @@ fn pull_lists_the_built_in_registry() {
     let text = String::from_utf8_lossy(&help.stdout);
     let models = xdg.path().join("limner").join("models");
     assert!(text.contains(&models.display().to_string()), "{text}");
+}
+
+#[test]
+fn a_model_served_by_path_gets_cpu_defaults_and_explicit_values_win() {
+    let home = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let model = repo_root().join("tests/fixtures/tiny-sd15/model");
+    let data_arg = data.path().display().to_string();
+    let model_arg = model.display().to_string();
+    let (_server, base) = serve(
+        limner_in(&repo_root(), home.path(), None),
+        &["--data-dir", &data_arg, "--model", &model_arg, "--device", "cpu"],
+    );
+    let c = Client::new(&base);
+    let models = c.get("/api/models").expect(200);
+    let d = &models.json["models"][0]["defaults"];
+    let (w, h, steps) = (
+        d["width"].as_u64().unwrap(),
+        d["height"].as_u64().unwrap(),
+        d["steps"].as_u64().unwrap(),
+    );
+    // Not the regeneration guide's 512x768 x2, 25 steps: at most 512x512's pixels, 20 steps.
+    assert!(w * h <= 512 * 512 && steps <= 20, "{}", models.text);
+    assert!(h > w, "portrait aspect kept: {}", models.text);
+    let e = c.post("/api/portraits/estimate", &json!({})).expect(200);
+    assert_eq!(e.json["hires"], false, "{}", e.text);
+    assert_eq!(e.json["device"], "cpu", "{}", e.text);
+    assert_eq!(e.json["width"].as_u64(), Some(w), "{}", e.text);
+    // Explicit values always win.
+    let e = c
+        .post(
+            "/api/portraits/estimate",
+            &json!({"width": 512, "height": 768, "steps": 25, "hires": true}),
+        )
+        .expect(200);
+    assert_eq!(e.json["hires"], true, "{}", e.text);
+    assert_eq!(e.json["height"], 768, "{}", e.text);
+    assert_eq!(e.json["steps"], 25, "{}", e.text);
 }

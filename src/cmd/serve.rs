@@ -309,6 +309,7 @@ fn finish_build(
     let store: Arc<dyn CharacterStore> = Arc::new(store);
     let images = Arc::new(LocalImageStore::new(s.data_dir.join("media")));
     let portraits = PortraitService::new(store.clone(), images, backend.clone(), templates, styles);
+    portraits.speed().set_device(DeviceClass::from_spec(&s.device).as_str());
     let jobs = JobQueue::new(QueueConfig {
         max_queued: s.queue_depth,
         concurrency: s.concurrency,

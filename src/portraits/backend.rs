@@ -207,7 +207,7 @@ impl FakeBackend {
 
 /// Steps a pass runs: all of them for txt2img, `floor(steps * strength)` for img2img (the
 /// engine's rule, including its error when that is zero).
-fn pass_steps(steps: usize, strength: Option<f64>) -> Result<usize, EngineError> {
+pub(crate) fn pass_steps(steps: usize, strength: Option<f64>) -> Result<usize, EngineError> {
     match strength {
         None => Ok(steps),
         Some(s) => Ok(steps - img2img_start(steps, s)?),
