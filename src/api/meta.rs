@@ -173,6 +173,13 @@ pub async fn openapi() -> Json<Value> {
         vec![id.clone(), asyncq.clone()],
     );
     add(
+        "/api/portraits/estimate",
+        "post",
+        "What a portrait with these options would cost on this machine",
+        "portraits",
+        vec![],
+    );
+    add(
         "/api/characters/{id}/portrait",
         "get",
         "The current portrait",
