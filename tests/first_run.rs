@@ -87,7 +87,11 @@ fn serve_from_an_empty_directory_uses_built_in_files_and_per_user_data() {
     // Healthy, and says what is missing instead of failing.
     let health = c.get("/health").expect(200);
     assert_eq!(health.json["status"], "ok", "{}", health.text);
-    assert_eq!(health.json["engine"]["state"], "no_model", "{}", health.text);
+    assert_eq!(
+        health.json["engine"]["state"], "no_model",
+        "{}",
+        health.text
+    );
     let reason = health.json["engine"]["reason"].as_str().unwrap();
     assert!(reason.contains("limner pull"), "{reason}");
 
@@ -103,7 +107,10 @@ fn serve_from_an_empty_directory_uses_built_in_files_and_per_user_data() {
     // The built-in templates: an unknown style is refused naming the shipped ones ...
     let path = format!("/api/characters/{id}/portrait/generate");
     let bad = c
-        .post(&path, &json!({"regenerate": true, "art_style": "vaporwave"}))
+        .post(
+            &path,
+            &json!({"regenerate": true, "art_style": "vaporwave"}),
+        )
         .expect(422);
     assert_eq!(bad.json["field"], "art_style", "{}", bad.text);
     for style in ["default", "fantasy", "realistic", "anime", "cartoon"] {
@@ -145,7 +152,11 @@ fn files_in_the_data_dir_override_the_built_in_ones() {
         "template = \"{subject}\"\nnegative_prompt = \"blurry\"\n",
     )
     .unwrap();
-    std::fs::write(data.join("prompts/noir.toml"), "template = \"noir {subject}\"\n").unwrap();
+    std::fs::write(
+        data.join("prompts/noir.toml"),
+        "template = \"noir {subject}\"\n",
+    )
+    .unwrap();
     let (_server, base) = serve(limner_in(cwd.path(), home.path(), Some(xdg.path())), &[]);
     let c = Client::new(&base);
     let id = c
@@ -173,7 +184,12 @@ fn pull_lists_the_built_in_registry() {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{args:?}: {text}");
-        for name in ["dreamshaper-8", "realistic-vision-5", "sd-turbo", "sdxl-base"] {
+        for name in [
+            "dreamshaper-8",
+            "realistic-vision-5",
+            "sd-turbo",
+            "sdxl-base",
+        ] {
             assert!(text.contains(name), "{args:?} lacks {name}: {text}");
         }
     }
@@ -196,7 +212,14 @@ fn a_model_served_by_path_gets_cpu_defaults_and_explicit_values_win() {
     let model_arg = model.display().to_string();
     let (_server, base) = serve(
         limner_in(&repo_root(), home.path(), None),
-        &["--data-dir", &data_arg, "--model", &model_arg, "--device", "cpu"],
+        &[
+            "--data-dir",
+            &data_arg,
+            "--model",
+            &model_arg,
+            "--device",
+            "cpu",
+        ],
     );
     let c = Client::new(&base);
     let models = c.get("/api/models").expect(200);

@@ -48,7 +48,11 @@ impl Sandbox {
         set_mtime(&root.join("tests/browser/package-lock.json"), 1_000_000);
         let bin = dir.path().join("bin");
         fs::create_dir_all(&bin).unwrap();
-        stub(&bin, "cargo", "echo \"CARGO_TARGET_DIR=$CARGO_TARGET_DIR\" >> \"$CALLS\"");
+        stub(
+            &bin,
+            "cargo",
+            "echo \"CARGO_TARGET_DIR=$CARGO_TARGET_DIR\" >> \"$CALLS\"",
+        );
         stub(&bin, "apt-get", "");
         stub(&bin, "sudo", "exec \"$@\"");
         stub(&bin, "npm", "");
@@ -140,7 +144,10 @@ fn with_everything_installed_it_only_runs_cargo_test_with_the_arguments() {
 fn it_installs_exactly_what_is_missing() {
     let s = Sandbox::new(false);
     // A lock file newer than what npm installed: node_modules is stale.
-    set_mtime(&s.root().join("tests/browser/package-lock.json"), 4_000_000_000);
+    set_mtime(
+        &s.root().join("tests/browser/package-lock.json"),
+        4_000_000_000,
+    );
     let missing = s.dir.path().join("no-chromium");
     let (out, calls) = s.run(&missing, &[]);
     assert!(out.status.success(), "{out:?}");
@@ -157,18 +164,28 @@ fn it_installs_exactly_what_is_missing() {
             && l.contains("-r tests/compat_clients/requirements.txt")),
         "{calls}"
     );
-    assert_eq!(lines.last().map(|l| l.starts_with("CARGO_TARGET_DIR=")), Some(true));
+    assert_eq!(
+        lines.last().map(|l| l.starts_with("CARGO_TARGET_DIR=")),
+        Some(true)
+    );
 }
 
 #[test]
 fn a_missing_tool_without_installing_names_the_install_command() {
     let s = Sandbox::new(true);
-    fs::remove_file(s.root().join("tests/browser/node_modules/.package-lock.json")).unwrap();
+    fs::remove_file(
+        s.root()
+            .join("tests/browser/node_modules/.package-lock.json"),
+    )
+    .unwrap();
     let (out, calls) = s.run_with(&s.chromium(), &[], &[("LIMNER_TEST_NO_INSTALL", "1")]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("npm ci --prefix tests/browser"), "{err}");
-    assert!(!calls.contains("cargo") && !calls.contains("npm"), "{calls}");
+    assert!(
+        !calls.contains("cargo") && !calls.contains("npm"),
+        "{calls}"
+    );
 }
 
 #[test]

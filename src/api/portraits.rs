@@ -250,7 +250,10 @@ pub async fn estimate(
             ("device", json!(state.portraits.speed().device())),
             ("seconds", json!(e.seconds)),
             ("text", json!(e.seconds.map(about))),
-            ("seconds_per_megapixel_step", json!(e.seconds_per_megapixel_step)),
+            (
+                "seconds_per_megapixel_step",
+                json!(e.seconds_per_megapixel_step),
+            ),
             ("megapixel_steps", json!(e.megapixel_steps)),
             ("measured_jobs", json!(e.measured_jobs)),
             ("sync_timeout_s", json!(limit)),

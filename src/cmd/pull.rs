@@ -69,12 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         list(&registry, &args.models_dir);
         return Ok(());
     };
-    match pull(
-        &registry,
-        name,
-        &args.models_dir,
-        &HubOptions::from_env(),
-    )? {
+    match pull(&registry, name, &args.models_dir, &HubOptions::from_env())? {
         PullOutcome::NothingToPull(message) => println!("{message}"),
         PullOutcome::Pulled(record) => {
             let total: u64 = record.files.iter().map(|f| f.size).sum();

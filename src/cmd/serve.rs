@@ -263,17 +263,23 @@ pub fn build(s: &Settings) -> anyhow::Result<Built> {
         let hint = no_model_hint(s);
         tracing::warn!("{hint}");
         let backend: Arc<dyn ImageBackend> = Arc::new(NoModelBackend::new(hint));
-        return finish_build(s, store, tokens, signer, templates, backend, StyleModels::new())
-            .map(|state| Built { state, admin_token });
+        return finish_build(
+            s,
+            store,
+            tokens,
+            signer,
+            templates,
+            backend,
+            StyleModels::new(),
+        )
+        .map(|state| Built { state, admin_token });
     };
     let served: Vec<String> = specs.iter().map(|m| m.name.clone()).collect();
     let mut styles = StyleModels::from_registry(&registry, &served);
     // Defaults that finish on this device: the regeneration guide's on a GPU, cheaper on a CPU.
     let device = DeviceClass::from_spec(&s.device);
     for spec in &mut specs {
-        let entry_hires = registry
-            .get(&spec.name)
-            .and_then(|e| e.defaults.hires_fix);
+        let entry_hires = registry.get(&spec.name).and_then(|e| e.defaults.hires_fix);
         let (defaults, hires) = device_defaults(spec.defaults.clone(), entry_hires, device);
         spec.defaults = defaults;
         styles = styles.with_hires_fix(&spec.name, hires);
@@ -309,7 +315,9 @@ fn finish_build(
     let store: Arc<dyn CharacterStore> = Arc::new(store);
     let images = Arc::new(LocalImageStore::new(s.data_dir.join("media")));
     let portraits = PortraitService::new(store.clone(), images, backend.clone(), templates, styles);
-    portraits.speed().set_device(DeviceClass::from_spec(&s.device).as_str());
+    portraits
+        .speed()
+        .set_device(DeviceClass::from_spec(&s.device).as_str());
     let jobs = JobQueue::new(QueueConfig {
         max_queued: s.queue_depth,
         concurrency: s.concurrency,

@@ -19,10 +19,13 @@ mod templates;
 pub use backend::{FakeBackend, ImageBackend, NoModelBackend};
 pub use error::PortraitError;
 pub use estimate::{Estimate, SpeedBook};
-pub use image_store::{image_key, thumbnail_key, validate_key, ImageStore, ImageStoreError, LocalImageStore, MAX_KEY_LEN};
+pub use image_store::{
+    image_key, thumbnail_key, validate_key, ImageStore, ImageStoreError, LocalImageStore,
+    MAX_KEY_LEN,
+};
 pub use options::{
-    device_defaults, DeviceClass, GenerateOptions, Method, PortraitOutcome, PreparedPortrait, StyleModels,
-    DEFAULT_REGENERATE_STRENGTH, MAX_ADDITIONS_CHARS, MAX_REGENERATE_STRENGTH,
+    device_defaults, DeviceClass, GenerateOptions, Method, PortraitOutcome, PreparedPortrait,
+    StyleModels, DEFAULT_REGENERATE_STRENGTH, MAX_ADDITIONS_CHARS, MAX_REGENERATE_STRENGTH,
     MIN_REGENERATE_STRENGTH,
 };
 pub use prompt::build_prompt;

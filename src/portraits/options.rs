@@ -285,7 +285,10 @@ mod tests {
         // Portrait aspect kept (2:3 within rounding).
         let aspect = cpu.height as f64 / cpu.width as f64;
         assert!((aspect - 1.5).abs() < 0.02, "{cpu:?}");
-        assert_eq!((cpu.sampler, cpu.cfg_scale), (guide.sampler, guide.cfg_scale));
+        assert_eq!(
+            (cpu.sampler, cpu.cfg_scale),
+            (guide.sampler, guide.cfg_scale)
+        );
 
         // Cheap models keep their own defaults.
         let turbo = Defaults {
