@@ -163,6 +163,9 @@ pub struct ResolvedModel {
     pub entry: Option<ModelEntry>,
 }
 
+/// The repo's `weights.toml`, compiled in: the registry when no file is given or found.
+pub const EMBEDDED_WEIGHTS: &str = include_str!("../weights.toml");
+
 /// All models of a `weights.toml`.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
@@ -180,6 +183,12 @@ impl Registry {
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(Registry::parse(&text, &path.display().to_string())?.with_base_dir(base))
+    }
+
+    /// The registry compiled into the binary ([`EMBEDDED_WEIGHTS`]); relative source paths
+    /// (the test model's) stay relative to the working directory.
+    pub fn embedded() -> Result<Registry> {
+        Registry::parse(EMBEDDED_WEIGHTS, "the built-in weights.toml")
     }
 
     /// Parses registry text; relative source paths stay relative to the working directory

@@ -682,6 +682,119 @@ async fn a_full_queue_answers_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn the_estimate_is_unknown_until_a_job_ran_then_follows_the_work() {
+    let h = harness(Opts {
+        step_delay: Duration::from_millis(20),
+        ..Default::default()
+    });
+    let e = h.post("/api/portraits/estimate", json!({})).await;
+    assert_eq!(e.status, StatusCode::OK);
+    let e = e.json();
+    assert_eq!(e["seconds"], Value::Null, "{e}");
+    assert_eq!(e["measured_jobs"], 0, "{e}");
+    assert_eq!(e["sync_allowed"], true, "{e}");
+    // The settings a generation would use: the model's defaults (small()), the style's template.
+    assert_eq!(
+        (e["width"].as_u64(), e["height"].as_u64()),
+        (Some(64), Some(96)),
+        "{e}"
+    );
+    assert_eq!(e["steps"], 4, "{e}");
+    assert_eq!(e["model"], "fake-model", "{e}");
+    // Bad options are refused as a generation would refuse them.
+    let bad = h
+        .post("/api/portraits/estimate", json!({"width": 13}))
+        .await;
+    assert_error(
+        &bad,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_error",
+        Some("width"),
+    );
+
+    let id = h.character(None).await;
+    h.post(
+        &format!("/api/characters/{id}/portrait/generate"),
+        json!({"regenerate": true}),
+    )
+    .await;
+    let small = h
+        .post("/api/portraits/estimate", json!({"hires": false}))
+        .await
+        .json();
+    assert_eq!(small["measured_jobs"], 1, "{small}");
+    let secs = small["seconds"].as_f64().expect("an estimate after a job");
+    assert!(secs > 0.0, "{small}");
+    assert!(
+        small["text"].as_str().unwrap().starts_with("about "),
+        "{small}"
+    );
+    let big = h
+        .post(
+            "/api/portraits/estimate",
+            json!({"steps": 40, "width": 128, "height": 192, "hires": false}),
+        )
+        .await
+        .json();
+    let ratio =
+        big["megapixel_steps"].as_f64().unwrap() / small["megapixel_steps"].as_f64().unwrap();
+    assert!((ratio - 40.0).abs() < 1e-9, "{big} vs {small}");
+    assert!(big["seconds"].as_f64().unwrap() > secs, "{big} vs {small}");
+}
+
+#[tokio::test]
+async fn a_synchronous_request_estimated_far_past_the_timeout_is_refused_before_it_starts() {
+    let h = harness(Opts {
+        step_delay: Duration::from_millis(40),
+        timeout: Duration::from_secs(2),
+        ..Default::default()
+    });
+    let id = h.character(None).await;
+    let path = format!("/api/characters/{id}/portrait/generate");
+    // One measured job (4 steps), well within the timeout.
+    let r = h.post(&path, json!({"regenerate": true})).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let calls = h.backend.calls();
+    // 150 steps at the measured speed is far over twice the 2 s timeout.
+    let slow = json!({"regenerate": true, "steps": 150});
+    let est = h.post("/api/portraits/estimate", slow.clone()).await.json();
+    assert_eq!(est["sync_allowed"], false, "{est}");
+    let r = h.post(&path, slow.clone()).await;
+    assert_error(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "too_slow_for_sync",
+        Some("async"),
+    );
+    let msg = r.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("?async=true") && msg.contains("about "),
+        "{msg}"
+    );
+    assert_eq!(
+        h.backend.calls(),
+        calls,
+        "a refused request must not reach the engine"
+    );
+    // Asynchronously the same request is accepted (and can be cancelled).
+    let r = h.post(&format!("{path}?async=true"), slow).await;
+    assert_eq!(
+        r.status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let job = r.json()["job_id"].as_str().unwrap().to_string();
+    h.call(Method::DELETE, &format!("/api/jobs/{job}"), None, None)
+        .await;
+}
+
+#[tokio::test]
 async fn a_synchronous_generation_past_the_timeout_is_504_and_cancelled() {
     let h = harness(Opts {
         step_delay: Duration::from_millis(50),

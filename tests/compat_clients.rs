@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const INSTALL: &str = "python3 -m pip install -r tests/compat_clients/requirements.txt";
+/// The README's test command installs the clients (and everything else the tests need).
+const SCRIPT: &str = "./test.sh, which installs everything the tests need";
 
 /// Kills the server when the test ends, however it ends.
 struct Server {
@@ -28,10 +30,10 @@ fn require_python_packages() {
     let out = Command::new("python3")
         .args(["-c", "import webuiapi, openai, PIL, requests"])
         .output()
-        .unwrap_or_else(|e| panic!("python3 is required for the compat client tests ({e}); install python3 and run: {INSTALL}"));
+        .unwrap_or_else(|e| panic!("python3 is required for the compat client tests ({e}); install python3 and run: {INSTALL} (or {SCRIPT})"));
     assert!(
         out.status.success(),
-        "the compat client tests need webuiapi and openai from PyPI: run `{INSTALL}`\n{}",
+        "the compat client tests need webuiapi and openai from PyPI: run `{INSTALL}` (or {SCRIPT})\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -98,7 +98,7 @@ fn chromium() -> PathBuf {
     assert!(
         path.exists(),
         "Debian's chromium is missing ({}): install it with `apt-get install -y chromium` \
-         (.ci/run does), or set CHROMIUM_PATH",
+         (or run ./test.sh, which installs everything the tests need), or set CHROMIUM_PATH",
         path.display()
     );
     path
@@ -113,7 +113,7 @@ fn check_node_setup() {
     let pw = repo().join("tests/browser/node_modules/playwright-core/package.json");
     assert!(
         pw.exists(),
-        "playwright-core is not installed: run `npm ci --prefix tests/browser` (.ci/run does)"
+        "playwright-core is not installed: run `npm ci --prefix tests/browser` (or ./test.sh, which installs everything the tests need)"
     );
 }
 

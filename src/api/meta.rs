@@ -20,6 +20,8 @@ pub async fn health(State(state): State<AppState>) -> Response {
         EngineState::Loading => json!({"state": "loading"}),
         EngineState::Ready => json!({"state": "ready"}),
         EngineState::Failed(why) => json!({"state": "failed", "reason": why}),
+        // Characters, campaigns and the pages work; only painting waits for `limner pull`.
+        EngineState::NoModel(hint) => json!({"state": "no_model", "reason": hint}),
     };
     let s = state.clone();
     let db = blocking(move || {
@@ -169,6 +171,13 @@ pub async fn openapi() -> Json<Value> {
         "Generate a portrait (seed 000)",
         "portraits",
         vec![id.clone(), asyncq.clone()],
+    );
+    add(
+        "/api/portraits/estimate",
+        "post",
+        "What a portrait with these options would cost on this machine",
+        "portraits",
+        vec![],
     );
     add(
         "/api/characters/{id}/portrait",

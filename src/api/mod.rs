@@ -101,6 +101,7 @@ pub fn app(state: AppState) -> Router {
             post(portraits::generate),
         )
         .route("/api/characters/{id}/portrait", get(portraits::current))
+        .route("/api/portraits/estimate", post(portraits::estimate))
         .route(
             "/api/characters/{id}/regenerate-image",
             post(portraits::regenerate),

@@ -1,7 +1,10 @@
 //! Portrait endpoints: generate (seed 000), regenerate-image (seed 001), the current portrait,
 //! history and "make current". Generation is a job in the queue: synchronous by default (waits
 //! up to the request timeout, then the job is cancelled and the reply is 504), or `?async=true`
-//! for 202 + a job id to follow over Server-Sent Events.
+//! for 202 + a job id to follow over Server-Sent Events. A synchronous request whose estimate
+//! (from this machine's measured speed) is over twice the timeout is refused at once with 422
+//! `too_slow_for_sync` naming `?async=true`, instead of running into the 504. `POST
+//! /api/portraits/estimate` says what a portrait with given options will cost.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -142,6 +145,40 @@ fn regenerate_reply(
     })
 }
 
+/// A synchronous request estimated at more than this many times the timeout is refused before
+/// it starts: clearly too slow, not a borderline case that a noisy estimate could misjudge.
+const SYNC_REFUSAL_MARGIN: f64 = 2.0;
+
+/// The estimate's "about N s" wording, shared by the errors and the web UI's reading of it.
+fn about(seconds: f64) -> String {
+    format!("about {} s", seconds.round().max(1.0))
+}
+
+/// Refuses a synchronous job that would clearly outlast the timeout.
+fn check_sync_budget(state: &AppState, prepared: &PreparedPortrait) -> ApiResult<()> {
+    let Some(seconds) = state.portraits.estimate(prepared).seconds else {
+        return Ok(());
+    };
+    let limit = state.request_timeout.as_secs_f64();
+    if seconds <= limit * SYNC_REFUSAL_MARGIN {
+        return Ok(());
+    }
+    Err(ApiError {
+        field: Some("async".into()),
+        ..ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_slow_for_sync",
+            format!(
+                "this portrait would take {} on this machine (measured), more than the {} s a \
+                 synchronous request may wait: retry with ?async=true and follow the job, or \
+                 ask for fewer steps or a smaller size",
+                about(seconds),
+                limit.round()
+            ),
+        )
+    })
+}
+
 /// Queues a prepared portrait; the job's result is the final JSON reply.
 async fn run_job(
     state: &AppState,
@@ -151,6 +188,10 @@ async fn run_job(
     is_async: bool,
     reply: impl FnOnce(&AppState, &PortraitOutcome) -> Value + Send + 'static,
 ) -> ApiResult<Response> {
+    if !is_async {
+        check_sync_budget(state, &prepared)?;
+    }
+    let estimate = state.portraits.estimate(&prepared).seconds;
     let s = state.clone();
     let id = state
         .jobs
@@ -175,7 +216,56 @@ async fn run_job(
     let guard = state.jobs.guard(&id);
     let result = state.jobs.wait(id.as_str(), state.request_timeout).await;
     guard.disarm();
-    Ok(Json(result?).into_response())
+    match result {
+        Ok(v) => Ok(Json(v).into_response()),
+        Err(e @ crate::jobs::WaitError::Timeout { .. }) => {
+            let mut err = ApiError::from(e);
+            if let Some(s) = estimate {
+                err.message
+                    .push_str(&format!("; this portrait is estimated at {}", about(s)));
+            }
+            Err(err)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `POST /api/portraits/estimate`: what a portrait with these options (the generate body's)
+/// would cost here: the resolved model and settings, the estimated seconds (`null` until a job
+/// of that model has been measured), and whether a synchronous request would be accepted.
+pub async fn estimate(
+    State(state): State<AppState>,
+    Caller(_): Caller,
+    ApiJson(body): ApiJson<GenerateBody>,
+) -> ApiResult<Json<Value>> {
+    let s = state.clone();
+    let prepared = blocking(move || Ok(s.portraits.prepare_estimate(body.options)?)).await?;
+    let e = state.portraits.estimate(&prepared);
+    let limit = state.request_timeout.as_secs_f64();
+    let mut v = prepared.parameters().clone();
+    if let Value::Object(map) = &mut v {
+        map.remove("seed");
+        map.remove("method");
+        for (k, val) in [
+            ("device", json!(state.portraits.speed().device())),
+            ("seconds", json!(e.seconds)),
+            ("text", json!(e.seconds.map(about))),
+            (
+                "seconds_per_megapixel_step",
+                json!(e.seconds_per_megapixel_step),
+            ),
+            ("megapixel_steps", json!(e.megapixel_steps)),
+            ("measured_jobs", json!(e.measured_jobs)),
+            ("sync_timeout_s", json!(limit)),
+            (
+                "sync_allowed",
+                json!(e.seconds.is_none_or(|s| s <= limit * SYNC_REFUSAL_MARGIN)),
+            ),
+        ] {
+            map.insert(k.into(), val);
+        }
+    }
+    Ok(Json(v))
 }
 
 pub async fn generate(

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use limner::engine::device::{parse_dtype, select_device};
 use limner::engine::loading::model::{LoadOptions, ModelSource};
 use limner::engine::request::Defaults;
-use limner::registry::Registry;
 
 /// Model selection flags.
 #[derive(clap::Args, Clone)]
@@ -18,11 +17,12 @@ pub struct ModelArgs {
     /// For a single-file checkpoint: a diffusers folder describing its architecture.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// The model registry.
-    #[arg(long, env = "LIMNER_WEIGHTS", default_value = "weights.toml")]
-    pub weights: PathBuf,
+    /// The model registry (default: ./weights.toml, else DATA_DIR/weights.toml, else the
+    /// built-in one).
+    #[arg(long, env = "LIMNER_WEIGHTS")]
+    pub weights: Option<PathBuf>,
     /// Where `limner pull` puts weights.
-    #[arg(long, env = "LIMNER_MODELS_DIR", default_value = "models")]
+    #[arg(long, env = "LIMNER_MODELS_DIR", default_value_os_t = super::locations::default_models_dir())]
     pub models_dir: PathBuf,
     /// auto, cpu, cuda, cuda:N or metal.
     #[arg(long, env = "LIMNER_DEVICE", default_value = "auto")]
@@ -87,11 +87,7 @@ impl ModelArgs {
                 Defaults::default(),
             ));
         }
-        let registry = if self.weights.exists() {
-            Registry::load(&self.weights)?
-        } else {
-            Registry::default()
-        };
+        let registry = super::locations::registry_for(self.weights.as_deref())?;
         let resolved = registry.resolve(&self.model, &self.models_dir)?;
         let source = match resolved.source() {
             // --config applies to a checkpoint given by path.

@@ -4,6 +4,7 @@ pub mod backup;
 pub mod bench;
 pub mod common;
 pub mod generate;
+pub mod locations;
 pub mod migrate;
 pub mod pregen;
 pub mod profile;

@@ -14,7 +14,7 @@ pub struct Args {
     #[arg(long)]
     list: bool,
     /// Data directory; the database is `<data-dir>/limner.db`.
-    #[arg(long, env = "LIMNER_DATA_DIR", default_value = "data")]
+    #[arg(long, env = "LIMNER_DATA_DIR", default_value_os_t = super::locations::default_data_dir())]
     data_dir: PathBuf,
 }
 

@@ -18,25 +18,58 @@ use sha2::{Digest, Sha256};
 
 /// Arguments of `limner pull`.
 #[derive(clap::Args)]
+#[command(after_help = built_in_models())]
 pub struct Args {
     /// The model's name in weights.toml (e.g. dreamshaper-8, sd-turbo).
-    pub name: String,
-    /// The model registry to read.
-    #[arg(long, default_value = "weights.toml")]
-    pub weights: PathBuf,
-    /// Where models live; the model lands in MODELS_DIR/NAME/.
-    #[arg(long, default_value = "models")]
+    #[arg(required_unless_present = "list")]
+    pub name: Option<String>,
+    /// List the registry's models and whether each is pulled, instead of pulling.
+    #[arg(long)]
+    pub list: bool,
+    /// The model registry to read (default: ./weights.toml, else DATA_DIR/weights.toml, else
+    /// the built-in one).
+    #[arg(long, env = "LIMNER_WEIGHTS")]
+    pub weights: Option<PathBuf>,
+    /// Where models live; the model lands in MODELS_DIR/NAME/ (default: ./models in a
+    /// checkout, else DATA_DIR/models).
+    #[arg(long, env = "LIMNER_MODELS_DIR", default_value_os_t = super::locations::default_models_dir())]
     pub models_dir: PathBuf,
 }
 
+/// `limner pull --help`'s list of the names the built-in weights.toml knows.
+fn built_in_models() -> String {
+    let mut text = String::from("Models of the built-in weights.toml:\n");
+    if let Ok(registry) = Registry::embedded() {
+        for (name, entry) in registry.models() {
+            text.push_str(&format!("  {name:<20} {}\n", entry.description));
+        }
+    }
+    text
+}
+
+/// `limner pull --list`: one line per model, with whether its files are here.
+fn list(registry: &Registry, models_dir: &Path) {
+    for (name, entry) in registry.models() {
+        let here = match &entry.source {
+            ModelSource::Hub { .. } => registry
+                .local_dir(name, models_dir)
+                .join(PULLED_MARKER)
+                .is_file(),
+            ModelSource::Path { path } => registry.source_path(path).exists(),
+            ModelSource::File { file, .. } => registry.source_path(file).exists(),
+        };
+        let state = if here { "pulled" } else { "-" };
+        println!("{name:<20} {state:<7} {}", entry.description);
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let registry = Registry::load(&args.weights)?;
-    match pull(
-        &registry,
-        &args.name,
-        &args.models_dir,
-        &HubOptions::from_env(),
-    )? {
+    let registry = super::locations::registry_for(args.weights.as_deref())?;
+    let Some(name) = args.name.as_deref().filter(|_| !args.list) else {
+        list(&registry, &args.models_dir);
+        return Ok(());
+    };
+    match pull(&registry, name, &args.models_dir, &HubOptions::from_env())? {
         PullOutcome::NothingToPull(message) => println!("{message}"),
         PullOutcome::Pulled(record) => {
             let total: u64 = record.files.iter().map(|f| f.size).sum();

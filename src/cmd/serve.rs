@@ -15,9 +15,12 @@ use limner::characters::{CharacterStore, SqliteStore};
 use limner::engine::worker::{EngineConfig, EngineHandle, ModelSpec};
 use limner::jobs::{JobQueue, QueueConfig};
 use limner::portraits::{
-    ImageBackend, LocalImageStore, PortraitService, PortraitTemplates, StyleModels,
+    device_defaults, DeviceClass, ImageBackend, LocalImageStore, NoModelBackend, PortraitService,
+    StyleModels,
 };
 use limner::registry::Registry;
+
+use super::locations::{load_registry, load_templates, Lookup};
 
 /// Every server setting; `None` means "not given here" so sources can be layered.
 #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
@@ -28,7 +31,8 @@ pub struct ServeConfig {
     pub host: Option<String>,
     #[arg(long, env = "LIMNER_PORT")]
     pub port: Option<u16>,
-    /// Where the database and images live.
+    /// Where the database and images live (default: ./data in a checkout, else
+    /// $XDG_DATA_HOME/limner or ~/.local/share/limner).
     #[arg(long, env = "LIMNER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// The model used when a request names none (a weights.toml name or a path). Default: the
@@ -38,11 +42,15 @@ pub struct ServeConfig {
     /// More models to serve by name (comma-separated); default: every downloaded one.
     #[arg(long, env = "LIMNER_MODELS", value_delimiter = ',')]
     pub models: Option<Vec<String>>,
+    /// The model registry (default: ./weights.toml, else DATA_DIR/weights.toml, else the
+    /// built-in one).
     #[arg(long, env = "LIMNER_WEIGHTS")]
     pub weights: Option<PathBuf>,
+    /// Where pulled models live (default: ./models in a checkout, else DATA_DIR/models).
     #[arg(long, env = "LIMNER_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
-    /// Portrait templates, one TOML file per art style.
+    /// Portrait templates, one TOML file per art style (default: ./prompts, else
+    /// DATA_DIR/prompts, else the built-in ones).
     #[arg(long, env = "LIMNER_PROMPTS_DIR")]
     pub prompts_dir: Option<PathBuf>,
     /// auto, cpu, cuda, cuda:N, metal.
@@ -85,9 +93,11 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub model: Option<String>,
     pub models: Option<Vec<String>>,
-    pub weights: PathBuf,
+    /// `None`: the built-in `weights.toml`.
+    pub weights: Option<PathBuf>,
     pub models_dir: PathBuf,
-    pub prompts_dir: PathBuf,
+    /// `None`: the built-in templates.
+    pub prompts_dir: Option<PathBuf>,
     pub device: String,
     pub dtype: String,
     pub flash_attn: bool,
@@ -109,8 +119,8 @@ impl ServeConfig {
             .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))
     }
 
-    /// `self` (flags and environment) over `file` over defaults.
-    pub fn layer(self, file: ServeConfig) -> Settings {
+    /// `self` (flags and environment) over `file` over the defaults `lookup` finds.
+    pub fn layer(self, file: ServeConfig, lookup: &Lookup) -> Settings {
         macro_rules! pick {
             ($f:ident, $default:expr) => {
                 self.$f
@@ -119,15 +129,24 @@ impl ServeConfig {
                     .unwrap_or_else(|| $default)
             };
         }
+        let data_dir = pick!(data_dir, lookup.data_dir());
         Settings {
             host: pick!(host, "127.0.0.1".into()),
             port: pick!(port, 8000),
-            data_dir: pick!(data_dir, PathBuf::from("data")),
             model: self.model.clone().or(file.model.clone()),
             models: self.models.clone().or(file.models.clone()),
-            weights: pick!(weights, PathBuf::from("weights.toml")),
-            models_dir: pick!(models_dir, PathBuf::from("models")),
-            prompts_dir: pick!(prompts_dir, PathBuf::from("prompts")),
+            weights: self
+                .weights
+                .clone()
+                .or(file.weights.clone())
+                .or_else(|| lookup.weights(&data_dir)),
+            models_dir: pick!(models_dir, lookup.models_dir(&data_dir)),
+            prompts_dir: self
+                .prompts_dir
+                .clone()
+                .or(file.prompts_dir.clone())
+                .or_else(|| lookup.prompts_dir(&data_dir)),
+            data_dir,
             device: pick!(device, "auto".into()),
             dtype: pick!(dtype, "auto".into()),
             flash_attn: pick!(flash_attn, false),
@@ -143,13 +162,12 @@ impl ServeConfig {
 }
 
 /// Which models to serve: explicit names, else every model of weights.toml whose files are
-/// here; the default model first. Returns (default name, specs).
-fn model_specs(s: &Settings) -> anyhow::Result<(String, Vec<ModelSpec>)> {
-    let registry = if s.weights.exists() {
-        Registry::load(&s.weights)?
-    } else {
-        Registry::default()
-    };
+/// here; the default model first. Returns (default name, specs), or `None` when no model was
+/// named and none is pulled (the server then runs without one, see [`no_model_hint`]).
+fn model_specs(
+    s: &Settings,
+    registry: &Registry,
+) -> anyhow::Result<Option<(String, Vec<ModelSpec>)>> {
     let spec = |name: &str| -> anyhow::Result<ModelSpec> {
         let r = registry.resolve(name, &s.models_dir)?;
         Ok(ModelSpec {
@@ -192,16 +210,23 @@ fn model_specs(s: &Settings) -> anyhow::Result<(String, Vec<ModelSpec>)> {
                 .or(specs.first());
             match real {
                 Some(m) => m.name.clone(),
-                None => anyhow::bail!(
-                    "no model available: run `limner pull dreamshaper-8` (or pass --model PATH)"
-                ),
+                None => return Ok(None),
             }
         }
     };
     if default == "tiny-fixture" {
         tracing::warn!("serving the tiny random-weight test model (images are noise); run `limner pull dreamshaper-8` for portraits");
     }
-    Ok((default, specs))
+    Ok(Some((default, specs)))
+}
+
+/// What a server without any model says in `/health` and to every generation request.
+fn no_model_hint(s: &Settings) -> String {
+    format!(
+        "no model is installed (looked in {}): run `limner pull sd-turbo` (quick on a CPU) or \
+         `limner pull dreamshaper-8`, then restart `limner serve`; or pass --model PATH",
+        s.models_dir.display()
+    )
 }
 
 /// Everything `serve` builds before binding, also used by tests that start a real server.
@@ -232,15 +257,33 @@ pub fn build(s: &Settings) -> anyhow::Result<Built> {
         (Some(t), admin)
     };
     let signer = UrlSigner::load_or_create(&s.data_dir.join("secret.key"), s.media_url_ttl)?;
-    let templates = PortraitTemplates::load_dir(&s.prompts_dir)?;
-    let (default_model, specs) = model_specs(s)?;
-    let registry = if s.weights.exists() {
-        Registry::load(&s.weights)?
-    } else {
-        Registry::default()
+    let templates = load_templates(s.prompts_dir.as_deref())?;
+    let registry = load_registry(s.weights.as_deref())?;
+    let Some((default_model, mut specs)) = model_specs(s, &registry)? else {
+        let hint = no_model_hint(s);
+        tracing::warn!("{hint}");
+        let backend: Arc<dyn ImageBackend> = Arc::new(NoModelBackend::new(hint));
+        return finish_build(
+            s,
+            store,
+            tokens,
+            signer,
+            templates,
+            backend,
+            StyleModels::new(),
+        )
+        .map(|state| Built { state, admin_token });
     };
     let served: Vec<String> = specs.iter().map(|m| m.name.clone()).collect();
-    let styles = StyleModels::from_registry(&registry, &served);
+    let mut styles = StyleModels::from_registry(&registry, &served);
+    // Defaults that finish on this device: the regeneration guide's on a GPU, cheaper on a CPU.
+    let device = DeviceClass::from_spec(&s.device);
+    for spec in &mut specs {
+        let entry_hires = registry.get(&spec.name).and_then(|e| e.defaults.hires_fix);
+        let (defaults, hires) = device_defaults(spec.defaults.clone(), entry_hires, device);
+        spec.defaults = defaults;
+        styles = styles.with_hires_fix(&spec.name, hires);
+    }
     let engine = EngineHandle::spawn(EngineConfig {
         models: specs,
         default_model,
@@ -249,23 +292,38 @@ pub fn build(s: &Settings) -> anyhow::Result<Built> {
         use_flash_attn: s.flash_attn,
         max_memory: limner::engine::memory::resolve_limit(
             s.max_memory.as_deref(),
-            // "auto" means the CPU unless a GPU backend was compiled in.
-            s.device == "cpu"
-                || (s.device == "auto" && !cfg!(feature = "cuda") && !cfg!(feature = "metal")),
+            device == DeviceClass::Cpu,
         )
         .map_err(|e| anyhow::anyhow!(e))?,
         max_loaded: s.max_loaded,
     })?;
     let backend: Arc<dyn ImageBackend> = Arc::new(engine);
+    let state = finish_build(s, store, tokens, signer, templates, backend, styles)?;
+    Ok(Built { state, admin_token })
+}
+
+/// The part of [`build`] after the backend: media store, portrait service, queue, state.
+fn finish_build(
+    s: &Settings,
+    store: SqliteStore,
+    tokens: Option<TokenStore>,
+    signer: UrlSigner,
+    templates: limner::portraits::PortraitTemplates,
+    backend: Arc<dyn ImageBackend>,
+    styles: StyleModels,
+) -> anyhow::Result<AppState> {
     let store: Arc<dyn CharacterStore> = Arc::new(store);
     let images = Arc::new(LocalImageStore::new(s.data_dir.join("media")));
     let portraits = PortraitService::new(store.clone(), images, backend.clone(), templates, styles);
+    portraits
+        .speed()
+        .set_device(DeviceClass::from_spec(&s.device).as_str());
     let jobs = JobQueue::new(QueueConfig {
         max_queued: s.queue_depth,
         concurrency: s.concurrency,
         ..Default::default()
     })?;
-    let state = AppState::new(Inner {
+    Ok(AppState::new(Inner {
         store,
         portraits,
         backend,
@@ -273,8 +331,7 @@ pub fn build(s: &Settings) -> anyhow::Result<Built> {
         tokens,
         signer,
         request_timeout: s.request_timeout,
-    });
-    Ok(Built { state, admin_token })
+    }))
 }
 
 /// Binds and serves until SIGTERM / Ctrl-C, then stops accepting, lets running jobs finish for
@@ -356,7 +413,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => ServeConfig::from_file(path)?,
         None => ServeConfig::default(),
     };
-    let settings = args.settings.layer(file);
+    let settings = args.settings.layer(file, &Lookup::from_env());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("limner-http")

@@ -11,7 +11,7 @@ pub struct Args {
     #[command(subcommand)]
     pub command: TokenCommand,
     /// Where the database lives.
-    #[arg(long, env = "LIMNER_DATA_DIR", default_value = "data", global = true)]
+    #[arg(long, env = "LIMNER_DATA_DIR", default_value_os_t = super::locations::default_data_dir(), global = true)]
     pub data_dir: PathBuf,
 }
 

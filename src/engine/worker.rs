@@ -50,6 +50,8 @@ pub enum EngineState {
     Loading,
     Ready,
     Failed(String),
+    /// The server runs without any model (none pulled yet); the text says how to get one.
+    NoModel(String),
 }
 
 type Reply = Box<dyn FnOnce(Result<GenerationResult>) + Send>;

@@ -60,6 +60,46 @@ impl ImageBackend for EngineHandle {
     }
 }
 
+/// The backend of a server started without any model: it knows no model and answers every
+/// generation with `EngineError::Unavailable(hint)`, so requests still validate and the
+/// reply says how to get a model.
+pub struct NoModelBackend {
+    hint: String,
+}
+
+impl NoModelBackend {
+    pub fn new(hint: impl Into<String>) -> Self {
+        Self { hint: hint.into() }
+    }
+}
+
+impl ImageBackend for NoModelBackend {
+    fn generate(
+        &self,
+        _request: ValidRequest,
+        _progress: Box<dyn FnMut(Progress) + Send>,
+        _cancel: &CancelToken,
+    ) -> Result<GenerationResult, EngineError> {
+        Err(EngineError::Unavailable(self.hint.clone()))
+    }
+
+    fn defaults(&self, _model: Option<&str>) -> Result<Defaults, EngineError> {
+        Err(EngineError::Unavailable(self.hint.clone()))
+    }
+
+    fn state(&self) -> EngineState {
+        EngineState::NoModel(self.hint.clone())
+    }
+
+    fn model_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn default_model(&self) -> String {
+        String::new()
+    }
+}
+
 /// A fake engine: paints a deterministic pattern (from the seed, the prompt and, for img2img,
 /// the init image) at the size the real engine would produce. Counts its calls and remembers the
 /// last request so tests can check what was asked.
@@ -167,7 +207,7 @@ impl FakeBackend {
 
 /// Steps a pass runs: all of them for txt2img, `floor(steps * strength)` for img2img (the
 /// engine's rule, including its error when that is zero).
-fn pass_steps(steps: usize, strength: Option<f64>) -> Result<usize, EngineError> {
+pub(crate) fn pass_steps(steps: usize, strength: Option<f64>) -> Result<usize, EngineError> {
     match strength {
         None => Ok(steps),
         Some(s) => Ok(steps - img2img_start(steps, s)?),

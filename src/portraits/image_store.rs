@@ -162,6 +162,46 @@ impl ImageStore for LocalImageStore {
     }
 }
 
+/// Keeps a character id usable as one key segment (ids are UUIDs, but imported ones may not be).
+fn key_segment(id: &str) -> String {
+    let last = id.chars().count().saturating_sub(1);
+    let s: String = id
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            let inner_dot = c == '.' && i != 0 && i != last;
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || inner_dot {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() {
+        "_".into()
+    } else {
+        s
+    }
+}
+
+/// The image store key of a portrait file: `portraits/<character>/<file>.png`.
+pub fn image_key(character_id: &str, file_id: &str) -> String {
+    format!(
+        "portraits/{}/{}.png",
+        key_segment(character_id),
+        key_segment(file_id)
+    )
+}
+
+/// The key of its thumbnail: `portraits/<character>/<file>.thumb.png`.
+pub fn thumbnail_key(character_id: &str, file_id: &str) -> String {
+    format!(
+        "portraits/{}/{}.thumb.png",
+        key_segment(character_id),
+        key_segment(file_id)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

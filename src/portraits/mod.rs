@@ -9,6 +9,7 @@
 
 mod backend;
 mod error;
+mod estimate;
 mod image_store;
 mod legacy_files;
 mod options;
@@ -16,15 +17,19 @@ mod prompt;
 mod service;
 mod templates;
 
-pub use backend::{FakeBackend, ImageBackend};
+pub use backend::{FakeBackend, ImageBackend, NoModelBackend};
 pub use error::PortraitError;
-pub use image_store::{validate_key, ImageStore, ImageStoreError, LocalImageStore, MAX_KEY_LEN};
+pub use estimate::{Estimate, SpeedBook};
+pub use image_store::{
+    image_key, thumbnail_key, validate_key, ImageStore, ImageStoreError, LocalImageStore,
+    MAX_KEY_LEN,
+};
 pub use legacy_files::{MediaPortraitFiles, MAX_LEGACY_FILE_BYTES};
 pub use options::{
-    GenerateOptions, Method, PortraitOutcome, PreparedPortrait, StyleModels,
-    DEFAULT_REGENERATE_STRENGTH, MAX_ADDITIONS_CHARS, MAX_REGENERATE_STRENGTH,
+    device_defaults, DeviceClass, GenerateOptions, Method, PortraitOutcome, PreparedPortrait,
+    StyleModels, DEFAULT_REGENERATE_STRENGTH, MAX_ADDITIONS_CHARS, MAX_REGENERATE_STRENGTH,
     MIN_REGENERATE_STRENGTH,
 };
 pub use prompt::build_prompt;
-pub use service::{image_key, thumbnail_key, PortraitService, THUMBNAIL_SIDE};
+pub use service::{PortraitService, THUMBNAIL_SIDE};
 pub use templates::{PortraitTemplate, PortraitTemplates, TemplateError, DEFAULT_STYLE};

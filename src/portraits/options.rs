@@ -1,6 +1,7 @@
 //! The portrait service's inputs and outputs: per-request overrides ([`GenerateOptions`]), a
-//! validated job waiting to run ([`PreparedPortrait`]), the result ([`PortraitOutcome`]) and the
-//! art style -> model map ([`StyleModels`]) taken from `weights.toml`.
+//! validated job waiting to run ([`PreparedPortrait`]), the result ([`PortraitOutcome`]), the
+//! art style -> model map ([`StyleModels`]) taken from `weights.toml`, and the per-device
+//! defaults ([`device_defaults`]).
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::characters::PortraitRecord;
-use crate::engine::request::ValidRequest;
+use crate::engine::request::{Defaults, ValidRequest};
 use crate::registry::Registry;
 
 /// Seed 001's regeneration strength range and default (`denoisingStrength`).
@@ -17,6 +18,68 @@ pub const MAX_REGENERATE_STRENGTH: f64 = 0.9;
 pub const DEFAULT_REGENERATE_STRENGTH: f64 = 0.2;
 /// Longest `custom_prompt_additions` / `newPrompt`, in characters.
 pub const MAX_ADDITIONS_CHARS: usize = 1000;
+
+/// Where portraits are painted, for the defaults: what finishes in reasonable time differs by
+/// two orders of magnitude between a GPU and a CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceClass {
+    Cpu,
+    Gpu,
+}
+
+impl DeviceClass {
+    /// The class of a `--device` value: "cpu", or "auto" in a build without a GPU backend, is
+    /// the CPU; anything else a GPU.
+    pub fn from_spec(spec: &str) -> DeviceClass {
+        let spec = spec.trim().to_ascii_lowercase();
+        let gpu_built = cfg!(feature = "cuda") || cfg!(feature = "metal");
+        match spec.as_str() {
+            "cpu" => DeviceClass::Cpu,
+            "" | "auto" if !gpu_built => DeviceClass::Cpu,
+            _ => DeviceClass::Gpu,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceClass::Cpu => "cpu",
+            DeviceClass::Gpu => "gpu",
+        }
+    }
+}
+
+/// On a CPU, portraits default to at most this many pixels (512x512's), keeping the model's
+/// aspect ratio: an SD 1.5 step at 512x512 takes ~15 s on 2 cores, at 1024x1536 minutes.
+pub const CPU_MAX_PIXELS: usize = 512 * 512;
+/// ... and at most this many steps (Euler a converges well before the regeneration guide's 25).
+pub const CPU_MAX_STEPS: usize = 20;
+
+/// A model's portrait defaults on `device`: `model` (its `weights.toml` defaults over the
+/// regeneration guide's) and its hires-fix preference (default on) unchanged on a GPU; on a
+/// CPU no hires fix, at most [`CPU_MAX_STEPS`] steps and [`CPU_MAX_PIXELS`] pixels (so 512x768
+/// becomes 416x624). Models whose defaults are already that cheap (SD-Turbo's 512x512 in one
+/// step, the tiny test model) keep them. Explicit request values always win over these.
+pub fn device_defaults(
+    model: Defaults,
+    hires: Option<bool>,
+    device: DeviceClass,
+) -> (Defaults, bool) {
+    if device == DeviceClass::Gpu {
+        return (model, hires.unwrap_or(true));
+    }
+    let mut d = model;
+    d.steps = d.steps.min(CPU_MAX_STEPS);
+    let pixels = d.width * d.height;
+    if pixels > CPU_MAX_PIXELS {
+        let scale = (CPU_MAX_PIXELS as f64 / pixels as f64).sqrt();
+        // Multiples of 8 (the latent grid), rounded down so the area stays under the cap.
+        let side = |v: usize| (((v as f64 * scale) as usize) / 8 * 8).max(64);
+        d.width = side(d.width);
+        d.height = side(d.height);
+    }
+    (d, false)
+}
 
 /// Per-request overrides; `None` takes the model's defaults (`weights.toml`), which fall back to
 /// seed 001's (512x768, 25 steps, CFG 8, Euler a, hires fix x2 with the Latent upscaler at 0.4).
@@ -206,6 +269,53 @@ impl StyleModels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gpu_keeps_the_regeneration_guide_and_a_cpu_gets_defaults_that_finish() {
+        let guide = Defaults::default();
+        let (gpu, gpu_hires) = device_defaults(guide.clone(), None, DeviceClass::Gpu);
+        assert_eq!((gpu.clone(), gpu_hires), (guide.clone(), true));
+        assert_eq!((gpu.width, gpu.height, gpu.steps), (512, 768, 25));
+
+        let (cpu, cpu_hires) = device_defaults(guide.clone(), Some(true), DeviceClass::Cpu);
+        assert!(!cpu_hires);
+        assert!(cpu.width * cpu.height <= CPU_MAX_PIXELS, "{cpu:?}");
+        assert!(cpu.steps <= CPU_MAX_STEPS && cpu.steps < guide.steps);
+        assert_eq!(cpu.width % 8 + cpu.height % 8, 0);
+        // Portrait aspect kept (2:3 within rounding).
+        let aspect = cpu.height as f64 / cpu.width as f64;
+        assert!((aspect - 1.5).abs() < 0.02, "{cpu:?}");
+        assert_eq!(
+            (cpu.sampler, cpu.cfg_scale),
+            (guide.sampler, guide.cfg_scale)
+        );
+
+        // Cheap models keep their own defaults.
+        let turbo = Defaults {
+            sampler: "Euler a".into(),
+            steps: 1,
+            cfg_scale: 0.0,
+            width: 512,
+            height: 512,
+        };
+        assert_eq!(
+            device_defaults(turbo.clone(), Some(false), DeviceClass::Cpu),
+            (turbo, false)
+        );
+    }
+
+    #[test]
+    fn device_class_of_a_device_flag() {
+        assert_eq!(DeviceClass::from_spec("cpu"), DeviceClass::Cpu);
+        assert_eq!(DeviceClass::from_spec("CUDA:1"), DeviceClass::Gpu);
+        assert_eq!(DeviceClass::from_spec("metal"), DeviceClass::Gpu);
+        let auto = if cfg!(feature = "cuda") || cfg!(feature = "metal") {
+            DeviceClass::Gpu
+        } else {
+            DeviceClass::Cpu
+        };
+        assert_eq!(DeviceClass::from_spec("auto"), auto);
+    }
 
     #[test]
     fn style_models_from_the_repo_registry() {

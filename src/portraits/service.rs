@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 
 use super::backend::{expected_steps, ImageBackend};
 use super::error::PortraitError;
-use super::image_store::{ImageStore, ImageStoreError};
+use super::estimate::{passes, SpeedBook};
+use super::image_store::{image_key, thumbnail_key, ImageStore, ImageStoreError};
 use super::options::{
     GenerateOptions, Method, PortraitOutcome, PreparedPortrait, StyleModels,
     DEFAULT_REGENERATE_STRENGTH, MAX_ADDITIONS_CHARS, MAX_REGENERATE_STRENGTH,
@@ -35,54 +36,14 @@ pub const THUMBNAIL_SIDE: u32 = 256;
 const HIRES_SCALE: f64 = 2.0;
 const HIRES_STRENGTH: f64 = 0.4;
 
-/// Keeps a character id usable as one key segment (ids are UUIDs, but imported ones may not be).
-/// A `.` inside the id is kept (`npc.innkeeper`), never a first or last one: a key segment may
-/// not start with one, and some file systems drop a trailing one.
-fn key_segment(id: &str) -> String {
-    let last = id.chars().count().saturating_sub(1);
-    let s: String = id
-        .chars()
-        .enumerate()
-        .map(|(i, c)| {
-            let inner_dot = c == '.' && i != 0 && i != last;
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || inner_dot {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if s.is_empty() {
-        "_".into()
-    } else {
-        s
-    }
-}
-
-/// The image store key of a portrait file: `portraits/<character>/<file>.png`.
-pub fn image_key(character_id: &str, file_id: &str) -> String {
-    format!(
-        "portraits/{}/{}.png",
-        key_segment(character_id),
-        key_segment(file_id)
-    )
-}
-
-/// The key of its thumbnail: `portraits/<character>/<file>.thumb.png`.
-pub fn thumbnail_key(character_id: &str, file_id: &str) -> String {
-    format!(
-        "portraits/{}/{}.thumb.png",
-        key_segment(character_id),
-        key_segment(file_id)
-    )
-}
-
 struct Inner {
     store: Arc<dyn CharacterStore>,
     images: Arc<dyn ImageStore>,
     backend: Arc<dyn ImageBackend>,
     templates: PortraitTemplates,
     styles: StyleModels,
+    /// Measured speed per model, for estimates.
+    speed: Arc<SpeedBook>,
     /// One lock per character with a run writing right now, so two runs of the same character
     /// never interleave "read current, write files, record" (entries are dropped when unused).
     writing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -137,6 +98,7 @@ impl PortraitService {
                 backend,
                 templates,
                 styles,
+                speed: Arc::default(),
                 writing: Mutex::new(HashMap::new()),
             }),
         }
@@ -156,6 +118,11 @@ impl PortraitService {
 
     pub fn templates(&self) -> &PortraitTemplates {
         &self.inner.templates
+    }
+
+    /// The running speed measurements the estimates come from.
+    pub fn speed(&self) -> &Arc<SpeedBook> {
+        &self.inner.speed
     }
 
     /// The art styles requests may name.
@@ -238,16 +205,21 @@ impl PortraitService {
     }
 
     fn validate(&self, model: &str, req: GenerationRequest) -> Result<ValidRequest, PortraitError> {
-        let defaults = self
-            .inner
-            .backend
-            .defaults(Some(model))
-            .map_err(|e| match e {
-                EngineError::UnknownModel(m) => {
-                    PortraitError::validation("model", format!("unknown model {m:?}"))
-                }
-                other => other.into(),
-            })?;
+        let defaults = match self.inner.backend.defaults(Some(model)) {
+            Ok(d) => d,
+            Err(EngineError::UnknownModel(m)) => {
+                return Err(PortraitError::validation(
+                    "model",
+                    format!("unknown model {m:?}"),
+                ))
+            }
+            // No model to paint with (none pulled): bad input is still named first.
+            Err(unavailable @ EngineError::Unavailable(_)) => {
+                req.validate(&Default::default())?;
+                return Err(unavailable.into());
+            }
+            Err(other) => return Err(other.into()),
+        };
         Ok(req.validate(&defaults)?)
     }
 
@@ -310,22 +282,34 @@ impl PortraitService {
         character_id: &str,
         opts: GenerateOptions,
     ) -> Result<PreparedPortrait, PortraitError> {
+        let profile = self.inner.store.get_character(character_id)?;
+        self.prepare_txt2img(Some(&profile), opts)
+    }
+
+    /// [`Self::prepare_generate`] for `profile`, or for no character (estimates).
+    pub(super) fn prepare_txt2img(
+        &self,
+        profile: Option<&CharacterProfile>,
+        opts: GenerateOptions,
+    ) -> Result<PreparedPortrait, PortraitError> {
         check_text(
             "custom_prompt_additions",
             opts.custom_prompt_additions.as_deref(),
         )?;
         check_text("negative_prompt", opts.negative_prompt.as_deref())?;
-        let profile = self.inner.store.get_character(character_id)?;
         let style = non_empty(opts.art_style.as_deref()).unwrap_or(DEFAULT_STYLE);
         let template = self.inner.templates.get(style)?;
         let style = template.style.clone();
         let model = self.pick_model(opts.model.as_deref(), None, &style, template)?;
-        let (prompt, negative) = Self::prompts(
-            template,
-            &profile,
-            &[opts.custom_prompt_additions.as_deref()],
-            opts.negative_prompt.as_deref(),
-        );
+        let (prompt, negative) = match profile {
+            Some(profile) => Self::prompts(
+                template,
+                profile,
+                &[opts.custom_prompt_additions.as_deref()],
+                opts.negative_prompt.as_deref(),
+            ),
+            None => (template.render(""), template.negative_prompt.clone()),
+        };
         let hires = opts
             .hires
             .or(self.inner.styles.hires_fix(&model))
@@ -338,7 +322,8 @@ impl PortraitService {
             upscaler: "Latent".into(),
         });
         let request = self.validate(&model, req)?;
-        Self::prepared(&profile.id, request, Method::Txt2Img, style, model, None)
+        let id = profile.map_or("", |p| p.id.as_str());
+        Self::prepared(id, request, Method::Txt2Img, style, model, None)
     }
 
     /// Validates seed 001's regeneration: img2img from the character's current portrait with
@@ -466,7 +451,7 @@ impl PortraitService {
             request,
             method,
             art_style,
-            model: _,
+            model: resolved,
             prompt,
             negative_prompt,
             mut parameters,
@@ -474,7 +459,14 @@ impl PortraitService {
             ..
         } = prepared;
         let started = Instant::now();
-        let result = self.inner.backend.generate(request, progress, cancel)?;
+        let meter = self.inner.speed.meter(
+            &resolved,
+            passes(&request.job, request.init_image.is_some()),
+        );
+        let progress = meter.wrap(progress);
+        let result = self.inner.backend.generate(request, progress, cancel);
+        meter.finish(result.is_ok());
+        let result = result?;
         let generation_time_ms = started.elapsed().as_millis() as u64;
         let model = result.model;
         let image = result.images.into_iter().next().ok_or_else(|| {

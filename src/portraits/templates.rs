@@ -1,5 +1,6 @@
 //! Per-art-style prompt templates, loaded from `prompts/*.toml` at start (data, editable without
-//! recompiling). Each file names its style by its stem (`fantasy.toml` -> `fantasy`) and holds:
+//! recompiling); the repo's own files are also compiled in, so the binary works without them
+//! ([`PortraitTemplates::embedded`]). Each file names its style by its stem (`fantasy.toml` -> `fantasy`) and holds:
 //!
 //! - `template`: the portrait framing with a `{subject}` placeholder (the prompt built from the
 //!   profile, required) and an optional `{quality}` placeholder;
@@ -24,6 +25,16 @@ use super::prompt::join_parts;
 
 /// The style used when a request names none; its file (`default.toml`) must exist.
 pub const DEFAULT_STYLE: &str = "default";
+
+/// The repo's `prompts/*.toml`, compiled in: what `serve` uses when no templates folder is given
+/// or found. A unit test checks this list against the folder, so a new file cannot be forgotten.
+const EMBEDDED: &[(&str, &str)] = &[
+    ("anime", include_str!("../../prompts/anime.toml")),
+    ("cartoon", include_str!("../../prompts/cartoon.toml")),
+    ("default", include_str!("../../prompts/default.toml")),
+    ("fantasy", include_str!("../../prompts/fantasy.toml")),
+    ("realistic", include_str!("../../prompts/realistic.toml")),
+];
 
 /// A template directory that cannot be used.
 #[derive(Debug, Error)]
@@ -269,6 +280,18 @@ impl PortraitTemplates {
         Ok(Self { by_style })
     }
 
+    /// The templates compiled into the binary (the repo's `prompts/` folder at build time).
+    pub fn embedded() -> Result<Self, TemplateError> {
+        let templates = EMBEDDED
+            .iter()
+            .map(|(style, text)| {
+                let file = PathBuf::from(format!("(built-in) prompts/{style}.toml"));
+                PortraitTemplate::parse(style, &file, text)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::from_templates(templates))
+    }
+
     /// Builds the set from already parsed templates (tests, embedded defaults).
     pub fn from_templates(templates: impl IntoIterator<Item = PortraitTemplate>) -> Self {
         Self {
@@ -323,6 +346,20 @@ mod tests {
         let e = t.get("vaporwave").unwrap_err();
         assert_eq!(e.field(), Some("art_style"));
         assert!(e.to_string().contains("realistic"), "{e}");
+    }
+
+    #[test]
+    fn embedded_templates_are_the_repo_folder() {
+        let embedded = PortraitTemplates::embedded().unwrap();
+        let folder = PortraitTemplates::load_dir(&repo_prompts()).unwrap();
+        assert_eq!(embedded.styles(), folder.styles());
+        for style in folder.styles() {
+            let (a, b) = (embedded.get(style).unwrap(), folder.get(style).unwrap());
+            assert_eq!(a.template, b.template, "{style}");
+            assert_eq!(a.quality, b.quality, "{style}");
+            assert_eq!(a.negative_prompt, b.negative_prompt, "{style}");
+            assert_eq!(a.model, b.model, "{style}");
+        }
     }
 
     #[test]

@@ -137,6 +137,11 @@ try {
   await page.selectOption('#f-pose', 'Casting Spell');
   await page.selectOption('#art_style', 'fantasy');
 
+  step('the estimate near the button: unknown before any portrait was painted here');
+  await page.waitForFunction(() => document.getElementById('estimate').textContent.includes('Estimated time'));
+  check((await page.textContent('#estimate')).includes('known after the first portrait'),
+    `a fresh server has no measurement yet: ${await page.textContent('#estimate')}`);
+
   step('generate: the progress bar moves and the portrait loads');
   await page.evaluate(() => {
     window.__progress = [];
@@ -166,6 +171,12 @@ try {
   const firstId = await page.getAttribute('#portrait', 'data-portrait-id');
   check(saved.current_portrait_id === firstId, 'the page shows a different portrait than the current one');
   check(await page.textContent('#generate') === 'Regenerate', 'Generate should become Regenerate');
+
+  step('after a portrait, the estimate comes from the measured speed');
+  await page.waitForFunction(() => /Estimated time: about \d+ s/.test(document.getElementById('estimate').textContent));
+  const measured = (await apiCall('POST', '/api/portraits/estimate', { art_style: 'fantasy' })).body;
+  check(measured.measured_jobs >= 1 && measured.seconds > 0, `no measurement after a portrait: ${JSON.stringify(measured)}`);
+  check((await page.textContent('#estimate')).includes(measured.text), `the page does not show the API's ${measured.text}`);
 
   step('editing a field marks the portrait out of date');
   check(!(await page.isVisible('#stale')), 'out-of-date notice shown before any edit');

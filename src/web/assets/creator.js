@@ -241,6 +241,24 @@ function updateStale() {
     : '';
 }
 
+/** Shows what a portrait in the chosen style costs here, from the server's measured speed. */
+async function updateEstimate() {
+  const out = $('estimate');
+  const body = {};
+  const style = $('art_style').value;
+  if (style) body.art_style = style;
+  try {
+    const e = await api.post('/api/portraits/estimate', body);
+    const scale = e.hires ? e.hr_scale : 1;
+    const what = `${Math.round(e.width * scale)}x${Math.round(e.height * scale)}, ${e.steps} steps${e.hires ? ', hires fix' : ''}, on this ${e.device}`;
+    out.textContent = e.text
+      ? `Estimated time: ${e.text} (${what}).`
+      : `Estimated time: known after the first portrait on this machine (${what}).`;
+  } catch (e) {
+    out.textContent = `No time estimate: ${messageOf(e)}`;
+  }
+}
+
 /** Submits a job, follows it to the end and shows the outcome. */
 async function runJob(submit, doneText) {
   setBusy(true);
@@ -293,6 +311,8 @@ async function runJob(submit, doneText) {
   setBusy(false);
   if (wasCancel) $('generate').focus();
   updateStale();
+  // Every job that ran a step refines the measurement.
+  updateEstimate();
 }
 
 async function generate() {
@@ -394,6 +414,7 @@ function wire() {
   });
   $('character-form').addEventListener('change', updateStale);
   $('generate').addEventListener('click', generate);
+  $('art_style').addEventListener('change', updateEstimate);
   $('make-variation').addEventListener('click', variation);
   $('cancel').addEventListener('click', async () => {
     if (!state.jobId) return;
@@ -435,6 +456,7 @@ async function main() {
   if (id) await attempt('the character', loadCharacter(id));
   else renderHistory([]);
   if (problems.length) $('start-status').textContent = `Could not load ${problems.join('; ')}`;
+  await updateEstimate();
   document.body.dataset.ready = 'true';
 }
 
