@@ -106,7 +106,10 @@ fn bundled_tokenizer_equals_the_repository_layouts() {
     let merges = std::fs::read(fixture_dir().join("merges.txt")).unwrap();
     for (variant, pad) in [
         ("sd15", limner::engine::text::PadToken::EndOfText),
-        ("sd2_pad_bang", limner::engine::text::PadToken::Token("!".into())),
+        (
+            "sd2_pad_bang",
+            limner::engine::text::PadToken::Token("!".into()),
+        ),
     ] {
         let tok = ClipTokenizer::from_bytes(&vocab, &merges, pad).unwrap();
         let v = fixture["variants"]

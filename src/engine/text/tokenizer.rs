@@ -83,14 +83,25 @@ impl ClipTokenizer {
             &merges_txt.display().to_string(),
         )?;
         let source = vocab_json.display().to_string();
-        Self::build(vocab, merges, &TokenSettings::clip_defaults(pad.content()), &source)
+        Self::build(
+            vocab,
+            merges,
+            &TokenSettings::clip_defaults(pad.content()),
+            &source,
+        )
     }
 
     /// Builds a tokenizer from the bytes of `vocab.json` and `merges.txt`, so a default
     /// tokenizer can be embedded in the binary.
     pub fn from_bytes(vocab_json: &[u8], merges_txt: &[u8], pad: PadToken) -> Result<Self> {
-        let (vocab, merges) = parse_vocab_merges(vocab_json, "vocab.json", merges_txt, "merges.txt")?;
-        Self::build(vocab, merges, &TokenSettings::clip_defaults(pad.content()), "vocab.json")
+        let (vocab, merges) =
+            parse_vocab_merges(vocab_json, "vocab.json", merges_txt, "merges.txt")?;
+        Self::build(
+            vocab,
+            merges,
+            &TokenSettings::clip_defaults(pad.content()),
+            "vocab.json",
+        )
     }
 
     /// Loads the tokenizer of a model folder as transformers does: the vocabulary and merges
@@ -149,9 +160,12 @@ impl ClipTokenizer {
         let mut inner = Tokenizer::new(bpe);
         let normalizer = normalizers::Sequence::new(vec![
             NFC.into(),
-            Replace::new(normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ")
-                .map_err(lib)?
-                .into(),
+            Replace::new(
+                normalizers::replace::ReplacePattern::Regex(r"\s+".into()),
+                " ",
+            )
+            .map_err(lib)?
+            .into(),
             Lowercase.into(),
         ]);
         inner.with_normalizer(Some(normalizer)).map_err(lib)?;
@@ -171,7 +185,10 @@ impl ClipTokenizer {
         let id = |key: &str, default: &str| {
             let token = settings.named(key).unwrap_or(default);
             inner.token_to_id(token).ok_or_else(|| {
-                model_err(source, format!("special token {token:?} is not in the vocabulary"))
+                model_err(
+                    source,
+                    format!("special token {token:?} is not in the vocabulary"),
+                )
             })
         };
         Ok(Self {
@@ -290,7 +307,10 @@ fn read_tokenizer_json(path: &Path) -> Result<(Vocab, Merges)> {
         .ok_or_else(|| model_err(&name, "no \"model\" object"))?;
     if let Some(kind) = model.get("type").and_then(Value::as_str) {
         if kind != "BPE" {
-            return Err(model_err(&name, format!("model.type is {kind:?}, expected \"BPE\"")));
+            return Err(model_err(
+                &name,
+                format!("model.type is {kind:?}, expected \"BPE\""),
+            ));
         }
     }
     let vocab = match model.get("vocab") {
@@ -325,7 +345,10 @@ fn read_tokenizer_json(path: &Path) -> Result<(Vocab, Merges)> {
             _ => None,
         };
         merges.push(pair.ok_or_else(|| {
-            model_err(&name, format!("model.merges[{i}] is neither \"a b\" nor [a, b]"))
+            model_err(
+                &name,
+                format!("model.merges[{i}] is neither \"a b\" nor [a, b]"),
+            )
         })?);
     }
     Ok((vocab, merges))

@@ -101,7 +101,10 @@ impl TokenSettings {
                 .ok_or_else(|| model_err(&name, "added_tokens_decoder is not an object"))?;
             for (id, token) in decoder {
                 let id = id.parse::<u32>().map_err(|_| {
-                    model_err(&name, format!("added_tokens_decoder key {id:?} is not an id"))
+                    model_err(
+                        &name,
+                        format!("added_tokens_decoder key {id:?} is not an id"),
+                    )
                 })?;
                 let token = parse_added(token).ok_or_else(|| {
                     model_err(&name, format!("added_tokens_decoder[{id}] is not a token"))
@@ -114,7 +117,11 @@ impl TokenSettings {
         }
         // A named token that is also a declared added token takes that token's flags.
         for (_, value) in settings.named.iter_mut() {
-            if let Some(t) = by_content.iter().rev().find(|t| t.content == value.content()) {
+            if let Some(t) = by_content
+                .iter()
+                .rev()
+                .find(|t| t.content == value.content())
+            {
                 *value = TokenValue::Token(t.clone());
             }
         }
@@ -145,7 +152,10 @@ impl TokenSettings {
                 .collect();
             for (content, id) in &added {
                 let id = as_id(id).ok_or_else(|| {
-                    model_err(&path.display().to_string(), format!("{content:?} has no id"))
+                    model_err(
+                        &path.display().to_string(),
+                        format!("{content:?} has no id"),
+                    )
                 })?;
                 let token = AddedToken::from(content.clone(), specials.contains(content));
                 by_content.push(token.clone());
