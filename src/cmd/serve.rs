@@ -12,7 +12,6 @@ use serde::Deserialize;
 use limner::api::{self, AppState, Inner};
 use limner::auth::{is_loopback_bind, TokenStore, UrlSigner};
 use limner::characters::{CharacterStore, SqliteStore};
-use limner::engine::loading::model_hash::HashCache;
 use limner::engine::worker::{EngineConfig, EngineHandle, ModelSpec};
 use limner::jobs::{JobQueue, QueueConfig};
 use limner::portraits::{
@@ -242,25 +241,26 @@ pub fn build(s: &Settings) -> anyhow::Result<Built> {
     };
     let served: Vec<String> = specs.iter().map(|m| m.name.clone()).collect();
     let styles = StyleModels::from_registry(&registry, &served);
-    let hashes = Arc::new(HashCache::open(&s.data_dir));
-    let engine = EngineHandle::spawn_with_hashes(
-        EngineConfig {
-            models: specs,
-            default_model,
-            device: s.device.clone(),
-            dtype: s.dtype.clone(),
-            use_flash_attn: s.flash_attn,
-            max_memory: limner::engine::memory::resolve_limit(
-                s.max_memory.as_deref(),
-                // "auto" means the CPU unless a GPU backend was compiled in.
-                s.device == "cpu"
-                    || (s.device == "auto" && !cfg!(feature = "cuda") && !cfg!(feature = "metal")),
-            )
-            .map_err(|e| anyhow::anyhow!(e))?,
-            max_loaded: s.max_loaded,
-        },
-        hashes,
-    )?;
+    let config = EngineConfig {
+        models: specs,
+        default_model,
+        device: s.device.clone(),
+        dtype: s.dtype.clone(),
+        use_flash_attn: s.flash_attn,
+        max_memory: limner::engine::memory::resolve_limit(
+            s.max_memory.as_deref(),
+            // "auto" means the CPU unless a GPU backend was compiled in.
+            s.device == "cpu"
+                || (s.device == "auto" && !cfg!(feature = "cuda") && !cfg!(feature = "metal")),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?,
+        max_loaded: s.max_loaded,
+    };
+    // Model hashes (A1111's `[hash]` titles) are cached in the data dir, computed in the background.
+    let hashes = Arc::new(limner::engine::loading::model_hash::HashCache::open(
+        &s.data_dir,
+    ));
+    let engine = EngineHandle::spawn_with_hashes(config, hashes)?;
     let backend: Arc<dyn ImageBackend> = Arc::new(engine);
     let store: Arc<dyn CharacterStore> = Arc::new(store);
     let images = Arc::new(LocalImageStore::new(s.data_dir.join("media")));
