@@ -168,10 +168,10 @@ fn a_restart_reads_the_hash_cache_and_a_changed_file_is_hashed_again() {
     let cache_path = data.join(CACHE_FILE);
     let mut cache: Value = serde_json::from_slice(&std::fs::read(&cache_path).unwrap()).unwrap();
     let key = std::fs::canonicalize(&weights).unwrap();
-    let stored = &mut cache["files"][key.to_str().unwrap()];
-    assert_eq!(stored["sha256"], sha256_hex(&weights), "{cache}");
+    let key = key.to_str().unwrap();
+    assert_eq!(cache["files"][key]["sha256"], sha256_hex(&weights), "{cache}");
     let planted = "abcdef0123".repeat(6) + "abcd";
-    stored["sha256"] = json!(planted);
+    cache["files"][key]["sha256"] = json!(planted);
     std::fs::write(&cache_path, serde_json::to_vec(&cache).unwrap()).unwrap();
 
     let server = Server::start_no_auth(&data, &args);
@@ -190,5 +190,5 @@ fn a_restart_reads_the_hash_cache_and_a_changed_file_is_hashed_again() {
     assert_hashed_as(entry(&models, "tiny-copy"), &fresh);
     server.stop();
     let cache: Value = serde_json::from_slice(&std::fs::read(&cache_path).unwrap()).unwrap();
-    assert_eq!(cache["files"][key.to_str().unwrap()]["sha256"], fresh.as_str());
+    assert_eq!(cache["files"][key]["sha256"], fresh.as_str());
 }
