@@ -104,7 +104,11 @@ fn titles_carry_the_file_hash_and_models_are_chosen_by_hash_or_title() {
     let server = Server::start_no_auth(&data, &["--models", copy.to_str().unwrap()]);
     let c = server.client();
     let models = models_when_hashed(&c);
-    let fixture_sha = sha256_hex(&repo_root().join("tests/fixtures/tiny-sd15/model").join(UNET));
+    let fixture_sha = sha256_hex(
+        &repo_root()
+            .join("tests/fixtures/tiny-sd15/model")
+            .join(UNET),
+    );
     let copy_sha = sha256_hex(&copy.join(UNET));
     assert_ne!(fixture_sha, copy_sha);
     assert_hashed_as(entry(&models, "tiny-fixture"), &fixture_sha);
@@ -121,8 +125,11 @@ fn titles_carry_the_file_hash_and_models_are_chosen_by_hash_or_title() {
         (fixture_title.clone(), &fixture_title),
         (json!(copy_sha), &copy_title),
     ] {
-        c.post("/sdapi/v1/options", &json!({ "sd_model_checkpoint": wanted }))
-            .expect(200);
+        c.post(
+            "/sdapi/v1/options",
+            &json!({ "sd_model_checkpoint": wanted }),
+        )
+        .expect(200);
         let options = c.get("/sdapi/v1/options").expect(200).json;
         assert_eq!(&options["sd_model_checkpoint"], title, "after {wanted}");
     }
@@ -169,7 +176,11 @@ fn a_restart_reads_the_hash_cache_and_a_changed_file_is_hashed_again() {
     let mut cache: Value = serde_json::from_slice(&std::fs::read(&cache_path).unwrap()).unwrap();
     let key = std::fs::canonicalize(&weights).unwrap();
     let key = key.to_str().unwrap();
-    assert_eq!(cache["files"][key]["sha256"], sha256_hex(&weights), "{cache}");
+    assert_eq!(
+        cache["files"][key]["sha256"],
+        sha256_hex(&weights),
+        "{cache}"
+    );
     let planted = "abcdef0123".repeat(6) + "abcd";
     cache["files"][key]["sha256"] = json!(planted);
     std::fs::write(&cache_path, serde_json::to_vec(&cache).unwrap()).unwrap();

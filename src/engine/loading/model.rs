@@ -1,7 +1,7 @@
 //! Loading a whole Stable Diffusion pipeline (tokenizer, text encoder, UNet, VAE, scheduler
 //! config) from a diffusers folder or a single-file checkpoint, once, onto one device.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -155,7 +155,8 @@ fn weight_files(dir: &Path, variant: Option<&str>) -> Result<Vec<PathBuf>> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| EngineError::Model(format!("cannot read {}: {e}", dir.display())))?;
     let mut plain = vec![];
-    let mut variants: HashMap<String, Vec<PathBuf>> = HashMap::new();
+    // Ordered, so a folder of variants only always picks the same one (and keeps one hash).
+    let mut variants: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     let mut pickles = vec![];
     for entry in entries.flatten() {
         let path = entry.path();

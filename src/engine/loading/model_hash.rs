@@ -346,6 +346,37 @@ mod tests {
     }
 
     #[test]
+    fn a_folder_is_hashed_by_its_plain_unet_file_whatever_dtype_loads() {
+        use crate::engine::loading::model::{hashed_file, ModelSource};
+        let dir = tempfile::tempdir().unwrap();
+        let unet = dir.path().join("unet");
+        std::fs::create_dir_all(&unet).unwrap();
+        let source = ModelSource::Folder(dir.path().to_path_buf());
+        for v in ["fp16", "bf16"] {
+            std::fs::write(
+                unet.join(format!("diffusion_pytorch_model.{v}.safetensors")),
+                v,
+            )
+            .unwrap();
+        }
+        // Variants only: always the same one.
+        let only_variants = unet.join("diffusion_pytorch_model.bf16.safetensors");
+        for _ in 0..8 {
+            assert_eq!(hashed_file(&source).as_ref(), Some(&only_variants));
+        }
+        let plain = unet.join("diffusion_pytorch_model.safetensors");
+        std::fs::write(&plain, "f32").unwrap();
+        assert_eq!(hashed_file(&source), Some(plain));
+        let file = dir.path().join("x.safetensors");
+        let single = ModelSource::SingleFile {
+            file: file.clone(),
+            config: None,
+        };
+        assert_eq!(hashed_file(&single), Some(file));
+        assert_eq!(hashed_file(&ModelSource::Random("sd15".into())), None);
+    }
+
+    #[test]
     fn the_background_worker_fills_the_cache() {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("m.safetensors");
