@@ -6,6 +6,8 @@
 
 #[path = "common/server.rs"]
 mod server;
+#[path = "common/fs.rs"]
+mod test_fs;
 
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{json, Value};
 use server::{repo_root, Client, Server, PATIENCE};
 use sha2::{Digest, Sha256};
+use test_fs::copy_dir;
 
 const UNET: &str = "unet/diffusion_pytorch_model.safetensors";
 const CACHE_FILE: &str = "model-hashes.json";
@@ -23,19 +26,6 @@ fn sha256_hex(path: &Path) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// Flips one mantissa bit of the last weights (the file stays a valid safetensors of the same
