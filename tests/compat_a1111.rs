@@ -310,7 +310,11 @@ async fn bad_input_is_a_422_in_a1111_shape() {
         (json!({"steps": "many"}), json!(["body", "steps"])),
         (json!({"cfg_scale": 99}), json!(["body", "cfg_scale"])),
         (json!({"n_iter": 0}), json!(["body", "n_iter"])),
-        (json!({"sampler_name": "Bogus"}), json!(["body", "sampler"])),
+        // A1111's request field names, never the engine's ("sampler").
+        (
+            json!({"sampler_name": "Bogus"}),
+            json!(["body", "sampler_name"]),
+        ),
         (
             json!({"override_settings": {"sd_model_checkpoint": "nope"}}),
             json!(["body", "override_settings", "sd_model_checkpoint"]),

@@ -2,6 +2,9 @@
 //! strengths, cancellation, and bad input that must become clear errors while the engine thread
 //! keeps serving.
 
+#[path = "common/fs.rs"]
+mod test_fs;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -12,6 +15,7 @@ use limner::engine::pipeline::CancelToken;
 use limner::engine::request::{Defaults, GenerationRequest, HiresRequest};
 use limner::engine::worker::{EngineConfig, EngineHandle, EngineState, ModelSpec};
 use limner::engine::EngineError;
+use test_fs::copy_dir;
 
 fn fixture_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15/model")
@@ -297,19 +301,6 @@ fn unknown_model_is_an_error_and_the_engine_survives() {
         "{err}"
     );
     assert!(run(&e, request(1)).is_ok());
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 fn load_error(source: ModelSource) -> String {

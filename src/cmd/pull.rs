@@ -3,7 +3,8 @@
 //! resumable, shared with Python tools), are hard-linked or copied into the model folder with
 //! the repo's relative paths, and are checked (non-empty, JSON parses, safetensors headers
 //! parse and match the file size, sha256 where weights.toml pins one) before
-//! `.limner-pulled.json` marks the folder complete.
+//! `.limner-pulled.json` marks the folder complete. The weights' sha256 go into the data
+//! directory's model hash cache, so the server shows A1111 model hashes without re-reading them.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -12,9 +13,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Repo, RepoType};
+use limner::engine::loading::model_hash::{sha256_file, HashCache};
 use limner::registry::{ModelSource, Registry, PULLED_MARKER};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 /// Arguments of `limner pull`.
 #[derive(clap::Args)]
@@ -34,6 +35,10 @@ pub struct Args {
     /// checkout, else DATA_DIR/models).
     #[arg(long, env = "LIMNER_MODELS_DIR", default_value_os_t = super::locations::default_models_dir())]
     pub models_dir: PathBuf,
+    /// The server's data directory: the hashes computed while checking the weights are
+    /// cached there, so `limner serve` need not read multi-GB files again.
+    #[arg(long, env = "LIMNER_DATA_DIR", default_value_os_t = super::locations::default_data_dir())]
+    pub data_dir: PathBuf,
 }
 
 /// `limner pull --help`'s list of the names the built-in weights.toml knows.
@@ -69,7 +74,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         list(&registry, &args.models_dir);
         return Ok(());
     };
-    match pull(&registry, name, &args.models_dir, &HubOptions::from_env())? {
+    match pull(
+        &registry,
+        name,
+        &args.models_dir,
+        &HubOptions {
+            hash_cache: Some(args.data_dir.clone()),
+            ..HubOptions::from_env()
+        },
+    )? {
         PullOutcome::NothingToPull(message) => println!("{message}"),
         PullOutcome::Pulled(record) => {
             let total: u64 = record.files.iter().map(|f| f.size).sum();
@@ -94,6 +107,8 @@ pub(crate) struct HubOptions {
     pub cache_dir: Option<PathBuf>,
     pub token: Option<String>,
     pub progress: bool,
+    /// The data directory whose model hash cache learns the pulled weights' hashes.
+    pub hash_cache: Option<PathBuf>,
 }
 
 impl HubOptions {
@@ -192,6 +207,7 @@ pub(crate) fn pull(
         revision.clone(),
     ));
 
+    let hashes = opts.hash_cache.as_deref().map(HashCache::open);
     let mut commit = None;
     let mut records = Vec::with_capacity(files.len());
     for file in files {
@@ -208,6 +224,9 @@ pub(crate) fn pull(
             entry.sha256.get(file).map(String::as_str),
         )
         .with_context(|| format!("model '{name}': {file}"))?;
+        if let (Some(hashes), true) = (&hashes, file.ends_with(".safetensors")) {
+            hashes.record(&dest.join(file), &record.sha256);
+        }
         if opts.progress {
             eprintln!("  ok  {file} ({} bytes)", record.size);
         }
@@ -325,7 +344,7 @@ fn verify_file(
         check_safetensors(path, size)
             .with_context(|| format!("{file} is not a valid safetensors file"))?;
     }
-    let sha256 = sha256_file(path)?;
+    let sha256 = sha256_file(path).with_context(|| format!("hashing {file}"))?;
     if let Some(want) = expected_sha256 {
         if !sha256.eq_ignore_ascii_case(want) {
             bail!("{file} has sha256 {sha256}, but weights.toml expects {want}");
@@ -376,24 +395,6 @@ fn check_safetensors(path: &Path, size: u64) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let mut f = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

@@ -284,7 +284,7 @@ pub fn build(s: &Settings) -> anyhow::Result<Built> {
         spec.defaults = defaults;
         styles = styles.with_hires_fix(&spec.name, hires);
     }
-    let engine = EngineHandle::spawn(EngineConfig {
+    let config = EngineConfig {
         models: specs,
         default_model,
         device: s.device.clone(),
@@ -296,7 +296,12 @@ pub fn build(s: &Settings) -> anyhow::Result<Built> {
         )
         .map_err(|e| anyhow::anyhow!(e))?,
         max_loaded: s.max_loaded,
-    })?;
+    };
+    // Model hashes (A1111's `[hash]` titles) are cached in the data dir, computed in the background.
+    let hashes = Arc::new(limner::engine::loading::model_hash::HashCache::open(
+        &s.data_dir,
+    ));
+    let engine = EngineHandle::spawn_with_hashes(config, hashes)?;
     let backend: Arc<dyn ImageBackend> = Arc::new(engine);
     let state = finish_build(s, store, tokens, signer, templates, backend, styles)?;
     Ok(Built { state, admin_token })

@@ -222,6 +222,8 @@ impl StableDiffusion {
             guidance,
         )?;
 
+        // Interrupted in the first pass: A1111 skips the hires pass and returns what it has.
+        let second = second.filter(|_| !cancel.is_interrupted());
         if let Some((mut s2, start, factor)) = second {
             let th = ((h as f64 * factor).round() as usize).max(1);
             let tw = ((w as f64 * factor).round() as usize).max(1);
@@ -338,23 +340,19 @@ impl Ctx<'_> {
             d
         };
         for (i, &t) in timesteps.iter().enumerate().skip(start) {
+            // An interrupt (A1111) keeps the latents of the last finished step, as A1111's
+            // samplers return their last latent; a cancel drops everything.
+            if self.cancel.is_interrupted() {
+                return Ok(latents);
+            }
             if self.cancel.is_cancelled() {
                 return Err(EngineError::Cancelled);
             }
             let began = Instant::now();
             let x = sampler.scale_model_input(&latents, i)?;
-            let eps = if guidance {
-                let both = Tensor::cat(&[&x, &x], 0)?;
-                let out = self
-                    .model
-                    .unet_forward_cancellable(&both, t, context, self.cancel)?;
-                let b = latents.dim(0)?;
-                let u = out.narrow(0, 0, b)?;
-                let c = out.narrow(0, b, b)?;
-                (&u + ((c - &u)? * cfg)?)?
-            } else {
-                self.model
-                    .unet_forward_cancellable(&x, t, context, self.cancel)?
+            let eps = match self.predict(&x, t, context, cfg, guidance) {
+                Err(EngineError::Cancelled) if self.cancel.is_interrupted() => return Ok(latents),
+                other => other?,
             };
             self.timings.unet_ms_total += ms(began);
             self.timings.unet_steps += 1;
@@ -372,6 +370,30 @@ impl Ctx<'_> {
             });
         }
         Ok(latents)
+    }
+
+    /// The guided noise prediction for one step.
+    fn predict(
+        &self,
+        x: &Tensor,
+        t: f64,
+        context: &Tensor,
+        cfg: f64,
+        guidance: bool,
+    ) -> Result<Tensor> {
+        if !guidance {
+            return self
+                .model
+                .unet_forward_cancellable(x, t, context, self.cancel);
+        }
+        let both = Tensor::cat(&[x, x], 0)?;
+        let out = self
+            .model
+            .unet_forward_cancellable(&both, t, context, self.cancel)?;
+        let b = x.dim(0)?;
+        let u = out.narrow(0, 0, b)?;
+        let c = out.narrow(0, b, b)?;
+        Ok((&u + ((c - &u)? * cfg)?)?)
     }
 }
 

@@ -12,7 +12,10 @@ use candle_core::Device;
 
 use super::device::{parse_dtype, select_device};
 use super::error::{EngineError, Result};
-use super::loading::model::{default_vae_tile, LoadOptions, ModelSource, StableDiffusion};
+use super::loading::model::{
+    default_vae_tile, hashed_file, LoadOptions, ModelSource, StableDiffusion,
+};
+use super::loading::model_hash::{HashCache, ModelHash};
 use super::noise::{NoiseSource, SeededNoise};
 use super::pipeline::{from_rgb_image, to_rgb_images, CancelToken, Progress};
 use super::request::{Defaults, GeneratedImage, GenerationResult, ValidRequest};
@@ -73,12 +76,20 @@ pub struct EngineHandle {
     state: Arc<(Mutex<EngineState>, Condvar)>,
     models: Arc<Vec<ModelSpec>>,
     default_model: String,
+    hashes: Arc<HashCache>,
 }
 
 impl EngineHandle {
     /// Starts the engine thread; it selects the device and loads the default model in the
-    /// background. Use [`EngineHandle::wait_ready`] to block until that is done.
+    /// background. Use [`EngineHandle::wait_ready`] to block until that is done. Model hashes
+    /// are kept in memory only; see [`EngineHandle::spawn_with_hashes`].
     pub fn spawn(config: EngineConfig) -> Result<Self> {
+        Self::spawn_with_hashes(config, Arc::new(HashCache::in_memory()))
+    }
+
+    /// [`EngineHandle::spawn`] with a model hash cache (the data directory's): every served
+    /// model not in it yet is hashed on a background thread.
+    pub fn spawn_with_hashes(config: EngineConfig, hashes: Arc<HashCache>) -> Result<Self> {
         if !config.models.iter().any(|m| m.name == config.default_model) {
             return Err(EngineError::UnknownModel(config.default_model));
         }
@@ -89,11 +100,15 @@ impl EngineHandle {
             state: state.clone(),
             models: Arc::new(config.models.clone()),
             default_model: config.default_model.clone(),
+            hashes: hashes.clone(),
         };
         thread::Builder::new()
             .name("limner-engine".into())
-            .spawn(move || engine_main(config, rx, state))
+            .spawn(move || engine_main(config, rx, state, hashes))
             .map_err(EngineError::Io)?;
+        for spec in handle.models.iter() {
+            handle.model_hash(&spec.name);
+        }
         Ok(handle)
     }
 
@@ -124,6 +139,13 @@ impl EngineHandle {
 
     pub fn models(&self) -> &[ModelSpec] {
         &self.models
+    }
+
+    /// The hash of a served model's weight file if it is known; never waits for one (a file
+    /// not hashed yet, or changed since, is queued for the background hasher).
+    pub fn model_hash(&self, name: &str) -> Option<ModelHash> {
+        let spec = self.models.iter().find(|m| m.name == name)?;
+        self.hashes.cached_or_schedule(&hashed_file(&spec.source)?)
     }
 
     /// The model used when a request names none.
@@ -186,6 +208,7 @@ fn set_state(state: &(Mutex<EngineState>, Condvar), new: EngineState) {
 struct Loaded {
     models: Vec<(String, StableDiffusion)>,
     max: usize,
+    hashes: Arc<HashCache>,
 }
 
 impl Loaded {
@@ -200,7 +223,8 @@ impl Loaded {
             }
             let mut opts = opts.clone();
             opts.prediction_type = spec.prediction_type.clone();
-            let model = StableDiffusion::load(&spec.name, &spec.source, &opts)?;
+            let model =
+                StableDiffusion::load_with_hashes(&spec.name, &spec.source, &opts, &self.hashes)?;
             self.models.push((spec.name.clone(), model));
         }
         Ok(&self.models[self.models.len() - 1].1)
@@ -211,6 +235,7 @@ fn engine_main(
     config: EngineConfig,
     rx: mpsc::Receiver<Command>,
     state: Arc<(Mutex<EngineState>, Condvar)>,
+    hashes: Arc<HashCache>,
 ) {
     let opts = match load_options(&config) {
         Ok(o) => o,
@@ -232,6 +257,7 @@ fn engine_main(
     let mut loaded = Loaded {
         models: Vec::new(),
         max: config.max_loaded,
+        hashes,
     };
     let first = catch_unwind(AssertUnwindSafe(|| {
         loaded.get(&specs[&config.default_model], &opts).map(|_| ())

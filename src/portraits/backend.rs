@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use image::{Rgb, RgbImage};
 
+use crate::engine::loading::model_hash::ModelHash;
 use crate::engine::pipeline::{CancelToken, Job, Progress, Timings};
 use crate::engine::request::{Defaults, GeneratedImage, GenerationResult, ValidRequest};
 use crate::engine::samplers::img2img_start;
@@ -31,6 +32,9 @@ pub trait ImageBackend: Send + Sync + 'static {
     fn state(&self) -> EngineState;
     fn model_names(&self) -> Vec<String>;
     fn default_model(&self) -> String;
+    /// The hash of `model`'s weight file (A1111's `sha256` / `shorthash`) if it is known
+    /// already; never waits for one to be computed.
+    fn model_hash(&self, model: &str) -> Option<ModelHash>;
 }
 
 impl ImageBackend for EngineHandle {
@@ -57,6 +61,10 @@ impl ImageBackend for EngineHandle {
 
     fn default_model(&self) -> String {
         EngineHandle::default_model(self).to_string()
+    }
+
+    fn model_hash(&self, model: &str) -> Option<ModelHash> {
+        EngineHandle::model_hash(self, model)
     }
 }
 
@@ -98,6 +106,10 @@ impl ImageBackend for NoModelBackend {
     fn default_model(&self) -> String {
         String::new()
     }
+
+    fn model_hash(&self, _model: &str) -> Option<ModelHash> {
+        None
+    }
 }
 
 /// A fake engine: paints a deterministic pattern (from the seed, the prompt and, for img2img,
@@ -105,6 +117,8 @@ impl ImageBackend for NoModelBackend {
 /// last request so tests can check what was asked.
 pub struct FakeBackend {
     models: Vec<(String, Defaults)>,
+    /// Model name -> hash, for the models given one.
+    hashes: Vec<(String, ModelHash)>,
     default_model: String,
     step_delay: Duration,
     failure: Mutex<Option<String>>,
@@ -125,6 +139,7 @@ impl FakeBackend {
     pub fn new() -> Self {
         Self {
             models: vec![("fake-model".into(), Defaults::default())],
+            hashes: Vec::new(),
             default_model: "fake-model".into(),
             step_delay: Duration::ZERO,
             failure: Mutex::new(None),
@@ -159,6 +174,19 @@ impl FakeBackend {
     pub fn with_model(mut self, name: &str, defaults: Defaults) -> Self {
         self.models.retain(|(n, _)| n != name);
         self.models.push((name.to_string(), defaults));
+        self
+    }
+
+    /// Gives `name` a weight-file hash (full lowercase hex), as the engine knows one once the
+    /// file is hashed.
+    pub fn with_model_hash(mut self, name: &str, sha256: &str) -> Self {
+        self.hashes.retain(|(n, _)| n != name);
+        self.hashes.push((
+            name.to_string(),
+            ModelHash {
+                sha256: sha256.to_ascii_lowercase(),
+            },
+        ));
         self
     }
 
@@ -324,7 +352,9 @@ impl ImageBackend for FakeBackend {
                     .as_ref()
                     .map(|i| (i, job.denoising_strength));
                 let pixels = paint(mix(prompt_key ^ mix(seed)), w, h, init);
-                GeneratedImage::encode(pixels, &request, job, seed, &model, None)
+                let hash = self.model_hash(&model);
+                let short = hash.as_ref().map(ModelHash::short);
+                GeneratedImage::encode(pixels, &request, job, seed, &model, short)
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
         self.completed.fetch_add(1, Ordering::SeqCst);
@@ -356,6 +386,13 @@ impl ImageBackend for FakeBackend {
 
     fn default_model(&self) -> String {
         self.default_model.clone()
+    }
+
+    fn model_hash(&self, model: &str) -> Option<ModelHash> {
+        self.hashes
+            .iter()
+            .find(|(n, _)| n == model)
+            .map(|(_, h)| h.clone())
     }
 }
 

@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use super::a1111::pick_model;
 use super::errors::A1111Error;
 use super::run::visible_jobs;
-use super::{from_body, image_bytes, CompatState};
+use super::{from_body, image_bytes, model_title, CompatState};
 use crate::api::auth::Caller;
 use crate::api::blocking;
 use crate::api::error::ApiError;
@@ -179,34 +179,46 @@ pub(crate) async fn schedulers(caller: Result<Caller, ApiError>) -> A1111Result 
     Ok(Json(Value::Array(list)))
 }
 
-/// Our models under A1111's keys. We know no file hashes here, so `hash` and `sha256` are null
-/// and `title` is the plain name (A1111's is `file [hash]`).
+/// Our models under A1111's keys. `hash` (A1111's 10-digit `shorthash`) and `sha256` are those
+/// of the model's weight file, hashed once in the background and cached in the data directory:
+/// until that is done they are null and `title` is the bare name, afterwards `name [hash]`.
 pub(crate) async fn sd_models(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
 ) -> A1111Result {
     caller?;
-    let list: Vec<Value> = state
-        .backend
+    let backend = &*state.backend;
+    let list: Vec<Value> = backend
         .model_names()
         .into_iter()
         .map(|name| {
-            json!({"title": name, "model_name": name, "hash": null, "sha256": null,
-                   "filename": name, "config": null})
+            let hash = backend.model_hash(&name);
+            json!({
+                "title": model_title(backend, &name),
+                "model_name": name,
+                "hash": hash.as_ref().map(|h| h.short()),
+                "sha256": hash.as_ref().map(|h| h.sha256.as_str()),
+                "filename": name,
+                "config": null,
+            })
         })
         .collect();
     Ok(Json(Value::Array(list)))
 }
 
+/// `sd_model_checkpoint` is the caller's default model's title, as `sd-models` lists it, and
+/// `sd_checkpoint_hash` its full sha256 (null until hashed).
 pub(crate) async fn get_options(
     State(state): State<AppState>,
     Extension(compat): Extension<Arc<CompatState>>,
     caller: Result<Caller, ApiError>,
 ) -> A1111Result {
     let Caller(caller) = caller?;
+    let backend = &*state.backend;
+    let model = compat.default_model(backend, &caller.user);
     Ok(Json(json!({
-        "sd_model_checkpoint": compat.default_model(&*state.backend, &caller.user),
-        "sd_checkpoint_hash": null,
+        "sd_model_checkpoint": model_title(backend, &model),
+        "sd_checkpoint_hash": backend.model_hash(&model).map(|h| h.sha256),
         "CLIP_stop_at_last_layers": 1,
         "samples_format": "png",
         "eta_noise_seed_delta": 0,
@@ -217,8 +229,8 @@ pub(crate) async fn get_options(
     })))
 }
 
-/// `POST /sdapi/v1/options`: `sd_model_checkpoint` (any name `sd-models` lists, or the file
-/// name) becomes the caller's default model; other options are accepted and ignored.
+/// `POST /sdapi/v1/options`: `sd_model_checkpoint` (a title or name `sd-models` lists, a file
+/// name, or a model hash) becomes the caller's default model; other options are accepted and ignored.
 pub(crate) async fn set_options(
     State(state): State<AppState>,
     Extension(compat): Extension<Arc<CompatState>>,

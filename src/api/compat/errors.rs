@@ -40,10 +40,26 @@ fn with_headers(e: &ApiError, mut resp: Response, auth_scheme: &'static str) -> 
     resp
 }
 
+/// The A1111 request field an engine field comes from: errors must name the field the client
+/// sent (`sampler_name`, not our `sampler`). Fields A1111 spells as we do pass through.
+fn a1111_field(field: &str) -> &str {
+    // Qualified engine paths ("init_image (width)") keep only the A1111 key.
+    let head = field.split(['.', '[', ' ']).next().unwrap_or(field);
+    match head {
+        "sampler" => "sampler_name",
+        "init_image" => "init_images",
+        "seeds" => "seed",
+        "clip_skip" => "override_settings.CLIP_stop_at_last_layers",
+        "model" => "override_settings.sd_model_checkpoint",
+        _ => field,
+    }
+}
+
 /// FastAPI's `loc` for a field path such as `override_settings.sd_model_checkpoint` or
 /// `init_images[0]`.
 fn loc(field: &str) -> Value {
     let mut parts = vec![json!("body")];
+    let field = a1111_field(field);
     for segment in field.split('.').filter(|s| !s.is_empty()) {
         let (name, index) = match segment.split_once('[') {
             Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<u64>().ok()),
@@ -180,6 +196,20 @@ mod tests {
             a1111_body(&e)["detail"][0]["loc"],
             json!(["body", "hr_scale"])
         );
+        // Engine field names become the A1111 request fields the client sent.
+        for (engine, a1111) in [
+            ("sampler", json!(["body", "sampler_name"])),
+            ("init_image", json!(["body", "init_images"])),
+            (
+                "clip_skip",
+                json!(["body", "override_settings", "CLIP_stop_at_last_layers"]),
+            ),
+            ("scheduler", json!(["body", "scheduler"])),
+            ("steps", json!(["body", "steps"])),
+        ] {
+            let b = a1111_body(&ApiError::validation(engine, "bad"));
+            assert_eq!(b["detail"][0]["loc"], a1111, "{engine}");
+        }
         let e = ApiError::not_found("job");
         let b = a1111_body(&e);
         assert_eq!(b["detail"], "job not found");

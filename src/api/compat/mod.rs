@@ -108,15 +108,27 @@ pub(crate) fn routes() -> Router<AppState> {
         .layer(Extension(compat))
 }
 
-/// Finds a served model by any name a client may use for it: its name, any case, an A1111
-/// title (`name [hash]`) or a file name (`name.safetensors`).
+/// A1111's title of a served model: `name [shorthash]` once its file is hashed (the hash is
+/// computed in the background; until then the title is the bare name).
+pub(crate) fn model_title(backend: &dyn ImageBackend, name: &str) -> String {
+    match backend.model_hash(name) {
+        Some(h) => format!("{name} [{}]", h.short()),
+        None => name.to_string(),
+    }
+}
+
+/// Finds a served model by any name a client may use for it, as A1111's
+/// `get_closet_checkpoint_match` does: its name, any case, an A1111 title (`name [hash]`), a
+/// file name (`name.safetensors`), or its hash (the 10-digit short hash or the full sha256).
 pub(crate) fn resolve_model(backend: &dyn ImageBackend, wanted: &str) -> Option<String> {
     let known = backend.model_names();
     let mut name = wanted.trim();
     // "model.safetensors [879db523c3]" -> "model.safetensors"
+    let mut bracketed = None;
     if let Some((head, tail)) = name.rsplit_once(" [") {
-        if tail.ends_with(']') {
+        if let Some(hash) = tail.strip_suffix(']') {
             name = head.trim();
+            bracketed = Some(hash.trim());
         }
     }
     let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
@@ -124,12 +136,25 @@ pub(crate) fn resolve_model(backend: &dyn ImageBackend, wanted: &str) -> Option<
         .iter()
         .find_map(|ext| base.strip_suffix(ext))
         .unwrap_or(base);
-    [name, base, stem].iter().find_map(|candidate| {
+    let by_name = [name, base, stem].iter().find_map(|candidate| {
         known
             .iter()
             .find(|k| k.as_str() == *candidate)
             .or_else(|| known.iter().find(|k| k.eq_ignore_ascii_case(candidate)))
             .cloned()
+    });
+    by_name.or_else(|| {
+        // A bare hash, or a title whose name part is not ours but whose hash is.
+        let hash = bracketed.unwrap_or(name).to_ascii_lowercase();
+        let is_hash = matches!(hash.len(), 10 | 64) && hash.bytes().all(|b| b.is_ascii_hexdigit());
+        if !is_hash {
+            return None;
+        }
+        known.into_iter().find(|k| {
+            backend
+                .model_hash(k)
+                .is_some_and(|h| h.short() == hash || h.sha256 == hash)
+        })
     })
 }
 
@@ -243,6 +268,33 @@ mod tests {
             Some("Dream-8")
         );
         assert_eq!(resolve_model(&b, "sdxl"), None);
+    }
+
+    #[test]
+    fn models_resolve_by_hash_and_titles_carry_it() {
+        let sha = "879db523c30d3b9017143d56705015e15a2cb5628762c11d086fed9538abd7fd";
+        let b = FakeBackend::new()
+            .with_model("dream", Defaults::default())
+            .with_model_hash("dream", sha);
+        assert_eq!(model_title(&b, "dream"), "dream [879db523c3]");
+        // Not hashed yet: the bare name.
+        assert_eq!(model_title(&b, "fake-model"), "fake-model");
+        for wanted in [
+            "879db523c3",
+            "879DB523C3",
+            sha,
+            "dream [879db523c3]",
+            "renamed.safetensors [879db523c3]",
+        ] {
+            assert_eq!(
+                resolve_model(&b, wanted).as_deref(),
+                Some("dream"),
+                "{wanted}"
+            );
+        }
+        for wanted in ["879db523c4", "879db523", "renamed [0000000000]"] {
+            assert_eq!(resolve_model(&b, wanted), None, "{wanted}");
+        }
     }
 
     #[test]

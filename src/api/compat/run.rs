@@ -1,6 +1,7 @@
 //! Runs one compat generation as a job of the shared queue: `n_iter` engine calls of one batch
 //! each (A1111's "batch count"), progress over all of them, A1111's interrupt (stop, keep what is
-//! done) and skip (drop the current batch, go on), and the client's disconnect (cancel).
+//! done: the batch being painted stops denoising and is decoded from its current latents, as
+//! A1111 returns what it has) and skip (drop the current batch, go on), and the client's disconnect (cancel).
 //!
 //! The images travel back to the waiting handler through a slot, not through the job's result:
 //! the queue keeps finished results for an hour for polling, and base64 images would make that
@@ -35,6 +36,8 @@ pub(crate) struct ActiveJob {
     pub timestamp: String,
     interrupted: AtomicBool,
     skip: AtomicBool,
+    /// The token of the batch being painted, so an interrupt reaches the engine at once.
+    batch: Mutex<Option<CancelToken>>,
 }
 
 impl ActiveJob {
@@ -44,6 +47,9 @@ impl ActiveJob {
 
     pub(crate) fn interrupt(&self) {
         self.interrupted.store(true, Ordering::SeqCst);
+        if let Some(batch) = &*self.batch.lock().unwrap_or_else(PoisonError::into_inner) {
+            batch.interrupt();
+        }
     }
 
     pub(crate) fn skip(&self) {
@@ -120,6 +126,7 @@ pub(crate) async fn run(
         timestamp: chrono::Utc::now().format("%Y%m%d%H%M%S").to_string(),
         interrupted: AtomicBool::new(false),
         skip: AtomicBool::new(false),
+        batch: Mutex::new(None),
     });
     let slot: Arc<Mutex<Option<Painted>>> = Arc::new(Mutex::new(None));
 
@@ -152,6 +159,12 @@ pub(crate) async fn run(
                 // The engine watches this batch's own token, so a skip stops only this batch;
                 // the progress callback (once per step) forwards every reason to stop to it.
                 let batch_cancel = CancelToken::new();
+                *flags.batch.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(batch_cancel.clone());
+                if flags.is_interrupted() {
+                    painted.interrupted = true;
+                    break;
+                }
                 let progress = {
                     let ctx = ctx.clone();
                     let flags = flags.clone();
@@ -159,11 +172,10 @@ pub(crate) async fn run(
                     let batch_cancel = batch_cancel.clone();
                     Box::new(move |p: Progress| {
                         ctx.progress(k * p.total + p.step, n_iter * p.total);
-                        if job_cancel.is_cancelled()
-                            || flags.is_interrupted()
-                            || flags.skip.swap(false, Ordering::SeqCst)
-                        {
+                        if job_cancel.is_cancelled() || flags.skip.swap(false, Ordering::SeqCst) {
                             batch_cancel.cancel();
+                        } else if flags.is_interrupted() {
+                            batch_cancel.interrupt();
                         }
                     })
                 };
@@ -171,6 +183,10 @@ pub(crate) async fn run(
                     Ok(result) => {
                         painted.model = result.model;
                         painted.images.extend(result.images);
+                        if flags.is_interrupted() {
+                            painted.interrupted = true;
+                            break;
+                        }
                     }
                     Err(EngineError::Cancelled) if !job_cancel.is_cancelled() => {
                         if flags.is_interrupted() {

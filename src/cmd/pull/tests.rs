@@ -2,6 +2,7 @@
 //! fake hub on loopback that speaks just enough of the hub protocol for hf-hub.
 
 use super::*;
+use sha2::{Digest, Sha256};
 
 fn repo_registry() -> Registry {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -16,6 +17,7 @@ fn offline() -> (tempfile::TempDir, HubOptions) {
         cache_dir: Some(dir.path().join("hf-cache")),
         token: None,
         progress: false,
+        hash_cache: None,
     };
     (dir, opts)
 }
@@ -254,11 +256,21 @@ fn pulls_from_a_hub_into_the_model_folder() {
     let registry = fake_registry(&index_sha);
     let (dir, mut opts) = offline();
     opts.endpoint = Some(fake_hub(files.clone()));
+    let data = dir.path().join("data");
+    opts.hash_cache = Some(data.clone());
     let models = dir.path().join("models");
     let PullOutcome::Pulled(record) = pull(&registry, "tiny-hub", &models, &opts).unwrap() else {
         panic!("hub model not pulled")
     };
     let dest = models.join("tiny-hub");
+    // The weights' hashes are in the data directory's cache, for the server's model list.
+    let unet_sha: String = Sha256::digest(&files[2].1)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let cached =
+        HashCache::open(&data).cached(&dest.join("unet/diffusion_pytorch_model.safetensors"));
+    assert_eq!(cached.map(|h| h.sha256), Some(unet_sha));
     for (name, bytes) in &files {
         assert_eq!(&std::fs::read(dest.join(name)).unwrap(), bytes, "{name}");
     }

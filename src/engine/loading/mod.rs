@@ -4,4 +4,5 @@
 
 pub mod checkpoint;
 pub mod model;
+pub mod model_hash;
 mod weights;

@@ -1,7 +1,7 @@
 //! Loading a whole Stable Diffusion pipeline (tokenizer, text encoder, UNet, VAE, scheduler
 //! config) from a diffusers folder or a single-file checkpoint, once, onto one device.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::checkpoint::{self, Architecture, UNetLayout};
+use super::model_hash::HashCache;
 use super::weights::{RandomWeights, WeightBytes};
 use crate::engine::config::{read_json, ClipConfig, UNetConfig, VaeConfig};
 use crate::engine::error::{EngineError, Result};
@@ -154,7 +155,8 @@ fn weight_files(dir: &Path, variant: Option<&str>) -> Result<Vec<PathBuf>> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| EngineError::Model(format!("cannot read {}: {e}", dir.display())))?;
     let mut plain = vec![];
-    let mut variants: HashMap<String, Vec<PathBuf>> = HashMap::new();
+    // Ordered, so a folder of variants only always picks the same one (and keeps one hash).
+    let mut variants: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     let mut pickles = vec![];
     for entry in entries.flatten() {
         let path = entry.path();
@@ -219,25 +221,17 @@ fn with_context<T>(what: &str, r: candle_core::Result<T>) -> Result<T> {
     r.map_err(|e| EngineError::Model(format!("{what}: {e}")))
 }
 
-fn short_hash(path: &Path) -> Option<String> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).ok()?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
+/// The file whose SHA-256 is the model's hash: the checkpoint itself, or for a diffusers folder
+/// the first UNet weight file (the plain one, whatever dtype loads, so a model keeps one hash).
+/// `None` for random weights.
+pub fn hashed_file(source: &ModelSource) -> Option<PathBuf> {
+    match source {
+        ModelSource::Folder(dir) => weight_files(&dir.join("unet"), None)
+            .ok()
+            .and_then(|files| files.into_iter().next()),
+        ModelSource::SingleFile { file, .. } => Some(file.clone()),
+        ModelSource::Random(_) => None,
     }
-    let hex: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Some(hex[..10].to_string())
 }
 
 fn default_variant(opts: &LoadOptions) -> Option<&str> {
@@ -250,8 +244,19 @@ fn default_variant(opts: &LoadOptions) -> Option<&str> {
 }
 
 impl StableDiffusion {
-    /// Loads every component. Errors name the file or tensor at fault.
+    /// Loads every component. Errors name the file or tensor at fault. The model hash is
+    /// computed without a persistent cache; the server uses [`StableDiffusion::load_with_hashes`].
     pub fn load(name: &str, source: &ModelSource, opts: &LoadOptions) -> Result<Self> {
+        Self::load_with_hashes(name, source, opts, &HashCache::in_memory())
+    }
+
+    /// [`StableDiffusion::load`], taking the model hash from `hashes` (hashing it there if new).
+    pub fn load_with_hashes(
+        name: &str,
+        source: &ModelSource,
+        opts: &LoadOptions,
+        hashes: &HashCache,
+    ) -> Result<Self> {
         let started = Instant::now();
         let mut model = match source {
             ModelSource::Folder(dir) => Self::load_folder(name, dir, opts)?,
@@ -263,6 +268,13 @@ impl StableDiffusion {
         if let Some(p) = &opts.prediction_type {
             model.scheduler.prediction_type = p.clone();
         }
+        model.hash = hashed_file(source).and_then(|file| match hashes.hash(&file) {
+            Ok(h) => Some(h.short().to_string()),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "cannot hash the model");
+                None
+            }
+        });
         model.load_seconds = started.elapsed().as_secs_f64();
         tracing::info!(
             model = name,
@@ -296,7 +308,6 @@ impl StableDiffusion {
         } else {
             Architecture::Sd1
         };
-        let hash = short_hash(&unet_files[0]);
         let counter = WeightBytes::default();
         let vb = |files: &[PathBuf]| mmap_vb(files, opts.dtype, &opts.device, &counter);
         Self::assemble(
@@ -310,7 +321,6 @@ impl StableDiffusion {
                 counter: counter.clone(),
             },
             scheduler,
-            hash,
             opts,
         )
     }
@@ -376,7 +386,6 @@ impl StableDiffusion {
                 counter: counter.clone(),
             },
             scheduler,
-            short_hash(file),
             opts,
         )
     }
@@ -408,7 +417,6 @@ impl StableDiffusion {
                 counter: counter.clone(),
             },
             parse_preset(preset.scheduler)?,
-            None,
             opts,
         )
     }
@@ -419,7 +427,6 @@ impl StableDiffusion {
         tokenizer: ClipTokenizer,
         parts: Components,
         scheduler: SchedulerConfig,
-        hash: Option<String>,
         opts: &LoadOptions,
     ) -> Result<Self> {
         let (unet_config, unet_vb) = parts.unet;
@@ -443,7 +450,8 @@ impl StableDiffusion {
             scheduler,
             device: opts.device.clone(),
             dtype: opts.dtype,
-            hash,
+            // Set by `load_with_hashes`, which knows the cache.
+            hash: None,
             load_seconds: 0.0,
             vae_tile: opts.vae_tile,
             weight_bytes: counter.get(),

@@ -1,9 +1,10 @@
 //! The text front end: turns a prompt into the token ids and per-token weights the CLIP text
-//! encoder consumes (our own CLIP BPE tokenizer plus AUTOMATIC1111's attention syntax and
+//! encoder consumes (Hugging Face's `tokenizers` set up as transformers' `CLIPTokenizer`, plus AUTOMATIC1111's attention syntax and
 //! 77-token chunking).
 
 pub mod prompt;
 pub mod tokenizer;
+mod tokenizer_config;
 
 pub use prompt::{
     pad_to_same_chunks, parse_prompt_attention, tokenize_weighted, Chunk, PromptChunks, CHUNK_LEN,
