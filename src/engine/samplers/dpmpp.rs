@@ -4,6 +4,7 @@
 use candle_core::Tensor;
 
 use super::config::{Prediction, SchedulerConfig, Spacing};
+use super::names::SchedulerKind;
 use super::ops::{self, alpha_sigma, check_next, check_step, lambda, lin};
 use super::schedule::{multistep_schedule, SigmaSchedule};
 use super::Sampler;
@@ -24,23 +25,27 @@ pub(crate) struct DpmppSampler {
 }
 
 impl DpmppSampler {
-    pub(crate) fn new(config: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self> {
+    pub(crate) fn new(
+        config: &SchedulerConfig,
+        steps: usize,
+        scheduler: SchedulerKind,
+    ) -> Result<Self> {
         let spacing = config.spacing(Spacing::Linspace)?;
-        let final_zero = config.final_sigma_zero()?;
         let schedule = multistep_schedule(
             config,
             spacing,
             steps,
-            karras,
-            final_zero,
+            scheduler,
+            config.final_sigma_zero()?,
             config.lambda_min_clipped,
         )?;
         Ok(Self {
+            // A1111 schedules define their own end, so look at it rather than the config.
+            final_zero: schedule.sigmas.last() == Some(&0.0),
             schedule,
             prediction: config.prediction()?,
             lower_order_final: config.lower_order_final,
             euler_at_final: config.euler_at_final,
-            final_zero,
             previous_x0: None,
             last_step: None,
         })
@@ -138,7 +143,7 @@ mod tests {
     /// `x_t = (σ_t/σ_s) x + α_t (1 - σ_t α_s / (σ_s α_t)) x0`.
     #[test]
     fn first_then_second_order_match_closed_forms() {
-        let mut s = DpmppSampler::new(&sd(), 20, false).unwrap();
+        let mut s = DpmppSampler::new(&sd(), 20, SchedulerKind::Automatic).unwrap();
         let sig = s.schedule.sigmas.clone();
         let vp = |k: f64| (1.0 / (k * k + 1.0).sqrt(), k / (k * k + 1.0).sqrt());
         let dev = Device::Cpu;
@@ -167,7 +172,7 @@ mod tests {
 
     #[test]
     fn final_step_lands_on_the_data_prediction() {
-        let mut s = DpmppSampler::new(&sd(), 4, false).unwrap();
+        let mut s = DpmppSampler::new(&sd(), 4, SchedulerKind::Automatic).unwrap();
         let dev = Device::Cpu;
         let x = Tensor::new(&[1.0f32], &dev).unwrap();
         let e = Tensor::new(&[0.5f32], &dev).unwrap();
@@ -183,7 +188,7 @@ mod tests {
 
     #[test]
     fn img2img_start_is_first_order_and_add_noise_is_variance_preserving() {
-        let mut s = DpmppSampler::new(&sd(), 10, false).unwrap();
+        let mut s = DpmppSampler::new(&sd(), 10, SchedulerKind::Automatic).unwrap();
         let dev = Device::Cpu;
         let x0 = Tensor::new(&[0.8f32], &dev).unwrap();
         let eps = Tensor::new(&[-0.5f32], &dev).unwrap();

@@ -5,6 +5,7 @@
 use candle_core::Tensor;
 
 use super::config::{Prediction, SchedulerConfig, Spacing};
+use super::names::SchedulerKind;
 use super::ops::{self, alpha_sigma, check_next, check_step, lambda, lin};
 use super::schedule::{multistep_schedule, SigmaSchedule};
 use super::Sampler;
@@ -42,10 +43,14 @@ fn coefficients(h: f64, order: usize) -> (f64, f64, Vec<f64>) {
 }
 
 impl UniPcSampler {
-    pub(crate) fn new(config: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self> {
+    pub(crate) fn new(
+        config: &SchedulerConfig,
+        steps: usize,
+        scheduler: SchedulerKind,
+    ) -> Result<Self> {
         let spacing = config.spacing(Spacing::Linspace)?;
         let final_zero = config.final_sigma_zero()?;
-        let schedule = multistep_schedule(config, spacing, steps, karras, final_zero, None)?;
+        let schedule = multistep_schedule(config, spacing, steps, scheduler, final_zero, None)?;
         Ok(Self {
             schedule,
             prediction: config.prediction()?,
@@ -206,7 +211,7 @@ mod tests {
             beta_end: 0.012,
             ..Default::default()
         };
-        let mut s = UniPcSampler::new(&cfg, 10, false).unwrap();
+        let mut s = UniPcSampler::new(&cfg, 10, SchedulerKind::Automatic).unwrap();
         let sg = s.schedule.sigmas.clone();
         let vp = |k: f64| (1.0 / (k * k + 1.0).sqrt(), k / (k * k + 1.0).sqrt());
         let lam = |k: f64| (1.0 / k).ln();
@@ -244,7 +249,7 @@ mod tests {
             beta_end: 0.012,
             ..Default::default()
         };
-        let mut s = UniPcSampler::new(&cfg, 6, false).unwrap();
+        let mut s = UniPcSampler::new(&cfg, 6, SchedulerKind::Automatic).unwrap();
         let dev = Device::Cpu;
         let x0 = Tensor::new(&[0.7f32], &dev).unwrap();
         let eps = Tensor::new(&[-1.3f32], &dev).unwrap();
