@@ -29,6 +29,8 @@ mod exactness_tests;
 mod fixture_tests;
 #[cfg(test)]
 mod parity_tests;
+#[cfg(test)]
+mod schedule_parity_tests;
 
 use candle_core::Tensor;
 
