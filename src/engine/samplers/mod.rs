@@ -17,6 +17,7 @@ mod heun;
 mod kdiffusion;
 mod kplan;
 mod lms;
+mod multistep;
 mod names;
 mod noise_schedules;
 mod ops;
