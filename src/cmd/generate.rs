@@ -26,7 +26,7 @@ pub struct Args {
     /// Sampler name as AUTOMATIC1111 spells it, e.g. "Euler a", "DPM++ 2M Karras".
     #[arg(long)]
     pub sampler: Option<String>,
-    /// Noise schedule ("Automatic", "Karras").
+    /// Noise schedule, an A1111 schedule type ("Automatic", "Karras", "Exponential", "SGM Uniform", ...).
     #[arg(long)]
     pub scheduler: Option<String>,
     #[arg(long)]

@@ -156,24 +156,32 @@ pub(crate) async fn skip(
     Ok(Json(json!({})))
 }
 
+/// `GET /sdapi/v1/samplers`: A1111's `SamplerItem`s (`options` values are strings there).
 pub(crate) async fn samplers(caller: Result<Caller, ApiError>) -> A1111Result {
     caller?;
     let list: Vec<Value> = known_samplers()
         .into_iter()
-        .map(|s| json!({"name": s.name, "aliases": s.aliases, "options": {}}))
+        .map(|s| {
+            let options: Map<String, Value> = s
+                .options
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+            json!({"name": s.name, "aliases": s.aliases, "options": options})
+        })
         .collect();
     Ok(Json(Value::Array(list)))
 }
 
+/// `GET /sdapi/v1/schedulers`: A1111's `SchedulerItem`s; `default_rho` is -1 where a schedule
+/// has no rho.
 pub(crate) async fn schedulers(caller: Result<Caller, ApiError>) -> A1111Result {
     caller?;
     let list: Vec<Value> = known_schedulers()
         .into_iter()
         .map(|s| {
-            // A1111's values: Karras sigmas use rho 7; -1 means "not applicable".
-            let rho = if s.name == "karras" { 7.0 } else { -1.0 };
             json!({"name": s.name, "label": s.label, "aliases": s.aliases,
-                   "default_rho": rho, "need_inner_model": false})
+                   "default_rho": s.default_rho, "need_inner_model": s.need_inner_model})
         })
         .collect();
     Ok(Json(Value::Array(list)))

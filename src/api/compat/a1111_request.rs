@@ -17,7 +17,6 @@ use serde_json::{Map, Value};
 use super::run::MAX_N_ITER;
 use crate::api::error::ApiError;
 use crate::engine::request::{GenerationRequest, HiresRequest, MAX_BATCH};
-use crate::engine::samplers::parse_sampler;
 
 /// A1111's API defaults (`StableDiffusionProcessing` and the API's request model).
 pub(crate) const DEFAULT_STEPS: usize = 50;
@@ -195,17 +194,9 @@ impl Common {
             ));
         }
         let mut note = |field: &str, why: &str| notes.push(format!("{field}: {why}"));
-        let scheduler = match set(&self.scheduler) {
-            None => None,
-            Some(s) if parse_sampler(DEFAULT_SAMPLER, Some(s)).is_ok() => Some(s.to_string()),
-            Some(s) => {
-                note(
-                    "scheduler",
-                    &format!("'{s}' is not available; used Automatic"),
-                );
-                None
-            }
-        };
+        // Every A1111 schedule type is implemented; an unknown one is refused (422 naming
+        // `scheduler`) when the request is validated, never replaced by Automatic.
+        let scheduler = set(&self.scheduler).map(str::to_string);
         if self.styles.as_ref().is_some_and(|s| !s.is_empty()) {
             note("styles", "prompt styles are not stored here; ignored");
         }

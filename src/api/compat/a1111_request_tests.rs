@@ -42,7 +42,6 @@ fn unknown_and_unsupported_fields_are_noted_not_refused() {
         "restore_faces",
         "styles",
         "controlnet_units",
-        "scheduler",
         "eta",
         "override_settings.sd_vae",
         "ADetailer",
@@ -50,7 +49,9 @@ fn unknown_and_unsupported_fields_are_noted_not_refused() {
         assert!(all.contains(field), "{field} missing from {all}");
     }
     assert!(!all.contains("tiling"), "{all}");
-    assert_eq!(r.scheduler, None);
+    // A1111's schedule types are all implemented, so the scheduler is passed on, not noted.
+    assert!(!all.contains("scheduler"), "{all}");
+    assert_eq!(r.scheduler.as_deref(), Some("Exponential"));
     assert_eq!(r.clip_skip, Some(2));
     assert!(serde_json::to_value(&b)
         .unwrap()

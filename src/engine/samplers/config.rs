@@ -32,6 +32,10 @@ pub struct SchedulerConfig {
     pub rescale_betas_zero_snr: bool,
     /// `None`: no Karras sigmas unless the A1111 scheduler asks for them.
     pub use_karras_sigmas: Option<bool>,
+    /// Exponential sigmas for the "Automatic" schedule (diffusers' `use_exponential_sigmas`).
+    pub use_exponential_sigmas: Option<bool>,
+    /// Beta(0.6, 0.6) sigmas for the "Automatic" schedule (diffusers' `use_beta_sigmas`).
+    pub use_beta_sigmas: Option<bool>,
     /// "zero" | "sigma_min"; `None` = "zero".
     pub final_sigmas_type: Option<String>,
     /// DPM-Solver: first order on the last step(s) when there are fewer than 15 steps.
@@ -58,6 +62,8 @@ impl Default for SchedulerConfig {
             set_alpha_to_one: true,
             rescale_betas_zero_snr: false,
             use_karras_sigmas: None,
+            use_exponential_sigmas: None,
+            use_beta_sigmas: None,
             final_sigmas_type: None,
             lower_order_final: true,
             euler_at_final: false,

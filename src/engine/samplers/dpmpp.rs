@@ -3,92 +3,53 @@
 
 use candle_core::Tensor;
 
-use super::config::{Prediction, SchedulerConfig, Spacing};
-use super::ops::{self, alpha_sigma, check_next, check_step, lambda, lin};
-use super::schedule::{multistep_schedule, SigmaSchedule};
-use super::Sampler;
+use super::config::SchedulerConfig;
+use super::multistep::{VpMultistep, VpState, VpUpdate};
+use super::names::SchedulerKind;
+use super::ops::{alpha_sigma, lambda, lin};
 use crate::engine::error::Result;
 
 /// Below this many steps the last step drops to first order (diffusers' `lower_order_final`).
 const LOWER_ORDER_BELOW: usize = 15;
 
-pub(crate) struct DpmppSampler {
-    schedule: SigmaSchedule,
-    prediction: Prediction,
+/// DPM-Solver++ 2M's update rule.
+pub(crate) struct Dpmpp2m {
     lower_order_final: bool,
     euler_at_final: bool,
-    final_zero: bool,
     /// The data prediction of the previous step taken.
     previous_x0: Option<Tensor>,
-    last_step: Option<usize>,
 }
+
+pub(crate) type DpmppSampler = VpMultistep<Dpmpp2m>;
 
 impl DpmppSampler {
-    pub(crate) fn new(config: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self> {
-        let spacing = config.spacing(Spacing::Linspace)?;
-        let final_zero = config.final_sigma_zero()?;
-        let schedule = multistep_schedule(
-            config,
-            spacing,
-            steps,
-            karras,
-            final_zero,
-            config.lambda_min_clipped,
-        )?;
-        Ok(Self {
-            schedule,
-            prediction: config.prediction()?,
+    pub(crate) fn new(
+        config: &SchedulerConfig,
+        steps: usize,
+        scheduler: SchedulerKind,
+    ) -> Result<Self> {
+        let rule = Dpmpp2m {
             lower_order_final: config.lower_order_final,
             euler_at_final: config.euler_at_final,
-            final_zero,
             previous_x0: None,
-            last_step: None,
-        })
+        };
+        VpMultistep::build(config, steps, scheduler, config.lambda_min_clipped, rule)
     }
 }
 
-impl Sampler for DpmppSampler {
-    fn timesteps(&self) -> &[f64] {
-        &self.schedule.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.schedule.timesteps.len())?;
-        Ok(sample.clone())
-    }
-
-    fn needs_step_noise(&self) -> bool {
-        false
-    }
-
-    fn step(
-        &mut self,
-        model_output: &Tensor,
-        step: usize,
-        sample: &Tensor,
-        _noise: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let n = self.schedule.timesteps.len();
-        check_step(step, n)?;
-        check_next(step, self.last_step)?;
-        let dtype = sample.dtype();
-        let x = ops::f32(sample)?;
-        let out = ops::f32(model_output)?;
-        let sigmas = &self.schedule.sigmas;
+impl VpUpdate for Dpmpp2m {
+    fn update(&mut self, state: &VpState, x: Tensor, x0: Tensor, step: usize) -> Result<Tensor> {
+        let sigmas = &state.schedule.sigmas;
+        let n = state.schedule.timesteps.len();
         let (s0, s_next) = (sigmas[step], sigmas[step + 1]);
-        let (alpha_s0, sigma_s0) = alpha_sigma(s0);
+        let (_, sigma_s0) = alpha_sigma(s0);
         let (alpha_t, sigma_t) = alpha_sigma(s_next);
-        let x0 = ops::x0_at_alpha_sigma(self.prediction, &out, &x, alpha_s0, sigma_s0)?;
-
-        // The last step is first order for stability (and must be when it lands on sigma 0).
+        // The last step is first order for stability (and must be when it lands on sigma 0;
+        // A1111 schedules define their own end, so look at it rather than the config).
         // diffusers' `lower_order_second` only turns third order into second, so it does not
         // apply at order 2.
         let short = self.lower_order_final && n < LOWER_ORDER_BELOW;
-        let first_order_final = step == n - 1 && (self.euler_at_final || short || self.final_zero);
+        let first_order_final = step == n - 1 && (self.euler_at_final || short || s_next == 0.0);
         let h = lambda(s_next) - lambda(s0);
         // alpha_t * (e^-h - 1); at sigma 0 (h = inf) this is -1 and the step lands on x0.
         let phi = alpha_t * ((-h).exp() - 1.0);
@@ -104,20 +65,14 @@ impl Sampler for DpmppSampler {
             _ => lin(&[(&x, ratio), (&x0, -phi)])?,
         };
         self.previous_x0 = Some(x0);
-        self.last_step = Some(step);
-        Ok(prev.to_dtype(dtype)?)
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.schedule.timesteps.len())?;
-        let (a, s) = alpha_sigma(self.schedule.sigmas[step]);
-        lin(&[(original, a), (noise, s)])
+        Ok(prev)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::samplers::Sampler;
     use candle_core::Device;
 
     fn sd() -> SchedulerConfig {
@@ -138,8 +93,8 @@ mod tests {
     /// `x_t = (σ_t/σ_s) x + α_t (1 - σ_t α_s / (σ_s α_t)) x0`.
     #[test]
     fn first_then_second_order_match_closed_forms() {
-        let mut s = DpmppSampler::new(&sd(), 20, false).unwrap();
-        let sig = s.schedule.sigmas.clone();
+        let mut s = DpmppSampler::new(&sd(), 20, SchedulerKind::Automatic).unwrap();
+        let sig = s.state.schedule.sigmas.clone();
         let vp = |k: f64| (1.0 / (k * k + 1.0).sqrt(), k / (k * k + 1.0).sqrt());
         let dev = Device::Cpu;
         let x = Tensor::new(&[0.6f32], &dev).unwrap();
@@ -167,7 +122,7 @@ mod tests {
 
     #[test]
     fn final_step_lands_on_the_data_prediction() {
-        let mut s = DpmppSampler::new(&sd(), 4, false).unwrap();
+        let mut s = DpmppSampler::new(&sd(), 4, SchedulerKind::Automatic).unwrap();
         let dev = Device::Cpu;
         let x = Tensor::new(&[1.0f32], &dev).unwrap();
         let e = Tensor::new(&[0.5f32], &dev).unwrap();
@@ -175,7 +130,7 @@ mod tests {
         for i in 0..3 {
             cur = s.step(&e, i, &cur, None).unwrap();
         }
-        let (a, g) = alpha_sigma(s.schedule.sigmas[3]);
+        let (a, g) = alpha_sigma(s.state.schedule.sigmas[3]);
         let want = (value(&cur) - g * 0.5) / a;
         let last = s.step(&e, 3, &cur, None).unwrap();
         assert!((value(&last) - want).abs() < 1e-5);
@@ -183,12 +138,12 @@ mod tests {
 
     #[test]
     fn img2img_start_is_first_order_and_add_noise_is_variance_preserving() {
-        let mut s = DpmppSampler::new(&sd(), 10, false).unwrap();
+        let mut s = DpmppSampler::new(&sd(), 10, SchedulerKind::Automatic).unwrap();
         let dev = Device::Cpu;
         let x0 = Tensor::new(&[0.8f32], &dev).unwrap();
         let eps = Tensor::new(&[-0.5f32], &dev).unwrap();
         let xt = s.add_noise(&x0, &eps, 4).unwrap();
-        let (a, g) = alpha_sigma(s.schedule.sigmas[4]);
+        let (a, g) = alpha_sigma(s.state.schedule.sigmas[4]);
         assert!((value(&xt) - (a * 0.8 - g * 0.5)).abs() < 1e-6);
         // The exact eps makes a first-order step land on add_noise at the next sigma.
         let next = s.step(&eps, 4, &xt, None).unwrap();

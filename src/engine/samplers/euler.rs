@@ -4,6 +4,7 @@
 use candle_core::Tensor;
 
 use super::config::{Prediction, SchedulerConfig, Spacing};
+use super::names::SchedulerKind;
 use super::ops::{self, check_step};
 use super::schedule::{sigma_schedule, SigmaSchedule};
 use super::Sampler;
@@ -22,13 +23,13 @@ impl EulerSampler {
     pub(crate) fn new(
         config: &SchedulerConfig,
         steps: usize,
-        karras: bool,
+        scheduler: SchedulerKind,
         ancestral: bool,
     ) -> Result<Self> {
         let spacing = config.spacing(Spacing::Linspace)?;
         // diffusers' ancestral scheduler always ends at sigma 0.
         let final_zero = ancestral || config.final_sigma_zero()?;
-        let schedule = sigma_schedule(config, spacing, steps, karras, final_zero)?;
+        let schedule = sigma_schedule(config, spacing, steps, scheduler, final_zero)?;
         Ok(Self {
             init_noise_sigma: ops::sigma_init_noise(spacing, &schedule.sigmas),
             schedule,
@@ -125,7 +126,7 @@ mod tests {
     #[test]
     fn euler_step_is_x_plus_eps_times_dsigma() {
         // With epsilon prediction the derivative is eps itself: x' = x + eps * (s_next - s).
-        let mut s = EulerSampler::new(&sd15(), 8, false, false).unwrap();
+        let mut s = EulerSampler::new(&sd15(), 8, SchedulerKind::Automatic, false).unwrap();
         let (s0, s1) = (s.schedule.sigmas[2], s.schedule.sigmas[3]);
         let dev = Device::Cpu;
         let x = Tensor::new(&[1.0f32, -2.0], &dev).unwrap();
@@ -138,7 +139,7 @@ mod tests {
 
     #[test]
     fn ancestral_step_uses_sigma_down_and_sigma_up() {
-        let mut s = EulerSampler::new(&sd15(), 8, false, true).unwrap();
+        let mut s = EulerSampler::new(&sd15(), 8, SchedulerKind::Automatic, true).unwrap();
         let (s0, s1) = (s.schedule.sigmas[1], s.schedule.sigmas[2]);
         let up = (s1 * s1 * (s0 * s0 - s1 * s1) / (s0 * s0)).sqrt();
         let down = (s1 * s1 - up * up).sqrt();
@@ -161,7 +162,7 @@ mod tests {
 
     #[test]
     fn scaling_init_sigma_and_add_noise_follow_sigma() {
-        let s = EulerSampler::new(&sd15(), 8, false, false).unwrap();
+        let s = EulerSampler::new(&sd15(), 8, SchedulerKind::Automatic, false).unwrap();
         let sig = s.schedule.sigmas[0];
         assert_eq!(s.init_noise_sigma(), sig);
         assert!(
@@ -184,7 +185,7 @@ mod tests {
             timestep_spacing: Some("leading".into()),
             ..sd15()
         };
-        let s = EulerSampler::new(&cfg, 10, false, false).unwrap();
+        let s = EulerSampler::new(&cfg, 10, SchedulerKind::Automatic, false).unwrap();
         let m = s.schedule.sigmas[0];
         assert_eq!(s.timesteps()[0], 901.0);
         assert!((s.init_noise_sigma() - (m * m + 1.0).sqrt()).abs() < 1e-12);

@@ -74,8 +74,15 @@ fn a_perfect_denoiser_is_followed_exactly() {
                         }
                     }
                     let got = scalar_at(&x);
+                    // A1111's KL Optimal schedule ends at sigma_min, not 0: one step of the
+                    // noising path short of x0.
+                    let tol = if scheduler == SchedulerKind::KlOptimal {
+                        0.1
+                    } else {
+                        1e-3
+                    };
                     assert!(
-                        (got - x0v).abs() < 1e-3,
+                        (got - x0v).abs() < tol,
                         "{spec} {prediction} {steps}: ended at {got}"
                     );
                 }

@@ -93,16 +93,26 @@ fn every_sampler_builds_for_every_step_count_and_spacing() {
                     for steps in [1, 2, 7, 25, 61, 150] {
                         let s = build_sampler(&spec, &config, steps).unwrap();
                         let ts = s.timesteps();
-                        assert_eq!(
-                            ts.len(),
-                            steps * s.order() - (s.order() - 1),
-                            "{spec} {steps}"
-                        );
+                        // Every step but the last (onto sigma 0) takes `order` calls; A1111's
+                        // DDIM schedule may take more steps than asked, KL Optimal ends above
+                        // 0, Restart adds back-steps.
+                        let want = steps * s.order() - (s.order() - 1);
+                        if matches!(
+                            spec.scheduler,
+                            SchedulerKind::Ddim | SchedulerKind::KlOptimal
+                        ) || kind == SamplerKind::Restart
+                        {
+                            assert!(ts.len() >= want, "{spec} {steps}: {}", ts.len());
+                        } else {
+                            assert_eq!(ts.len(), want, "{spec} {steps}");
+                        }
                         assert!(
                             ts.iter().all(|t| (0.0..1000.0).contains(t)),
                             "{spec} {ts:?}"
                         );
-                        assert!(ts.windows(2).all(|w| w[0] >= w[1]), "{spec} {ts:?}");
+                        if kind != SamplerKind::Restart {
+                            assert!(ts.windows(2).all(|w| w[0] >= w[1]), "{spec} {ts:?}");
+                        }
                         let init = s.init_noise_sigma();
                         assert!(init.is_finite() && init > 0.0, "{spec} {steps}: {init}");
                     }

@@ -4,6 +4,7 @@
 use candle_core::Tensor;
 
 use super::config::{Prediction, SchedulerConfig, Spacing};
+use super::names::SchedulerKind;
 use super::ops::{self, check_next, check_step};
 use super::schedule::sigma_schedule;
 use super::Sampler;
@@ -28,9 +29,13 @@ pub(crate) struct HeunSampler {
 }
 
 impl HeunSampler {
-    pub(crate) fn new(config: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self> {
+    pub(crate) fn new(
+        config: &SchedulerConfig,
+        steps: usize,
+        scheduler: SchedulerKind,
+    ) -> Result<Self> {
         let spacing = config.spacing(Spacing::Linspace)?;
-        let base = sigma_schedule(config, spacing, steps, karras, true)?;
+        let base = sigma_schedule(config, spacing, steps, scheduler, true)?;
         let n = base.timesteps.len();
         let mut timesteps = Vec::with_capacity(2 * n);
         let mut sigmas = Vec::with_capacity(2 * n + 1);
@@ -143,7 +148,7 @@ mod tests {
             beta_end: 0.012,
             ..Default::default()
         };
-        let mut s = HeunSampler::new(&cfg, 4, false).unwrap();
+        let mut s = HeunSampler::new(&cfg, 4, SchedulerKind::Automatic).unwrap();
         assert_eq!(s.timesteps().len(), 7);
         assert_eq!(s.timesteps()[1], s.timesteps()[2]);
         assert_eq!(s.start_index(2), 4);
@@ -160,7 +165,7 @@ mod tests {
         // Index 2 is a predictor step again; calling it twice is out of phase.
         let _ = s.step(&e1, 2, &out, None).unwrap();
         assert!(s.step(&e1, 3, &out, None).is_ok());
-        let mut fresh = HeunSampler::new(&cfg, 4, false).unwrap();
+        let mut fresh = HeunSampler::new(&cfg, 4, SchedulerKind::Automatic).unwrap();
         assert!(fresh.step(&e1, 1, &x, None).is_err());
     }
 }

@@ -3,6 +3,7 @@
 use candle_core::Tensor;
 
 use super::config::{Prediction, SchedulerConfig, Spacing};
+use super::names::SchedulerKind;
 use super::ops::{self, check_next, check_step, lin};
 use super::schedule::{sigma_schedule, SigmaSchedule};
 use super::Sampler;
@@ -20,9 +21,13 @@ pub(crate) struct LmsSampler {
 }
 
 impl LmsSampler {
-    pub(crate) fn new(config: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self> {
+    pub(crate) fn new(
+        config: &SchedulerConfig,
+        steps: usize,
+        scheduler: SchedulerKind,
+    ) -> Result<Self> {
         let spacing = config.spacing(Spacing::Linspace)?;
-        let schedule = sigma_schedule(config, spacing, steps, karras, true)?;
+        let schedule = sigma_schedule(config, spacing, steps, scheduler, true)?;
         Ok(Self {
             init_noise_sigma: ops::sigma_init_noise(spacing, &schedule.sigmas),
             schedule,
@@ -126,7 +131,7 @@ mod tests {
             beta_end: 0.012,
             ..Default::default()
         };
-        LmsSampler::new(&cfg, 10, false).unwrap()
+        LmsSampler::new(&cfg, 10, SchedulerKind::Automatic).unwrap()
     }
 
     #[test]

@@ -1,17 +1,25 @@
-//! Samplers (diffusers-equivalent schedulers under AUTOMATIC1111 names).
+//! Samplers (diffusers-equivalent schedulers and k-diffusion samplers under AUTOMATIC1111
+//! names) and A1111's noise schedules.
 //!
 //! A sampler is built per job for a number of steps; the pipeline calls it step by step.
 //! Schedules (timesteps, sigmas) are computed in f64 exactly as diffusers computes them for the
 //! same `scheduler_config`; the update rules are diffusers' (Euler, Euler ancestral, DDIM,
-//! DPM-Solver++ 2M, Heun, LMS, UniPC) applied with candle tensor ops.
+//! DPM-Solver++ 2M, Heun, LMS, UniPC) applied with candle tensor ops. The samplers diffusers
+//! lacks (DPM2, DPM2 a, DPM++ SDE / 2M SDE / 3M SDE, Restart) follow k-diffusion on A1111's
+//! schedules. Every A1111 schedule type can be combined with every sampler but DDIM.
 
+mod beta_dist;
 mod config;
 mod ddim;
 mod dpmpp;
 mod euler;
 mod heun;
+mod kdiffusion;
+mod kplan;
 mod lms;
+mod multistep;
 mod names;
+mod noise_schedules;
 mod ops;
 mod schedule;
 mod unipc;
@@ -22,6 +30,8 @@ mod exactness_tests;
 mod fixture_tests;
 #[cfg(test)]
 mod parity_tests;
+#[cfg(test)]
+mod schedule_parity_tests;
 
 use candle_core::Tensor;
 
@@ -78,8 +88,9 @@ pub trait Sampler: Send {
 }
 
 /// Builds the sampler `spec` names for `steps` steps of the model whose scheduler is `config`.
-/// With `SchedulerKind::Automatic`, Karras sigmas are used only if `config.use_karras_sigmas`
-/// says so; `Karras` forces them.
+/// With `SchedulerKind::Automatic`, the diffusers samplers use Karras (or exponential, beta)
+/// sigmas only if `config` says so, and the k-diffusion samplers A1111's default for them;
+/// any other schedule is A1111's.
 pub fn build_sampler(
     spec: &SamplerSpec,
     config: &SchedulerConfig,
@@ -101,18 +112,24 @@ pub fn build_sampler(
             format!("{steps} is more than the model's {train} training timesteps"),
         ));
     }
-    let karras = match spec.scheduler {
-        SchedulerKind::Automatic => config.use_karras_sigmas.unwrap_or(false),
-        SchedulerKind::Karras => true,
-    };
+    let sched = spec.scheduler;
     Ok(match spec.kind {
-        SamplerKind::Euler => Box::new(euler::EulerSampler::new(config, steps, karras, false)?),
-        SamplerKind::EulerA => Box::new(euler::EulerSampler::new(config, steps, karras, true)?),
+        SamplerKind::Euler => Box::new(euler::EulerSampler::new(config, steps, sched, false)?),
+        SamplerKind::EulerA => Box::new(euler::EulerSampler::new(config, steps, sched, true)?),
         SamplerKind::Ddim => Box::new(ddim::DdimSampler::new(config, steps)?),
-        SamplerKind::DpmPp2m => Box::new(dpmpp::DpmppSampler::new(config, steps, karras)?),
-        SamplerKind::Heun => Box::new(heun::HeunSampler::new(config, steps, karras)?),
-        SamplerKind::Lms => Box::new(lms::LmsSampler::new(config, steps, karras)?),
-        SamplerKind::UniPc => Box::new(unipc::UniPcSampler::new(config, steps, karras)?),
+        SamplerKind::DpmPp2m => Box::new(dpmpp::DpmppSampler::new(config, steps, sched)?),
+        SamplerKind::Heun => Box::new(heun::HeunSampler::new(config, steps, sched)?),
+        SamplerKind::Lms => Box::new(lms::LmsSampler::new(config, steps, sched)?),
+        SamplerKind::UniPc => Box::new(unipc::UniPcSampler::new(config, steps, sched)?),
+        SamplerKind::Dpm2
+        | SamplerKind::Dpm2A
+        | SamplerKind::DpmPpSde
+        | SamplerKind::DpmPp2mSde
+        | SamplerKind::DpmPp2mSdeHeun
+        | SamplerKind::DpmPp3mSde
+        | SamplerKind::Restart => {
+            Box::new(kdiffusion::KSampler::new(config, spec.kind, sched, steps)?)
+        }
     })
 }
 

@@ -1,5 +1,5 @@
 //! AUTOMATIC1111's sampler and scheduler names: parsing (aliases, case-insensitive, a trailing
-//! scheduler word split off as A1111 >= 1.9 does), the canonical names written to infotext, and
+//! scheduler label split off as A1111 >= 1.9 does), the canonical names written to infotext, and
 //! the lists `/sdapi/v1/samplers` and `/sdapi/v1/schedulers` return.
 
 use std::fmt;
@@ -11,23 +11,44 @@ use crate::engine::error::{EngineError, Result};
 /// The update rule of a sampler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SamplerKind {
+    DpmPp2m,
+    DpmPpSde,
+    DpmPp2mSde,
+    DpmPp2mSdeHeun,
+    DpmPp3mSde,
     EulerA,
     Euler,
     Lms,
     Heun,
+    Dpm2,
+    Dpm2A,
+    Restart,
     Ddim,
-    DpmPp2m,
     UniPc,
 }
 
-/// How the noise levels are spread over the steps (A1111's "Schedule type").
+/// How the noise levels are spread over the steps (A1111's "Schedule type"), with A1111's
+/// definitions (`modules/sd_schedulers.py`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum SchedulerKind {
-    /// The sampler's own schedule, with Karras sigmas only if the model's scheduler config asks.
+    /// The sampler's own schedule: diffusers' for the diffusers samplers (Karras, exponential or
+    /// beta sigmas only if the model's scheduler config asks), A1111's default for the others.
     #[default]
     Automatic,
+    Uniform,
     /// Karras et al. (2022) sigmas, rho = 7.
     Karras,
+    Exponential,
+    /// Polynomial in log sigma, rho = 1.
+    Polyexponential,
+    SgmUniform,
+    KlOptimal,
+    AlignYourSteps,
+    Simple,
+    Normal,
+    Ddim,
+    /// Beta(0.6, 0.6) quantiles (A1111's default alpha and beta).
+    Beta,
 }
 
 /// A parsed sampler choice: the update rule and the noise schedule.
@@ -37,79 +58,187 @@ pub struct SamplerSpec {
     pub scheduler: SchedulerKind,
 }
 
-/// One entry of `/sdapi/v1/samplers`.
+/// One entry of `/sdapi/v1/samplers`; `options` holds A1111's option flags as strings, as its
+/// API model does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SamplerInfo {
     pub name: String,
     pub aliases: Vec<String>,
+    pub options: Vec<(String, String)>,
 }
 
 /// One entry of `/sdapi/v1/schedulers`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SchedulerInfo {
     pub name: String,
     pub label: String,
     pub aliases: Vec<String>,
+    pub default_rho: f64,
+    pub need_inner_model: bool,
 }
 
 impl SamplerKind {
-    /// Every sampler, in the order the API lists them.
-    pub const ALL: [SamplerKind; 7] = [
+    /// Every sampler, in A1111's list order (its timestep samplers DDIM and UniPC last).
+    pub const ALL: [SamplerKind; 14] = [
+        SamplerKind::DpmPp2m,
+        SamplerKind::DpmPpSde,
+        SamplerKind::DpmPp2mSde,
+        SamplerKind::DpmPp2mSdeHeun,
+        SamplerKind::DpmPp3mSde,
         SamplerKind::EulerA,
         SamplerKind::Euler,
         SamplerKind::Lms,
         SamplerKind::Heun,
+        SamplerKind::Dpm2,
+        SamplerKind::Dpm2A,
+        SamplerKind::Restart,
         SamplerKind::Ddim,
-        SamplerKind::DpmPp2m,
         SamplerKind::UniPc,
     ];
 
     /// The canonical A1111 name.
     pub fn name(self) -> &'static str {
         match self {
+            SamplerKind::DpmPp2m => "DPM++ 2M",
+            SamplerKind::DpmPpSde => "DPM++ SDE",
+            SamplerKind::DpmPp2mSde => "DPM++ 2M SDE",
+            SamplerKind::DpmPp2mSdeHeun => "DPM++ 2M SDE Heun",
+            SamplerKind::DpmPp3mSde => "DPM++ 3M SDE",
             SamplerKind::EulerA => "Euler a",
             SamplerKind::Euler => "Euler",
             SamplerKind::Lms => "LMS",
             SamplerKind::Heun => "Heun",
+            SamplerKind::Dpm2 => "DPM2",
+            SamplerKind::Dpm2A => "DPM2 a",
+            SamplerKind::Restart => "Restart",
             SamplerKind::Ddim => "DDIM",
-            SamplerKind::DpmPp2m => "DPM++ 2M",
             SamplerKind::UniPc => "UniPC",
         }
     }
 
-    /// Other names clients use (A1111's k-diffusion names among them).
+    /// Other accepted names: A1111's aliases first, then k-diffusion's function names and the
+    /// spellings other clients use.
     pub fn aliases(self) -> &'static [&'static str] {
         match self {
+            SamplerKind::DpmPp2m => &["k_dpmpp_2m", "dpmpp_2m", "sample_dpmpp_2m"],
+            SamplerKind::DpmPpSde => &["k_dpmpp_sde", "dpmpp_sde", "sample_dpmpp_sde"],
+            SamplerKind::DpmPp2mSde => &["k_dpmpp_2m_sde", "dpmpp_2m_sde", "sample_dpmpp_2m_sde"],
+            SamplerKind::DpmPp2mSdeHeun => &["k_dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun"],
+            SamplerKind::DpmPp3mSde => &["k_dpmpp_3m_sde", "dpmpp_3m_sde", "sample_dpmpp_3m_sde"],
             SamplerKind::EulerA => &[
                 "k_euler_a",
                 "k_euler_ancestral",
                 "euler_ancestral",
                 "Euler Ancestral",
                 "euler_a",
+                "sample_euler_ancestral",
             ],
-            SamplerKind::Euler => &["k_euler"],
-            SamplerKind::Lms => &["k_lms"],
-            SamplerKind::Heun => &["k_heun"],
+            SamplerKind::Euler => &["k_euler", "sample_euler"],
+            SamplerKind::Lms => &["k_lms", "sample_lms"],
+            SamplerKind::Heun => &["k_heun", "sample_heun"],
+            SamplerKind::Dpm2 => &["k_dpm_2", "dpm_2", "sample_dpm_2"],
+            SamplerKind::Dpm2A => &["k_dpm_2_a", "dpm_2_ancestral", "sample_dpm_2_ancestral"],
+            SamplerKind::Restart => &["restart"],
             SamplerKind::Ddim => &[],
-            SamplerKind::DpmPp2m => &["k_dpmpp_2m", "dpmpp_2m"],
-            SamplerKind::UniPc => &[],
+            SamplerKind::UniPc => &["uni_pc"],
         }
     }
 
-    /// DDIM walks its own integer timesteps; the others accept Karras sigmas.
+    /// What "Automatic" means for the samplers that have no diffusers counterpart: A1111's
+    /// default schedule for them. `None`: the diffusers schedule (see `SchedulerKind::Automatic`).
+    pub fn automatic_schedule(self) -> Option<SchedulerKind> {
+        match self {
+            SamplerKind::DpmPpSde
+            | SamplerKind::Dpm2
+            | SamplerKind::Dpm2A
+            | SamplerKind::Restart => Some(SchedulerKind::Karras),
+            SamplerKind::DpmPp2mSde | SamplerKind::DpmPp2mSdeHeun | SamplerKind::DpmPp3mSde => {
+                Some(SchedulerKind::Exponential)
+            }
+            _ => None,
+        }
+    }
+
+    /// A1111 runs these with one more step and drops the next-to-last sigma.
+    pub fn discards_next_to_last_sigma(self) -> bool {
+        matches!(
+            self,
+            SamplerKind::Dpm2 | SamplerKind::Dpm2A | SamplerKind::DpmPp3mSde
+        )
+    }
+
+    /// A1111's option flags for this sampler, as its API lists them (values as strings).
+    pub fn options(self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(s) = self.automatic_schedule() {
+            out.push(("scheduler", s.name().to_string()));
+        }
+        if self.discards_next_to_last_sigma() {
+            out.push(("discard_next_to_last_sigma", "True".to_string()));
+        }
+        if matches!(
+            self,
+            SamplerKind::Heun
+                | SamplerKind::Dpm2
+                | SamplerKind::Dpm2A
+                | SamplerKind::DpmPpSde
+                | SamplerKind::Restart
+        ) {
+            out.push(("second_order", "True".to_string()));
+        }
+        if matches!(
+            self,
+            SamplerKind::DpmPpSde
+                | SamplerKind::DpmPp2mSde
+                | SamplerKind::DpmPp2mSdeHeun
+                | SamplerKind::DpmPp3mSde
+        ) {
+            out.push(("brownian_noise", "True".to_string()));
+        }
+        if self == SamplerKind::DpmPp2mSdeHeun {
+            out.push(("solver_type", "heun".to_string()));
+        }
+        out
+    }
+
+    /// DDIM walks its own integer timesteps (A1111 ignores the schedule for it too).
     pub fn supports_scheduler(self) -> bool {
         !matches!(self, SamplerKind::Ddim)
     }
 }
 
 impl SchedulerKind {
-    pub const ALL: [SchedulerKind; 2] = [SchedulerKind::Automatic, SchedulerKind::Karras];
+    /// A1111's list, in its order. (A1111's experimental "Karras Exponential" is not offered.)
+    pub const ALL: [SchedulerKind; 12] = [
+        SchedulerKind::Automatic,
+        SchedulerKind::Uniform,
+        SchedulerKind::Karras,
+        SchedulerKind::Exponential,
+        SchedulerKind::Polyexponential,
+        SchedulerKind::SgmUniform,
+        SchedulerKind::KlOptimal,
+        SchedulerKind::AlignYourSteps,
+        SchedulerKind::Simple,
+        SchedulerKind::Normal,
+        SchedulerKind::Ddim,
+        SchedulerKind::Beta,
+    ];
 
     /// A1111's internal name ("karras").
     pub fn name(self) -> &'static str {
         match self {
             SchedulerKind::Automatic => "automatic",
+            SchedulerKind::Uniform => "uniform",
             SchedulerKind::Karras => "karras",
+            SchedulerKind::Exponential => "exponential",
+            SchedulerKind::Polyexponential => "polyexponential",
+            SchedulerKind::SgmUniform => "sgm_uniform",
+            SchedulerKind::KlOptimal => "kl_optimal",
+            SchedulerKind::AlignYourSteps => "align_your_steps",
+            SchedulerKind::Simple => "simple",
+            SchedulerKind::Normal => "normal",
+            SchedulerKind::Ddim => "ddim",
+            SchedulerKind::Beta => "beta",
         }
     }
 
@@ -117,15 +246,61 @@ impl SchedulerKind {
     pub fn label(self) -> &'static str {
         match self {
             SchedulerKind::Automatic => "Automatic",
+            SchedulerKind::Uniform => "Uniform",
             SchedulerKind::Karras => "Karras",
+            SchedulerKind::Exponential => "Exponential",
+            SchedulerKind::Polyexponential => "Polyexponential",
+            SchedulerKind::SgmUniform => "SGM Uniform",
+            SchedulerKind::KlOptimal => "KL Optimal",
+            SchedulerKind::AlignYourSteps => "Align Your Steps",
+            SchedulerKind::Simple => "Simple",
+            SchedulerKind::Normal => "Normal",
+            SchedulerKind::Ddim => "DDIM",
+            SchedulerKind::Beta => "Beta",
         }
+    }
+
+    pub fn aliases(self) -> &'static [&'static str] {
+        match self {
+            SchedulerKind::SgmUniform => &["SGMUniform"],
+            _ => &[],
+        }
+    }
+
+    /// A1111's `default_rho` (-1: the schedule has no rho).
+    pub fn default_rho(self) -> f64 {
+        match self {
+            SchedulerKind::Karras => 7.0,
+            SchedulerKind::Polyexponential => 1.0,
+            _ => -1.0,
+        }
+    }
+
+    /// Whether A1111 builds it from the model's training sigmas rather than sigma_min/max only.
+    pub fn need_inner_model(self) -> bool {
+        matches!(
+            self,
+            SchedulerKind::Uniform
+                | SchedulerKind::SgmUniform
+                | SchedulerKind::Simple
+                | SchedulerKind::Normal
+                | SchedulerKind::Ddim
+                | SchedulerKind::Beta
+        )
+    }
+
+    /// The spellings that select it: name, label and aliases.
+    fn spellings(self) -> impl Iterator<Item = &'static str> {
+        [self.name(), self.label()]
+            .into_iter()
+            .chain(self.aliases().iter().copied())
     }
 
     fn parse(word: &str) -> Option<Self> {
         let w = normalize(word);
         Self::ALL
             .into_iter()
-            .find(|s| w == s.name() || w == normalize(s.label()))
+            .find(|s| s.spellings().any(|n| normalize(n) == w))
     }
 }
 
@@ -140,11 +315,12 @@ impl SamplerSpec {
         Self { kind, scheduler }
     }
 
-    /// The name written to infotext and shown to users: "Euler a", "DPM++ 2M Karras".
+    /// The name written to infotext and shown to users: "Euler a", "DPM++ 2M Karras",
+    /// "Euler SGM Uniform" (A1111 reads a trailing schedule label off a sampler name).
     pub fn display_name(&self) -> String {
         match self.scheduler {
             SchedulerKind::Automatic => self.kind.name().to_string(),
-            SchedulerKind::Karras => format!("{} Karras", self.kind.name()),
+            s => format!("{} {}", self.kind.name(), s.label()),
         }
     }
 }
@@ -170,10 +346,47 @@ fn normalize(s: &str) -> String {
         .to_lowercase()
 }
 
-/// Legacy aliases that name a sampler and a schedule at once.
-const COMBINED_ALIASES: [(&str, SamplerKind, SchedulerKind); 2] = [
+/// Legacy aliases (older A1111 lists) that name a sampler and a schedule at once.
+const COMBINED_ALIASES: [(&str, SamplerKind, SchedulerKind); 11] = [
     ("k_dpmpp_2m_ka", SamplerKind::DpmPp2m, SchedulerKind::Karras),
     ("k_lms_ka", SamplerKind::Lms, SchedulerKind::Karras),
+    ("k_dpm_2_ka", SamplerKind::Dpm2, SchedulerKind::Karras),
+    ("k_dpm_2_a_ka", SamplerKind::Dpm2A, SchedulerKind::Karras),
+    (
+        "k_dpmpp_sde_ka",
+        SamplerKind::DpmPpSde,
+        SchedulerKind::Karras,
+    ),
+    (
+        "k_dpmpp_2m_sde_ka",
+        SamplerKind::DpmPp2mSde,
+        SchedulerKind::Karras,
+    ),
+    (
+        "k_dpmpp_2m_sde_heun_ka",
+        SamplerKind::DpmPp2mSdeHeun,
+        SchedulerKind::Karras,
+    ),
+    (
+        "k_dpmpp_2m_sde_heun_exp",
+        SamplerKind::DpmPp2mSdeHeun,
+        SchedulerKind::Exponential,
+    ),
+    (
+        "k_dpmpp_3m_sde_ka",
+        SamplerKind::DpmPp3mSde,
+        SchedulerKind::Karras,
+    ),
+    (
+        "k_dpmpp_3m_sde_exp",
+        SamplerKind::DpmPp3mSde,
+        SchedulerKind::Exponential,
+    ),
+    (
+        "k_dpmpp_2m_sde_exp",
+        SamplerKind::DpmPp2mSde,
+        SchedulerKind::Exponential,
+    ),
 ];
 
 fn lookup(name: &str) -> Option<(SamplerKind, Option<SchedulerKind>)> {
@@ -190,6 +403,19 @@ fn lookup(name: &str) -> Option<(SamplerKind, Option<SchedulerKind>)> {
         .map(|(_, kind, sched)| (kind, Some(sched)))
 }
 
+/// A sampler name with a trailing schedule label or alias ("DPM++ 2M SDE Karras",
+/// "Euler SGM Uniform"), split as A1111's `get_sampler_and_scheduler` does.
+fn split_scheduler_suffix(name: &str) -> Option<(SamplerKind, SchedulerKind)> {
+    let n = normalize(name);
+    SchedulerKind::ALL.into_iter().find_map(|sched| {
+        sched.spellings().find_map(|spelling| {
+            let head = n.strip_suffix(&format!(" {}", normalize(spelling)))?;
+            let (kind, implied) = lookup(head)?;
+            Some((kind, implied.unwrap_or(sched)))
+        })
+    })
+}
+
 fn known_names() -> String {
     let mut names: Vec<String> = SamplerKind::ALL
         .iter()
@@ -199,9 +425,19 @@ fn known_names() -> String {
     names.join(", ")
 }
 
-/// Parses an A1111 sampler name and optional scheduler ("Schedule type"). A scheduler word at
+/// `label (name)` for every scheduler, for error messages.
+fn known_schedulers_text() -> String {
+    SchedulerKind::ALL
+        .iter()
+        .map(|s| format!("{} ({})", s.label(), s.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Parses an A1111 sampler name and optional scheduler ("Schedule type"). A schedule label at
 /// the end of the name ("DPM++ 2M Karras") wins over the `scheduler` argument, as in A1111;
-/// an empty or missing scheduler means Automatic.
+/// an empty or missing scheduler means Automatic. An unknown scheduler is an error naming the
+/// `scheduler` field and the accepted values, never a silent fallback.
 pub fn parse_sampler(name: &str, scheduler: Option<&str>) -> Result<SamplerSpec> {
     let unknown = || EngineError::UnknownSampler {
         name: name.to_string(),
@@ -210,12 +446,11 @@ pub fn parse_sampler(name: &str, scheduler: Option<&str>) -> Result<SamplerSpec>
     let explicit = match scheduler.map(str::trim).filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => Some(SchedulerKind::parse(s).ok_or_else(|| {
-            let known: Vec<&str> = SchedulerKind::ALL.iter().map(|s| s.label()).collect();
             EngineError::invalid(
                 "scheduler",
                 format!(
-                    "unknown scheduler '{s}'; known schedulers: {}",
-                    known.join(", ")
+                    "unknown scheduler '{s}'; accepted: {}",
+                    known_schedulers_text()
                 ),
             )
         })?),
@@ -223,13 +458,8 @@ pub fn parse_sampler(name: &str, scheduler: Option<&str>) -> Result<SamplerSpec>
     let (kind, from_name) = match lookup(name) {
         Some(found) => found,
         None => {
-            let trimmed = name.trim();
-            let (head, tail) = trimmed
-                .rsplit_once(char::is_whitespace)
-                .ok_or_else(unknown)?;
-            let sched = SchedulerKind::parse(tail).ok_or_else(unknown)?;
-            let (kind, implied) = lookup(head).ok_or_else(unknown)?;
-            (kind, Some(implied.unwrap_or(sched)))
+            let (kind, sched) = split_scheduler_suffix(name).ok_or_else(unknown)?;
+            (kind, Some(sched))
         }
     };
     let scheduler = from_name.or(explicit).unwrap_or_default();
@@ -243,6 +473,11 @@ pub fn known_samplers() -> Vec<SamplerInfo> {
         .map(|k| SamplerInfo {
             name: k.name().to_string(),
             aliases: k.aliases().iter().map(|a| a.to_string()).collect(),
+            options: k
+                .options()
+                .into_iter()
+                .map(|(key, v)| (key.to_string(), v))
+                .collect(),
         })
         .collect()
 }
@@ -254,125 +489,13 @@ pub fn known_schedulers() -> Vec<SchedulerInfo> {
         .map(|s| SchedulerInfo {
             name: s.name().to_string(),
             label: s.label().to_string(),
-            aliases: Vec::new(),
+            aliases: s.aliases().iter().map(|a| a.to_string()).collect(),
+            default_rho: s.default_rho(),
+            need_inner_model: s.need_inner_model(),
         })
         .collect()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(kind: SamplerKind, scheduler: SchedulerKind) -> SamplerSpec {
-        SamplerSpec { kind, scheduler }
-    }
-
-    #[test]
-    fn names_and_aliases_parse_case_insensitively() {
-        use SamplerKind::*;
-        use SchedulerKind::*;
-        for (name, want) in [
-            ("Euler a", spec(EulerA, Automatic)),
-            ("euler A", spec(EulerA, Automatic)),
-            ("k_euler_a", spec(EulerA, Automatic)),
-            ("Euler Ancestral", spec(EulerA, Automatic)),
-            ("euler_ancestral", spec(EulerA, Automatic)),
-            ("Euler", spec(Euler, Automatic)),
-            ("K_EULER", spec(Euler, Automatic)),
-            ("ddim", spec(Ddim, Automatic)),
-            ("DPM++ 2M", spec(DpmPp2m, Automatic)),
-            ("k_dpmpp_2m", spec(DpmPp2m, Automatic)),
-            ("DPM++ 2M Karras", spec(DpmPp2m, Karras)),
-            ("dpm++  2m   karras", spec(DpmPp2m, Karras)),
-            ("k_dpmpp_2m_ka", spec(DpmPp2m, Karras)),
-            ("Euler Karras", spec(Euler, Karras)),
-            ("Heun", spec(Heun, Automatic)),
-            ("LMS Karras", spec(Lms, Karras)),
-            ("UniPC", spec(UniPc, Automatic)),
-        ] {
-            assert_eq!(parse_sampler(name, None).unwrap(), want, "{name}");
-        }
-    }
-
-    #[test]
-    fn scheduler_argument_and_suffix_combine_like_a1111() {
-        let p = parse_sampler("DPM++ 2M", Some("Karras")).unwrap();
-        assert_eq!(p, parse_sampler("DPM++ 2M Karras", None).unwrap());
-        assert_eq!(p.display_name(), "DPM++ 2M Karras");
-        let p = parse_sampler("DPM++ 2M Karras", Some("Automatic")).unwrap();
-        assert_eq!(p.scheduler, SchedulerKind::Karras);
-        let p = parse_sampler("Euler a", Some("")).unwrap();
-        assert_eq!(p.display_name(), "Euler a");
-        assert_eq!(
-            parse_sampler("Euler", Some("karras"))
-                .unwrap()
-                .display_name(),
-            "Euler Karras"
-        );
-        // DDIM ignores schedules, as A1111 does.
-        assert_eq!(
-            parse_sampler("DDIM", Some("Karras"))
-                .unwrap()
-                .display_name(),
-            "DDIM"
-        );
-    }
-
-    #[test]
-    fn unknown_sampler_lists_the_known_ones() {
-        let err = parse_sampler("PLMS", None).unwrap_err();
-        assert!(err.is_client_error());
-        let text = err.to_string();
-        assert!(text.contains("PLMS"));
-        for name in [
-            "Euler a",
-            "Euler",
-            "DDIM",
-            "DPM++ 2M",
-            "DPM++ 2M Karras",
-            "Heun",
-            "LMS",
-        ] {
-            assert!(text.contains(name), "{text} should list {name}");
-        }
-        assert!(matches!(
-            parse_sampler("Euler Exponential", None),
-            Err(EngineError::UnknownSampler { .. })
-        ));
-        assert!(matches!(
-            parse_sampler("", None),
-            Err(EngineError::UnknownSampler { .. })
-        ));
-        assert!(matches!(
-            parse_sampler("Karras", None),
-            Err(EngineError::UnknownSampler { .. })
-        ));
-    }
-
-    #[test]
-    fn unknown_scheduler_is_an_invalid_field() {
-        let err = parse_sampler("Euler", Some("Polyexponential")).unwrap_err();
-        let text = err.to_string();
-        assert!(
-            text.contains("scheduler") && text.contains("Karras"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn lists_cover_every_sampler_and_scheduler() {
-        let samplers = known_samplers();
-        assert_eq!(samplers.len(), SamplerKind::ALL.len());
-        for info in &samplers {
-            assert!(parse_sampler(&info.name, None).is_ok());
-            for alias in &info.aliases {
-                assert_eq!(
-                    parse_sampler(alias, None).unwrap().kind,
-                    parse_sampler(&info.name, None).unwrap().kind
-                );
-            }
-        }
-        let labels: Vec<String> = known_schedulers().into_iter().map(|s| s.label).collect();
-        assert_eq!(labels, vec!["Automatic", "Karras"]);
-    }
-}
+#[path = "names_tests.rs"]
+mod tests;

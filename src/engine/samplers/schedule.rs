@@ -3,6 +3,8 @@
 //! `linspace`, `interp` and round-half-to-even included — so the UNet sees the same timesteps.
 
 use super::config::{linspace, SchedulerConfig, Spacing};
+use super::names::SchedulerKind;
+use super::noise_schedules::{a1111_sigmas, beta_sigmas, exponential_sigmas, TrainSigmas};
 use crate::engine::error::Result;
 
 /// The timesteps a run visits and the sigma before each step; `sigmas` has one more entry (the
@@ -157,19 +159,82 @@ fn to_f32_precision(v: &mut [f64]) {
     v.iter_mut().for_each(|x| *x = *x as f32 as f64);
 }
 
+/// What "Automatic" means for a diffusers sampler: the sigma spread the model's scheduler
+/// config asks for (`use_karras_sigmas`, `use_exponential_sigmas`, `use_beta_sigmas`).
+pub(crate) fn resolve_automatic(
+    config: &SchedulerConfig,
+    scheduler: SchedulerKind,
+) -> SchedulerKind {
+    if scheduler != SchedulerKind::Automatic {
+        return scheduler;
+    }
+    if config.use_karras_sigmas == Some(true) {
+        SchedulerKind::Karras
+    } else if config.use_exponential_sigmas == Some(true) {
+        SchedulerKind::Exponential
+    } else if config.use_beta_sigmas == Some(true) {
+        SchedulerKind::Beta
+    } else {
+        SchedulerKind::Automatic
+    }
+}
+
+/// diffusers' `_convert_to_karras` / `_convert_to_exponential` / `_convert_to_beta`: `steps`
+/// sigmas between `sigma_max` and `sigma_min`; `None` for schedules diffusers does not have.
+fn diffusers_conversion(
+    scheduler: SchedulerKind,
+    sigma_min: f64,
+    sigma_max: f64,
+    steps: usize,
+) -> Option<Vec<f64>> {
+    match scheduler {
+        SchedulerKind::Karras => Some(karras_sigmas(sigma_min, sigma_max, steps)),
+        SchedulerKind::Exponential => Some(exponential_sigmas(sigma_min, sigma_max, steps)),
+        SchedulerKind::Beta => Some(beta_sigmas(sigma_min, sigma_max, steps)),
+        _ => None,
+    }
+}
+
+/// A1111's list for a schedule diffusers does not have, with the timesteps of all but its
+/// last sigma (`round` for the integer-timestep multistep samplers).
+fn a1111_schedule(
+    scheduler: SchedulerKind,
+    steps: usize,
+    train: &[f64],
+    round: bool,
+) -> SigmaSchedule {
+    let train = TrainSigmas::new(train.to_vec());
+    let mut sigmas = a1111_sigmas(scheduler, steps, &train);
+    to_f32_precision(&mut sigmas);
+    let mut ts: Vec<f64> = sigmas[..sigmas.len() - 1]
+        .iter()
+        .map(|s| train.sigma_to_t(*s))
+        .collect();
+    if round {
+        ts.iter_mut().for_each(|t| *t = t.round_ties_even());
+    } else {
+        to_f32_precision(&mut ts);
+    }
+    SigmaSchedule {
+        timesteps: ts,
+        sigmas,
+    }
+}
+
 /// The schedule of Euler, Euler a, Heun and LMS (diffusers' `EulerDiscreteScheduler`):
-/// sigmas interpolated at fractional timesteps, or Karras sigmas between the first and last of
-/// those mapped back to fractional timesteps.
+/// sigmas interpolated at fractional timesteps; Karras, exponential or beta sigmas between the
+/// first and last of those mapped back to fractional timesteps; or an A1111 schedule.
 pub(crate) fn sigma_schedule(
     config: &SchedulerConfig,
     spacing: Spacing,
     steps: usize,
-    karras: bool,
+    scheduler: SchedulerKind,
     final_zero: bool,
 ) -> Result<SigmaSchedule> {
     let ac = config.alphas_cumprod(true)?;
     let train = train_sigmas(&ac);
     let n = train.len();
+    let scheduler = resolve_automatic(config, scheduler);
     let mut ts = timesteps(
         TimestepRule::Sigma,
         spacing,
@@ -179,9 +244,13 @@ pub(crate) fn sigma_schedule(
         config.steps_offset,
     );
     let mut sigmas: Vec<f64> = ts.iter().map(|t| interp(*t, &train)).collect();
-    if karras {
+    if scheduler != SchedulerKind::Automatic {
+        let converted = diffusers_conversion(scheduler, sigmas[sigmas.len() - 1], sigmas[0], steps);
+        let Some(converted) = converted else {
+            return Ok(a1111_schedule(scheduler, steps, &train, false));
+        };
         let log_sigmas: Vec<f64> = train.iter().map(|s| s.ln()).collect();
-        sigmas = karras_sigmas(sigmas[sigmas.len() - 1], sigmas[0], steps);
+        sigmas = converted;
         ts = sigmas.iter().map(|s| sigma_to_t(*s, &log_sigmas)).collect();
         to_f32_precision(&mut ts);
     }
@@ -194,18 +263,21 @@ pub(crate) fn sigma_schedule(
 }
 
 /// The schedule of DPM-Solver++ and UniPC (diffusers' multistep schedulers): integer timesteps;
-/// with Karras sigmas over the whole training range, mapped back to rounded timesteps.
+/// with Karras, exponential or beta sigmas over the whole training range, mapped back to
+/// timesteps (rounded for Karras; diffusers truncates the others to integers); or an A1111
+/// schedule at rounded timesteps.
 pub(crate) fn multistep_schedule(
     config: &SchedulerConfig,
     spacing: Spacing,
     steps: usize,
-    karras: bool,
+    scheduler: SchedulerKind,
     final_zero: bool,
     lambda_min_clipped: Option<f64>,
 ) -> Result<SigmaSchedule> {
     let ac = config.alphas_cumprod(true)?;
     let train = train_sigmas(&ac);
     let n = train.len();
+    let scheduler = resolve_automatic(config, scheduler);
     // Timesteps whose log-SNR lies below the clip are never visited.
     let clipped = match lambda_min_clipped {
         Some(min) => ac
@@ -226,17 +298,24 @@ pub(crate) fn multistep_schedule(
         steps,
         config.steps_offset,
     );
-    let (mut sigmas, last) = if karras {
-        let log_sigmas: Vec<f64> = train.iter().map(|s| s.ln()).collect();
-        let sigmas = karras_sigmas(train[0], train[n - 1], steps);
-        ts = sigmas
-            .iter()
-            .map(|s| sigma_to_t(*s, &log_sigmas).round_ties_even())
-            .collect();
-        let last = sigmas[sigmas.len() - 1];
-        (sigmas, last)
-    } else {
-        (ts.iter().map(|t| interp(*t, &train)).collect(), train[0])
+    let (mut sigmas, last) = match diffusers_conversion(scheduler, train[0], train[n - 1], steps) {
+        Some(sigmas) => {
+            let log_sigmas: Vec<f64> = train.iter().map(|s| s.ln()).collect();
+            let to_int = match scheduler {
+                SchedulerKind::Karras => f64::round_ties_even,
+                _ => f64::trunc,
+            };
+            ts = sigmas
+                .iter()
+                .map(|s| to_int(sigma_to_t(*s, &log_sigmas)))
+                .collect();
+            let last = sigmas[sigmas.len() - 1];
+            (sigmas, last)
+        }
+        None if scheduler == SchedulerKind::Automatic => {
+            (ts.iter().map(|t| interp(*t, &train)).collect(), train[0])
+        }
+        None => return Ok(a1111_schedule(scheduler, steps, &train, true)),
     };
     sigmas.push(if final_zero { 0.0 } else { last });
     to_f32_precision(&mut sigmas);

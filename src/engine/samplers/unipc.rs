@@ -4,17 +4,17 @@
 
 use candle_core::Tensor;
 
-use super::config::{Prediction, SchedulerConfig, Spacing};
-use super::ops::{self, alpha_sigma, check_next, check_step, lambda, lin};
-use super::schedule::{multistep_schedule, SigmaSchedule};
-use super::Sampler;
+use super::config::SchedulerConfig;
+use super::multistep::{VpMultistep, VpState, VpUpdate};
+use super::names::SchedulerKind;
+use super::ops::{alpha_sigma, lambda, lin};
+use super::schedule::SigmaSchedule;
 use crate::engine::error::Result;
 
 const SOLVER_ORDER: usize = 2;
 
-pub(crate) struct UniPcSampler {
-    schedule: SigmaSchedule,
-    prediction: Prediction,
+/// UniPC's predictor-corrector rule.
+pub(crate) struct UniPc {
     lower_order_final: bool,
     /// Data predictions of the last steps taken, newest last, at most `SOLVER_ORDER`.
     outputs: Vec<Tensor>,
@@ -22,8 +22,9 @@ pub(crate) struct UniPcSampler {
     last_sample: Option<Tensor>,
     /// The order the previous predictor used; the corrector uses the same.
     this_order: usize,
-    last_step: Option<usize>,
 }
+
+pub(crate) type UniPcSampler = VpMultistep<UniPc>;
 
 /// `(h_phi_1, B_h, b)` of UniPC's bh2 variant for step size `h` in log-SNR and order `order`.
 fn coefficients(h: f64, order: usize) -> (f64, f64, Vec<f64>) {
@@ -42,24 +43,31 @@ fn coefficients(h: f64, order: usize) -> (f64, f64, Vec<f64>) {
 }
 
 impl UniPcSampler {
-    pub(crate) fn new(config: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self> {
-        let spacing = config.spacing(Spacing::Linspace)?;
-        let final_zero = config.final_sigma_zero()?;
-        let schedule = multistep_schedule(config, spacing, steps, karras, final_zero, None)?;
-        Ok(Self {
-            schedule,
-            prediction: config.prediction()?,
+    pub(crate) fn new(
+        config: &SchedulerConfig,
+        steps: usize,
+        scheduler: SchedulerKind,
+    ) -> Result<Self> {
+        let rule = UniPc {
             lower_order_final: config.lower_order_final,
             outputs: Vec::new(),
             last_sample: None,
             this_order: 1,
-            last_step: None,
-        })
+        };
+        VpMultistep::build(config, steps, scheduler, None, rule)
     }
+}
 
+impl UniPc {
     /// Re-solves the previous step from `last` using the new data prediction `model_t`.
-    fn correct(&self, model_t: &Tensor, last: &Tensor, step: usize) -> Result<Tensor> {
-        let sg = &self.schedule.sigmas;
+    fn correct(
+        &self,
+        schedule: &SigmaSchedule,
+        model_t: &Tensor,
+        last: &Tensor,
+        step: usize,
+    ) -> Result<Tensor> {
+        let sg = &schedule.sigmas;
         let (alpha_t, sigma_t) = alpha_sigma(sg[step]);
         let (_, sigma_s0) = alpha_sigma(sg[step - 1]);
         let h = lambda(sg[step]) - lambda(sg[step - 1]);
@@ -85,8 +93,14 @@ impl UniPcSampler {
     }
 
     /// Predicts the next sample from `x` with the stored data predictions.
-    fn predict(&self, x: &Tensor, step: usize, order: usize) -> Result<Tensor> {
-        let sg = &self.schedule.sigmas;
+    fn predict(
+        &self,
+        schedule: &SigmaSchedule,
+        x: &Tensor,
+        step: usize,
+        order: usize,
+    ) -> Result<Tensor> {
+        let sg = &schedule.sigmas;
         let (alpha_t, sigma_t) = alpha_sigma(sg[step + 1]);
         let (_, sigma_s0) = alpha_sigma(sg[step]);
         let h = lambda(sg[step + 1]) - lambda(sg[step]);
@@ -106,42 +120,13 @@ impl UniPcSampler {
     }
 }
 
-impl Sampler for UniPcSampler {
-    fn timesteps(&self) -> &[f64] {
-        &self.schedule.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.schedule.timesteps.len())?;
-        Ok(sample.clone())
-    }
-
-    fn needs_step_noise(&self) -> bool {
-        false
-    }
-
-    fn step(
-        &mut self,
-        model_output: &Tensor,
-        step: usize,
-        sample: &Tensor,
-        _noise: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let n = self.schedule.timesteps.len();
-        check_step(step, n)?;
-        check_next(step, self.last_step)?;
-        let dtype = sample.dtype();
-        let x = ops::f32(sample)?;
-        let out = ops::f32(model_output)?;
-        let (alpha, sigma) = alpha_sigma(self.schedule.sigmas[step]);
-        // The data prediction comes from the uncorrected sample, as in diffusers.
-        let x0 = ops::x0_at_alpha_sigma(self.prediction, &out, &x, alpha, sigma)?;
+impl VpUpdate for UniPc {
+    fn update(&mut self, state: &VpState, x: Tensor, x0: Tensor, step: usize) -> Result<Tensor> {
+        let schedule = &state.schedule;
+        let n = schedule.timesteps.len();
+        // The data prediction came from the uncorrected sample, as in diffusers.
         let x = match &self.last_sample {
-            Some(last) => self.correct(&x0, last, step)?,
+            Some(last) => self.correct(schedule, &x0, last, step)?,
             None => x,
         };
         self.outputs.push(x0);
@@ -156,26 +141,20 @@ impl Sampler for UniPcSampler {
         // Warm-up: never more history than steps taken; a step onto sigma 0 must be first
         // order (h is infinite).
         order = order.min(self.outputs.len());
-        if self.schedule.sigmas[step + 1] == 0.0 {
+        if schedule.sigmas[step + 1] == 0.0 {
             order = 1;
         }
         self.this_order = order;
-        let prev = self.predict(&x, step, order)?;
+        let prev = self.predict(schedule, &x, step, order)?;
         self.last_sample = Some(x);
-        self.last_step = Some(step);
-        Ok(prev.to_dtype(dtype)?)
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.schedule.timesteps.len())?;
-        let (a, s) = alpha_sigma(self.schedule.sigmas[step]);
-        lin(&[(original, a), (noise, s)])
+        Ok(prev)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::samplers::Sampler;
     use candle_core::Device;
 
     fn value(t: &Tensor) -> f64 {
@@ -206,8 +185,8 @@ mod tests {
             beta_end: 0.012,
             ..Default::default()
         };
-        let mut s = UniPcSampler::new(&cfg, 10, false).unwrap();
-        let sg = s.schedule.sigmas.clone();
+        let mut s = UniPcSampler::new(&cfg, 10, SchedulerKind::Automatic).unwrap();
+        let sg = s.state.schedule.sigmas.clone();
         let vp = |k: f64| (1.0 / (k * k + 1.0).sqrt(), k / (k * k + 1.0).sqrt());
         let lam = |k: f64| (1.0 / k).ln();
         let dev = Device::Cpu;
@@ -244,7 +223,7 @@ mod tests {
             beta_end: 0.012,
             ..Default::default()
         };
-        let mut s = UniPcSampler::new(&cfg, 6, false).unwrap();
+        let mut s = UniPcSampler::new(&cfg, 6, SchedulerKind::Automatic).unwrap();
         let dev = Device::Cpu;
         let x0 = Tensor::new(&[0.7f32], &dev).unwrap();
         let eps = Tensor::new(&[-1.3f32], &dev).unwrap();
