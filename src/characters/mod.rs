@@ -13,6 +13,7 @@ mod error;
 mod legacy;
 mod legacy_merge;
 pub mod migrate;
+mod pool;
 mod portraits;
 pub mod pregenerated;
 mod profiles;
