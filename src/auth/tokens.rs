@@ -290,6 +290,63 @@ mod tests {
     }
 
     #[test]
+    fn a_revocation_through_the_store_empties_the_cache_at_once() {
+        let s = TokenStore::open_in_memory().unwrap();
+        let (alice, alice_info) = s.create("alice", Role::Player).unwrap();
+        let (bob, _) = s.create("bob", Role::Player).unwrap();
+        assert_eq!(
+            s.cached(&alice),
+            None,
+            "nothing is cached before the first check"
+        );
+        assert_eq!(s.authenticate(&alice).unwrap().unwrap().user, "alice");
+        assert_eq!(s.authenticate(&bob).unwrap().unwrap().user, "bob");
+        assert_eq!(s.cached(&alice).unwrap().user, "alice");
+        // A clone (another handler's copy) revokes: every copy stops believing the token.
+        assert!(s.clone().revoke(alice_info.id).unwrap());
+        assert_eq!(s.cached(&alice), None);
+        assert_eq!(s.authenticate(&alice).unwrap(), None);
+        // Others are re-verified from the database, and still pass.
+        assert_eq!(s.cached(&bob), None);
+        assert_eq!(s.authenticate(&bob).unwrap().unwrap().user, "bob");
+    }
+
+    #[test]
+    fn unknown_tokens_are_not_cached_so_one_created_elsewhere_works_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.db");
+        let server = TokenStore::open(&path).unwrap();
+        let cli = TokenStore::open(&path).unwrap();
+        assert_eq!(server.authenticate("lmn_not_yet").unwrap(), None);
+        let (secret, _) = cli.create("carol", Role::Player).unwrap();
+        assert_eq!(server.authenticate(&secret).unwrap().unwrap().user, "carol");
+    }
+
+    #[test]
+    fn a_revocation_by_another_process_is_seen_once_the_entry_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.db");
+        let server = TokenStore::open(&path).unwrap();
+        let cli = TokenStore::open(&path).unwrap();
+        let (secret, info) = cli.create("dave", Role::Admin).unwrap();
+        assert_eq!(
+            server.authenticate(&secret).unwrap().unwrap().role,
+            Role::Admin
+        );
+        assert!(cli.revoke(info.id).unwrap());
+        let revoked_at = Instant::now();
+        // Poll as requests would; the bound is TOKEN_CACHE_TTL, the slack only a hang guard.
+        while server.authenticate(&secret).unwrap().is_some() {
+            assert!(
+                revoked_at.elapsed() < TOKEN_CACHE_TTL + Duration::from_secs(10),
+                "a token revoked elsewhere was still accepted long after the cache bound"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(server.cached(&secret), None);
+    }
+
+    #[test]
     fn first_admin_is_created_once() {
         let s = TokenStore::open_in_memory().unwrap();
         let first = s.ensure_admin().unwrap().expect("admin created");

@@ -7,11 +7,11 @@
 //! them inside a single transaction. A PostgreSQL store would implement the same trait.
 
 use super::error::{StoreError, StoreResult};
+use super::pool::ReaderPool;
 use super::types::{
     Campaign, CampaignFilter, CampaignStatePatch, CharacterFilter, CharacterInfo, CharacterPatch,
     CharacterProfile, EnrichedCharacter, NewCampaign, NewCharacter, NewPortrait, PortraitRecord,
 };
-use super::pool::ReaderPool;
 use super::{campaigns, portraits, profiles};
 use rusqlite::backup::StepResult;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
