@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Read throughput of the HTTP API with wrk: one authenticated GET /api/characters/{id} (as the
-# character's owner, a player) and GET /health, against a release build on a fresh data dir.
+# character's owner, a player), GET /health and a plain 404 (the HTTP stack's floor), against a
+# release build on a fresh data dir; with the server's CPU time per request.
 #   cargo build --release && benches/http_read.sh [seconds]
 # LIMNER_BIN overrides the binary; WRK_ARGS the load (default: 2 threads, 64 connections).
 set -euo pipefail
@@ -41,3 +42,5 @@ load() { # NAME URL [wrk args...]
 load "GET /api/characters/$ID (owner's bearer token)" "$BASE/api/characters/$ID" \
   -H "Authorization: Bearer $PLAYER"
 load "GET /health" "$BASE/health"
+# The floor of the HTTP stack on this machine: a JSON 404, no credentials, no database.
+load "GET /api/none (404)" "$BASE/api/none"

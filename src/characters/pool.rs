@@ -11,10 +11,13 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::error::StoreResult;
 
-/// Idle readers kept open. Busier moments open more and close them when done, so a reader is
-/// never waited for: the blocking pool (or the async worker running a short read) already
-/// bounds how many run at once.
-const MAX_IDLE: usize = 16;
+/// Readers kept open for reuse. Each read on the blocking pool holds one, so under load as many
+/// are busy as requests are reading; keeping that many avoids reopening (and re-preparing) them.
+/// Past this a busy moment opens more and closes them when done: a reader is never waited for.
+const MAX_IDLE: usize = 64;
+
+/// Page cache per reader (KiB): the OS page cache is shared by all of them, this is not.
+const READER_CACHE_KIB: i64 = 1024;
 
 /// Prepared statements kept per connection; each resource's queries are a handful.
 const STATEMENT_CACHE: usize = 64;
@@ -56,6 +59,7 @@ impl ReaderPool {
         conn.busy_timeout(Duration::from_secs(10))?;
         // A reader that tried to write would take the write lock beside the writer's mutex.
         conn.pragma_update(None, "query_only", true)?;
+        conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(conn)
     }
