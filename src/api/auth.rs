@@ -47,11 +47,17 @@ impl FromRequestParts<AppState> for Caller {
         let token = bearer_or_basic(parts).ok_or_else(|| {
             ApiError::unauthorized("missing credentials: send Authorization: Bearer <token>")
         })?;
-        let tokens = tokens.clone();
-        let principal = tokio::task::spawn_blocking(move || tokens.authenticate(&token))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(ApiError::internal)?;
+        // A token verified moments ago needs no database read, so no trip to the blocking pool.
+        let principal = match tokens.cached(&token) {
+            Some(p) => Some(p),
+            None => {
+                let tokens = tokens.clone();
+                tokio::task::spawn_blocking(move || tokens.authenticate(&token))
+                    .await
+                    .map_err(|e| ApiError::internal(e.to_string()))?
+                    .map_err(ApiError::internal)?
+            }
+        };
         principal
             .map(Caller)
             .ok_or_else(|| ApiError::unauthorized("invalid or revoked token"))

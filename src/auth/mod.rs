@@ -6,7 +6,7 @@ mod signing;
 mod tokens;
 
 pub use signing::{now_secs as signing_now, UrlSigner};
-pub use tokens::{TokenInfo, TokenStore};
+pub use tokens::{TokenInfo, TokenStore, TOKEN_CACHE_TTL};
 
 use serde::{Deserialize, Serialize};
 

@@ -227,7 +227,8 @@ pub(crate) fn find_state(
          WHERE s.campaign_id = ?1 AND s.character_id = ?2"
     );
     Ok(conn
-        .query_row(&sql, [campaign_id, character_id], |r| state_from_row(r, 0))
+        .prepare_cached(&sql)?
+        .query_row([campaign_id, character_id], |r| state_from_row(r, 0))
         .optional()?)
 }
 

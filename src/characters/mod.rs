@@ -15,6 +15,7 @@ mod legacy_files;
 mod legacy_ids;
 mod legacy_merge;
 pub mod migrate;
+mod pool;
 mod portraits;
 pub mod pregenerated;
 mod profiles;

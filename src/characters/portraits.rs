@@ -35,7 +35,9 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<PortraitRecord> {
 
 pub(crate) fn find(conn: &Connection, id: &str) -> StoreResult<Option<PortraitRecord>> {
     let sql = format!("SELECT {COLUMNS} {FROM} WHERE p.id = ?1");
-    Ok(conn.query_row(&sql, [id], from_row).optional()?)
+    // Cached: every merged view with a portrait asks this (parsed once per connection).
+    let mut stmt = conn.prepare_cached(&sql)?;
+    Ok(stmt.query_row([id], from_row).optional()?)
 }
 
 pub(crate) fn get(conn: &Connection, id: &str) -> StoreResult<PortraitRecord> {

@@ -238,7 +238,9 @@ pub(crate) fn create(
 
 pub(crate) fn find(conn: &Connection, id: &str) -> StoreResult<Option<CharacterProfile>> {
     let sql = format!("SELECT {COLUMNS} FROM characters c WHERE c.id = ?1");
-    Ok(conn.query_row(&sql, [id], from_row).optional()?)
+    // Cached: this is every GET's query (the statement is parsed once per connection).
+    let mut stmt = conn.prepare_cached(&sql)?;
+    Ok(stmt.query_row([id], from_row).optional()?)
 }
 
 pub(crate) fn get(conn: &Connection, id: &str) -> StoreResult<CharacterProfile> {

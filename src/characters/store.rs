@@ -7,6 +7,7 @@
 //! them inside a single transaction. A PostgreSQL store would implement the same trait.
 
 use super::error::{StoreError, StoreResult};
+use super::pool::ReaderPool;
 use super::types::{
     Campaign, CampaignFilter, CampaignStatePatch, CharacterFilter, CharacterInfo, CharacterPatch,
     CharacterProfile, EnrichedCharacter, NewCampaign, NewCharacter, NewPortrait, PortraitRecord,
@@ -98,11 +99,15 @@ pub trait CharacterStore: Send + Sync {
     fn backup_to(&self, dest: &Path) -> StoreResult<()>;
 }
 
-/// The SQLite store: one connection behind a mutex, cheap to clone and share between threads.
-/// WAL lets other processes (`limner backup`) read while this one writes.
+/// The SQLite store: one writer connection behind a mutex (SQLite allows one writer at a time;
+/// the mutex queues them here instead of in busy retries) and, for a database file, a pool of
+/// readers that run beside it (WAL). Cheap to clone and share between threads. WAL also lets
+/// other processes (`limner backup`) read while this one writes.
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// None in memory: a private in-memory database has only the one connection.
+    readers: Option<Arc<ReaderPool>>,
     path: Option<PathBuf>,
 }
 
@@ -146,8 +151,14 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
         migrate_schema(&mut conn)?;
+        // Readers open only after the schema is current, so none sees an old one.
+        let readers = match &path {
+            Some(p) => Some(Arc::new(ReaderPool::new(p)?)),
+            None => None,
+        };
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            readers,
             path,
         })
     }
@@ -173,8 +184,13 @@ impl SqliteStore {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs `f` on a pooled reader in one read transaction (one consistent snapshot that
+    /// includes every write committed before it started), never waiting for the writer.
     pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
-        f(&self.lock())
+        match &self.readers {
+            Some(pool) => pool.read(f),
+            None => f(&self.lock()),
+        }
     }
 
     /// Runs `f` in one IMMEDIATE transaction, committed only if `f` succeeds.
