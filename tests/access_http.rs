@@ -124,8 +124,12 @@ async fn the_visibility_matrix_after_joining_by_invite() {
     for (name, token, sees, manages) in who {
         let seen = if sees { 200 } else { 404 };
         a.get(&hero_url, token).await.expect(seen);
-        a.get(&format!("/api/campaigns/{c}"), token).await.expect(seen);
-        let roster = a.get(&format!("/api/campaigns/{c}/characters"), token).await;
+        a.get(&format!("/api/campaigns/{c}"), token)
+            .await
+            .expect(seen);
+        let roster = a
+            .get(&format!("/api/campaigns/{c}/characters"), token)
+            .await;
         assert_eq!(roster.status.as_u16(), seen, "{name} roster");
         a.get(&state_url, token).await.expect(seen);
         let listed = ids(&a.get("/api/characters", token).await.expect(200).json());
@@ -151,9 +155,15 @@ async fn the_visibility_matrix_after_joining_by_invite() {
         };
         assert_eq!(patched.status.as_u16(), want, "{name} state patch");
         // Bob's own character is visible to Bob and the admin only.
-        let stranger = a.get(&format!("/api/characters/{}", t.stranger), token).await;
+        let stranger = a
+            .get(&format!("/api/characters/{}", t.stranger), token)
+            .await;
         let bob_or_admin = name == "bob" || name == "admin";
-        assert_eq!(stranger.status.is_success(), bob_or_admin, "{name} stranger");
+        assert_eq!(
+            stranger.status.is_success(),
+            bob_or_admin,
+            "{name} stranger"
+        );
     }
     // Direct joins: the DM adds a character the DM can see (the DM's own), the admin anyone's.
     let dm_own = a.character("Npc", &t.dm).await;
@@ -196,10 +206,15 @@ async fn invite_codes_are_the_dms_to_issue_and_expire_or_run_out() {
     a.post(&invites, json!({}), &t.bob)
         .await
         .error(404, "not_found", None);
-    a.get(&invites, &t.alice).await.error(403, "forbidden", None);
+    a.get(&invites, &t.alice)
+        .await
+        .error(403, "forbidden", None);
     for (body, field) in [
         (json!({"expires_in_seconds": 0}), "expires_in_seconds"),
-        (json!({"expires_in_seconds": 40_000_000}), "expires_in_seconds"),
+        (
+            json!({"expires_in_seconds": 40_000_000}),
+            "expires_in_seconds",
+        ),
         (json!({"max_uses": 0}), "max_uses"),
         (json!({"max_uses": 1001}), "max_uses"),
         (json!({"uses": 5}), "uses"),
@@ -209,13 +224,20 @@ async fn invite_codes_are_the_dms_to_issue_and_expire_or_run_out() {
         assert_eq!(r.status.as_u16(), 422, "{v}");
         assert!(v["error"].as_str().unwrap().contains(field), "{v}");
     }
-    let once = a.post(&invites, json!({"max_uses": 1}), &t.dm).await.expect(201).json();
+    let once = a
+        .post(&invites, json!({"max_uses": 1}), &t.dm)
+        .await
+        .expect(201)
+        .json();
     assert_eq!(once["campaign_id"], c.as_str());
     assert_eq!(once["uses"], 0);
     assert!(once["expires_at"].is_string());
     let code = once["code"].as_str().unwrap();
     let listed = a.get(&invites, &t.dm).await.expect(200).json();
-    assert!(listed.as_array().unwrap().iter().any(|i| i["code"] == code), "{listed}");
+    assert!(
+        listed.as_array().unwrap().iter().any(|i| i["code"] == code),
+        "{listed}"
+    );
     let join = |code: &str, character: &str| json!({"code": code, "character_id": character});
     // Only one's own characters: Bob's is not even visible to Alice (404).
     a.post("/api/campaigns/join", join(code, &t.stranger), &t.alice)
@@ -253,7 +275,9 @@ async fn invite_codes_are_the_dms_to_issue_and_expire_or_run_out() {
         .error(410, "gone", None);
     // A second code: the hero is already in (409); it cannot open another campaign (404);
     // revoked, it is unknown (404).
-    let code2 = a.invite(c, json!({"expires_in_seconds": 3600}), &t.dm).await;
+    let code2 = a
+        .invite(c, json!({"expires_in_seconds": 3600}), &t.dm)
+        .await;
     a.post("/api/campaigns/join", join(&code2, &t.hero), &t.alice)
         .await
         .error(409, "conflict", None);
@@ -268,7 +292,9 @@ async fn invite_codes_are_the_dms_to_issue_and_expire_or_run_out() {
     a.delete(&format!("{invites}/{code2}"), &t.alice)
         .await
         .error(403, "forbidden", None);
-    a.delete(&format!("{invites}/{code2}"), &t.dm).await.expect(204);
+    a.delete(&format!("{invites}/{code2}"), &t.dm)
+        .await
+        .expect(204);
     a.post("/api/campaigns/join", join(&code2, &t.spare), &t.alice)
         .await
         .error(404, "not_found", None);
@@ -284,7 +310,11 @@ async fn invite_codes_are_the_dms_to_issue_and_expire_or_run_out() {
     assert!(String::from_utf8_lossy(&r.body).contains("expired"));
     r.error(410, "gone", None);
     let listed = a.get(&invites, &t.dm).await.expect(200).json();
-    assert!(listed.as_array().unwrap().iter().all(|i| i["code"] != short.as_str()));
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["code"] != short.as_str()));
 }
 
 /// Every page of `path` by following `Link: <...>; rel="next"`, checking `X-Next-Cursor`.
@@ -329,9 +359,16 @@ async fn lists_page_over_exactly_the_visible_rows() {
         alices.insert(a.character(&format!("Zora {i:02}"), &t.alice).await);
     }
     let first = ids(&a.get("/api/characters", &t.alice).await.expect(200).json());
-    assert_eq!(first, alices, "Alice's default page is all of hers, and only hers");
+    assert_eq!(
+        first, alices,
+        "Alice's default page is all of hers, and only hers"
+    );
     let first_bob = a.get("/api/characters", &t.bob).await.expect(200);
-    assert_eq!(first_bob.json().as_array().unwrap().len(), 100, "default page size");
+    assert_eq!(
+        first_bob.json().as_array().unwrap().len(),
+        100,
+        "default page size"
+    );
     assert!(first_bob.header("x-next-cursor").is_some());
     // Page by page, under filters: each visible row exactly once.
     let every = all_pages(a, "/api/characters?limit=7", &t.bob).await;
@@ -339,7 +376,12 @@ async fn lists_page_over_exactly_the_visible_rows() {
     assert_eq!(every.iter().cloned().collect::<BTreeSet<_>>(), bobs);
     let named = all_pages(a, "/api/characters?limit=4&name=aaron%2001", &t.bob).await;
     assert_eq!(named.len(), 10, "Aaron 010..019: {named:?}");
-    let admin_zora = all_pages(a, "/api/characters?limit=9&owner_id=alice&name=zora", &t.admin).await;
+    let admin_zora = all_pages(
+        a,
+        "/api/characters?limit=9&owner_id=alice&name=zora",
+        &t.admin,
+    )
+    .await;
     assert_eq!(admin_zora.len(), 60);
     let bob_sees_alice = all_pages(a, "/api/characters?limit=9&owner_id=alice", &t.bob).await;
     assert!(bob_sees_alice.is_empty());
@@ -356,7 +398,12 @@ async fn lists_page_over_exactly_the_visible_rows() {
             .expect(200)
             .json();
         let n = page.as_array().unwrap().len();
-        by_offset.extend(page.as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_string()));
+        by_offset.extend(
+            page.as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_string()),
+        );
         if n < 50 {
             break;
         }
@@ -366,9 +413,18 @@ async fn lists_page_over_exactly_the_visible_rows() {
     for i in 0..5 {
         a.campaign(&format!("Bob's {i}"), &t.bob).await;
     }
-    assert_eq!(all_pages(a, "/api/campaigns?limit=2", &t.bob).await.len(), 5);
-    assert_eq!(all_pages(a, "/api/campaigns?limit=2", &t.admin).await.len(), 6);
-    assert_eq!(all_pages(a, "/api/campaigns?limit=2", &t.alice).await, vec![t.camp.clone()]);
+    assert_eq!(
+        all_pages(a, "/api/campaigns?limit=2", &t.bob).await.len(),
+        5
+    );
+    assert_eq!(
+        all_pages(a, "/api/campaigns?limit=2", &t.admin).await.len(),
+        6
+    );
+    assert_eq!(
+        all_pages(a, "/api/campaigns?limit=2", &t.alice).await,
+        vec![t.camp.clone()]
+    );
     // Bad paging input names the field.
     for (query, field) in [
         ("limit=0", "limit"),

@@ -114,12 +114,13 @@ impl World {
             .iter()
             .filter(|(id, (name, owner))| {
                 self.character_visible(viewer, id)
-                    && f.owner_id.as_ref().is_none_or(|o| owner.as_ref() == Some(o))
-                    && f.name.as_ref().is_none_or(|n| {
-                        name.to_lowercase().contains(&n.to_lowercase())
-                    })
-                    && f
-                        .campaign_id
+                    && f.owner_id
+                        .as_ref()
+                        .is_none_or(|o| owner.as_ref() == Some(o))
+                    && f.name
+                        .as_ref()
+                        .is_none_or(|n| name.to_lowercase().contains(&n.to_lowercase()))
+                    && f.campaign_id
                         .as_ref()
                         .is_none_or(|k| self.campaigns[k].2.contains(*id))
             })
@@ -251,7 +252,8 @@ fn own_characters_are_on_the_first_page_and_outsiders_see_nothing() {
     assert!(outsider.items.is_empty() && outsider.next.is_none());
     // A player's own characters: all of them, in one page, with the owner filter.
     for i in [0, 7, 19] {
-        let mine = w.store
+        let mine = w
+            .store
             .list_characters(&CharacterFilter {
                 owner_id: Some(player(i)),
                 limit: Some(1000),

@@ -626,7 +626,12 @@ impl CharacterStore for FailingRecords {
     fn leave_campaign(&self, c: &str, ch: &str) -> StoreResult<()> {
         self.0.leave_campaign(c, ch)
     }
-    fn create_invite(&self, c: &str, by: Option<&str>, n: &NewInvite) -> StoreResult<CampaignInvite> {
+    fn create_invite(
+        &self,
+        c: &str,
+        by: Option<&str>,
+        n: &NewInvite,
+    ) -> StoreResult<CampaignInvite> {
         self.0.create_invite(c, by, n)
     }
     fn list_invites(&self, c: &str) -> StoreResult<Vec<CampaignInvite>> {

@@ -9,10 +9,10 @@ use serde::Deserialize;
 
 use super::auth::{viewer_of, Caller};
 use super::blocking;
-use super::paging::{paging, respond};
 use super::characters::with_urls;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery};
+use super::paging::{paging, respond};
 use super::AppState;
 use crate::characters::{
     Campaign, CampaignFilter, CampaignStatePatch, CharacterInfo, EnrichedCharacter, NewCampaign,

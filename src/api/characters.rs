@@ -97,7 +97,11 @@ pub async fn list(
     })
     .await?;
     let page = Page {
-        items: page.items.into_iter().map(|e| with_urls(&state, e)).collect(),
+        items: page
+            .items
+            .into_iter()
+            .map(|e| with_urls(&state, e))
+            .collect(),
         next: page.next,
     };
     Ok(respond(&uri, page))

@@ -95,9 +95,8 @@ pub async fn join(
     Caller(caller): Caller,
     ApiJson(body): ApiJson<JoinWithCode>,
 ) -> ApiResult<(StatusCode, Json<CharacterInfo>)> {
-    let info = blocking(move || {
-        state.join_with_invite(&caller, &body.code, None, &body.character_id)
-    })
-    .await?;
+    let info =
+        blocking(move || state.join_with_invite(&caller, &body.code, None, &body.character_id))
+            .await?;
     Ok((StatusCode::CREATED, Json(info)))
 }

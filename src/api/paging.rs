@@ -24,11 +24,7 @@ pub struct Paging {
     pub after: Option<PageKey>,
 }
 
-pub fn paging(
-    limit: Option<u32>,
-    offset: Option<u32>,
-    cursor: Option<&str>,
-) -> ApiResult<Paging> {
+pub fn paging(limit: Option<u32>, offset: Option<u32>, cursor: Option<&str>) -> ApiResult<Paging> {
     if let Some(limit) = limit {
         if !(1..=PAGE_MAX).contains(&limit) {
             return Err(ApiError::validation(

@@ -4,8 +4,7 @@
 use super::error::{StoreError, StoreResult};
 use super::profiles::{self, json_col, new_id, now, time_col, time_text};
 use super::types::{
-    Campaign, CampaignStatePatch, CharacterInfo, CharacterProfile,
-    EnrichedCharacter, NewCampaign,
+    Campaign, CampaignStatePatch, CharacterInfo, CharacterProfile, EnrichedCharacter, NewCampaign,
 };
 use super::{portraits, validate};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -95,7 +94,8 @@ pub(crate) fn delete(conn: &Connection, id: &str) -> StoreResult<()> {
 }
 
 /// The column list of campaign state, in the order `state_from_row` reads it from `start`.
-pub(crate) const STATE_COLUMNS: &str = "s.campaign_id, s.character_id, s.level, s.hit_points_current, \
+pub(crate) const STATE_COLUMNS: &str =
+    "s.campaign_id, s.character_id, s.level, s.hit_points_current, \
     s.hit_points_max, s.armor_class, s.status, s.inventory, s.location, s.quests, s.extra, \
     s.joined_at, s.updated_at";
 

@@ -13,8 +13,8 @@ use super::campaigns::{
 use super::error::{StoreError, StoreResult};
 use super::profiles::{self, page, COLUMNS, COLUMN_COUNT};
 use super::types::{
-    Campaign, CampaignFilter, CharacterFilter, CharacterProfile, EnrichedCharacter, Page,
-    PageKey, Viewer,
+    Campaign, CampaignFilter, CharacterFilter, CharacterProfile, EnrichedCharacter, Page, PageKey,
+    Viewer,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row};
@@ -272,9 +272,8 @@ pub(crate) fn visible_character(
     let Some(v) = viewer.user() else {
         return profiles::get(conn, id);
     };
-    let sql = format!(
-        "SELECT {COLUMNS} FROM characters c WHERE c.id = :id AND {CHARACTER_VISIBLE}"
-    );
+    let sql =
+        format!("SELECT {COLUMNS} FROM characters c WHERE c.id = :id AND {CHARACTER_VISIBLE}");
     let mut stmt = conn.prepare_cached(&sql)?;
     stmt.query_row(
         rusqlite::named_params! {":id": id, ":viewer": v},
@@ -293,8 +292,9 @@ pub(crate) fn visible_campaign(
     let Some(v) = viewer.user() else {
         return campaigns::get(conn, id);
     };
-    let sql =
-        format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns k WHERE k.id = :id AND {CAMPAIGN_VISIBLE}");
+    let sql = format!(
+        "SELECT {CAMPAIGN_COLUMNS} FROM campaigns k WHERE k.id = :id AND {CAMPAIGN_VISIBLE}"
+    );
     let mut stmt = conn.prepare_cached(&sql)?;
     let c = stmt
         .query_row(

@@ -29,8 +29,8 @@ pub use error::{StoreError, StoreResult};
 pub use invites::{INVITE_DEFAULT_SECONDS, INVITE_MAX_SECONDS, INVITE_MAX_USES};
 pub use legacy::LegacyPlan;
 pub use migrate::{migrate_legacy, MigrateError, MigrateOptions, MigrationReport};
-pub use profiles::{PAGE_DEFAULT, PAGE_MAX};
 pub use pregenerated::{import_pregenerated, pregenerated, PregenCharacter, PregenReport};
+pub use profiles::{PAGE_DEFAULT, PAGE_MAX};
 pub use store::{CharacterStore, SqliteStore, Store, DB_FILE_NAME, SCHEMA_VERSION};
 pub use types::{
     Campaign, CampaignFilter, CampaignInvite, CampaignStatePatch, CharacterFilter, CharacterInfo,
