@@ -4,6 +4,8 @@
 -- Name order with the id as tie-breaker: an admin's page and a keyset cursor are index ranges.
 DROP INDEX IF EXISTS characters_name;
 CREATE INDEX characters_name_id ON characters(name COLLATE NOCASE, id);
+-- Name and owner by id, so a user's visible set is filtered and sorted from the index alone.
+CREATE INDEX characters_id_name_owner ON characters(id, name COLLATE NOCASE, owner_id);
 -- A user's own characters, already in list order.
 DROP INDEX IF EXISTS characters_owner;
 CREATE INDEX characters_owner_name ON characters(owner_id, name COLLATE NOCASE, id);
