@@ -5,8 +5,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use limner::characters::{
-    CampaignFilter, CharacterFilter, CharacterStore, NewCampaign, NewCharacter, PageKey, Store,
-    Viewer,
+    CampaignFilter, CharacterFilter, CharacterPatch, CharacterStore, NewCampaign, NewCharacter,
+    PageKey, Store, Viewer,
 };
 
 const CHARACTERS: usize = 3000;
@@ -317,6 +317,61 @@ fn single_reads_and_campaign_lists_follow_the_same_rules() {
             }
         }
         assert_eq!(got.iter().collect::<Vec<_>>(), want, "{viewer:?}");
+        for k in w.campaigns.keys() {
+            assert_eq!(
+                w.store.visible_campaign(&viewer, k).is_ok(),
+                w.campaign_visible(&viewer, k),
+                "{viewer:?} {k}"
+            );
+        }
+    }
+}
+
+#[test]
+fn visibility_follows_owner_changes_leaving_and_deletes() {
+    let mut w = world();
+    let mut ids: Vec<String> = w.characters.keys().cloned().collect();
+    ids.sort();
+    let mut campaign_ids: Vec<String> = w.campaigns.keys().cloned().collect();
+    campaign_ids.sort();
+    // Give some characters to another player, take the owner off others.
+    for (n, id) in ids.iter().step_by(41).enumerate() {
+        let owner = (n % 3 != 0).then(|| player(n % 5));
+        w.store
+            .update_character(
+                id,
+                &CharacterPatch {
+                    owner_id: Some(owner.clone()),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        w.characters.get_mut(id).unwrap().1 = owner;
+    }
+    // Some members leave, some characters and one campaign are deleted.
+    for k in campaign_ids.iter().take(6) {
+        let first = w.campaigns[k].2.iter().next().cloned();
+        if let Some(c) = first {
+            w.store.leave_campaign(k, &c).unwrap();
+            w.campaigns.get_mut(k).unwrap().2.remove(&c);
+        }
+    }
+    for id in ids.iter().skip(3).step_by(97) {
+        w.store.delete_character(id).unwrap();
+        w.characters.remove(id);
+        for (_, _, m) in w.campaigns.values_mut() {
+            m.remove(id);
+        }
+    }
+    let gone = campaign_ids[1].clone();
+    w.store.delete_campaign(&gone).unwrap();
+    w.campaigns.remove(&gone);
+    for viewer in viewers() {
+        let f = CharacterFilter {
+            visible_to: viewer.clone(),
+            ..Default::default()
+        };
+        assert_eq!(w.by_cursor(&f, 211), w.expected(&viewer, &f), "{viewer:?}");
         for k in w.campaigns.keys() {
             assert_eq!(
                 w.store.visible_campaign(&viewer, k).is_ok(),

@@ -19,30 +19,35 @@ use super::types::{
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row};
 
-/// Campaigns `:viewer` runs or plays in.
+/// Campaigns `:viewer` runs or plays in (`campaign_players` is kept by triggers, see
+/// migration 0003).
 const MY_CAMPAIGNS: &str = "my_campaigns(id) AS (\
     SELECT k.id FROM campaigns k WHERE k.dm_id = :viewer \
-    UNION SELECT m.campaign_id FROM characters o \
-    JOIN campaign_characters m ON m.character_id = o.id WHERE o.owner_id = :viewer)";
+    UNION SELECT cp.campaign_id FROM campaign_players cp WHERE cp.user_id = :viewer)";
 
-/// Characters `:viewer` may see (needs `MY_CAMPAIGNS`).
-const VISIBLE_CHARACTERS: &str = "visible(id) AS (\
-    SELECT o.id FROM characters o WHERE o.owner_id = :viewer \
-    UNION SELECT m.character_id FROM my_campaigns mc \
-    JOIN campaign_characters m ON m.campaign_id = mc.id)";
+/// Does `:viewer` play in campaign `{k}`?
+macro_rules! plays_in {
+    ($k:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM campaign_players cp WHERE cp.user_id = :viewer \
+             AND cp.campaign_id = ",
+            $k,
+            ")"
+        )
+    };
+}
 
-/// May `:viewer` see character `c`? Walks only that character's campaigns and their members
-/// (CROSS JOIN keeps that order: from the viewer's side it would walk all their characters).
-const CHARACTER_VISIBLE: &str = "(c.owner_id = :viewer OR EXISTS (\
+/// May `:viewer` see character `c`? Looks at that character's few campaigns only.
+const CHARACTER_VISIBLE: &str = concat!(
+    "(c.owner_id = :viewer OR EXISTS (\
     SELECT 1 FROM campaign_characters cc CROSS JOIN campaigns k ON k.id = cc.campaign_id \
-    WHERE cc.character_id = c.id AND (k.dm_id = :viewer OR EXISTS (\
-        SELECT 1 FROM campaign_characters m CROSS JOIN characters o ON o.id = m.character_id \
-        WHERE m.campaign_id = cc.campaign_id AND o.owner_id = :viewer))))";
+    WHERE cc.character_id = c.id AND (k.dm_id = :viewer OR ",
+    plays_in!("k.id"),
+    ")))"
+);
 
-/// May `:viewer` see campaign `k`? Walks the campaign's members only.
-const CAMPAIGN_VISIBLE: &str = "(k.dm_id = :viewer OR EXISTS (\
-    SELECT 1 FROM campaign_characters m CROSS JOIN characters o ON o.id = m.character_id \
-    WHERE m.campaign_id = k.id AND o.owner_id = :viewer))";
+/// May `:viewer` see campaign `k`?
+const CAMPAIGN_VISIBLE: &str = concat!("(k.dm_id = :viewer OR ", plays_in!("k.id"), ")");
 
 /// A query assembled from the filters that apply, so that SQLite plans each shape with the
 /// indexes it can use (an `:x IS NULL OR ...` condition would defeat them).
@@ -133,6 +138,7 @@ pub(crate) fn character_page(
     let (limit, offset) = page(f.limit, f.offset);
     let viewer = f.visible_to.user();
     let mut q = Query::default();
+    let mut split = false;
     match (&f.campaign_id, viewer) {
         (Some(campaign), _) => {
             // A campaign's members are visible to exactly those who may see the campaign.
@@ -149,12 +155,9 @@ pub(crate) fn character_page(
         // One's own characters: all visible, already in order in the owner index.
         (None, Some(v)) if f.owner_id.as_deref() == Some(v) => q.from = "characters c",
         (None, Some(v)) => {
-            q.with = vec![MY_CAMPAIGNS, VISIBLE_CHARACTERS];
-            // The covering (id, name, owner) index: sorting the visible set never reads a
-            // profile row.
-            q.from = "visible v CROSS JOIN characters c INDEXED BY characters_id_name_owner \
-                      ON c.id = v.id";
+            q.with = vec![MY_CAMPAIGNS];
             q.bind(":viewer", v.to_string());
+            split = true;
         }
         (None, None) => q.from = "characters c",
     }
@@ -169,14 +172,39 @@ pub(crate) fn character_page(
     q.after("c", &f.after);
     q.bind(":limit", limit + 1);
     q.bind(":offset", offset);
+    let order = "ORDER BY c.name COLLATE NOCASE, c.id";
+    let cut = if split {
+        // What a user sees is their own characters (in order in the owner index) and the other
+        // players' characters of their campaigns. Each part is cut to the page's reach first,
+        // so a user with thousands of characters never sorts them all.
+        q.bind(":reach", limit + 1 + offset);
+        let filters: String = q.conditions.iter().map(|c| format!(" AND {c}")).collect();
+        let mut parts = vec![format!(
+            "SELECT * FROM (SELECT c.id, c.name FROM my_campaigns mc \
+             JOIN campaign_characters m ON m.campaign_id = mc.id \
+             CROSS JOIN characters c INDEXED BY characters_id_name_owner ON c.id = m.character_id \
+             WHERE c.owner_id IS NOT :viewer{filters} {order} LIMIT :reach)"
+        )];
+        if f.owner_id.is_none() {
+            parts.push(format!(
+                "SELECT * FROM (SELECT c.id, c.name FROM characters c \
+                 WHERE c.owner_id = :viewer{filters} {order} LIMIT :reach)"
+            ));
+        }
+        format!(
+            "SELECT id FROM ({}) ORDER BY name COLLATE NOCASE, id LIMIT :limit OFFSET :offset",
+            parts.join(" UNION ")
+        )
+    } else {
+        format!(
+            "SELECT c.id FROM {} {} {order} LIMIT :limit OFFSET :offset",
+            q.from,
+            q.where_clause()
+        )
+    };
     // The page is cut on ids alone; only its rows are then read in full (with state and
     // portrait), so the sort never carries whole profiles.
-    let page_cte = format!(
-        "pg(id) AS MATERIALIZED (SELECT c.id FROM {} {} \
-         ORDER BY c.name COLLATE NOCASE, c.id LIMIT :limit OFFSET :offset)",
-        q.from,
-        q.where_clause()
-    );
+    let page_cte = format!("pg(id) AS MATERIALIZED ({cut})");
     q.bind(":state_campaign", f.campaign_id.clone());
     let sql = format!(
         "{} SELECT {COLUMNS}, {STATE_COLUMNS}, p.file_path, p.thumbnail_path, p.prompt \
