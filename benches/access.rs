@@ -6,18 +6,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{header, Request};
-use axum::Router;
-use http_body_util::BodyExt;
-use limner::api::{app, AppState, Inner};
-use limner::auth::{Role, TokenStore, UrlSigner};
+#[path = "../tests/common/app.rs"]
+mod app;
+
+use app::App;
+use limner::auth::Role;
 use limner::characters::{CharacterStore, NewCampaign, NewCharacter, SqliteStore};
-use limner::jobs::{JobQueue, QueueConfig};
-use limner::portraits::{
-    FakeBackend, ImageBackend, LocalImageStore, PortraitService, PortraitTemplates, StyleModels,
-};
-use tower::ServiceExt;
 
 const PLAYERS: usize = 1000;
 const CAMPAIGNS: usize = 2000;
@@ -88,59 +82,22 @@ fn seed(dir: &std::path::Path, n: usize) -> Seeded {
     }
 }
 
-fn router(dir: &std::path::Path, store: Arc<SqliteStore>, tokens: TokenStore) -> Router {
-    let store: Arc<dyn CharacterStore> = store;
-    let backend: Arc<dyn ImageBackend> = Arc::new(FakeBackend::new());
-    let templates = PortraitTemplates::load_dir(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/prompts"
-    )))
-    .unwrap();
-    let portraits = PortraitService::new(
-        store.clone(),
-        Arc::new(LocalImageStore::new(dir.join("media"))),
-        backend.clone(),
-        templates,
-        StyleModels::new(),
-    );
-    app(AppState::new(Inner {
-        store,
-        portraits,
-        backend,
-        jobs: JobQueue::new(QueueConfig::default()).unwrap(),
-        tokens: Some(tokens),
-        signer: UrlSigner::new(vec![1; 32], 3600),
-        request_timeout: Duration::from_secs(30),
-    }))
-}
-
 /// One request: (status, X-Next-Cursor, rows in a JSON array body).
-async fn call(r: &Router, uri: &str, token: &str) -> (u16, Option<String>, usize) {
-    let req = Request::builder()
-        .uri(uri)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Body::empty())
-        .unwrap();
-    let resp = r.clone().oneshot(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let cursor = resp
-        .headers()
-        .get("x-next-cursor")
-        .map(|v| v.to_str().unwrap().to_string());
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    let rows = serde_json::from_slice::<serde_json::Value>(&body)
+async fn call(a: &App, uri: &str, token: &str) -> (u16, Option<String>, usize) {
+    let r = a.get(uri, token).await;
+    let rows = serde_json::from_slice::<serde_json::Value>(&r.body)
         .ok()
         .and_then(|v| v.as_array().map(Vec::len))
         .unwrap_or(0);
-    (status, cursor, rows)
+    (r.status.as_u16(), r.header("x-next-cursor"), rows)
 }
 
-async fn median(r: &Router, uri: &str, token: &str) -> (Duration, u16, usize) {
+async fn median(a: &App, uri: &str, token: &str) -> (Duration, u16, usize) {
     let mut times = Vec::with_capacity(RUNS);
     let mut last = (0, 0);
     for _ in 0..RUNS {
         let t = Instant::now();
-        let (status, _, rows) = call(r, uri, token).await;
+        let (status, _, rows) = call(a, uri, token).await;
         times.push(t.elapsed());
         last = (status, rows);
     }
@@ -171,8 +128,8 @@ async fn main() {
     })
     .await
     .unwrap();
-    let tokens = TokenStore::open_in_memory().unwrap();
-    let token = |u: &str, role| tokens.create(u, role).unwrap().0;
+    let r = App::over(dir, s.store.clone());
+    let token = |u: &str, role| r.user(u, role);
     let roles = [
         ("admin", token("root", Role::Admin)),
         ("owner p1", token("p1", Role::Player)),
@@ -180,7 +137,6 @@ async fn main() {
         ("dm0", token("dm0", Role::Player)),
         ("outsider", token("nobody", Role::Player)),
     ];
-    let r = router(dir.path(), s.store.clone(), tokens.clone());
     println!("| caller | request | median | status | rows |");
     println!("|---|---|---|---|---|");
     for (role, tok) in &roles {

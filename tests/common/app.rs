@@ -71,8 +71,13 @@ impl App {
     /// A fresh server on a fresh database (SQLite file in a temporary folder).
     pub fn new() -> App {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn CharacterStore> =
-            Arc::new(SqliteStore::open_in_data_dir(dir.path()).unwrap());
+        let store = Arc::new(SqliteStore::open_in_data_dir(dir.path()).unwrap());
+        App::over(dir, store)
+    }
+
+    /// The server over a store already filled (its files live in `dir`).
+    pub fn over(dir: tempfile::TempDir, store: Arc<SqliteStore>) -> App {
+        let store: Arc<dyn CharacterStore> = store;
         let backend: Arc<dyn ImageBackend> = Arc::new(FakeBackend::new().with_defaults(Defaults {
             sampler: "Euler a".into(),
             steps: 2,
