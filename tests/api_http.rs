@@ -1073,12 +1073,33 @@ async fn auth_players_dms_and_signed_media() {
         "not_found",
         None,
     );
-    // Alice joins with the campaign's id (the id works as an invitation).
-    let r = h
-        .call(
+    // Knowing the campaign's id is not enough: Alice needs the DM's invite code.
+    assert_error(
+        &h.call(
             Method::POST,
             &format!("/api/campaigns/{camp}/characters"),
             Some(json!({"character_id": a})),
+            Some(&alice),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    );
+    let invite = h
+        .call(
+            Method::POST,
+            &format!("/api/campaigns/{camp}/invites"),
+            None,
+            Some(&dm),
+        )
+        .await;
+    assert_eq!(invite.status, StatusCode::CREATED);
+    let r = h
+        .call(
+            Method::POST,
+            "/api/campaigns/join",
+            Some(json!({"character_id": a, "code": invite.json()["code"]})),
             Some(&alice),
         )
         .await;

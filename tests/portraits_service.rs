@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use limner::characters::{
-    Campaign, CampaignFilter, CampaignStatePatch, CharacterFilter, CharacterInfo, CharacterPatch,
-    CharacterProfile, CharacterStore, EnrichedCharacter, NewCampaign, NewCharacter, NewPortrait,
-    PortraitRecord, SqliteStore, StoreError, StoreResult,
+    Campaign, CampaignFilter, CampaignInvite, CampaignStatePatch, CharacterFilter, CharacterInfo,
+    CharacterPatch, CharacterProfile, CharacterStore, EnrichedCharacter, NewCampaign, NewCharacter,
+    NewInvite, NewPortrait, Page, PortraitRecord, SqliteStore, StoreError, StoreResult, Viewer,
 };
 use limner::engine::output::{decode_image, read_parameters};
 use limner::engine::pipeline::CancelToken;
@@ -585,6 +585,12 @@ impl CharacterStore for FailingRecords {
     fn list_characters(&self, f: &CharacterFilter) -> StoreResult<Vec<CharacterProfile>> {
         self.0.list_characters(f)
     }
+    fn character_page(&self, f: &CharacterFilter) -> StoreResult<Page<EnrichedCharacter>> {
+        self.0.character_page(f)
+    }
+    fn visible_character(&self, v: &Viewer, id: &str) -> StoreResult<CharacterProfile> {
+        self.0.visible_character(v, id)
+    }
     fn update_character(&self, id: &str, p: &CharacterPatch) -> StoreResult<CharacterProfile> {
         self.0.update_character(id, p)
     }
@@ -600,6 +606,12 @@ impl CharacterStore for FailingRecords {
     fn list_campaigns(&self, f: &CampaignFilter) -> StoreResult<Vec<Campaign>> {
         self.0.list_campaigns(f)
     }
+    fn campaign_page(&self, f: &CampaignFilter) -> StoreResult<Page<Campaign>> {
+        self.0.campaign_page(f)
+    }
+    fn visible_campaign(&self, v: &Viewer, id: &str) -> StoreResult<Campaign> {
+        self.0.visible_campaign(v, id)
+    }
     fn delete_campaign(&self, id: &str) -> StoreResult<()> {
         self.0.delete_campaign(id)
     }
@@ -613,6 +625,26 @@ impl CharacterStore for FailingRecords {
     }
     fn leave_campaign(&self, c: &str, ch: &str) -> StoreResult<()> {
         self.0.leave_campaign(c, ch)
+    }
+    fn create_invite(
+        &self,
+        c: &str,
+        by: Option<&str>,
+        n: &NewInvite,
+    ) -> StoreResult<CampaignInvite> {
+        self.0.create_invite(c, by, n)
+    }
+    fn list_invites(&self, c: &str) -> StoreResult<Vec<CampaignInvite>> {
+        self.0.list_invites(c)
+    }
+    fn revoke_invite(&self, c: &str, code: &str) -> StoreResult<()> {
+        self.0.revoke_invite(c, code)
+    }
+    fn find_invite(&self, code: &str) -> StoreResult<CampaignInvite> {
+        self.0.find_invite(code)
+    }
+    fn redeem_invite(&self, code: &str, ch: &str) -> StoreResult<CharacterInfo> {
+        self.0.redeem_invite(code, ch)
     }
     fn campaign_state(&self, c: &str, ch: &str) -> StoreResult<CharacterInfo> {
         self.0.campaign_state(c, ch)

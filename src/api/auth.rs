@@ -1,6 +1,7 @@
 //! Who is calling (the `Caller` extractor: bearer token, or HTTP Basic with the token as the
-//! password as A1111's `--api-auth` clients send it) and what they may do. A character the caller
-//! may not see answers 404, never 403, so its existence does not leak.
+//! password as A1111's `--api-auth` clients send it) and what they may do. Visibility itself is
+//! decided by the store, in SQL (see `characters::listing`). A character the caller may not see
+//! answers 404, never 403, so its existence does not leak.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -10,7 +11,7 @@ use base64::Engine as _;
 use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::auth::Principal;
-use crate::characters::{Campaign, CampaignFilter, CharacterFilter, CharacterProfile};
+use crate::characters::{Campaign, CharacterProfile, Viewer};
 
 /// The authenticated caller of a request.
 pub struct Caller(pub Principal);
@@ -64,51 +65,19 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The store's view of a caller: admins see everything, players what their campaigns show them.
+pub fn viewer_of(p: &Principal) -> Viewer {
+    if p.is_admin() {
+        Viewer::Admin
+    } else {
+        Viewer::User(p.user.clone())
+    }
+}
+
 impl AppState {
-    /// Campaigns `user` runs or plays in (owns a character taking part).
-    fn campaigns_of_user(&self, user: &str) -> ApiResult<Vec<Campaign>> {
-        let mut out = self.store.list_campaigns(&CampaignFilter {
-            dm_id: Some(user.to_string()),
-            limit: Some(1000),
-            ..Default::default()
-        })?;
-        let own = self.store.list_characters(&CharacterFilter {
-            owner_id: Some(user.to_string()),
-            limit: Some(1000),
-            ..Default::default()
-        })?;
-        for c in own {
-            for camp in self.store.list_campaigns(&CampaignFilter {
-                character_id: Some(c.id.clone()),
-                limit: Some(1000),
-                ..Default::default()
-            })? {
-                if !out.iter().any(|x| x.id == camp.id) {
-                    out.push(camp);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// May `p` see this character? Admin, owner, or someone who runs or plays in a campaign
-    /// the character takes part in.
-    pub fn can_see(&self, p: &Principal, c: &CharacterProfile) -> ApiResult<bool> {
-        if p.is_admin() || c.owner_id.as_deref() == Some(p.user.as_str()) {
-            return Ok(true);
-        }
-        let theirs = self.campaigns_of_user(&p.user)?;
-        Ok(theirs.iter().any(|camp| camp.character_ids.contains(&c.id)))
-    }
-
-    /// Loads a character the caller may see, else 404.
+    /// Loads a character the caller may see, else 404 (one indexed query).
     pub fn visible_character(&self, p: &Principal, id: &str) -> ApiResult<CharacterProfile> {
-        let c = self.store.get_character(id)?;
-        if self.can_see(p, &c)? {
-            Ok(c)
-        } else {
-            Err(ApiError::not_found("character"))
-        }
+        Ok(self.store.visible_character(&viewer_of(p), id)?)
     }
 
     /// Loads a character the caller may change (admin or owner): 404 when invisible, 403 when
@@ -126,24 +95,11 @@ impl AppState {
 
     /// May `p` see this campaign (admin, its DM, or a player with a character in it)?
     pub fn visible_campaign(&self, p: &Principal, id: &str) -> ApiResult<Campaign> {
-        let camp = self.store.get_campaign(id)?;
-        if p.is_admin() || camp.dm_id.as_deref() == Some(p.user.as_str()) {
-            return Ok(camp);
-        }
-        let own = self.store.list_characters(&CharacterFilter {
-            owner_id: Some(p.user.clone()),
-            campaign_id: Some(camp.id.clone()),
-            limit: Some(1),
-            ..Default::default()
-        })?;
-        if own.is_empty() {
-            Err(ApiError::not_found("campaign"))
-        } else {
-            Ok(camp)
-        }
+        Ok(self.store.visible_campaign(&viewer_of(p), id)?)
     }
 
-    /// The campaign if `p` is its DM or an admin (manages roster and campaign state).
+    /// The campaign if `p` is its DM or an admin (manages roster, invites and campaign state):
+    /// 404 when invisible, 403 when `p` only plays in it.
     pub fn managed_campaign(&self, p: &Principal, id: &str) -> ApiResult<Campaign> {
         let camp = self.visible_campaign(p, id)?;
         if p.is_admin() || camp.dm_id.as_deref() == Some(p.user.as_str()) {

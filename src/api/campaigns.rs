@@ -1,16 +1,18 @@
-//! `/api/campaigns`: campaigns, joining and leaving, campaign state (the DM manages it), and the
-//! DM roster as EnrichedCharacters.
+//! `/api/campaigns`: campaigns, joining (by the DM, or with an invite code: see `invites.rs`) and
+//! leaving, campaign state (the DM manages it), and the DM roster as EnrichedCharacters.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
+use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
 
-use super::auth::Caller;
+use super::auth::{viewer_of, Caller};
 use super::blocking;
 use super::characters::with_urls;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery};
+use super::paging::{paging, respond};
 use super::AppState;
 use crate::characters::{
     Campaign, CampaignFilter, CampaignStatePatch, CharacterInfo, EnrichedCharacter, NewCampaign,
@@ -36,30 +38,29 @@ pub struct ListQuery {
     character_id: Option<String>,
     limit: Option<u32>,
     offset: Option<u32>,
+    cursor: Option<String>,
 }
 
+/// A page of the campaigns the caller runs or plays in (all of them for an admin).
 pub async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    uri: Uri,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Json<Vec<Campaign>>> {
-    let all = blocking(move || {
-        let list = state.store.list_campaigns(&CampaignFilter {
+) -> ApiResult<Response> {
+    let paging = paging(q.limit, q.offset, q.cursor.as_deref())?;
+    let page = blocking(move || {
+        Ok(state.store.campaign_page(&CampaignFilter {
             dm_id: q.dm_id,
             character_id: q.character_id,
-            limit: q.limit,
-            offset: q.offset,
-        })?;
-        let mut out = vec![];
-        for c in list {
-            if state.visible_campaign(&caller, &c.id).is_ok() {
-                out.push(c);
-            }
-        }
-        Ok(out)
+            limit: paging.limit,
+            offset: paging.offset,
+            after: paging.after,
+            visible_to: viewer_of(&caller),
+        })?)
     })
     .await?;
-    Ok(Json(all))
+    Ok(respond(&uri, page))
 }
 
 pub async fn get_one(
@@ -105,11 +106,16 @@ pub async fn roster(
 #[derive(Deserialize)]
 pub struct JoinBody {
     character_id: String,
+    /// An invite code of this campaign: lets a player join with their own character.
+    #[serde(default)]
+    code: Option<String>,
     #[serde(flatten)]
     initial: CampaignStatePatch,
 }
 
-/// A character joins: its owner (into a campaign they can see) or the campaign's DM.
+/// A character joins: added by the campaign's DM (or an admin), who may set its initial state,
+/// or by its owner with an invite code of this campaign. Anyone else: 403 when they can see the
+/// campaign, 404 when they cannot.
 pub async fn join(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -117,15 +123,19 @@ pub async fn join(
     ApiJson(body): ApiJson<JoinBody>,
 ) -> ApiResult<(StatusCode, Json<CharacterInfo>)> {
     let info = blocking(move || {
-        let camp = state.store.get_campaign(&id)?;
-        let is_dm = caller.is_admin() || camp.dm_id.as_deref() == Some(caller.user.as_str());
-        let character = state.visible_character(&caller, &body.character_id)?;
-        let owns = character.owner_id.as_deref() == Some(caller.user.as_str());
-        if !is_dm && !owns {
-            return Err(ApiError::forbidden(
-                "only the campaign's DM or the character's owner may add it",
-            ));
+        if let Some(code) = body.code.as_deref() {
+            if body.initial != CampaignStatePatch::default() {
+                return Err(ApiError::forbidden(
+                    "campaign state is the DM's to set; join with an invite code sends only \
+                     character_id and code",
+                ));
+            }
+            return state.join_with_invite(&caller, code, Some(&id), &body.character_id);
         }
+        state.managed_campaign(&caller, &id)?;
+        // The DM adds only characters the DM can already see: a stranger's character needs
+        // its owner's consent, i.e. an invite.
+        state.visible_character(&caller, &body.character_id)?;
         Ok(state
             .store
             .join_campaign(&id, &body.character_id, &body.initial)?)
@@ -140,7 +150,7 @@ pub async fn leave(
     Path((id, character_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     blocking(move || {
-        let camp = state.store.get_campaign(&id)?;
+        let camp = state.visible_campaign(&caller, &id)?;
         let is_dm = caller.is_admin() || camp.dm_id.as_deref() == Some(caller.user.as_str());
         let character = state.visible_character(&caller, &character_id)?;
         if !is_dm && character.owner_id.as_deref() != Some(caller.user.as_str()) {

@@ -2,15 +2,17 @@
 //! metadata, delete. Every reply is an EnrichedCharacter (seed 000's contract).
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
+use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
 
-use super::auth::Caller;
+use super::auth::{viewer_of, Caller};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery};
+use super::paging::{paging, respond};
 use super::{blocking, AppState};
-use crate::characters::{CharacterFilter, CharacterPatch, EnrichedCharacter, NewCharacter};
+use crate::characters::{CharacterFilter, CharacterPatch, EnrichedCharacter, NewCharacter, Page};
 
 /// Fills the media URL of a merged view (signed, so `<img src>` works).
 pub(crate) fn with_urls(state: &AppState, mut e: EnrichedCharacter) -> EnrichedCharacter {
@@ -46,8 +48,9 @@ pub async fn create(
     let c2 = caller.clone();
     let (profile, campaign) = blocking(move || {
         if let Some(cid) = &new.campaign_id {
-            // Joining a campaign needs to be able to see it (its DM or a player in it, or admin).
-            s.visible_campaign(&c2, cid)?;
+            // Creating straight into a campaign is the DM's (or an admin's) call; players join
+            // with an invite code afterwards (POST /api/campaigns/join).
+            s.managed_campaign(&c2, cid)?;
         }
         let campaign = new.campaign_id.clone();
         Ok((s.store.create_character(&new)?, campaign))
@@ -65,48 +68,43 @@ pub struct ListQuery {
     name: Option<String>,
     limit: Option<u32>,
     offset: Option<u32>,
+    cursor: Option<String>,
 }
 
+/// A page of the characters the caller may see; the next page's cursor is in `X-Next-Cursor`.
 pub async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    uri: Uri,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Json<Vec<EnrichedCharacter>>> {
-    if let Some(limit) = q.limit {
-        if !(1..=1000).contains(&limit) {
-            return Err(ApiError::validation(
-                "limit",
-                format!("must be between 1 and 1000, got {limit}"),
-            ));
-        }
-    }
+) -> ApiResult<Response> {
+    let paging = paging(q.limit, q.offset, q.cursor.as_deref())?;
     let s = state.clone();
-    let views = blocking(move || {
+    let page = blocking(move || {
         if let Some(cid) = &q.campaign_id {
+            // A campaign the caller cannot see is a 404, not an empty list.
             s.visible_campaign(&caller, cid)?;
         }
-        let profiles = s.store.list_characters(&CharacterFilter {
-            owner_id: q.owner_id.clone(),
-            campaign_id: q.campaign_id.clone(),
-            name: q.name.clone(),
-            limit: q.limit,
-            offset: q.offset,
-        })?;
-        let mut out = Vec::with_capacity(profiles.len());
-        for p in profiles {
-            if q.campaign_id.is_some() || s.can_see(&caller, &p)? {
-                out.push(
-                    s.store
-                        .enriched_character(&p.id, q.campaign_id.as_deref())?,
-                );
-            }
-        }
-        Ok(out)
+        Ok(s.store.character_page(&CharacterFilter {
+            owner_id: q.owner_id,
+            campaign_id: q.campaign_id,
+            name: q.name,
+            limit: paging.limit,
+            offset: paging.offset,
+            after: paging.after,
+            visible_to: viewer_of(&caller),
+        })?)
     })
     .await?;
-    Ok(Json(
-        views.into_iter().map(|e| with_urls(&state, e)).collect(),
-    ))
+    let page = Page {
+        items: page
+            .items
+            .into_iter()
+            .map(|e| with_urls(&state, e))
+            .collect(),
+        next: page.next,
+    };
+    Ok(respond(&uri, page))
 }
 
 #[derive(Deserialize, Default)]

@@ -129,6 +129,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { what, .. } => ApiError::not_found(what),
             StoreError::Validation(v) => v.into(),
             StoreError::Conflict(m) => ApiError::conflict(m),
+            StoreError::Gone(m) => ApiError::new(StatusCode::GONE, "gone", m),
             StoreError::Database(m) => ApiError::internal(format!("database error: {m}")),
         }
     }

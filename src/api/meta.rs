@@ -248,9 +248,38 @@ pub async fn openapi() -> Json<Value> {
     add(
         "/api/campaigns/{id}/characters",
         "post",
-        "A character joins the campaign",
+        "The DM adds a character (or its owner, with an invite `code`)",
         "campaigns",
         vec![id.clone()],
+    );
+    for (method, summary) in [
+        ("post", "The DM creates an invite code"),
+        ("get", "The campaign's invite codes still usable (DM)"),
+    ] {
+        add(
+            "/api/campaigns/{id}/invites",
+            method,
+            summary,
+            "campaigns",
+            vec![id.clone()],
+        );
+    }
+    add(
+        "/api/campaigns/{id}/invites/{code}",
+        "delete",
+        "Revoke an invite code (DM)",
+        "campaigns",
+        vec![
+            id.clone(),
+            json!({"name": "code", "in": "path", "required": true, "schema": {"type": "string"}}),
+        ],
+    );
+    add(
+        "/api/campaigns/join",
+        "post",
+        "Join with an invite code: {code, character_id} (one's own character)",
+        "campaigns",
+        vec![],
     );
     add(
         "/api/campaigns/{id}",

@@ -8,9 +8,11 @@ mod characters;
 mod compat;
 pub mod error;
 pub mod extract;
+mod invites;
 mod jobs;
 mod media;
 mod meta;
+pub mod paging;
 mod portraits;
 
 use std::sync::Arc;
@@ -116,9 +118,18 @@ pub fn app(state: AppState) -> Router {
             "/api/campaigns",
             get(campaigns::list).post(campaigns::create),
         )
+        .route("/api/campaigns/join", post(invites::join))
         .route(
             "/api/campaigns/{id}",
             get(campaigns::get_one).delete(campaigns::delete_one),
+        )
+        .route(
+            "/api/campaigns/{id}/invites",
+            get(invites::list).post(invites::create),
+        )
+        .route(
+            "/api/campaigns/{id}/invites/{code}",
+            delete(invites::revoke),
         )
         .route(
             "/api/campaigns/{id}/characters",

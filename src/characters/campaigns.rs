@@ -2,13 +2,12 @@
 //! [`EnrichedCharacter`] view of one character or a whole roster.
 
 use super::error::{StoreError, StoreResult};
-use super::profiles::{self, json_col, new_id, now, page, time_col, time_text};
+use super::profiles::{self, json_col, new_id, now, time_col, time_text};
 use super::types::{
-    Campaign, CampaignFilter, CampaignStatePatch, CharacterInfo, CharacterProfile,
-    EnrichedCharacter, NewCampaign,
+    Campaign, CampaignStatePatch, CharacterInfo, CharacterProfile, EnrichedCharacter, NewCampaign,
 };
 use super::{portraits, validate};
-use rusqlite::{named_params, params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::json;
 
 pub(crate) fn create(
@@ -44,10 +43,10 @@ pub(crate) fn create(
     Ok(campaign)
 }
 
-const CAMPAIGN_COLUMNS: &str =
+pub(crate) const CAMPAIGN_COLUMNS: &str =
     "k.id, k.name, k.dm_id, k.description, k.import_key, k.created_at, k.updated_at";
 
-fn campaign_from_row(r: &Row<'_>) -> rusqlite::Result<Campaign> {
+pub(crate) fn campaign_from_row(r: &Row<'_>) -> rusqlite::Result<Campaign> {
     Ok(Campaign {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -60,7 +59,7 @@ fn campaign_from_row(r: &Row<'_>) -> rusqlite::Result<Campaign> {
     })
 }
 
-fn with_members(conn: &Connection, mut c: Campaign) -> StoreResult<Campaign> {
+pub(crate) fn with_members(conn: &Connection, mut c: Campaign) -> StoreResult<Campaign> {
     let mut stmt = conn.prepare(
         "SELECT character_id FROM campaign_characters WHERE campaign_id = ?1 \
          ORDER BY joined_at, character_id",
@@ -87,32 +86,6 @@ pub(crate) fn by_import_key(conn: &Connection, key: &str) -> StoreResult<Option<
     }
 }
 
-pub(crate) fn list(conn: &Connection, f: &CampaignFilter) -> StoreResult<Vec<Campaign>> {
-    let (limit, offset) = page(f.limit, f.offset);
-    let sql = format!(
-        "SELECT {CAMPAIGN_COLUMNS} FROM campaigns k \
-         WHERE (:dm IS NULL OR k.dm_id = :dm) \
-         AND (:character IS NULL OR EXISTS (SELECT 1 FROM campaign_characters cc \
-              WHERE cc.campaign_id = k.id AND cc.character_id = :character)) \
-         ORDER BY k.name COLLATE NOCASE, k.id LIMIT :limit OFFSET :offset"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(
-        named_params! {
-            ":dm": f.dm_id,
-            ":character": f.character_id,
-            ":limit": limit,
-            ":offset": offset,
-        },
-        campaign_from_row,
-    )?;
-    let campaigns: Vec<Campaign> = rows.collect::<Result<_, _>>()?;
-    campaigns
-        .into_iter()
-        .map(|c| with_members(conn, c))
-        .collect()
-}
-
 pub(crate) fn delete(conn: &Connection, id: &str) -> StoreResult<()> {
     if conn.execute("DELETE FROM campaigns WHERE id = ?1", [id])? == 0 {
         return Err(StoreError::not_found("campaign", id));
@@ -121,11 +94,12 @@ pub(crate) fn delete(conn: &Connection, id: &str) -> StoreResult<()> {
 }
 
 /// The column list of campaign state, in the order `state_from_row` reads it from `start`.
-const STATE_COLUMNS: &str = "s.campaign_id, s.character_id, s.level, s.hit_points_current, \
+pub(crate) const STATE_COLUMNS: &str =
+    "s.campaign_id, s.character_id, s.level, s.hit_points_current, \
     s.hit_points_max, s.armor_class, s.status, s.inventory, s.location, s.quests, s.extra, \
     s.joined_at, s.updated_at";
 
-fn state_from_row(r: &Row<'_>, start: usize) -> rusqlite::Result<CharacterInfo> {
+pub(crate) fn state_from_row(r: &Row<'_>, start: usize) -> rusqlite::Result<CharacterInfo> {
     Ok(CharacterInfo {
         campaign_id: r.get(start)?,
         character_id: r.get(start + 1)?,
@@ -293,6 +267,9 @@ pub(crate) fn update_state(
     Ok(s)
 }
 
+/// The parts of the current portrait a merged view shows: file, thumbnail, prompt.
+pub(crate) type PortraitParts = (String, Option<String>, String);
+
 /// Merges a profile, its optional campaign state and its current portrait.
 fn merge(
     conn: &Connection,
@@ -300,14 +277,27 @@ fn merge(
     state: Option<CharacterInfo>,
 ) -> StoreResult<EnrichedCharacter> {
     let portrait = match profile.current_portrait_id.as_deref() {
-        Some(id) => portraits::find(conn, id)?,
+        Some(id) => portraits::find(conn, id)?.map(|p| (p.file_path, p.thumbnail_path, p.prompt)),
         None => None,
     };
+    Ok(assemble(profile, state, portrait))
+}
+
+/// The merged view from parts already read (a list reads them all in one query).
+pub(crate) fn assemble(
+    profile: CharacterProfile,
+    state: Option<CharacterInfo>,
+    portrait: Option<PortraitParts>,
+) -> EnrichedCharacter {
     let level = state
         .as_ref()
         .and_then(|s| s.level)
         .unwrap_or(profile.base_level);
-    Ok(EnrichedCharacter {
+    let (portrait_path, portrait_thumbnail_path, portrait_prompt) = match portrait {
+        Some((file, thumb, prompt)) => (Some(file), thumb, Some(prompt)),
+        None => (None, None, None),
+    };
+    EnrichedCharacter {
         character_id: profile.id.clone(),
         campaign_id: state.as_ref().map(|s| s.campaign_id.clone()),
         level,
@@ -319,12 +309,12 @@ fn merge(
         location: state.as_ref().and_then(|s| s.location.clone()),
         quests: state.as_ref().map(|s| s.quests.clone()),
         extra: state.map(|s| s.extra),
-        portrait_path: portrait.as_ref().map(|p| p.file_path.clone()),
-        portrait_thumbnail_path: portrait.as_ref().and_then(|p| p.thumbnail_path.clone()),
-        portrait_prompt: portrait.map(|p| p.prompt),
+        portrait_path,
+        portrait_thumbnail_path,
+        portrait_prompt,
         portrait_url: None,
         profile,
-    })
+    }
 }
 
 pub(crate) fn enriched(

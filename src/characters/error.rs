@@ -1,5 +1,5 @@
 //! The store's one error enum. The HTTP layer maps it to status codes in one table:
-//! NotFound -> 404, Validation -> 422, Conflict -> 409, Database -> 500.
+//! NotFound -> 404, Validation -> 422, Conflict -> 409, Gone -> 410, Database -> 500.
 
 use super::validate::ValidationError;
 
@@ -12,6 +12,9 @@ pub enum StoreError {
     Validation(#[from] ValidationError),
     #[error("conflict: {0}")]
     Conflict(String),
+    /// Something that existed and can no longer be used (an expired or used-up invite code).
+    #[error("{0}")]
+    Gone(String),
     #[error("database error: {0}")]
     Database(String),
 }

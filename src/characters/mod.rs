@@ -10,10 +10,12 @@
 mod campaigns;
 pub mod enums;
 mod error;
+mod invites;
 mod legacy;
 mod legacy_files;
 mod legacy_ids;
 mod legacy_merge;
+mod listing;
 pub mod migrate;
 mod pool;
 mod portraits;
@@ -27,13 +29,16 @@ pub use enums::{
     AgeCategory, Build, CharacterClass, CharacterType, FacialExpression, Gender, Pose, Race,
 };
 pub use error::{StoreError, StoreResult};
+pub use invites::{INVITE_DEFAULT_SECONDS, INVITE_MAX_SECONDS, INVITE_MAX_USES};
 pub use legacy::LegacyPlan;
 pub use legacy_files::{PortraitFiles, PreparedFile};
 pub use migrate::{migrate_legacy, MigrateError, MigrateOptions, MigrationReport};
 pub use pregenerated::{import_pregenerated, pregenerated, PregenCharacter, PregenReport};
+pub use profiles::{PAGE_DEFAULT, PAGE_MAX};
 pub use store::{CharacterStore, SqliteStore, Store, DB_FILE_NAME, SCHEMA_VERSION};
 pub use types::{
-    Campaign, CampaignFilter, CampaignStatePatch, CharacterFilter, CharacterInfo, CharacterPatch,
-    CharacterProfile, EnrichedCharacter, NewCampaign, NewCharacter, NewPortrait, PortraitRecord,
+    Campaign, CampaignFilter, CampaignInvite, CampaignStatePatch, CharacterFilter, CharacterInfo,
+    CharacterPatch, CharacterProfile, EnrichedCharacter, NewCampaign, NewCharacter, NewInvite,
+    NewPortrait, Page, PageKey, PortraitRecord, Viewer,
 };
 pub use validate::ValidationError;

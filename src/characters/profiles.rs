@@ -5,7 +5,7 @@ use super::enums::{
     AgeCategory, Build, CharacterClass, CharacterType, FacialExpression, Gender, Pose, Race,
 };
 use super::error::{StoreError, StoreResult};
-use super::types::{CharacterFilter, CharacterPatch, CharacterProfile, NewCharacter};
+use super::types::{CharacterPatch, CharacterProfile, NewCharacter};
 use super::validate::{self, ValidationError};
 use super::{campaigns, types::CampaignStatePatch};
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
@@ -14,8 +14,8 @@ use rusqlite::{named_params, Connection, OptionalExtension, Row};
 use serde_json::Value;
 
 /// Default and maximum page sizes of list operations.
-pub(crate) const PAGE_DEFAULT: u32 = 100;
-pub(crate) const PAGE_MAX: u32 = 1000;
+pub const PAGE_DEFAULT: u32 = 100;
+pub const PAGE_MAX: u32 = 1000;
 
 pub(crate) fn page(limit: Option<u32>, offset: Option<u32>) -> (i64, i64) {
     let limit = limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
@@ -250,38 +250,6 @@ pub(crate) fn get(conn: &Connection, id: &str) -> StoreResult<CharacterProfile> 
 pub(crate) fn by_import_key(conn: &Connection, key: &str) -> StoreResult<Option<CharacterProfile>> {
     let sql = format!("SELECT {COLUMNS} FROM characters c WHERE c.import_key = ?1");
     Ok(conn.query_row(&sql, [key], from_row).optional()?)
-}
-
-pub(crate) fn list(conn: &Connection, f: &CharacterFilter) -> StoreResult<Vec<CharacterProfile>> {
-    let (limit, offset) = page(f.limit, f.offset);
-    // LIKE needs its wildcards escaped so a name filter is a plain substring match.
-    let name = f.name.as_deref().map(|n| {
-        let escaped = n
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        format!("%{escaped}%")
-    });
-    let sql = format!(
-        "SELECT {COLUMNS} FROM characters c \
-         WHERE (:owner IS NULL OR c.owner_id = :owner) \
-         AND (:name IS NULL OR c.name LIKE :name ESCAPE '\\') \
-         AND (:campaign IS NULL OR EXISTS (SELECT 1 FROM campaign_characters cc \
-              WHERE cc.character_id = c.id AND cc.campaign_id = :campaign)) \
-         ORDER BY c.name COLLATE NOCASE, c.id LIMIT :limit OFFSET :offset"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(
-        named_params! {
-            ":owner": f.owner_id,
-            ":name": name,
-            ":campaign": f.campaign_id,
-            ":limit": limit,
-            ":offset": offset,
-        },
-        from_row,
-    )?;
-    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 pub(crate) fn update(

@@ -9,10 +9,11 @@
 use super::error::{StoreError, StoreResult};
 use super::pool::ReaderPool;
 use super::types::{
-    Campaign, CampaignFilter, CampaignStatePatch, CharacterFilter, CharacterInfo, CharacterPatch,
-    CharacterProfile, EnrichedCharacter, NewCampaign, NewCharacter, NewPortrait, PortraitRecord,
+    Campaign, CampaignFilter, CampaignInvite, CampaignStatePatch, CharacterFilter, CharacterInfo,
+    CharacterPatch, CharacterProfile, EnrichedCharacter, NewCampaign, NewCharacter, NewInvite,
+    NewPortrait, Page, PortraitRecord, Viewer,
 };
-use super::{campaigns, portraits, profiles};
+use super::{campaigns, invites, listing, portraits, profiles};
 use rusqlite::backup::StepResult;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_initial.sql"),
     // API tokens (src/auth); idempotent, the token store may also apply it itself.
     include_str!("../../migrations/0002_api_tokens.sql"),
+    // Indexes for visibility and pagination in SQL; campaign invitations.
+    include_str!("../../migrations/0003_visibility_and_invites.sql"),
 ];
 
 /// The schema version this binary writes.
@@ -47,8 +50,14 @@ pub trait CharacterStore: Send + Sync {
     ) -> StoreResult<(CharacterProfile, bool)>;
     fn get_character(&self, id: &str) -> StoreResult<CharacterProfile>;
     fn find_by_import_key(&self, import_key: &str) -> StoreResult<Option<CharacterProfile>>;
-    /// Profiles matching every given filter, ordered by name.
+    /// Profiles matching every given filter that `filter.visible_to` may see, ordered by name
+    /// (case-insensitive), then id.
     fn list_characters(&self, filter: &CharacterFilter) -> StoreResult<Vec<CharacterProfile>>;
+    /// The same rows as merged views (with the campaign's state when filtered by one), and the
+    /// key the next page starts after.
+    fn character_page(&self, filter: &CharacterFilter) -> StoreResult<Page<EnrichedCharacter>>;
+    /// The character if `viewer` may see it, else NotFound (one indexed query).
+    fn visible_character(&self, viewer: &Viewer, id: &str) -> StoreResult<CharacterProfile>;
     fn update_character(&self, id: &str, patch: &CharacterPatch) -> StoreResult<CharacterProfile>;
     /// Deletes a profile, its campaign states and its portrait records; returns the portrait and
     /// thumbnail file paths so the caller can delete the files.
@@ -56,7 +65,11 @@ pub trait CharacterStore: Send + Sync {
 
     fn create_campaign(&self, new: &NewCampaign) -> StoreResult<Campaign>;
     fn get_campaign(&self, id: &str) -> StoreResult<Campaign>;
+    /// Campaigns matching the filters that `filter.visible_to` may see, ordered by name.
     fn list_campaigns(&self, filter: &CampaignFilter) -> StoreResult<Vec<Campaign>>;
+    fn campaign_page(&self, filter: &CampaignFilter) -> StoreResult<Page<Campaign>>;
+    /// The campaign if `viewer` may see it (admin, its DM, a player in it), else NotFound.
+    fn visible_campaign(&self, viewer: &Viewer, id: &str) -> StoreResult<Campaign>;
     /// Deletes a campaign and its campaign states (profiles stay).
     fn delete_campaign(&self, id: &str) -> StoreResult<()>;
     /// Adds a character to a campaign with an initial state; Conflict if already there.
@@ -67,6 +80,21 @@ pub trait CharacterStore: Send + Sync {
         initial: &CampaignStatePatch,
     ) -> StoreResult<CharacterInfo>;
     fn leave_campaign(&self, campaign_id: &str, character_id: &str) -> StoreResult<()>;
+    /// A new invite code for a campaign (validated: lifetime and uses within their limits).
+    fn create_invite(
+        &self,
+        campaign_id: &str,
+        created_by: Option<&str>,
+        new: &NewInvite,
+    ) -> StoreResult<CampaignInvite>;
+    /// The campaign's codes that can still be used, newest first.
+    fn list_invites(&self, campaign_id: &str) -> StoreResult<Vec<CampaignInvite>>;
+    fn revoke_invite(&self, campaign_id: &str, code: &str) -> StoreResult<()>;
+    /// The invite behind a code (NotFound when unknown or revoked; expired ones are returned).
+    fn find_invite(&self, code: &str) -> StoreResult<CampaignInvite>;
+    /// Joins the character to the code's campaign with the default state and counts one use;
+    /// Gone when the code expired or is used up, Conflict when the character already takes part.
+    fn redeem_invite(&self, code: &str, character_id: &str) -> StoreResult<CharacterInfo>;
     fn campaign_state(&self, campaign_id: &str, character_id: &str) -> StoreResult<CharacterInfo>;
     fn update_campaign_state(
         &self,
@@ -258,7 +286,16 @@ impl CharacterStore for SqliteStore {
     }
 
     fn list_characters(&self, filter: &CharacterFilter) -> StoreResult<Vec<CharacterProfile>> {
-        self.read(|c| profiles::list(c, filter))
+        let page = self.character_page(filter)?;
+        Ok(page.items.into_iter().map(|e| e.profile).collect())
+    }
+
+    fn character_page(&self, filter: &CharacterFilter) -> StoreResult<Page<EnrichedCharacter>> {
+        self.read(|c| listing::character_page(c, filter))
+    }
+
+    fn visible_character(&self, viewer: &Viewer, id: &str) -> StoreResult<CharacterProfile> {
+        self.read(|c| listing::visible_character(c, viewer, id))
     }
 
     fn update_character(&self, id: &str, patch: &CharacterPatch) -> StoreResult<CharacterProfile> {
@@ -278,7 +315,15 @@ impl CharacterStore for SqliteStore {
     }
 
     fn list_campaigns(&self, filter: &CampaignFilter) -> StoreResult<Vec<Campaign>> {
-        self.read(|c| campaigns::list(c, filter))
+        Ok(self.campaign_page(filter)?.items)
+    }
+
+    fn campaign_page(&self, filter: &CampaignFilter) -> StoreResult<Page<Campaign>> {
+        self.read(|c| listing::campaign_page(c, filter))
+    }
+
+    fn visible_campaign(&self, viewer: &Viewer, id: &str) -> StoreResult<Campaign> {
+        self.read(|c| listing::visible_campaign(c, viewer, id))
     }
 
     fn delete_campaign(&self, id: &str) -> StoreResult<()> {
@@ -296,6 +341,31 @@ impl CharacterStore for SqliteStore {
 
     fn leave_campaign(&self, campaign_id: &str, character_id: &str) -> StoreResult<()> {
         self.write(|tx| campaigns::leave(tx, campaign_id, character_id))
+    }
+
+    fn create_invite(
+        &self,
+        campaign_id: &str,
+        created_by: Option<&str>,
+        new: &NewInvite,
+    ) -> StoreResult<CampaignInvite> {
+        self.write(|tx| invites::create(tx, campaign_id, created_by, new, profiles::now()))
+    }
+
+    fn list_invites(&self, campaign_id: &str) -> StoreResult<Vec<CampaignInvite>> {
+        self.read(|c| invites::list(c, campaign_id, profiles::now()))
+    }
+
+    fn revoke_invite(&self, campaign_id: &str, code: &str) -> StoreResult<()> {
+        self.write(|tx| invites::revoke(tx, campaign_id, code))
+    }
+
+    fn find_invite(&self, code: &str) -> StoreResult<CampaignInvite> {
+        self.read(|c| invites::find(c, code))
+    }
+
+    fn redeem_invite(&self, code: &str, character_id: &str) -> StoreResult<CharacterInfo> {
+        self.write(|tx| invites::redeem(tx, code, character_id, profiles::now()))
     }
 
     fn campaign_state(&self, campaign_id: &str, character_id: &str) -> StoreResult<CharacterInfo> {

@@ -156,6 +156,48 @@ pub struct CharacterFilter {
     /// Page size; default 100, at most 1000.
     pub limit: Option<u32>,
     pub offset: Option<u32>,
+    /// Keyset pagination: only rows sorting after this key (the `next` of a previous page).
+    #[serde(skip)]
+    pub after: Option<PageKey>,
+    /// Whose list this is; decided in SQL, before the page is cut.
+    #[serde(skip)]
+    pub visible_to: Viewer,
+}
+
+/// Who a read is for. Visibility is part of the query, so a page is always a page of rows the
+/// viewer may see.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Viewer {
+    /// Everything (admins; limner's own maintenance such as migration and health checks).
+    #[default]
+    Admin,
+    /// A user: their own characters, and every character of a campaign they run (`dm_id`) or
+    /// play in (own a character taking part).
+    User(String),
+}
+
+impl Viewer {
+    /// The user whose visibility applies; `None` for an admin.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Viewer::Admin => None,
+            Viewer::User(u) => Some(u),
+        }
+    }
+}
+
+/// The sort key of a listed row (case-insensitive name, then id): where the next page starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageKey {
+    pub name: String,
+    pub id: String,
+}
+
+/// One page of a list, and the key the next page starts after (`None` on the last page).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<PageKey>,
 }
 
 /// Per-(campaign, character) state. Never identity or appearance: those live in the profile.
@@ -254,6 +296,34 @@ pub struct CampaignFilter {
     pub character_id: Option<String>,
     pub limit: Option<u32>,
     pub offset: Option<u32>,
+    #[serde(skip)]
+    pub after: Option<PageKey>,
+    #[serde(skip)]
+    pub visible_to: Viewer,
+}
+
+/// A code a campaign's DM hands out; a player redeems it to join with one of their own
+/// characters (the DM's consent, given in advance).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CampaignInvite {
+    pub code: String,
+    pub campaign_id: String,
+    pub created_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// How many joins the code allows; `None` = any number until it expires.
+    pub max_uses: Option<i64>,
+    pub uses: i64,
+}
+
+/// Input of "create an invite"; both optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NewInvite {
+    /// Lifetime in seconds; default 7 days, at most 365 days.
+    pub expires_in_seconds: Option<i64>,
+    /// 1..=1000; absent = unlimited until expiry.
+    pub max_uses: Option<i64>,
 }
 
 /// One portrait a character had; none is ever deleted by a regeneration.

@@ -98,7 +98,7 @@ impl From<StoreError> for PortraitError {
                 field: v.field,
                 message: v.message,
             },
-            StoreError::Conflict(m) => PortraitError::Conflict(m),
+            StoreError::Conflict(m) | StoreError::Gone(m) => PortraitError::Conflict(m),
             StoreError::Database(m) => PortraitError::Storage(m),
         }
     }
