@@ -12,6 +12,7 @@ mod jobs;
 mod media;
 mod meta;
 mod portraits;
+pub mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;

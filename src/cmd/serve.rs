@@ -302,7 +302,7 @@ pub async fn serve(s: Settings) -> anyhow::Result<()> {
         println!("sign in: http://{local}/?token={token}");
     }
     let state = built.state.clone();
-    let app = api::app(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = api::app(state.clone()).layer(api::trace::trace_layer());
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
