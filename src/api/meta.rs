@@ -1,7 +1,9 @@
 //! Service endpoints: `/health` (engine state, queue, database), the models list, the OpenAPI
 //! document, pregenerated characters, and the JSON 404 for unknown paths.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+// Path rejections in the API's JSON shape.
+use super::extract::ApiPath as Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -89,6 +91,15 @@ pub async fn create_from_pregenerated(
 
 pub async fn not_found() -> ApiError {
     ApiError::not_found("path")
+}
+
+/// A known path with a method it does not have: the JSON shape instead of axum's empty 405.
+pub async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on this path"),
+    )
 }
 
 fn op(summary: &str, tag: &str) -> Value {

@@ -135,6 +135,7 @@ pub fn app(state: AppState) -> Router {
         .merge(compat::routes())
         .merge(crate::web::routes())
         .fallback(meta::not_found)
+        .method_not_allowed_fallback(meta::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

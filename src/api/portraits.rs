@@ -3,7 +3,9 @@
 //! up to the request timeout, then the job is cancelled and the reply is 504), or `?async=true`
 //! for 202 + a job id to follow over Server-Sent Events.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+// Path rejections in the API's JSON shape.
+use super::extract::ApiPath as Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
