@@ -305,3 +305,310 @@ fn malformed_paths_answer_400_in_the_json_error_shape() {
     // The character is untouched by all of this.
     c.get(&format!("/api/characters/{id}")).expect(200);
 }
+
+/// Reply body as JSON, with the status checked.
+fn expect_507(r: server::Reply, what: &str) -> Value {
+    assert_eq!(r.status, 507, "{what}: {}", r.text);
+    assert_eq!(
+        r.json["error_type"], "insufficient_storage",
+        "{what}: {}",
+        r.text
+    );
+    let msg = r.json["error"].as_str().unwrap_or_default();
+    assert!(msg.contains("disk is full"), "{what}: {}", r.text);
+    r.json
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn under_the_free_space_floor_writes_answer_507_and_deletes_still_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let (keep, gone, campaign) = {
+        let s = Server::start_no_auth(dir.path(), &[]);
+        let c = s.client();
+        let keep = create_character(&c, "Keeper");
+        let gone = create_character(&c, "Goner");
+        c.post(
+            &format!("/api/characters/{gone}/portrait/generate"),
+            &json!({"steps": 2}),
+        )
+        .expect(200);
+        let campaign = c
+            .post("/api/campaigns", &json!({"name": "Doomed"}))
+            .expect(201)
+            .str("id");
+        let health = c.get("/health").expect(200);
+        assert_eq!(health.json["status"], "ok", "{}", health.text);
+        assert_eq!(health.json["disk"]["state"], "ok", "{}", health.text);
+        assert!(health.json["disk"]["free_bytes"].as_u64().unwrap() > 0);
+        s.stop();
+        (keep, gone, campaign)
+    };
+    let portrait_files = files_under(&dir.path().join("media/portraits").join(&gone));
+    assert_eq!(
+        portrait_files.len(),
+        2,
+        "image + thumbnail: {portrait_files:?}"
+    );
+
+    // A floor above any real free space.
+    let s = Server::start_no_auth(dir.path(), &["--min-free-space", "1000T"]);
+    let c = s.client();
+    let refused = [
+        (
+            "POST",
+            "/api/characters".to_string(),
+            json!({"name": "New", "race": "Elf"}),
+        ),
+        (
+            "PATCH",
+            format!("/api/characters/{keep}"),
+            json!({"attire": "rags"}),
+        ),
+        (
+            "POST",
+            "/api/campaigns".to_string(),
+            json!({"name": "Another"}),
+        ),
+        (
+            "POST",
+            format!("/api/campaigns/{campaign}/characters"),
+            json!({"character_id": keep}),
+        ),
+        (
+            "POST",
+            format!("/api/characters/{keep}/portrait/generate"),
+            json!({}),
+        ),
+        (
+            "POST",
+            format!("/api/characters/{gone}/regenerate-image"),
+            json!({"newPrompt": "x"}),
+        ),
+    ];
+    for (method, path, body) in &refused {
+        let v = expect_507(
+            c.request(method, path, Some(body)),
+            &format!("{method} {path}"),
+        );
+        assert!(
+            v["error"].as_str().unwrap().contains("min_free_space"),
+            "{v}"
+        );
+    }
+    // OpenAI's url format stores files: refused in OpenAI's own error shape.
+    let r = c.post(
+        "/v1/images/generations",
+        &json!({"prompt": "a bard", "response_format": "url", "size": "64x64"}),
+    );
+    assert_eq!(r.status, 507, "{}", r.text);
+    assert_eq!(
+        r.json["error"]["code"], "insufficient_storage",
+        "{}",
+        r.text
+    );
+    assert_eq!(r.json["error"]["type"], "server_error", "{}", r.text);
+    // Nothing was written: the character is unchanged, no campaign, no extra character.
+    let k = c.get(&format!("/api/characters/{keep}")).expect(200);
+    assert_eq!(k.json["attire"], "plate armor");
+    assert_eq!(
+        c.get("/api/characters")
+            .expect(200)
+            .json
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        c.get("/api/campaigns")
+            .expect(200)
+            .json
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // /health: still 200 (reads and deletes work), but degraded, with the free space.
+    let h = c.get("/health").expect(200);
+    assert_eq!(h.json["status"], "degraded", "{}", h.text);
+    assert_eq!(h.json["disk"]["state"], "low", "{}", h.text);
+    assert_eq!(h.json["disk"]["writes_accepted"], false, "{}", h.text);
+    assert!(
+        h.json["disk"]["free_bytes"].as_u64().is_some(),
+        "{}",
+        h.text
+    );
+    assert_eq!(
+        h.json["disk"]["min_free_bytes"],
+        1000u64 << 40,
+        "{}",
+        h.text
+    );
+    for field in ["version", "engine", "queue", "database", "auth"] {
+        assert!(!h.json[field].is_null(), "{field} missing: {}", h.text);
+    }
+
+    // Deletes free space: the character, its portrait files and the campaign go.
+    c.delete(&format!("/api/characters/{gone}")).expect(204);
+    c.get(&format!("/api/characters/{gone}")).expect(404);
+    for f in &portrait_files {
+        assert!(!f.exists(), "{} was not deleted", f.display());
+    }
+    c.delete(&format!("/api/campaigns/{campaign}")).expect(204);
+    assert_eq!(
+        c.get("/api/campaigns")
+            .expect(200)
+            .json
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    s.stop();
+
+    // Without the floor, writes work again.
+    let s = Server::start_no_auth(dir.path(), &[]);
+    let c = s.client();
+    create_character(&c, "Back");
+    assert_eq!(c.get("/health").expect(200).json["status"], "ok");
+}
+
+/// A small tmpfs, mounted for the test's life and unmounted after; None where this machine
+/// does not let the test mount one (not root, no CAP_SYS_ADMIN, a container).
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "limner-test"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs(dir))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+/// Fills the file system holding `dir` with one file until the next write fails.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler.bin");
+    let mut f = fs::File::create(&path).unwrap();
+    let block = vec![7u8; 64 << 10];
+    while f.write_all(&block).is_ok() {}
+    // Byte by byte into the last partial block.
+    while f.write_all(&[7u8; 512]).is_ok() {}
+    let _ = f.sync_all();
+    path
+}
+
+#[test]
+fn a_real_full_disk_answers_507_and_is_recovered_by_deleting() {
+    let Some(fs_) = Tmpfs::mount("24m") else {
+        eprintln!(
+            "NOTICE: cannot mount a tmpfs here (needs root); the real-ENOSPC test did not run. \
+             The 507 mapping of real ENOSPC / SQLITE_FULL errors is also unit-tested \
+             (image_store, characters::error, api::error)."
+        );
+        return;
+    };
+    let data = fs_.path().join("data");
+    let s = Server::start_no_auth(&data, &["--min-free-space", "0"]);
+    let c = s.client();
+    let victim = create_character(&c, "Victim");
+    let generate = format!("/api/characters/{victim}/portrait/generate");
+    c.post(&generate, &json!({"steps": 2})).expect(200);
+    let reserve = data.join(".limner-reserve");
+    assert!(reserve.is_file(), "the reserve file exists");
+
+    let filler = fill(fs_.path());
+    // A new portrait needs new files: ENOSPC from the image store.
+    let before = files_under(&data.join("media"));
+    expect_507(
+        c.post(&generate, &json!({"steps": 2, "regenerate": true})),
+        "generate on a full disk",
+    );
+    // Nothing half-written: no new file (nor temp file), the old portrait is still current.
+    assert_eq!(files_under(&data.join("media")), before);
+    assert!(!reserve.exists(), "the reserve was released for deletes");
+    let h = c.get("/health").expect(200);
+    assert_eq!(h.json["status"], "degraded", "{}", h.text);
+    assert_eq!(h.json["disk"]["state"], "full", "{}", h.text);
+    assert!(h.json["disk"]["last_full_at"].is_string(), "{}", h.text);
+    // Writes are refused while the disk is full, reads work.
+    expect_507(
+        c.post("/api/characters", &json!({"name": "More", "race": "Dwarf"})),
+        "create on a full disk",
+    );
+    assert_eq!(
+        c.get("/api/characters")
+            .expect(200)
+            .json
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // The way out: delete. The database delete commits (the reserve made room), then the files go.
+    c.delete(&format!("/api/characters/{victim}")).expect(204);
+    c.get(&format!("/api/characters/{victim}")).expect(404);
+    assert!(files_under(&data.join("media/portraits")).is_empty());
+
+    // Space comes back (the operator removes the filler): writes work again, the reserve too.
+    fs::remove_file(&filler).unwrap();
+    let h = c.get("/health").expect(200);
+    assert_eq!(h.json["status"], "ok", "{}", h.text);
+    assert_eq!(h.json["disk"]["state"], "ok", "{}", h.text);
+    assert!(reserve.is_file(), "the reserve is re-created");
+    create_character(&c, "After");
+
+    // A full database: fill again and create until SQLite itself reports SQLITE_FULL (the
+    // middleware has not seen a full disk yet, so the request reaches the store).
+    let filler = fill(fs_.path());
+    let mut saw_507 = false;
+    for i in 0..400 {
+        let mut body = server::seed_character(None);
+        body["name"] = json!(format!("Filler {i}"));
+        body["description"] = json!("x".repeat(1500));
+        let r = c.post("/api/characters", &body);
+        if r.status == 507 {
+            expect_507(r, "create until the database is full");
+            saw_507 = true;
+            break;
+        }
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    assert!(saw_507, "the database never reported a full disk");
+    let listed = c.get("/api/characters").expect(200).json;
+    assert!(listed.as_array().is_some_and(|l| !l.is_empty()));
+    fs::remove_file(&filler).unwrap();
+    s.stop();
+}

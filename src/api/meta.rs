@@ -32,14 +32,25 @@ pub async fn health(State(state): State<AppState>) -> Response {
     })
     .await;
     let ok = db.is_ok() && engine["state"] != "failed";
+    let d = state.disk().clone();
+    let (disk, disk_degraded) = tokio::task::spawn_blocking(move || {
+        // Space may have come back since the last write failed.
+        d.recover();
+        d.report()
+    })
+    .await
+    .unwrap_or_else(|_| (Value::Null, false));
     let body = json!({
-        "status": if ok { "ok" } else { "degraded" },
+        "status": if ok && !disk_degraded { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
         "engine": engine,
         "queue": state.jobs.metrics(),
         "database": if db.is_ok() { "ok" } else { "error" },
         "auth": state.tokens.is_some(),
+        "disk": disk,
     });
+    // A full disk still serves reads and deletes (the way out of it), so it is not a 503 that
+    // would take the server out of a load balancer.
     let code = if ok {
         StatusCode::OK
     } else {

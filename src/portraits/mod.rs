@@ -17,7 +17,9 @@ mod templates;
 
 pub use backend::{FakeBackend, ImageBackend};
 pub use error::PortraitError;
-pub use image_store::{validate_key, ImageStore, ImageStoreError, LocalImageStore, MAX_KEY_LEN};
+pub use image_store::{
+    is_storage_full, validate_key, ImageStore, ImageStoreError, LocalImageStore, MAX_KEY_LEN,
+};
 pub use options::{
     GenerateOptions, Method, PortraitOutcome, PreparedPortrait, StyleModels,
     DEFAULT_REGENERATE_STRENGTH, MAX_ADDITIONS_CHARS, MAX_REGENERATE_STRENGTH,
