@@ -41,8 +41,11 @@ fn init_tracing(profile: Option<cmd::profile::Profile>) {
     use tracing_subscriber::Layer;
     let env = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a terminal; a log file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_filter(env);
     let spans = profile.map(|p| {
         p.with_filter(

@@ -1,7 +1,9 @@
 //! `/api/campaigns`: campaigns, joining (by the DM, or with an invite code: see `invites.rs`) and
 //! leaving, campaign state (the DM manages it), and the DM roster as EnrichedCharacters.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+// Path rejections in the API's JSON shape.
+use super::extract::ApiPath as Path;
 use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use axum::Json;

@@ -1,7 +1,9 @@
 //! `/api/characters`: create, list, get (optionally with one campaign's state), PATCH of visual
 //! metadata, delete. Every reply is an EnrichedCharacter (seed 000's contract).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+// Path rejections in the API's JSON shape.
+use super::extract::ApiPath as Path;
 use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use axum::Json;

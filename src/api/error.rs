@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::characters::{StoreError, ValidationError};
 use crate::engine::EngineError;
 use crate::jobs::{FailureKind, JobFailure, QueueError, WaitError};
+use crate::portraits::{ImageStoreError, PortraitError};
 
 /// An error reply. `field` names the offending request field for validation errors.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,7 +84,22 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }
+
+    /// 507: the disk holding the data directory is full; `what` failed and nothing was kept.
+    pub fn insufficient_storage(what: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            INSUFFICIENT_STORAGE,
+            format!(
+                "insufficient storage: the server's disk is full, so nothing was saved ({what}). \
+                 Free space (deleting characters works on a full disk) and retry; /health shows the free space"
+            ),
+        )
+    }
 }
+
+/// The `error_type` of every 507.
+pub const INSUFFICIENT_STORAGE: &str = "insufficient_storage";
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -130,6 +146,7 @@ impl From<StoreError> for ApiError {
             StoreError::Validation(v) => v.into(),
             StoreError::Conflict(m) => ApiError::conflict(m),
             StoreError::Gone(m) => ApiError::new(StatusCode::GONE, "gone", m),
+            StoreError::StorageFull(m) => ApiError::insufficient_storage(m),
             StoreError::Database(m) => ApiError::internal(format!("database error: {m}")),
         }
     }
@@ -210,8 +227,33 @@ impl From<JobFailure> for ApiError {
                 "storage_error",
                 f.message,
             ),
+            FailureKind::InsufficientStorage => ApiError::insufficient_storage(f.message),
             FailureKind::Internal => ApiError::internal(f.message),
         }
+    }
+}
+
+impl From<PortraitError> for ApiError {
+    fn from(e: PortraitError) -> Self {
+        match e {
+            PortraitError::NotFound(what) => ApiError::not_found(&what),
+            PortraitError::Validation { field, message } => ApiError::validation(field, message),
+            PortraitError::Conflict(m) => ApiError::conflict(m),
+            PortraitError::Engine(e) => e.into(),
+            PortraitError::Storage(m) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", m)
+            }
+            PortraitError::StorageFull(m) => ApiError::insufficient_storage(m),
+            PortraitError::Cancelled => {
+                ApiError::new(StatusCode::CONFLICT, "cancelled", "the job was cancelled")
+            }
+        }
+    }
+}
+
+impl From<ImageStoreError> for ApiError {
+    fn from(e: ImageStoreError) -> Self {
+        PortraitError::from(e).into()
     }
 }
 
@@ -233,3 +275,34 @@ impl From<WaitError> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_full_disk_is_507_insufficient_storage() {
+        let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let from_file = ApiError::from(ImageStoreError::StorageFull {
+            key: "portraits/a/b.png".into(),
+            message: enospc.to_string(),
+        });
+        let from_db = ApiError::from(StoreError::StorageFull("database or disk is full".into()));
+        let from_job = ApiError::from(JobFailure::new(
+            FailureKind::InsufficientStorage,
+            "no space",
+        ));
+        let from_portrait = ApiError::from(PortraitError::StorageFull("thumbnail".into()));
+        for e in [from_file, from_db, from_job, from_portrait] {
+            assert_eq!(e.status, StatusCode::INSUFFICIENT_STORAGE, "{e}");
+            assert_eq!(e.error_type, INSUFFICIENT_STORAGE);
+            assert!(e.message.contains("disk is full"), "{}", e.message);
+        }
+        // Other storage errors stay 500s.
+        let io = ApiError::from(ImageStoreError::Io {
+            key: "k".into(),
+            message: "permission denied".into(),
+        });
+        assert_eq!(io.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

@@ -2,7 +2,7 @@
 //! name the offending field (via serde_path_to_error), and query strings likewise.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
@@ -96,5 +96,65 @@ where
                 let field = field_of(e.path()).unwrap_or_else(|| "query".into());
                 ApiError::validation(field, e.into_inner().to_string())
             })
+    }
+}
+
+/// Like `axum::extract::Path` (handlers import it under that name), but every rejection is the
+/// API's JSON error: a segment whose percent-encoding decodes to invalid UTF-8 (`%c0%ae`) or to
+/// a control character (`%00`) is a 400 `bad_request` naming the parameter, never axum's plain
+/// text and never a 500 further down.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // Decoded values are checked first: a NUL in an id or a media key would otherwise
+        // travel on to SQLite, the file system or a URI builder.
+        if let Ok(raw) = RawPathParams::from_request_parts(parts, state).await {
+            if let Some((key, _)) = raw.iter().find(|(_, v)| v.chars().any(char::is_control)) {
+                return Err(ApiError {
+                    field: Some(key.to_string()),
+                    ..ApiError::bad_request(format!(
+                        "path parameter `{key}` contains a control character (such as %00); ids and keys never do"
+                    ))
+                });
+            }
+        }
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(rejection) => Err(path_rejection(rejection)),
+        }
+    }
+}
+
+fn path_rejection(rejection: axum::extract::rejection::PathRejection) -> ApiError {
+    use axum::extract::path::ErrorKind;
+    use axum::extract::rejection::PathRejection;
+    match rejection {
+        PathRejection::FailedToDeserializePathParams(e) => {
+            let field = match e.kind() {
+                ErrorKind::InvalidUtf8InPathParam { key }
+                | ErrorKind::ParseErrorAtKey { key, .. }
+                | ErrorKind::DeserializeError { key, .. } => key.clone(),
+                _ => "path".to_string(),
+            };
+            let message = match e.kind() {
+                ErrorKind::InvalidUtf8InPathParam { key } => {
+                    format!("path parameter `{key}` is not valid UTF-8 once percent-decoded")
+                }
+                _ => e.body_text(),
+            };
+            ApiError {
+                field: Some(field),
+                ..ApiError::bad_request(message)
+            }
+        }
+        // A route declared without the parameters its handler reads: our bug, not the caller's.
+        other => ApiError::internal(other.body_text()),
     }
 }

@@ -2,7 +2,9 @@
 //! the URLs in every reply carry) is enough, so `<img src>` works; otherwise the caller must be
 //! authenticated and allowed to see the character the file belongs to.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+// Path rejections in the API's JSON shape.
+use super::extract::ApiPath as Path;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -13,6 +15,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::ApiQuery;
 use super::AppState;
 use crate::auth::signing_now;
+use crate::portraits::validate_key;
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
@@ -50,6 +53,12 @@ pub async fn image(
     ApiQuery(q): ApiQuery<SignedQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    // A key no file can have (a control character, `..`, a hidden name) is the caller's error,
+    // answered before any credential or file is looked at.
+    validate_key(&key).map_err(|e| ApiError {
+        field: Some("key".into()),
+        ..ApiError::bad_request(e.to_string())
+    })?;
     let path = format!("/api/media/images/{key}");
     let signed = match (q.expires, &q.sig) {
         (Some(expires), Some(sig)) => state.signer.verify(&path, expires, sig, signing_now()),

@@ -1,7 +1,9 @@
 //! Service endpoints: `/health` (engine state, queue, database), the models list, the OpenAPI
 //! document, pregenerated characters, and the JSON 404 for unknown paths.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+// Path rejections in the API's JSON shape.
+use super::extract::ApiPath as Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -32,14 +34,25 @@ pub async fn health(State(state): State<AppState>) -> Response {
     })
     .await;
     let ok = db.is_ok() && engine["state"] != "failed";
+    let d = state.disk().clone();
+    let (disk, disk_degraded) = tokio::task::spawn_blocking(move || {
+        // Space may have come back since the last write failed.
+        d.recover();
+        d.report()
+    })
+    .await
+    .unwrap_or((Value::Null, false));
     let body = json!({
-        "status": if ok { "ok" } else { "degraded" },
+        "status": if ok && !disk_degraded { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
         "engine": engine,
         "queue": state.jobs.metrics(),
         "database": if db.is_ok() { "ok" } else { "error" },
         "auth": state.tokens.is_some(),
+        "disk": disk,
     });
+    // A full disk still serves reads and deletes (the way out of it), so it is not a 503 that
+    // would take the server out of a load balancer.
     let code = if ok {
         StatusCode::OK
     } else {
@@ -91,6 +104,15 @@ pub async fn create_from_pregenerated(
 
 pub async fn not_found() -> ApiError {
     ApiError::not_found("path")
+}
+
+/// A known path with a method it does not have: the JSON shape instead of axum's empty 405.
+pub async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on this path"),
+    )
 }
 
 fn op(summary: &str, tag: &str) -> Value {

@@ -6,6 +6,7 @@ pub mod auth;
 mod campaigns;
 mod characters;
 mod compat;
+pub mod disk;
 pub mod error;
 pub mod extract;
 mod invites;
@@ -14,6 +15,7 @@ mod media;
 mod meta;
 pub mod paging;
 mod portraits;
+pub mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,9 +29,10 @@ use crate::characters::CharacterStore;
 use crate::jobs::JobQueue;
 use crate::portraits::{ImageBackend, PortraitService};
 
-/// Everything a handler may use; cheap to clone.
+/// Everything a handler may use; cheap to clone. The second part watches the data
+/// directory's disk (see [`disk`]).
 #[derive(Clone)]
-pub struct AppState(Arc<Inner>);
+pub struct AppState(Arc<Inner>, Arc<disk::DiskGuard>);
 
 pub struct Inner {
     pub store: Arc<dyn CharacterStore>,
@@ -51,8 +54,22 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    /// A state whose disk guard only measures the image store's folder (no floor, no reserve
+    /// file); `limner serve` installs its own with [`Self::with_disk_guard`].
     pub fn new(inner: Inner) -> Self {
-        AppState(Arc::new(inner))
+        let root = inner.portraits.images().local_root().map(Into::into);
+        AppState(
+            Arc::new(inner),
+            Arc::new(disk::DiskGuard::measuring(root, 0)),
+        )
+    }
+
+    pub fn with_disk_guard(self, guard: disk::DiskGuard) -> Self {
+        AppState(self.0, Arc::new(guard))
+    }
+
+    pub fn disk(&self) -> &Arc<disk::DiskGuard> {
+        &self.1
     }
 
     /// A signed, expiring URL for a media key (a path under the image store).
@@ -146,6 +163,11 @@ pub fn app(state: AppState) -> Router {
         .merge(compat::routes())
         .merge(crate::web::routes())
         .fallback(meta::not_found)
+        .method_not_allowed_fallback(meta::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            disk::guard,
+        ))
         .with_state(state)
 }

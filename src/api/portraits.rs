@@ -6,7 +6,9 @@
 //! `too_slow_for_sync` naming `?async=true`, instead of running into the 504. `POST
 //! /api/portraits/estimate` says what a portrait with given options will cost.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+// Path rejections in the API's JSON shape.
+use super::extract::ApiPath as Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -53,23 +55,6 @@ pub struct RegenerateBody {
     pub options: GenerateOptions,
 }
 
-impl From<PortraitError> for ApiError {
-    fn from(e: PortraitError) -> Self {
-        match e {
-            PortraitError::NotFound(what) => ApiError::not_found(&what),
-            PortraitError::Validation { field, message } => ApiError::validation(field, message),
-            PortraitError::Conflict(m) => ApiError::conflict(m),
-            PortraitError::Engine(e) => e.into(),
-            PortraitError::Storage(m) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", m)
-            }
-            PortraitError::Cancelled => {
-                ApiError::new(StatusCode::CONFLICT, "cancelled", "the job was cancelled")
-            }
-        }
-    }
-}
-
 fn failure(e: PortraitError) -> JobFailure {
     let kind = match &e {
         PortraitError::Cancelled => FailureKind::Cancelled,
@@ -77,6 +62,7 @@ fn failure(e: PortraitError) -> JobFailure {
         | PortraitError::NotFound(_)
         | PortraitError::Conflict(_) => FailureKind::Invalid,
         PortraitError::Storage(_) => FailureKind::Storage,
+        PortraitError::StorageFull(_) => FailureKind::InsufficientStorage,
         PortraitError::Engine(crate::engine::EngineError::Cancelled) => FailureKind::Cancelled,
         PortraitError::Engine(crate::engine::EngineError::TooLarge { .. }) => FailureKind::TooLarge,
         PortraitError::Engine(engine) if engine.is_client_error() => FailureKind::Invalid,
@@ -203,7 +189,13 @@ async fn run_job(
             let outcome = s
                 .portraits
                 .run(prepared, progress, &ctx.cancel_token())
-                .map_err(failure)?;
+                .map_err(|e| {
+                    // An async job has no reply for the disk layer to see; tell it here.
+                    if let PortraitError::StorageFull(m) = &e {
+                        s.disk().note_full(m);
+                    }
+                    failure(e)
+                })?;
             // The job id lets a synchronous caller look the job up afterwards (timings, order).
             let mut v = reply(&s, &outcome);
             v["job_id"] = json!(ctx.id());

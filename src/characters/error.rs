@@ -1,5 +1,6 @@
 //! The store's one error enum. The HTTP layer maps it to status codes in one table:
-//! NotFound -> 404, Validation -> 422, Conflict -> 409, Gone -> 410, Database -> 500.
+//! NotFound -> 404, Validation -> 422, Conflict -> 409, Gone -> 410, StorageFull -> 507,
+//! Database -> 500.
 
 use super::validate::ValidationError;
 
@@ -15,6 +16,9 @@ pub enum StoreError {
     /// Something that existed and can no longer be used (an expired or used-up invite code).
     #[error("{0}")]
     Gone(String),
+    /// The disk (or the database's size limit) is full; the write was rolled back whole.
+    #[error("insufficient storage: {0}")]
+    StorageFull(String),
     #[error("database error: {0}")]
     Database(String),
 }
@@ -42,7 +46,36 @@ impl From<rusqlite::Error> for StoreError {
             ) {
                 return StoreError::Conflict(e.to_string());
             }
+            // SQLITE_FULL: ENOSPC while writing the database, its WAL or a temp file.
+            if f.code == rusqlite::ErrorCode::DiskFull {
+                return StoreError::StorageFull(e.to_string());
+            }
         }
         StoreError::Database(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_database_is_storage_full_not_a_broken_one() {
+        // A real SQLITE_FULL: the database may not grow past its page limit.
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (x BLOB); PRAGMA max_page_count = 8;")
+            .unwrap();
+        let err = (0..100)
+            .find_map(|_| {
+                conn.execute("INSERT INTO t VALUES (zeroblob(4000))", [])
+                    .err()
+            })
+            .expect("the page limit is reached");
+        match StoreError::from(err) {
+            StoreError::StorageFull(m) => assert!(m.contains("full"), "{m}"),
+            other => panic!("not StorageFull: {other:?}"),
+        }
+        let other = conn.execute("INSERT INTO nope VALUES (1)", []).unwrap_err();
+        assert!(matches!(StoreError::from(other), StoreError::Database(_)));
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use limner::api::disk::DiskGuard;
 use limner::api::{self, AppState, Inner};
 use limner::auth::{is_loopback_bind, TokenStore, UrlSigner};
 use limner::characters::{CharacterStore, SqliteStore};
@@ -83,6 +84,10 @@ pub struct ServeConfig {
     /// Serve without authentication (only allowed on a loopback address).
     #[arg(long, env = "LIMNER_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
     pub no_auth: Option<bool>,
+    /// Writes are refused with 507 while the data directory's disk has less free space than
+    /// this (a size such as 512M or 2G; default 0 = only a really full disk refuses them).
+    #[arg(long, env = "LIMNER_MIN_FREE_SPACE")]
+    pub min_free_space: Option<String>,
 }
 
 /// The layered, complete configuration.
@@ -108,6 +113,7 @@ pub struct Settings {
     pub request_timeout: Duration,
     pub media_url_ttl: u64,
     pub no_auth: bool,
+    pub min_free_space: Option<String>,
 }
 
 impl ServeConfig {
@@ -157,6 +163,7 @@ impl ServeConfig {
             request_timeout: Duration::from_secs(pick!(request_timeout, 60)),
             media_url_ttl: pick!(media_url_ttl, 3600),
             no_auth: pick!(no_auth, false),
+            min_free_space: self.min_free_space.clone().or(file.min_free_space.clone()),
         }
     }
 }
@@ -243,6 +250,8 @@ pub fn build(s: &Settings) -> anyhow::Result<Built> {
             s.host
         );
     }
+    // A bad size is a start-up error before any model loads.
+    min_free_bytes(s)?;
     std::fs::create_dir_all(&s.data_dir)?;
     let store = SqliteStore::open_in_data_dir(&s.data_dir)?;
     let db_path = store
@@ -336,7 +345,17 @@ fn finish_build(
         tokens,
         signer,
         request_timeout: s.request_timeout,
-    }))
+    })
+    .with_disk_guard(DiskGuard::with_reserve(&s.data_dir, min_free_bytes(s)?)))
+}
+
+/// `--min-free-space` in bytes (0 when unset or off).
+fn min_free_bytes(s: &Settings) -> anyhow::Result<u64> {
+    Ok(match s.min_free_space.as_deref().map(str::trim) {
+        None | Some("") | Some("none") | Some("off") => 0,
+        Some(size) => limner::engine::memory::parse_size(size)
+            .map_err(|e| anyhow::anyhow!("min_free_space: {e}"))?,
+    })
 }
 
 /// Binds and serves until SIGTERM / Ctrl-C, then stops accepting, lets running jobs finish for
@@ -364,7 +383,7 @@ pub async fn serve(s: Settings) -> anyhow::Result<()> {
         println!("sign in: http://{local}/?token={token}");
     }
     let state = built.state.clone();
-    let app = api::app(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = api::app(state.clone()).layer(api::trace::trace_layer());
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;

@@ -76,6 +76,8 @@ pub enum FailureKind {
     Engine,
     /// Saving or loading the job's data failed (a 5xx).
     Storage,
+    /// The disk is full: the job's result could not be saved (507).
+    InsufficientStorage,
     /// A bug: the job panicked or could not be started.
     Internal,
 }
@@ -89,6 +91,7 @@ impl FailureKind {
             FailureKind::TooLarge => "too_large",
             FailureKind::Engine => "engine",
             FailureKind::Storage => "storage",
+            FailureKind::InsufficientStorage => "insufficient_storage",
             FailureKind::Internal => "internal",
         }
     }

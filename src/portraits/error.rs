@@ -27,6 +27,9 @@ pub enum PortraitError {
     /// The database or the image files failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// The disk is full: nothing of the portrait was kept.
+    #[error("insufficient storage: {0}")]
+    StorageFull(String),
     /// The job's cancel token was set; nothing was written.
     #[error("cancelled")]
     Cancelled,
@@ -59,7 +62,9 @@ impl PortraitError {
             | PortraitError::Validation { .. }
             | PortraitError::Conflict(_) => true,
             PortraitError::Engine(e) => e.is_client_error(),
-            PortraitError::Storage(_) | PortraitError::Cancelled => false,
+            PortraitError::Storage(_)
+            | PortraitError::StorageFull(_)
+            | PortraitError::Cancelled => false,
         }
     }
 
@@ -72,6 +77,7 @@ impl PortraitError {
             PortraitError::Engine(e) if e.is_client_error() => "validation",
             PortraitError::Engine(_) => "engine",
             PortraitError::Storage(_) => "storage",
+            PortraitError::StorageFull(_) => "insufficient_storage",
             PortraitError::Cancelled => "cancelled",
         }
     }
@@ -99,6 +105,7 @@ impl From<StoreError> for PortraitError {
                 message: v.message,
             },
             StoreError::Conflict(m) | StoreError::Gone(m) => PortraitError::Conflict(m),
+            StoreError::StorageFull(m) => PortraitError::StorageFull(m),
             StoreError::Database(m) => PortraitError::Storage(m),
         }
     }
@@ -109,6 +116,7 @@ impl From<ImageStoreError> for PortraitError {
         match e {
             ImageStoreError::NotFound(key) => PortraitError::NotFound(format!("image {key:?}")),
             ImageStoreError::InvalidKey { .. } => PortraitError::validation("path", e.to_string()),
+            ImageStoreError::StorageFull { .. } => PortraitError::StorageFull(e.to_string()),
             ImageStoreError::Io { .. } => PortraitError::Storage(e.to_string()),
         }
     }

@@ -24,8 +24,25 @@ pub enum ImageStoreError {
     InvalidKey { key: String, reason: String },
     #[error("image {0:?} not found")]
     NotFound(String),
+    /// The disk is full (ENOSPC) or the user's quota is spent (EDQUOT); nothing was kept.
+    #[error("no space left to store image {key:?}: {message}")]
+    StorageFull { key: String, message: String },
     #[error("image store i/o error on {key:?}: {message}")]
     Io { key: String, message: String },
+}
+
+/// True when an I/O error means "no space left": a full disk or an exhausted quota. Used for
+/// every file limner writes, so all of them answer 507 rather than 500.
+pub fn is_storage_full(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    if matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded) {
+        return true;
+    }
+    #[cfg(unix)]
+    if let Some(code) = e.raw_os_error() {
+        return code == libc::ENOSPC || code == libc::EDQUOT;
+    }
+    false
 }
 
 /// Files under relative keys such as `portraits/<character>/<file>.png`.
@@ -36,6 +53,10 @@ pub trait ImageStore: Send + Sync {
     /// Removes `key`; a key that does not exist is not an error.
     fn delete(&self, key: &str) -> Result<(), ImageStoreError>;
     fn exists(&self, key: &str) -> Result<bool, ImageStoreError>;
+    /// The local folder the files live in, if any (for free-space reports).
+    fn local_root(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// Checks that `key` is a safe relative key: segments of `[A-Za-z0-9._-]` separated by `/`, none
@@ -103,13 +124,25 @@ fn io_err(key: &str, what: &str, e: impl std::fmt::Display) -> ImageStoreError {
     }
 }
 
+/// Like [`io_err`], but a full disk becomes [`ImageStoreError::StorageFull`].
+fn write_err(key: &str, what: &str, e: std::io::Error) -> ImageStoreError {
+    if is_storage_full(&e) {
+        ImageStoreError::StorageFull {
+            key: key.to_string(),
+            message: format!("{what}: {e}"),
+        }
+    } else {
+        io_err(key, what, e)
+    }
+}
+
 impl ImageStore for LocalImageStore {
     fn put(&self, key: &str, bytes: &[u8]) -> Result<(), ImageStoreError> {
         let path = self.path_for(key)?;
         let dir = path
             .parent()
             .ok_or_else(|| io_err(key, "resolve folder", "no parent folder"))?;
-        fs::create_dir_all(dir).map_err(|e| io_err(key, "create folder", e))?;
+        fs::create_dir_all(dir).map_err(|e| write_err(key, "create folder", e))?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -126,7 +159,7 @@ impl ImageStore for LocalImageStore {
         })();
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
-            return Err(io_err(key, "write", e));
+            return Err(write_err(key, "write", e));
         }
         // The rename itself is durable once the folder is synced (not possible on Windows).
         #[cfg(unix)]
@@ -159,6 +192,10 @@ impl ImageStore for LocalImageStore {
     fn exists(&self, key: &str) -> Result<bool, ImageStoreError> {
         let path = self.path_for(key)?;
         Ok(path.is_file())
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
     }
 }
 
@@ -230,6 +267,36 @@ mod tests {
         assert!(matches!(store.get(key), Err(ImageStoreError::NotFound(_))));
         // Deleting again is fine.
         store.delete(key).unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_is_storage_full() {
+        // A real ENOSPC: /dev/full refuses every write with it.
+        #[cfg(target_os = "linux")]
+        {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap();
+            let e = f
+                .write_all(&[0u8; 4096])
+                .and_then(|_| f.sync_all())
+                .unwrap_err();
+            assert!(is_storage_full(&e), "{e:?}");
+            assert!(matches!(
+                write_err("k.png", "write", e),
+                ImageStoreError::StorageFull { .. }
+            ));
+        }
+        for code in [libc::ENOSPC, libc::EDQUOT] {
+            assert!(is_storage_full(&std::io::Error::from_raw_os_error(code)));
+        }
+        let denied = std::io::Error::from_raw_os_error(libc::EACCES);
+        assert!(!is_storage_full(&denied));
+        assert!(matches!(
+            write_err("k.png", "write", denied),
+            ImageStoreError::Io { .. }
+        ));
     }
 
     #[test]

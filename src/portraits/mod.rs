@@ -21,8 +21,8 @@ pub use backend::{FakeBackend, ImageBackend, NoModelBackend};
 pub use error::PortraitError;
 pub use estimate::{Estimate, SpeedBook};
 pub use image_store::{
-    image_key, thumbnail_key, validate_key, ImageStore, ImageStoreError, LocalImageStore,
-    MAX_KEY_LEN,
+    image_key, is_storage_full, thumbnail_key, validate_key, ImageStore, ImageStoreError,
+    LocalImageStore, MAX_KEY_LEN,
 };
 pub use legacy_files::{MediaPortraitFiles, MAX_LEGACY_FILE_BYTES};
 pub use options::{

@@ -5,7 +5,8 @@
 //! These routes need no credentials: the pages themselves carry no data, and they sign in with a
 //! token kept in the browser (see `assets/auth.js`).
 
-use axum::extract::Path;
+// Path rejections in the API's JSON shape.
+use crate::api::extract::ApiPath as Path;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;

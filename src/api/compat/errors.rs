@@ -218,6 +218,20 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_is_507_in_both_compat_shapes() {
+        let e = ApiError::from(crate::characters::StoreError::StorageFull(
+            "database or disk is full".into(),
+        ));
+        let b = a1111_body(&e);
+        assert_eq!(b["error"], "insufficient_storage");
+        assert!(b["detail"].as_str().unwrap().contains("disk is full"));
+        let (s, b) = openai_body(&e);
+        assert_eq!(s, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(b["error"]["type"], "server_error");
+        assert_eq!(b["error"]["code"], "insufficient_storage");
+    }
+
+    #[test]
     fn openai_errors_use_openai_codes() {
         let (s, b) = openai_body(&ApiError::validation("width", "must be a multiple of 8"));
         assert_eq!(s, StatusCode::BAD_REQUEST);

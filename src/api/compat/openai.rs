@@ -175,6 +175,11 @@ pub(crate) async fn generations(
         request: valid,
         n_iter: 1,
     };
+    if matches!(format, Format::Url) {
+        // URLs mean files: refuse before painting when the disk cannot take them.
+        let disk = state.disk().clone();
+        blocking(move || disk.check_write()).await?;
+    }
     let out = run::run(&state, &compat, &caller.user, job).await?;
     let data: Vec<Value> = match format {
         Format::B64 => out
@@ -191,13 +196,7 @@ pub(crate) async fn generations(
                     .iter()
                     .map(|bytes| {
                         let key = format!("generations/{}.{ext}", uuid::Uuid::new_v4());
-                        store.put(&key, bytes).map_err(|e| {
-                            ApiError::new(
-                                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                                "storage_error",
-                                e.to_string(),
-                            )
-                        })?;
+                        store.put(&key, bytes).map_err(ApiError::from)?;
                         Ok(key)
                     })
                     .collect::<Result<Vec<_>, ApiError>>()
