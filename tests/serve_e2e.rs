@@ -486,7 +486,8 @@ fn players_are_kept_apart_and_the_dm_manages_the_roster() {
     assert_eq!(via_signature, via_token);
     assert_eq!(a.get(&char_path).expect(200).json["owner_id"], "alice");
 
-    // Bob runs a campaign; Alice's character joins it.
+    // Bob runs a campaign; Alice's character joins it with the invite code Bob hands out
+    // (joining without the DM's consent is refused).
     let camp = b
         .post("/api/campaigns", &json!({"name": "Bob's table"}))
         .expect(201);
@@ -495,6 +496,14 @@ fn players_are_kept_apart_and_the_dm_manages_the_roster() {
     a.post(
         &format!("/api/campaigns/{cid}/characters"),
         &json!({"character_id": id}),
+    )
+    .expect(404);
+    let invite = b
+        .post(&format!("/api/campaigns/{cid}/invites"), &json!({}))
+        .expect(201);
+    a.post(
+        "/api/campaigns/join",
+        &json!({"character_id": id, "code": invite.str("code")}),
     )
     .expect(201);
     let roster = b

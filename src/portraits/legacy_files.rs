@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::image_store::{validate_key, ImageStore};
 use super::image_store::{image_key, thumbnail_key};
+use super::image_store::{validate_key, ImageStore};
 use super::service::THUMBNAIL_SIDE;
 use crate::characters::{PortraitFiles, PreparedFile};
 use crate::engine::output::{decode_image, encode_image, thumbnail, ImageFormat};

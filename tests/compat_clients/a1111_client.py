@@ -28,10 +28,15 @@ def main(base):
     check("Euler a" in samplers and "DPM++ 2M" in samplers, f"samplers: {samplers}")
     schedulers = api.util_get_scheduler_names()
     check("karras" in schedulers, f"schedulers: {schedulers}")
+    # Titles are A1111's "name [short hash]" once the file is hashed (in the background, at start).
+    deadline = time.time() + 30
+    while not all(m["hash"] for m in api.get_sd_models()) and time.time() < deadline:
+        time.sleep(0.1)
     models = api.util_get_model_names()
-    check(MODEL in models, f"models: {models}")
+    titles = [t for t in models if t.startswith(MODEL + " [") and t.endswith("]")]
+    check(len(titles) == 1 and len(titles[0]) == len(MODEL) + 13, f"models: {models}")
     api.util_set_model(MODEL)
-    check(api.util_get_current_model() == MODEL, "current model")
+    check(api.util_get_current_model() == titles[0], "current model")
     check(api.get_latent_upscale_modes()[0]["name"] == "Latent", "latent modes")
 
     # txt2img, as seed 001's system called it (smaller).
