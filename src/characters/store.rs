@@ -125,6 +125,15 @@ pub trait CharacterStore: Send + Sync {
 
     /// Writes a consistent copy of the whole database to `dest` (atomically replaced).
     fn backup_to(&self, dest: &Path) -> StoreResult<()>;
+
+    /// A cheap read that proves the database answers (for `/health`).
+    fn ping(&self) -> StoreResult<()> {
+        self.list_campaigns(&CampaignFilter {
+            limit: Some(1),
+            ..Default::default()
+        })
+        .map(|_| ())
+    }
 }
 
 /// The SQLite store: one writer connection behind a mutex (SQLite allows one writer at a time;
@@ -411,6 +420,10 @@ impl CharacterStore for SqliteStore {
         portrait_id: &str,
     ) -> StoreResult<CharacterProfile> {
         self.write(|tx| portraits::make_current(tx, character_id, portrait_id))
+    }
+
+    fn ping(&self) -> StoreResult<()> {
+        self.schema_version().map(|_| ())
     }
 
     fn backup_to(&self, dest: &Path) -> StoreResult<()> {
