@@ -20,6 +20,10 @@ use limner::portraits::{
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+#[path = "common/app.rs"]
+mod common;
+use common::{send, Reply};
+
 struct Harness {
     router: Router,
     backend: Arc<FakeBackend>,
@@ -99,19 +103,6 @@ fn harness(o: Opts) -> Harness {
     }
 }
 
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
 impl Harness {
     async fn call(
         &self,
@@ -120,32 +111,7 @@ impl Harness {
         body: Option<Value>,
         token: Option<&str>,
     ) -> Reply {
-        let mut req = Request::builder().method(method).uri(uri);
-        if let Some(t) = token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let req = match body {
-            Some(b) => req
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(b.to_string())),
-            None => req.body(Body::empty()),
-        }
-        .unwrap();
-        let resp = self.router.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        send(&self.router, method, uri, body, token).await
     }
 
     async fn get(&self, uri: &str) -> Reply {
