@@ -1,17 +1,15 @@
 //! Campaigns, campaign state, the enriched (merged) view, rosters and portrait history on
 //! temporary databases.
 
+#[path = "common/store.rs"]
+mod common_store;
+use common_store::store;
+
 use limner::characters::{
     CampaignFilter, CampaignStatePatch, CharacterPatch, CharacterStore, NewCampaign, NewCharacter,
     NewPortrait, Store, StoreError,
 };
 use serde_json::json;
-
-fn store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_in_data_dir(dir.path()).unwrap();
-    (dir, store)
-}
 
 fn character(store: &Store, name: &str, level: i64) -> String {
     let new = NewCharacter {

@@ -1,24 +1,15 @@
 //! Character profiles on temporary databases: schema, enum normalization and errors, defaults,
 //! limits, list filters and paging, patches, delete, concurrency and pregenerated characters.
 
+#[path = "common/store.rs"]
+mod common_store;
+use common_store::{named, store};
+
 use limner::characters::{
     import_pregenerated, pregenerated, CharacterFilter, CharacterPatch, CharacterStore,
     NewCampaign, NewCharacter, NewPortrait, Store, StoreError, SCHEMA_VERSION,
 };
 use std::collections::BTreeSet;
-
-fn store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_in_data_dir(dir.path()).unwrap();
-    (dir, store)
-}
-
-fn named(name: &str) -> NewCharacter {
-    NewCharacter {
-        name: name.into(),
-        ..Default::default()
-    }
-}
 
 fn validation_field(err: StoreError) -> (String, String) {
     match err {

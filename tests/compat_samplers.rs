@@ -6,6 +6,8 @@
 
 #[path = "compat_clients/support.rs"]
 mod support;
+#[path = "common/tiny_engine.rs"]
+mod tiny_engine;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,41 +17,18 @@ use axum::Router;
 use limner::api::{app, AppState, Inner};
 use limner::auth::UrlSigner;
 use limner::characters::{CharacterStore, SqliteStore};
-use limner::engine::loading::model::ModelSource;
 use limner::engine::output::{decode_image, read_parameters};
-use limner::engine::request::Defaults;
-use limner::engine::worker::{EngineConfig, EngineHandle, ModelSpec};
 use limner::jobs::{JobQueue, QueueConfig};
 use limner::portraits::{
     ImageBackend, LocalImageStore, PortraitService, PortraitTemplates, StyleModels,
 };
 use serde_json::{json, Value};
 use support::{build, post_to, unb64, Setup};
+use tiny_engine::tiny_engine;
 
 /// A router on the real engine with the tiny model; the temp dir holds the media store.
 fn real_app() -> (Router, tempfile::TempDir) {
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15/model");
-    let engine = EngineHandle::spawn(EngineConfig {
-        models: vec![ModelSpec {
-            name: "tiny".into(),
-            source: ModelSource::Folder(model),
-            defaults: Defaults {
-                steps: 4,
-                width: 64,
-                height: 64,
-                ..Defaults::default()
-            },
-            prediction_type: None,
-        }],
-        default_model: "tiny".into(),
-        device: "cpu".into(),
-        dtype: "f32".into(),
-        use_flash_attn: false,
-        max_memory: None,
-        max_loaded: 1,
-    })
-    .expect("engine");
-    engine.wait_ready().expect("tiny model loads");
+    let engine = tiny_engine();
     let dir = tempfile::tempdir().expect("tempdir");
     let backend: Arc<dyn ImageBackend> = Arc::new(engine);
     let store: Arc<dyn CharacterStore> = Arc::new(SqliteStore::open_in_memory().expect("store"));

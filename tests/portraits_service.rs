@@ -1,6 +1,9 @@
 //! The portrait service end to end: a real SQLite store (in memory), a real image folder (a temp
 //! dir), and the fake backend (fast) or the real engine on the tiny fixture model.
 
+#[path = "common/tiny_engine.rs"]
+mod tiny_engine;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -732,30 +735,7 @@ fn deleting_a_character_removes_its_files_only() {
 
 #[test]
 fn real_engine_on_the_tiny_model() {
-    use limner::engine::loading::model::ModelSource;
-    use limner::engine::worker::{EngineConfig, EngineHandle, ModelSpec};
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15/model");
-    let engine = EngineHandle::spawn(EngineConfig {
-        models: vec![ModelSpec {
-            name: "tiny".into(),
-            source: ModelSource::Folder(model),
-            defaults: Defaults {
-                steps: 4,
-                width: 64,
-                height: 64,
-                ..Defaults::default()
-            },
-            prediction_type: None,
-        }],
-        default_model: "tiny".into(),
-        device: "cpu".into(),
-        dtype: "f32".into(),
-        use_flash_attn: false,
-        max_memory: None,
-        max_loaded: 1,
-    })
-    .unwrap();
-    engine.wait_ready().unwrap();
+    let engine = tiny_engine::tiny_engine();
     assert_eq!(ImageBackend::default_model(&engine), "tiny");
     let dir = tempfile::tempdir().unwrap();
     let media = dir.path().join("media");

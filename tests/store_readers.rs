@@ -2,27 +2,16 @@
 //! (they never queue behind the writer), and readers working beside a stream of writes always
 //! see a committed state at least as new as the last write that returned.
 
+#[path = "common/store.rs"]
+mod common_store;
+use common_store::{named, store};
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
-use limner::characters::{
-    CharacterFilter, CharacterPatch, CharacterStore, NewCharacter, Store, DB_FILE_NAME,
-};
-
-fn store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_in_data_dir(dir.path()).unwrap();
-    (dir, store)
-}
-
-fn named(name: &str) -> NewCharacter {
-    NewCharacter {
-        name: name.into(),
-        ..Default::default()
-    }
-}
+use limner::characters::{CharacterFilter, CharacterPatch, CharacterStore, DB_FILE_NAME};
 
 fn rename(name: &str) -> CharacterPatch {
     CharacterPatch {

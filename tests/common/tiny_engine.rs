@@ -1,0 +1,34 @@
+//! The real engine on the tiny test model (tests/fixtures/tiny-sd15), loaded and ready, for tests
+//! that paint end to end: named `tiny`, CPU, f32, 64x64 in 4 steps unless a request says otherwise.
+
+use std::path::Path;
+
+use limner::engine::loading::model::ModelSource;
+use limner::engine::request::Defaults;
+use limner::engine::worker::{EngineConfig, EngineHandle, ModelSpec};
+
+pub fn tiny_engine() -> EngineHandle {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15/model");
+    let engine = EngineHandle::spawn(EngineConfig {
+        models: vec![ModelSpec {
+            name: "tiny".into(),
+            source: ModelSource::Folder(model),
+            defaults: Defaults {
+                steps: 4,
+                width: 64,
+                height: 64,
+                ..Defaults::default()
+            },
+            prediction_type: None,
+        }],
+        default_model: "tiny".into(),
+        device: "cpu".into(),
+        dtype: "f32".into(),
+        use_flash_attn: false,
+        max_memory: None,
+        max_loaded: 1,
+    })
+    .expect("the tiny engine starts");
+    engine.wait_ready().expect("the tiny model loads");
+    engine
+}
