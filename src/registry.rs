@@ -468,7 +468,7 @@ impl ResolvedModel {
         }
     }
 
-    /// The entry's defaults over seed 001's portrait defaults (512x768, 25 steps, CFG 8, Euler a).
+    /// The entry's defaults over the regeneration guide's portrait defaults (512x768, 25 steps, CFG 8, Euler a).
     pub fn defaults(&self) -> crate::engine::request::Defaults {
         let mut d = crate::engine::request::Defaults::default();
         if let Some(e) = &self.entry {

@@ -371,7 +371,7 @@ async fn generate_regenerate_history_and_media() {
     assert_eq!(img.headers[header::CONTENT_TYPE], "image/png");
     assert_eq!(&img.body[1..4], b"PNG");
 
-    // seed 001's regeneration.
+    // The regeneration guide's regeneration.
     let r = h
         .post(
             &format!("/api/characters/{id}/regenerate-image"),

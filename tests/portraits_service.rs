@@ -125,7 +125,7 @@ fn generate_records_a_current_portrait_with_files() {
     assert!(prepared.negative_prompt().contains("watermark"));
     assert_eq!(prepared.art_style(), "default");
     assert_eq!(prepared.model(), "fake-model");
-    // Seed 001: hires fix on, denoise 0.4: 6 steps + floor(6 * 0.4) second-pass steps.
+    // The regeneration guide: hires fix on, denoise 0.4: 6 steps + floor(6 * 0.4) second-pass steps.
     assert_eq!(prepared.expected_steps(), 8);
 
     let steps = Arc::new(AtomicUsize::new(0));
@@ -392,7 +392,11 @@ fn regenerate_is_img2img_from_the_current_portrait_and_keeps_it() {
             GenerateOptions::default(),
         )
         .unwrap();
-    assert_eq!(p.denoising_strength(), Some(0.2), "seed 001's default");
+    assert_eq!(
+        p.denoising_strength(),
+        Some(0.2),
+        "the regeneration guide's default"
+    );
     assert_eq!(p.source_portrait().map(|s| &s.id), Some(&out.record.id));
 }
 

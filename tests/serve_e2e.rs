@@ -1,5 +1,5 @@
 //! End to end: the real `limner serve` binary on a free port with the real engine on the tiny
-//! fixture model. Seed 000's curl scenario (and seed 001's regenerate-image) surviving a restart,
+//! fixture model. The portrait-creator spec's curl scenario (and the regeneration guide's regenerate-image) surviving a restart,
 //! the queue under 50 concurrent requests, cancellation (DELETE, a dropped connection, the
 //! synchronous timeout), auth between two players and their DM, and the OpenAPI document.
 //! Waits are bounded hang guards; nothing here asserts how long anything takes.
@@ -23,12 +23,12 @@ use server::{
 };
 
 #[test]
-fn seed_000_curl_scenario_and_seed_001_regeneration_survive_a_restart() {
+fn portrait_creator_curl_scenario_and_regeneration_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_no_auth(dir.path(), &[]);
     let c = server.client();
 
-    // Seed 000's "campaign_1" is a placeholder: campaigns get their ids when created.
+    // The portrait-creator spec's "campaign_1" is a placeholder: campaigns get their ids when created.
     let campaign_id = c
         .post("/api/campaigns", &json!({"name": "campaign_1"}))
         .expect(201)
@@ -44,7 +44,7 @@ fn seed_000_curl_scenario_and_seed_001_regeneration_survive_a_restart() {
     let before = c.get(&format!("/api/characters/{id}/portrait")).expect(200);
     assert_eq!(before.json["has_portrait"], false);
 
-    // Generate (seed 000's body).
+    // Generate (the portrait-creator spec's body).
     let generate = format!("/api/characters/{id}/portrait/generate");
     let gen = c
         .post(&generate, &json!({"character_id": id, "regenerate": false}))
@@ -67,7 +67,7 @@ fn seed_000_curl_scenario_and_seed_001_regeneration_survive_a_restart() {
     assert_eq!(current.json["has_portrait"], true);
     assert_eq!(current.json["portrait_path"], gen.json["portrait_path"]);
 
-    // Seed 000's PATCH of visual metadata.
+    // The portrait-creator spec's PATCH of visual metadata.
     let patched = c
         .patch(
             &format!("/api/characters/{id}"),
@@ -78,7 +78,7 @@ fn seed_000_curl_scenario_and_seed_001_regeneration_survive_a_restart() {
     assert_eq!(patched.json["attire"], "Updated armor description");
     assert_eq!(patched.json["race"], "Human", "PATCH must be partial");
 
-    // Seed 001's regenerate-image.
+    // The regeneration guide's regenerate-image.
     let new_prompt = "same character but smiling, standing in a castle";
     let regen = c
         .post(

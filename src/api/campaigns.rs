@@ -9,7 +9,7 @@ use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
 
-use super::auth::{viewer_of, Caller};
+use super::caller::{viewer_of, Caller};
 use super::blocking;
 use super::characters::with_urls;
 use super::error::{ApiError, ApiResult};

@@ -1,5 +1,5 @@
 //! `/api/characters`: create, list, get (optionally with one campaign's state), PATCH of visual
-//! metadata, delete. Every reply is an EnrichedCharacter (seed 000's contract).
+//! metadata, delete. Every reply is an EnrichedCharacter (the portrait-creator spec's contract).
 
 use axum::extract::State;
 // Path rejections in the API's JSON shape.
@@ -9,7 +9,7 @@ use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
 
-use super::auth::{viewer_of, Caller};
+use super::caller::{viewer_of, Caller};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery};
 use super::paging::{paging, respond};

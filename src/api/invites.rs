@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 
-use super::auth::Caller;
+use super::caller::Caller;
 use super::blocking;
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;

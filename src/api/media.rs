@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::auth::Caller;
+use super::caller::Caller;
 use super::blocking;
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiQuery;

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::auth::Caller;
+use super::caller::Caller;
 use super::blocking;
 use super::characters::enriched;
 use super::error::{ApiError, ApiResult};
@@ -184,7 +184,7 @@ pub async fn openapi() -> Json<Value> {
     add(
         "/api/characters/{id}/portrait/generate",
         "post",
-        "Generate a portrait (seed 000)",
+        "Generate a portrait (the portrait-creator spec)",
         "portraits",
         vec![id.clone(), asyncq.clone()],
     );
@@ -205,7 +205,7 @@ pub async fn openapi() -> Json<Value> {
     add(
         "/api/characters/{id}/regenerate-image",
         "post",
-        "img2img variation of the current portrait (seed 001)",
+        "img2img variation of the current portrait (the regeneration guide)",
         "portraits",
         vec![id.clone(), asyncq],
     );

@@ -2,7 +2,7 @@
 //! error shape, and one file per resource. Handlers never touch tensors: generation goes through
 //! the portrait service and the job queue.
 
-pub mod auth;
+pub mod caller;
 mod campaigns;
 mod characters;
 mod compat;
@@ -42,7 +42,7 @@ pub struct Inner {
     /// None = no authentication (loopback `--no-auth`): every caller is the local admin.
     pub tokens: Option<TokenStore>,
     pub signer: UrlSigner,
-    /// How long a synchronous generation waits before its job is cancelled (seed 000: 60 s).
+    /// How long a synchronous generation waits before its job is cancelled (the portrait-creator spec: 60 s).
     pub request_timeout: Duration,
 }
 

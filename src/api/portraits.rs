@@ -1,4 +1,4 @@
-//! Portrait endpoints: generate (seed 000), regenerate-image (seed 001), the current portrait,
+//! Portrait endpoints: generate (the portrait-creator spec), regenerate-image (the regeneration guide), the current portrait,
 //! history and "make current". Generation is a job in the queue: synchronous by default (waits
 //! up to the request timeout, then the job is cancelled and the reply is 504), or `?async=true`
 //! for 202 + a job id to follow over Server-Sent Events. A synchronous request whose estimate
@@ -15,7 +15,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::Caller;
+use super::caller::Caller;
 use super::blocking;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery};
@@ -32,11 +32,11 @@ pub struct AsyncQuery {
     pub is_async: bool,
 }
 
-/// seed 000's request, plus our per-request overrides.
+/// The portrait-creator spec's request, plus our per-request overrides.
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub struct GenerateBody {
-    /// Accepted for seed 000's clients; the path names the character.
+    /// Accepted for the portrait-creator spec's clients; the path names the character.
     pub character_id: Option<String>,
     /// false (default): return the existing portrait when there is one.
     pub regenerate: bool,
@@ -45,7 +45,7 @@ pub struct GenerateBody {
     pub options: GenerateOptions,
 }
 
-/// seed 001's request.
+/// The regeneration guide's request.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RegenerateBody {
@@ -74,7 +74,7 @@ fn failure(e: PortraitError) -> JobFailure {
     }
 }
 
-/// seed 000's generate reply for a portrait record.
+/// The portrait-creator spec's generate reply for a portrait record.
 fn generate_reply(state: &AppState, r: &PortraitRecord, extra: Option<&PortraitOutcome>) -> Value {
     let mut v = json!({
         "success": true,
@@ -98,7 +98,7 @@ fn generate_reply(state: &AppState, r: &PortraitRecord, extra: Option<&PortraitO
     v
 }
 
-/// seed 001's regenerate reply.
+/// The regeneration guide's regenerate reply.
 fn regenerate_reply(
     state: &AppState,
     name: &str,
@@ -342,7 +342,7 @@ pub async fn regenerate(
     .await
 }
 
-/// seed 000: `{character_id, portrait_url, portrait_path, has_portrait}`.
+/// The portrait-creator spec: `{character_id, portrait_url, portrait_path, has_portrait}`.
 pub async fn current(
     State(state): State<AppState>,
     Caller(caller): Caller,

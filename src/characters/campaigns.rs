@@ -171,7 +171,7 @@ fn save_state(conn: &Connection, s: &CharacterInfo, insert: bool) -> StoreResult
     Ok(())
 }
 
-/// The state a character starts a campaign with (seed 000's CharacterInfo defaults).
+/// The state a character starts a campaign with (the portrait-creator spec's CharacterInfo defaults).
 pub(crate) fn default_state(campaign_id: &str, character_id: &str) -> CharacterInfo {
     let t = now();
     CharacterInfo {

@@ -1,4 +1,4 @@
-//! The closed vocabularies of the visual schema (SPEC.md section 2, seed 000): race, gender, class,
+//! The closed vocabularies of the visual schema (SPEC.md section 2, the portrait-creator spec): race, gender, class,
 //! age, build, expression, pose and character type.
 //!
 //! Each value is parsed case- and separator-insensitively ("non binary", "DARK_ELF", "wood-elf"),

@@ -1,6 +1,6 @@
 //! Characters: profiles, campaign state, the enriched view and their SQLite store.
 //!
-//! Following seed 000's separation of concerns, a [`CharacterProfile`] holds a character's global
+//! Following the portrait-creator spec's separation of concerns, a [`CharacterProfile`] holds a character's global
 //! identity and appearance (one per character), a [`CharacterInfo`] holds its state in one
 //! campaign, and an [`EnrichedCharacter`] merges both for API responses. Everything is kept in one
 //! SQLite database behind the [`CharacterStore`] trait; [`validate`] is the one place raw input

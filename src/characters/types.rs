@@ -245,7 +245,7 @@ pub struct CampaignStatePatch {
 pub struct EnrichedCharacter {
     #[serde(flatten)]
     pub profile: CharacterProfile,
-    /// Same as `id`; the name seed 000's clients read.
+    /// Same as `id`; the name the portrait-creator spec's clients read.
     pub character_id: String,
     pub campaign_id: Option<String>,
     pub level: i64,

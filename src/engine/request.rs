@@ -70,7 +70,7 @@ pub struct GenerationRequest {
     pub format: Option<String>,
 }
 
-/// Per-model defaults, from weights.toml (seed 001's portrait defaults otherwise).
+/// Per-model defaults, from weights.toml (the regeneration guide's portrait defaults otherwise).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Defaults {
     pub sampler: String,

@@ -135,7 +135,7 @@ impl Default for FakeBackend {
 }
 
 impl FakeBackend {
-    /// One model, `fake-model`, with seed 001's defaults; ready; no delay.
+    /// One model, `fake-model`, with the regeneration guide's defaults; ready; no delay.
     pub fn new() -> Self {
         Self {
             models: vec![("fake-model".into(), Defaults::default())],

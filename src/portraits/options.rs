@@ -12,7 +12,7 @@ use crate::characters::PortraitRecord;
 use crate::engine::request::{Defaults, ValidRequest};
 use crate::registry::Registry;
 
-/// Seed 001's regeneration strength range and default (`denoisingStrength`).
+/// The regeneration guide's regeneration strength range and default (`denoisingStrength`).
 pub const MIN_REGENERATE_STRENGTH: f64 = 0.1;
 pub const MAX_REGENERATE_STRENGTH: f64 = 0.9;
 pub const DEFAULT_REGENERATE_STRENGTH: f64 = 0.2;
@@ -82,7 +82,7 @@ pub fn device_defaults(
 }
 
 /// Per-request overrides; `None` takes the model's defaults (`weights.toml`), which fall back to
-/// seed 001's (512x768, 25 steps, CFG 8, Euler a, hires fix x2 with the Latent upscaler at 0.4).
+/// The regeneration guide's (512x768, 25 steps, CFG 8, Euler a, hires fix x2 with the Latent upscaler at 0.4).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GenerateOptions {
@@ -113,7 +113,7 @@ pub struct GenerateOptions {
 pub enum Method {
     #[serde(rename = "txt2img")]
     Txt2Img,
-    /// Seed 001's regeneration: img2img from the current portrait.
+    /// The regeneration guide's regeneration: img2img from the current portrait.
     #[serde(rename = "img2img_consistency")]
     Img2ImgConsistency,
 }
@@ -207,7 +207,7 @@ pub struct PortraitOutcome {
     pub method: &'static str,
 }
 
-/// Which model paints which art style (seed 001: realistic -> a photoreal checkpoint, fantasy /
+/// Which model paints which art style (the regeneration guide: realistic -> a photoreal checkpoint, fantasy /
 /// anime / cartoon -> an illustration checkpoint), and each model's hires-fix preference.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StyleModels {

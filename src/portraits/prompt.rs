@@ -1,6 +1,6 @@
-//! The raw portrait prompt, built from a character profile in seed 000's order (name, expression,
+//! The raw portrait prompt, built from a character profile in the portrait-creator spec's order (name, expression,
 //! gender, race, age, class, "<expression> expression", facial features, "wearing <attire>",
-//! distinguishing feature, pose, custom additions) plus the fields seed 000 forgot and a portrait
+//! distinguishing feature, pose, custom additions) plus the fields the portrait-creator spec forgot and a portrait
 //! needs: build and height (after the age), the weapon (after the attire) and the background
 //! (after the pose). Empty fields are skipped; commas and whitespace are normalised so the result
 //! is always a clean comma-separated list.

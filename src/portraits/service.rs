@@ -1,5 +1,5 @@
 //! The portrait service: prepares portrait jobs from character profiles (prompt, template, model,
-//! seed 001's settings, validation) and runs them (paint, store the image and its thumbnail,
+//! The regeneration guide's settings, validation) and runs them (paint, store the image and its thumbnail,
 //! record the portrait in history as current).
 //!
 //! Preparation and running are separate so the HTTP layer can refuse a bad request (4xx) before
@@ -32,7 +32,7 @@ use crate::engine::EngineError;
 /// Longest side of a portrait thumbnail, in pixels.
 pub const THUMBNAIL_SIDE: u32 = 256;
 
-/// Seed 001's hires fix: on, Latent upscaler, denoise 0.4; x2 is A1111's default scale.
+/// The regeneration guide's hires fix: on, Latent upscaler, denoise 0.4; x2 is A1111's default scale.
 const HIRES_SCALE: f64 = 2.0;
 const HIRES_STRENGTH: f64 = 0.4;
 
@@ -276,7 +276,7 @@ impl PortraitService {
     }
 
     /// Validates a txt2img portrait of a character: profile -> prompt -> template, the style's
-    /// model, seed 001's defaults under the model's and the request's.
+    /// model, the regeneration guide's defaults under the model's and the request's.
     pub fn prepare_generate(
         &self,
         character_id: &str,
@@ -326,7 +326,7 @@ impl PortraitService {
         Self::prepared(id, request, Method::Txt2Img, style, model, None)
     }
 
-    /// Validates seed 001's regeneration: img2img from the character's current portrait with
+    /// Validates the regeneration guide's regeneration: img2img from the character's current portrait with
     /// `new_prompt` added to the profile's prompt, at `denoising_strength` (0.1-0.9, default
     /// 0.2), same size, no hires fix; style and model default to the current portrait's.
     pub fn prepare_regenerate(

@@ -4,7 +4,7 @@
 //!
 //! - `template`: the portrait framing with a `{subject}` placeholder (the prompt built from the
 //!   profile, required) and an optional `{quality}` placeholder;
-//! - `quality`: quality tags (seed 001's "masterpiece, best quality, ..., detailed face");
+//! - `quality`: quality tags (the regeneration guide's "masterpiece, best quality, ..., detailed face");
 //! - `negative_prompt`: what the image must not show;
 //! - `model` (optional): the model this style prefers over the `weights.toml` style map;
 //! - `description` (optional): free text for model/style listings.

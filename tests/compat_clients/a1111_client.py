@@ -39,7 +39,7 @@ def main(base):
     check(api.util_get_current_model() == titles[0], "current model")
     check(api.get_latent_upscale_modes()[0]["name"] == "Latent", "latent modes")
 
-    # txt2img, as seed 001's system called it (smaller).
+    # txt2img, as the regeneration guide's system called it (smaller).
     r = api.txt2img(prompt="a dwarf cleric", negative_prompt="blurry", seed=42, steps=4,
                     cfg_scale=8, width=64, height=96, sampler_name="Euler a")
     check(r.image.size == (64, 96), f"size {r.image.size}")

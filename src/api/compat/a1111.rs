@@ -13,7 +13,7 @@ use super::a1111_request::{crop_and_resize, Common, Img2ImgBody, Txt2ImgBody};
 use super::errors::A1111Error;
 use super::run::{self, CompatJob, CompatOutput};
 use super::{from_body, image_bytes, resolve_model, to_base64, CompatState};
-use crate::api::auth::Caller;
+use crate::api::caller::Caller;
 use crate::api::blocking;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::ApiJson;

@@ -14,7 +14,7 @@ use super::a1111::pick_model;
 use super::errors::A1111Error;
 use super::run::visible_jobs;
 use super::{from_body, image_bytes, model_title, CompatState};
-use crate::api::auth::Caller;
+use crate::api::caller::Caller;
 use crate::api::blocking;
 use crate::api::error::ApiError;
 use crate::api::extract::ApiJson;

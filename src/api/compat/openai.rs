@@ -19,7 +19,7 @@ use super::a1111::validate;
 use super::errors::OpenAiError;
 use super::run::{self, CompatJob};
 use super::{from_body, resolve_model, to_base64, CompatState};
-use crate::api::auth::Caller;
+use crate::api::caller::Caller;
 use crate::api::blocking;
 use crate::api::error::ApiError;
 use crate::api::extract::ApiJson;

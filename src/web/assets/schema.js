@@ -1,4 +1,4 @@
-// The visual schema of a character (SPEC section 2, seed 000) and the API's length limits, in
+// The visual schema of a character (SPEC section 2, the portrait-creator spec) and the API's length limits, in
 // one place so every page renders the same fields with the same labels. The API stays the judge:
 // it validates again and its 422 messages are shown next to the field they name.
 

@@ -1,4 +1,4 @@
-//! Who is calling (the `Caller` extractor: bearer token, or HTTP Basic with the token as the
+//! The HTTP side of access (tokens themselves live in `crate::auth`): who is calling (the `Caller` extractor: bearer token, or HTTP Basic with the token as the
 //! password as A1111's `--api-auth` clients send it) and what they may do. Visibility itself is
 //! decided by the store, in SQL (see `characters::listing`). A character the caller may not see
 //! answers 404, never 403, so its existence does not leak.
