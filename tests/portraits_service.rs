@@ -59,6 +59,13 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
+impl Fixture {
+    /// The fixture character as the API hands it to the service (read once, access checked).
+    fn profile(&self) -> CharacterProfile {
+        self.store.get_character(&self.character).unwrap()
+    }
+}
+
 fn fixture_with(backend: FakeBackend, styles: StyleModels) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let media = dir.path().join("media");
@@ -113,7 +120,7 @@ fn generate_records_a_current_portrait_with_files() {
     let f = fixture();
     let prepared = f
         .service
-        .prepare_generate(&f.character, GenerateOptions::default())
+        .prepare_generate(&f.profile(), GenerateOptions::default())
         .unwrap();
     assert!(
         prepared.prompt().contains("Garrick"),
@@ -188,7 +195,7 @@ fn request_overrides_win_over_defaults() {
         hires: Some(false),
         ..Default::default()
     };
-    let prepared = f.service.prepare_generate(&f.character, opts).unwrap();
+    let prepared = f.service.prepare_generate(&f.profile(), opts).unwrap();
     assert_eq!(prepared.seed(), 42);
     assert_eq!(prepared.art_style(), "fantasy");
     let prompt = prepared.prompt();
@@ -230,20 +237,20 @@ fn style_picks_the_model_and_its_hires_preference() {
     };
     let p = f
         .service
-        .prepare_generate(&f.character, opts("realistic"))
+        .prepare_generate(&f.profile(), opts("realistic"))
         .unwrap();
     assert_eq!(p.model(), "photo-model");
     assert!(p.request().job.hires.is_none());
     // A style whose model the engine does not have falls back to the default model.
     let p = f
         .service
-        .prepare_generate(&f.character, opts("anime"))
+        .prepare_generate(&f.profile(), opts("anime"))
         .unwrap();
     assert_eq!(p.model(), "fake-model");
 
     let e = f
         .service
-        .prepare_generate(&f.character, opts("vaporwave"))
+        .prepare_generate(&f.profile(), opts("vaporwave"))
         .unwrap_err();
     assert_eq!(e.field(), Some("art_style"));
     assert!(
@@ -253,7 +260,7 @@ fn style_picks_the_model_and_its_hires_preference() {
     let e = f
         .service
         .prepare_generate(
-            &f.character,
+            &f.profile(),
             GenerateOptions {
                 model: Some("nope".into()),
                 ..Default::default()
@@ -285,14 +292,14 @@ fn style_picks_the_model_and_its_hires_preference() {
             "custom_prompt_additions",
         ),
     ] {
-        let e = f.service.prepare_generate(&f.character, opts).unwrap_err();
+        let e = f.service.prepare_generate(&f.profile(), opts).unwrap_err();
         assert_eq!(e.field(), Some(field), "{e}");
         assert!(e.is_client_error());
     }
     let e = f
         .service
         .prepare_generate(
-            &f.character,
+            &f.profile(),
             GenerateOptions {
                 sampler: Some("Bogus".into()),
                 ..Default::default()
@@ -301,11 +308,6 @@ fn style_picks_the_model_and_its_hires_preference() {
         .unwrap_err();
     assert_eq!(e.field(), Some("sampler"));
     assert!(e.is_client_error());
-    let e = f
-        .service
-        .prepare_generate("no-such-character", GenerateOptions::default())
-        .unwrap_err();
-    assert!(matches!(e, PortraitError::NotFound(_)), "{e}");
     assert_eq!(f.backend.calls(), 0, "nothing ran for refused requests");
 }
 
@@ -315,7 +317,7 @@ fn regenerate_is_img2img_from_the_current_portrait_and_keeps_it() {
     let first = f
         .service
         .prepare_generate(
-            &f.character,
+            &f.profile(),
             GenerateOptions {
                 art_style: Some("anime".into()),
                 ..Default::default()
@@ -329,7 +331,7 @@ fn regenerate_is_img2img_from_the_current_portrait_and_keeps_it() {
     let prepared = f
         .service
         .prepare_regenerate(
-            &f.character,
+            &f.profile(),
             "same character but wearing a red cloak",
             Some(0.35),
             GenerateOptions::default(),
@@ -386,7 +388,7 @@ fn regenerate_is_img2img_from_the_current_portrait_and_keeps_it() {
     let p = f
         .service
         .prepare_regenerate(
-            &f.character,
+            &f.profile(),
             "same character, smiling",
             None,
             GenerateOptions::default(),
@@ -406,7 +408,7 @@ fn regenerate_refuses_bad_input_and_missing_portraits() {
     let e = f
         .service
         .prepare_regenerate(
-            &f.character,
+            &f.profile(),
             "same character but older",
             None,
             GenerateOptions::default(),
@@ -415,14 +417,14 @@ fn regenerate_refuses_bad_input_and_missing_portraits() {
     assert!(matches!(e, PortraitError::Conflict(_)), "{e}");
     assert!(e.is_client_error());
     f.service
-        .prepare_generate(&f.character, GenerateOptions::default())
+        .prepare_generate(&f.profile(), GenerateOptions::default())
         .and_then(|p| f.service.run(p, quiet(), &CancelToken::new()))
         .unwrap();
     for strength in [0.05, 0.95, f64::NAN, -1.0] {
         let e = f
             .service
             .prepare_regenerate(
-                &f.character,
+                &f.profile(),
                 "x",
                 Some(strength),
                 GenerateOptions::default(),
@@ -436,20 +438,15 @@ fn regenerate_refuses_bad_input_and_missing_portraits() {
     }
     let e = f
         .service
-        .prepare_regenerate(&f.character, "  ", None, GenerateOptions::default())
+        .prepare_regenerate(&f.profile(), "  ", None, GenerateOptions::default())
         .unwrap_err();
     assert_eq!(e.field(), Some("newPrompt"));
     // 0.1 of 6 steps leaves no step to run: refused before queueing, under the API's name.
     let e = f
         .service
-        .prepare_regenerate(&f.character, "x", Some(0.1), GenerateOptions::default())
+        .prepare_regenerate(&f.profile(), "x", Some(0.1), GenerateOptions::default())
         .unwrap_err();
     assert_eq!(e.field(), Some("denoisingStrength"), "{e}");
-    let e = f
-        .service
-        .prepare_regenerate("ghost", "x", None, GenerateOptions::default())
-        .unwrap_err();
-    assert!(matches!(e, PortraitError::NotFound(_)));
 }
 
 #[test]
@@ -462,7 +459,7 @@ fn a_failing_backend_leaves_no_files_and_no_records() {
     );
     let p = f
         .service
-        .prepare_generate(&f.character, GenerateOptions::default())
+        .prepare_generate(&f.profile(), GenerateOptions::default())
         .unwrap();
     let e = f.service.run(p, quiet(), &CancelToken::new()).unwrap_err();
     assert!(matches!(e, PortraitError::Engine(_)), "{e}");
@@ -491,7 +488,7 @@ fn cancellation_returns_cancelled_and_writes_nothing() {
     let s = seen.clone();
     let p = f
         .service
-        .prepare_generate(&f.character, GenerateOptions::default())
+        .prepare_generate(&f.profile(), GenerateOptions::default())
         .unwrap();
     let e = f
         .service
@@ -512,7 +509,7 @@ fn cancellation_returns_cancelled_and_writes_nothing() {
     let calls = f.backend.calls();
     let p = f
         .service
-        .prepare_generate(&f.character, GenerateOptions::default())
+        .prepare_generate(&f.profile(), GenerateOptions::default())
         .unwrap();
     assert!(matches!(
         f.service.run(p, quiet(), &cancel),
@@ -536,9 +533,9 @@ fn concurrent_runs_of_one_character_keep_history_consistent() {
         let handles: Vec<_> = (0..N)
             .map(|_| {
                 let service = f.service.clone();
-                let id = f.character.clone();
+                let profile = f.profile();
                 scope.spawn(move || {
-                    let p = service.prepare_generate(&id, GenerateOptions::default())?;
+                    let p = service.prepare_generate(&profile, GenerateOptions::default())?;
                     service.run(p, quiet(), &CancelToken::new())
                 })
             })
@@ -692,7 +689,7 @@ fn a_failed_record_removes_the_written_files() {
     let dir = tempfile::tempdir().unwrap();
     let media = dir.path().join("media");
     let store = Arc::new(FailingRecords(SqliteStore::open_in_memory().unwrap()));
-    let id = store.create_character(&garrick()).unwrap().id;
+    let profile = store.create_character(&garrick()).unwrap();
     let backend = Arc::new(FakeBackend::new().with_defaults(small()));
     let service = PortraitService::new(
         store.clone(),
@@ -702,7 +699,7 @@ fn a_failed_record_removes_the_written_files() {
         StyleModels::new(),
     );
     let p = service
-        .prepare_generate(&id, GenerateOptions::default())
+        .prepare_generate(&profile, GenerateOptions::default())
         .unwrap();
     let e = service.run(p, quiet(), &CancelToken::new()).unwrap_err();
     assert!(matches!(e, PortraitError::Storage(_)), "{e}");
@@ -715,10 +712,10 @@ fn deleting_a_character_removes_its_files_only() {
     let f = fixture();
     let out = f
         .service
-        .prepare_generate(&f.character, GenerateOptions::default())
+        .prepare_generate(&f.profile(), GenerateOptions::default())
         .and_then(|p| f.service.run(p, quiet(), &CancelToken::new()))
         .unwrap();
-    let other = f.store.create_character(&garrick()).unwrap().id;
+    let other = f.store.create_character(&garrick()).unwrap();
     let kept = f
         .service
         .prepare_generate(&other, GenerateOptions::default())
@@ -756,7 +753,7 @@ fn real_engine_on_the_tiny_model() {
     let s = steps.clone();
     let first = service
         .prepare_generate(
-            &id,
+            &store.get_character(&id).unwrap(),
             GenerateOptions {
                 art_style: Some("fantasy".into()),
                 hires: Some(false),
@@ -786,7 +783,7 @@ fn real_engine_on_the_tiny_model() {
 
     let second = service
         .prepare_regenerate(
-            &id,
+            &store.get_character(&id).unwrap(),
             "same character but wearing a red cloak",
             Some(0.5),
             GenerateOptions::default(),

@@ -15,8 +15,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::caller::Caller;
 use super::blocking;
+use super::caller::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery};
 use super::jobs::accepted;
@@ -260,6 +260,13 @@ pub async fn estimate(
     Ok(Json(v))
 }
 
+/// What a generate request turned out to need once its character was read.
+enum Opening {
+    /// The character has a portrait and no regeneration was asked for.
+    Existing(PortraitRecord),
+    Prepared(PreparedPortrait),
+}
+
 pub async fn generate(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -275,27 +282,32 @@ pub async fn generate(
             ));
         }
     }
-    let s = state.clone();
-    let c = caller.clone();
-    let i = id.clone();
-    let existing = blocking(move || {
-        let profile = s.editable_character(&c, &i)?;
-        match (&profile.current_portrait_id, body.regenerate) {
-            (Some(pid), false) => Ok(Some(s.store.get_portrait(pid)?)),
-            _ => Ok(None),
-        }
-    })
-    .await?;
-    if let Some(record) = existing {
-        return Ok(Json(generate_reply(&state, &record, None)).into_response());
-    }
     let mut options = body.options;
     options.custom_prompt_additions = body
         .custom_prompt_additions
         .or(options.custom_prompt_additions);
+    // One trip to the blocking pool: access check, the existing portrait, and the whole
+    // preparation, all from the one profile read.
     let s = state.clone();
+    let c = caller.clone();
     let i = id.clone();
-    let prepared = blocking(move || Ok(s.portraits.prepare_generate(&i, options)?)).await?;
+    let regenerate = body.regenerate;
+    let opening = blocking(move || {
+        let profile = s.editable_character(&c, &i)?;
+        if let (Some(pid), false) = (&profile.current_portrait_id, regenerate) {
+            return Ok(Opening::Existing(s.store.get_portrait(pid)?));
+        }
+        Ok(Opening::Prepared(
+            s.portraits.prepare_generate(&profile, options)?,
+        ))
+    })
+    .await?;
+    let prepared = match opening {
+        Opening::Existing(record) => {
+            return Ok(Json(generate_reply(&state, &record, None)).into_response())
+        }
+        Opening::Prepared(p) => p,
+    };
     run_job(
         &state,
         &caller.user,
@@ -321,9 +333,9 @@ pub async fn regenerate(
     let strength = body.denoising_strength;
     let (name, prepared) = blocking(move || {
         let profile = s.editable_character(&c, &i)?;
-        let prepared = s
-            .portraits
-            .prepare_regenerate(&i, &new_prompt, strength, body.options)?;
+        let prepared =
+            s.portraits
+                .prepare_regenerate(&profile, &new_prompt, strength, body.options)?;
         Ok((profile.name, prepared))
     })
     .await?;

@@ -276,14 +276,14 @@ impl PortraitService {
     }
 
     /// Validates a txt2img portrait of a character: profile -> prompt -> template, the style's
-    /// model, the regeneration guide's defaults under the model's and the request's.
+    /// model, the regeneration guide's defaults under the model's and the request's. The caller
+    /// has the profile already (it checked access with it), so it is not read again.
     pub fn prepare_generate(
         &self,
-        character_id: &str,
+        profile: &CharacterProfile,
         opts: GenerateOptions,
     ) -> Result<PreparedPortrait, PortraitError> {
-        let profile = self.inner.store.get_character(character_id)?;
-        self.prepare_txt2img(Some(&profile), opts)
+        self.prepare_txt2img(Some(profile), opts)
     }
 
     /// [`Self::prepare_generate`] for `profile`, or for no character (estimates).
@@ -331,7 +331,7 @@ impl PortraitService {
     /// 0.2), same size, no hires fix; style and model default to the current portrait's.
     pub fn prepare_regenerate(
         &self,
-        character_id: &str,
+        profile: &CharacterProfile,
         new_prompt: &str,
         denoising_strength: Option<f64>,
         opts: GenerateOptions,
@@ -358,7 +358,6 @@ impl PortraitService {
                 ),
             ));
         }
-        let profile = self.inner.store.get_character(character_id)?;
         let no_portrait = || {
             PortraitError::Conflict(format!(
                 "character {:?} has no current portrait to regenerate from; generate one first",
@@ -416,7 +415,7 @@ impl PortraitService {
         let model = self.pick_model(opts.model.as_deref(), inherited, &style, template)?;
         let (prompt, negative) = Self::prompts(
             template,
-            &profile,
+            profile,
             &[Some(new_prompt), opts.custom_prompt_additions.as_deref()],
             opts.negative_prompt.as_deref(),
         );
