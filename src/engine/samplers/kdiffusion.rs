@@ -14,9 +14,8 @@ use candle_core::Tensor;
 use super::config::{Prediction, SchedulerConfig};
 use super::kplan::{ancestral, plan, Eval, Method, Segment};
 use super::names::{SamplerKind, SchedulerKind};
-use super::noise_schedules::{a1111_sigmas, TrainSigmas};
+use super::noise_schedules::{a1111_sigmas, train_sigmas, TrainSigmas};
 use super::ops::{self, check_next, check_step, lin};
-use super::schedule::train_sigmas;
 use super::Sampler;
 use crate::engine::error::{EngineError, Result};
 

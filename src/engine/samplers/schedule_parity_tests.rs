@@ -9,8 +9,8 @@ use serde_json::Value;
 use super::config::{SchedulerConfig, Spacing};
 use super::kplan::{ancestral, plan, Method};
 use super::names::SchedulerKind;
-use super::noise_schedules::{a1111_sigmas, TrainSigmas};
-use super::schedule::{multistep_schedule, sigma_schedule, train_sigmas};
+use super::noise_schedules::{a1111_sigmas, train_sigmas, TrainSigmas};
+use super::schedule::{multistep_schedule, sigma_schedule};
 use super::*;
 
 fn reference() -> Value {
