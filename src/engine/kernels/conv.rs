@@ -8,11 +8,11 @@
 
 use std::cell::RefCell;
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{f32_slice, threads, widened};
+use super::{run_cpu3, threads, Input, Kernel3};
 
 /// im2col scratch per band, in f32 elements (64 MB).
 const BAND_ELEMS: usize = 16 << 20;
@@ -59,9 +59,7 @@ fn conv2d_with(
     }
     if x.device().is_cpu() {
         let op = ConvCpu { p, winograd };
-        return widened(&[x, weight, bias], |t| {
-            t[0].apply_op3_no_bwd(&t[1], &t[2], &op)
-        });
+        return run_cpu3([x, weight, bias], op);
     }
     reference(x, weight, bias, p)
 }
@@ -127,24 +125,11 @@ fn im2col(
     });
 }
 
-impl CustomOp3 for ConvCpu {
-    fn name(&self) -> &'static str {
-        "conv2d-cpu"
-    }
+impl Kernel3 for ConvCpu {
+    const NAME: &'static str = "conv2d-cpu";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn run(&self, [(x, l1), (wt, l2), (bias, _)]: [Input<'_>; 3]) -> Result<(Vec<f32>, Shape)> {
         let p = self.p;
-        let x = f32_slice(s1, l1, self.name())?;
-        let wt = f32_slice(s2, l2, self.name())?;
-        let bias = f32_slice(s3, l3, self.name())?;
         let (n, cin, h, w) = l1.shape().dims4()?;
         let (cout, _, kh, kw) = l2.shape().dims4()?;
         let (hp, wp) = (h + 2 * p.padding, w + 2 * p.padding);
@@ -158,7 +143,7 @@ impl CustomOp3 for ConvCpu {
         let three = kh == 3 && kw == 3 && p.stride == 1 && p.padding == 1;
         if self.winograd && three && super::winograd::worthwhile(n, h, w) {
             super::winograd::conv3x3(x, wt, bias, (n, cin, h, w), cout, &mut out);
-            return Ok((CpuStorage::F32(out), Shape::from((n, cout, ho, wo))));
+            return Ok((out, Shape::from((n, cout, ho, wo))));
         }
         // Bias first, so the gemm accumulates onto it.
         out.par_chunks_mut(plane)
@@ -207,7 +192,7 @@ impl CustomOp3 for ConvCpu {
                 }
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((n, cout, ho, wo))))
+        Ok((out, Shape::from((n, cout, ho, wo))))
     }
 }
 

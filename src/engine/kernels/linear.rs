@@ -2,11 +2,11 @@
 //! (in, out) row-major, at load: the gemm then streams both operands along their rows, and the
 //! bias is the accumulator's starting value instead of a second pass.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{f32_slice, threads, widened};
+use super::{run_cpu3, threads, Input, Kernel3};
 
 /// `x` (rows, in) · `wt` (in, out) + `bias` (out).
 pub fn linear_t(x: &Tensor, wt: &Tensor, bias: &Tensor) -> Result<Tensor> {
@@ -21,37 +21,22 @@ pub fn linear_t(x: &Tensor, wt: &Tensor, bias: &Tensor) -> Result<Tensor> {
         );
     }
     if x.device().is_cpu() {
-        return widened(&[x, wt, bias], |t| {
-            t[0].apply_op3_no_bwd(&t[1], &t[2], &LinearCpu)
-        });
+        return run_cpu3([x, wt, bias], LinearCpu);
     }
     x.matmul(wt)?.broadcast_add(bias)
 }
 
 struct LinearCpu;
 
-impl CustomOp3 for LinearCpu {
-    fn name(&self) -> &'static str {
-        "linear-cpu"
-    }
+impl Kernel3 for LinearCpu {
+    const NAME: &'static str = "linear-cpu";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, self.name())?;
-        let wt = f32_slice(s2, l2, self.name())?;
-        let bias = f32_slice(s3, l3, self.name())?;
+    fn run(&self, [(x, l1), (wt, l2), (bias, _)]: [Input<'_>; 3]) -> Result<(Vec<f32>, Shape)> {
         let (rows, cin) = l1.shape().dims2()?;
         let cout = l2.shape().dims2()?.1;
         let mut out = vec![0f32; rows * cout];
         if cout == 0 || rows == 0 {
-            return Ok((CpuStorage::F32(out), Shape::from((rows, cout))));
+            return Ok((out, Shape::from((rows, cout))));
         }
         out.par_chunks_mut(cout * 64)
             .for_each(|block| block.chunks_mut(cout).for_each(|r| r.copy_from_slice(bias)));
@@ -79,7 +64,7 @@ impl CustomOp3 for LinearCpu {
                 Parallelism::Rayon(threads()),
             );
         }
-        Ok((CpuStorage::F32(out), Shape::from((rows, cout))))
+        Ok((out, Shape::from((rows, cout))))
     }
 }
 
