@@ -207,13 +207,10 @@ mod tests {
     use super::*;
 
     fn sd15() -> TrainSigmas {
-        let config = super::super::config::SchedulerConfig {
-            beta_start: 0.00085,
-            beta_end: 0.012,
-            beta_schedule: "scaled_linear".into(),
-            ..Default::default()
-        };
-        let ac = config.alphas_cumprod(true).unwrap();
+        // Training sigmas do not depend on the steps offset.
+        let ac = super::super::test_support::sd()
+            .alphas_cumprod(true)
+            .unwrap();
         TrainSigmas::new(train_sigmas(&ac))
     }
 
