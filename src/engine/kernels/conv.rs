@@ -9,10 +9,9 @@
 use std::cell::RefCell;
 
 use candle_core::{Result, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{run_cpu3, threads, Input, Kernel3};
+use super::{gemm_into, run_cpu3, Input, Kernel3};
 
 /// im2col scratch per band, in f32 elements (64 MB).
 const BAND_ELEMS: usize = 16 << 20;
@@ -194,42 +193,6 @@ impl Kernel3 for ConvCpu {
         });
         Ok((out, Shape::from((n, cout, ho, wo))))
     }
-}
-
-/// dst (m x n, row stride `dst_rs`) += lhs (m x k, row-major) · rhs (k x n, row-major).
-///
-/// # Safety
-/// `dst` must hold `m` rows of `dst_rs` with `n <= dst_rs`, and `rhs` `k * n` values.
-unsafe fn gemm_into(
-    dst: *mut f32,
-    dst_rs: usize,
-    lhs: &[f32],
-    rhs: *const f32,
-    m: usize,
-    n: usize,
-    k: usize,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        true,
-        lhs.as_ptr(),
-        1,
-        k as isize,
-        rhs,
-        1,
-        n as isize,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        Parallelism::Rayon(threads()),
-    );
 }
 
 #[cfg(test)]

@@ -3,10 +3,9 @@
 //! bias is the accumulator's starting value instead of a second pass.
 
 use candle_core::{Result, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{run_cpu3, threads, Input, Kernel3};
+use super::{gemm_into, run_cpu3, Input, Kernel3};
 
 /// `x` (rows, in) · `wt` (in, out) + `bias` (out).
 pub fn linear_t(x: &Tensor, wt: &Tensor, bias: &Tensor) -> Result<Tensor> {
@@ -41,29 +40,7 @@ impl Kernel3 for LinearCpu {
         out.par_chunks_mut(cout * 64)
             .for_each(|block| block.chunks_mut(cout).for_each(|r| r.copy_from_slice(bias)));
         // SAFETY: (rows x cin) · (cin x cout) into (rows x cout), every buffer that size.
-        unsafe {
-            gemm::gemm(
-                rows,
-                cout,
-                cin,
-                out.as_mut_ptr(),
-                1,
-                cout as isize,
-                true,
-                x.as_ptr(),
-                1,
-                cin as isize,
-                wt.as_ptr(),
-                1,
-                cout as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::Rayon(threads()),
-            );
-        }
+        unsafe { gemm_into(out.as_mut_ptr(), cout, x, wt.as_ptr(), rows, cout, cin) };
         Ok((out, Shape::from((rows, cout))))
     }
 }

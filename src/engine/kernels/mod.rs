@@ -15,6 +15,7 @@ pub mod vmath;
 mod winograd;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
 
 pub use attention::attention;
 pub use conv::{conv2d, conv2d_direct, Conv2dParams};
@@ -116,6 +117,42 @@ impl SharedMut {
 /// Threads the kernels split work over (candle's own setting, so both agree).
 pub(crate) fn threads() -> usize {
     candle_core::utils::get_num_threads()
+}
+
+/// dst (m x n, row stride `dst_rs`) += lhs (m x k, row-major) · rhs (k x n, row-major).
+///
+/// # Safety
+/// `dst` must hold `m` rows of `dst_rs` with `n <= dst_rs`, and `rhs` `k * n` values.
+pub(crate) unsafe fn gemm_into(
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: &[f32],
+    rhs: *const f32,
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        true,
+        lhs.as_ptr(),
+        1,
+        k as isize,
+        rhs,
+        1,
+        n as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::Rayon(threads()),
+    );
 }
 
 /// Whether AVX2 and FMA can be used (checked once by std, then a relaxed load).

@@ -3,7 +3,8 @@
 
 use candle_core::Tensor;
 
-use super::stepper::{sigma_levels, Evaluation, Setup, Stepper, Update};
+use super::schedule::SigmaSchedule;
+use super::stepper::{Evaluation, Setup, Stepper, Update};
 use crate::engine::error::{EngineError, Result};
 
 /// The Euler predictor's results, kept for the corrector evaluation.
@@ -35,19 +36,11 @@ impl HeunSampler {
             sigmas.extend([base.sigmas[i]; 2]);
         }
         sigmas.push(base.sigmas[n]);
-        let levels = sigma_levels(&sigmas[..timesteps.len()]);
-        let prediction = setup.config.prediction()?;
-        let rule = Heun {
+        let interleaved = SigmaSchedule { timesteps, sigmas };
+        setup.on_sigmas(interleaved, init_noise_sigma, |sigmas| Heun {
             sigmas,
             predictor: None,
-        };
-        Ok(Stepper::assemble(
-            timesteps,
-            levels,
-            prediction,
-            init_noise_sigma,
-            rule,
-        ))
+        })
     }
 }
 

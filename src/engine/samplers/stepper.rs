@@ -171,11 +171,6 @@ impl<U: Update> Sampler for Stepper<U> {
     }
 }
 
-/// k-diffusion-form levels at `sigmas`.
-pub(crate) fn sigma_levels(sigmas: &[f64]) -> Vec<Level> {
-    sigmas.iter().map(|s| Level::Sigma(*s)).collect()
-}
-
 /// `noise`, or an error naming the sampler that needs it.
 pub(crate) fn need<'a>(noise: Option<&'a Tensor>, name: &str) -> Result<&'a Tensor> {
     noise.ok_or_else(|| {
@@ -205,24 +200,35 @@ impl Setup<'_> {
         Ok((schedule, init_noise_sigma))
     }
 
-    /// An Euler-type sampler (k-diffusion's form, one evaluation per step) on the schedule of
-    /// `sigmas`; the rule is made from the schedule's sigmas.
+    /// An Euler-type sampler on `sigmas(final_zero)`, one evaluation per step; the rule is made
+    /// from the schedule's sigmas.
     pub(crate) fn sigma_stepper<U: Update>(
         &self,
         final_zero: bool,
         rule: impl FnOnce(Vec<f64>) -> U,
     ) -> Result<Stepper<U>> {
-        let (SigmaSchedule { timesteps, sigmas }, init_noise_sigma) = self.sigmas(final_zero)?;
-        let levels = sigma_levels(&sigmas[..timesteps.len()]);
+        let (schedule, init_noise_sigma) = self.sigmas(final_zero)?;
+        self.on_sigmas(schedule, init_noise_sigma, rule)
+    }
+
+    /// A sampler in k-diffusion's form evaluating at `schedule.timesteps`, the sample at each
+    /// evaluation at the noise level of the same index in `schedule.sigmas` (which may be
+    /// longer); the rule is made from those sigmas.
+    pub(crate) fn on_sigmas<U: Update>(
+        &self,
+        schedule: SigmaSchedule,
+        init_noise_sigma: f64,
+        rule: impl FnOnce(Vec<f64>) -> U,
+    ) -> Result<Stepper<U>> {
+        let SigmaSchedule { timesteps, sigmas } = schedule;
+        let levels = sigmas[..timesteps.len()]
+            .iter()
+            .map(|s| Level::Sigma(*s))
+            .collect();
         let prediction = self.config.prediction()?;
         let rule = rule(sigmas);
-        Ok(Stepper::assemble(
-            timesteps,
-            levels,
-            prediction,
-            init_noise_sigma,
-            rule,
-        ))
+        let stepper = Stepper::assemble(timesteps, levels, prediction, init_noise_sigma, rule);
+        Ok(stepper)
     }
 
     /// A variance-preserving multistep sampler (DPM-Solver++ 2M, UniPC) on diffusers'
