@@ -11,11 +11,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
+use candle_core::{Result, Shape, Tensor, D};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{f32_slice, multiversion, vmath, widened, SharedMut};
+use super::{multiversion, run_cpu3, vmath, Input, Kernel3, SharedMut};
 use crate::engine::cancel::CancelToken;
 
 /// Query rows per task.
@@ -67,7 +67,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -
             scale: scale as f32,
             cancel: CANCEL.with(|c| c.borrow().clone()),
         };
-        return widened(&[q, k, v], |t| t[0].apply_op3_no_bwd(&t[1], &t[2], &op));
+        return run_cpu3([q, k, v], op);
     }
     #[cfg(feature = "flash-attn")]
     if FLASH_ATTN.load(Ordering::Relaxed)
@@ -162,23 +162,10 @@ impl FlashAttnCpu {
     }
 }
 
-impl CustomOp3 for FlashAttnCpu {
-    fn name(&self) -> &'static str {
-        "flash-attn-cpu"
-    }
+impl Kernel3 for FlashAttnCpu {
+    const NAME: &'static str = "flash-attn-cpu";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let q = f32_slice(s1, l1, self.name())?;
-        let k = f32_slice(s2, l2, self.name())?;
-        let v = f32_slice(s3, l3, self.name())?;
+    fn run(&self, [(q, l1), (k, l2), (v, _)]: [Input<'_>; 3]) -> Result<(Vec<f32>, Shape)> {
         let (b, nq, hd) = l1.shape().dims3()?;
         let nk = l2.shape().dims3()?.1;
         let g = Geometry {
@@ -220,7 +207,7 @@ impl CustomOp3 for FlashAttnCpu {
         if self.cancelled() {
             candle_core::bail!("attention cancelled");
         }
-        Ok((CpuStorage::F32(out), Shape::from((b, nq, hd))))
+        Ok((out, Shape::from((b, nq, hd))))
     }
 }
 

@@ -8,11 +8,10 @@
 
 use std::cell::RefCell;
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
+use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_slice, threads, widened};
+use super::{gemm_into, run_cpu3, Input, Kernel3};
 
 /// im2col scratch per band, in f32 elements (64 MB).
 const BAND_ELEMS: usize = 16 << 20;
@@ -59,9 +58,7 @@ fn conv2d_with(
     }
     if x.device().is_cpu() {
         let op = ConvCpu { p, winograd };
-        return widened(&[x, weight, bias], |t| {
-            t[0].apply_op3_no_bwd(&t[1], &t[2], &op)
-        });
+        return run_cpu3([x, weight, bias], op);
     }
     reference(x, weight, bias, p)
 }
@@ -127,24 +124,11 @@ fn im2col(
     });
 }
 
-impl CustomOp3 for ConvCpu {
-    fn name(&self) -> &'static str {
-        "conv2d-cpu"
-    }
+impl Kernel3 for ConvCpu {
+    const NAME: &'static str = "conv2d-cpu";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn run(&self, [(x, l1), (wt, l2), (bias, _)]: [Input<'_>; 3]) -> Result<(Vec<f32>, Shape)> {
         let p = self.p;
-        let x = f32_slice(s1, l1, self.name())?;
-        let wt = f32_slice(s2, l2, self.name())?;
-        let bias = f32_slice(s3, l3, self.name())?;
         let (n, cin, h, w) = l1.shape().dims4()?;
         let (cout, _, kh, kw) = l2.shape().dims4()?;
         let (hp, wp) = (h + 2 * p.padding, w + 2 * p.padding);
@@ -158,7 +142,7 @@ impl CustomOp3 for ConvCpu {
         let three = kh == 3 && kw == 3 && p.stride == 1 && p.padding == 1;
         if self.winograd && three && super::winograd::worthwhile(n, h, w) {
             super::winograd::conv3x3(x, wt, bias, (n, cin, h, w), cout, &mut out);
-            return Ok((CpuStorage::F32(out), Shape::from((n, cout, ho, wo))));
+            return Ok((out, Shape::from((n, cout, ho, wo))));
         }
         // Bias first, so the gemm accumulates onto it.
         out.par_chunks_mut(plane)
@@ -207,44 +191,8 @@ impl CustomOp3 for ConvCpu {
                 }
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((n, cout, ho, wo))))
+        Ok((out, Shape::from((n, cout, ho, wo))))
     }
-}
-
-/// dst (m x n, row stride `dst_rs`) += lhs (m x k, row-major) · rhs (k x n, row-major).
-///
-/// # Safety
-/// `dst` must hold `m` rows of `dst_rs` with `n <= dst_rs`, and `rhs` `k * n` values.
-unsafe fn gemm_into(
-    dst: *mut f32,
-    dst_rs: usize,
-    lhs: &[f32],
-    rhs: *const f32,
-    m: usize,
-    n: usize,
-    k: usize,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        true,
-        lhs.as_ptr(),
-        1,
-        k as isize,
-        rhs,
-        1,
-        n as isize,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        Parallelism::Rayon(threads()),
-    );
 }
 
 #[cfg(test)]

@@ -3,10 +3,10 @@
 //! per-channel affine and the activation, and writes the output. candle's version makes five
 //! full-size temporaries and a separate SiLU.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{DType, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_slice, multiversion, vmath, widened};
+use super::{multiversion, run_cpu3, vmath, Input, Kernel3};
 
 /// `GroupNorm(groups, eps)` with weight `gamma` and bias `beta` over dim 1 of `x` (N, C, ...),
 /// followed by SiLU when `silu`.
@@ -22,24 +22,25 @@ pub fn group_norm(
     if dims.len() < 2 || groups == 0 || !dims[1].is_multiple_of(groups) {
         candle_core::bail!("group_norm: {dims:?} does not split into {groups} groups");
     }
+    let norm = Norm { groups, eps, silu };
     if x.device().is_cpu() {
-        let op = GroupNormCpu { groups, eps, silu };
-        return widened(&[x, gamma, beta], |t| {
-            t[0].apply_op3_no_bwd(&t[1], &t[2], &op)
-        });
+        return run_cpu3([x, gamma, beta], norm);
     }
-    reference(x, groups, gamma, beta, eps, silu)
+    reference(x, gamma, beta, norm)
+}
+
+/// What a GroupNorm computes besides its weights: `groups` over dim 1, `eps`, and whether a
+/// SiLU follows.
+#[derive(Debug, Clone, Copy)]
+pub struct Norm {
+    pub groups: usize,
+    pub eps: f64,
+    pub silu: bool,
 }
 
 /// GroupNorm from plain candle ops (statistics in f32), for GPUs and the tests.
-pub fn reference(
-    x: &Tensor,
-    groups: usize,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f64,
-    silu: bool,
-) -> Result<Tensor> {
+pub fn reference(x: &Tensor, gamma: &Tensor, beta: &Tensor, norm: Norm) -> Result<Tensor> {
+    let Norm { groups, eps, silu } = norm;
     let dtype = x.dtype();
     let dims = x.dims().to_vec();
     let (n, c) = (dims[0], dims[1]);
@@ -56,12 +57,6 @@ pub fn reference(
         .broadcast_add(&beta.to_dtype(DType::F32)?.reshape(affine.as_slice())?)?;
     let y = if silu { candle_nn::ops::silu(&y)? } else { y };
     y.to_dtype(dtype)
-}
-
-struct GroupNormCpu {
-    groups: usize,
-    eps: f64,
-    silu: bool,
 }
 
 /// Sum of `f(x)` over `x`: eight f32 lanes over runs of 256 values, each run folded into f64,
@@ -110,23 +105,10 @@ fn normalize_body(x: &[f32], y: &mut [f32], mean: f32, scale: f32, beta: f32, si
 
 multiversion!(fn normalize(x: &[f32], y: &mut [f32], mean: f32, scale: f32, beta: f32, silu: bool) => normalize_body);
 
-impl CustomOp3 for GroupNormCpu {
-    fn name(&self) -> &'static str {
-        "group-norm-cpu"
-    }
+impl Kernel3 for Norm {
+    const NAME: &'static str = "group-norm-cpu";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, self.name())?;
-        let gamma = f32_slice(s2, l2, self.name())?;
-        let beta = f32_slice(s3, l3, self.name())?;
+    fn run(&self, [(x, l1), (gamma, _), (beta, _)]: [Input<'_>; 3]) -> Result<(Vec<f32>, Shape)> {
         let dims = l1.shape().dims();
         let c = dims[1];
         let spatial: usize = dims[2..].iter().product();
@@ -137,7 +119,7 @@ impl CustomOp3 for GroupNormCpu {
         let group_len = cpg * spatial;
         let mut out = vec![0f32; x.len()];
         if group_len == 0 {
-            return Ok((CpuStorage::F32(out), l1.shape().clone()));
+            return Ok((out, l1.shape().clone()));
         }
         out.par_chunks_mut(group_len)
             .zip(x.par_chunks(group_len))
@@ -153,7 +135,7 @@ impl CustomOp3 for GroupNormCpu {
                     normalize(&xg[r.clone()], &mut y[r], m, scale, b, self.silu);
                 }
             });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, l1.shape().clone()))
     }
 }
 
@@ -170,7 +152,12 @@ mod tests {
         let beta = Tensor::randn(0f32, 0.5, c, &dev).unwrap();
         // The reference runs in f64, so a large mean tests our precision, not candle's.
         let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
-        let want = reference(&f64s(&x), groups, &f64s(&gamma), &f64s(&beta), 1e-5, silu)
+        let norm = Norm {
+            groups,
+            eps: 1e-5,
+            silu,
+        };
+        let want = reference(&f64s(&x), &f64s(&gamma), &f64s(&beta), norm)
             .unwrap()
             .to_dtype(DType::F32)
             .unwrap();

@@ -2,11 +2,10 @@
 //! (in, out) row-major, at load: the gemm then streams both operands along their rows, and the
 //! bias is the accumulator's starting value instead of a second pass.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
+use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_slice, threads, widened};
+use super::{gemm_into, run_cpu3, Input, Kernel3};
 
 /// `x` (rows, in) · `wt` (in, out) + `bias` (out).
 pub fn linear_t(x: &Tensor, wt: &Tensor, bias: &Tensor) -> Result<Tensor> {
@@ -21,65 +20,28 @@ pub fn linear_t(x: &Tensor, wt: &Tensor, bias: &Tensor) -> Result<Tensor> {
         );
     }
     if x.device().is_cpu() {
-        return widened(&[x, wt, bias], |t| {
-            t[0].apply_op3_no_bwd(&t[1], &t[2], &LinearCpu)
-        });
+        return run_cpu3([x, wt, bias], LinearCpu);
     }
     x.matmul(wt)?.broadcast_add(bias)
 }
 
 struct LinearCpu;
 
-impl CustomOp3 for LinearCpu {
-    fn name(&self) -> &'static str {
-        "linear-cpu"
-    }
+impl Kernel3 for LinearCpu {
+    const NAME: &'static str = "linear-cpu";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, self.name())?;
-        let wt = f32_slice(s2, l2, self.name())?;
-        let bias = f32_slice(s3, l3, self.name())?;
+    fn run(&self, [(x, l1), (wt, l2), (bias, _)]: [Input<'_>; 3]) -> Result<(Vec<f32>, Shape)> {
         let (rows, cin) = l1.shape().dims2()?;
         let cout = l2.shape().dims2()?.1;
         let mut out = vec![0f32; rows * cout];
         if cout == 0 || rows == 0 {
-            return Ok((CpuStorage::F32(out), Shape::from((rows, cout))));
+            return Ok((out, Shape::from((rows, cout))));
         }
         out.par_chunks_mut(cout * 64)
             .for_each(|block| block.chunks_mut(cout).for_each(|r| r.copy_from_slice(bias)));
         // SAFETY: (rows x cin) · (cin x cout) into (rows x cout), every buffer that size.
-        unsafe {
-            gemm::gemm(
-                rows,
-                cout,
-                cin,
-                out.as_mut_ptr(),
-                1,
-                cout as isize,
-                true,
-                x.as_ptr(),
-                1,
-                cin as isize,
-                wt.as_ptr(),
-                1,
-                cout as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::Rayon(threads()),
-            );
-        }
-        Ok((CpuStorage::F32(out), Shape::from((rows, cout))))
+        unsafe { gemm_into(out.as_mut_ptr(), cout, x, wt.as_ptr(), rows, cout, cin) };
+        Ok((out, Shape::from((rows, cout))))
     }
 }
 

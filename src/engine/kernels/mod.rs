@@ -14,7 +14,8 @@ pub mod linear;
 pub mod vmath;
 mod winograd;
 
-use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
 
 pub use attention::attention;
 pub use conv::{conv2d, conv2d_direct, Conv2dParams};
@@ -53,6 +54,52 @@ pub(crate) fn widened(
     }
 }
 
+/// One input of a [`Kernel3`]: its contiguous f32 values and its layout.
+pub(crate) type Input<'a> = (&'a [f32], &'a Layout);
+
+/// A CPU kernel over three f32 tensors: candle's `CustomOp3` without the storage plumbing,
+/// which [`run_cpu3`] supplies once for all of them.
+pub(crate) trait Kernel3 {
+    /// The op's name in candle's errors.
+    const NAME: &'static str;
+
+    /// The output values and their shape.
+    fn run(&self, inputs: [Input<'_>; 3]) -> Result<(Vec<f32>, Shape)>;
+}
+
+/// Adapts a [`Kernel3`] to candle's custom-op interface.
+struct Op3<K>(K);
+
+impl<K: Kernel3> CustomOp3 for Op3<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let inputs = [
+            (f32_slice(s1, l1, K::NAME)?, l1),
+            (f32_slice(s2, l2, K::NAME)?, l2),
+            (f32_slice(s3, l3, K::NAME)?, l3),
+        ];
+        let (out, shape) = self.0.run(inputs)?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+/// Runs `kernel` on three CPU tensors (half precision widened to f32 around it).
+pub(crate) fn run_cpu3<K: Kernel3>(inputs: [&Tensor; 3], kernel: K) -> Result<Tensor> {
+    let op = Op3(kernel);
+    widened(&inputs, |t| t[0].apply_op3_no_bwd(&t[1], &t[2], &op))
+}
+
 /// A raw pointer that parallel tasks may share because each writes a disjoint part of it.
 #[derive(Clone, Copy)]
 pub(crate) struct SharedMut(pub *mut f32);
@@ -70,6 +117,42 @@ impl SharedMut {
 /// Threads the kernels split work over (candle's own setting, so both agree).
 pub(crate) fn threads() -> usize {
     candle_core::utils::get_num_threads()
+}
+
+/// dst (m x n, row stride `dst_rs`) += lhs (m x k, row-major) · rhs (k x n, row-major).
+///
+/// # Safety
+/// `dst` must hold `m` rows of `dst_rs` with `n <= dst_rs`, and `rhs` `k * n` values.
+pub(crate) unsafe fn gemm_into(
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: &[f32],
+    rhs: *const f32,
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        true,
+        lhs.as_ptr(),
+        1,
+        k as isize,
+        rhs,
+        1,
+        n as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::Rayon(threads()),
+    );
 }
 
 /// Whether AVX2 and FMA can be used (checked once by std, then a relaxed load).

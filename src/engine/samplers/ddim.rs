@@ -2,13 +2,13 @@
 
 use candle_core::Tensor;
 
-use super::config::{Prediction, SchedulerConfig, Spacing};
-use super::ops::{self, check_step, lin};
+use super::config::{Prediction, Spacing};
+use super::ops::lin;
 use super::schedule::{timesteps, TimestepRule};
-use super::Sampler;
+use super::stepper::{Evaluation, Level, Setup, Stepper, Update};
 use crate::engine::error::{EngineError, Result};
 
-pub(crate) struct DdimSampler {
+pub(crate) struct Ddim {
     timesteps: Vec<f64>,
     alphas_cumprod: Vec<f64>,
     /// The "previous" cumulative alpha after the last step.
@@ -19,8 +19,11 @@ pub(crate) struct DdimSampler {
     clip: Option<f64>,
 }
 
+pub(crate) type DdimSampler = Stepper<Ddim>;
+
 impl DdimSampler {
-    pub(crate) fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
+    pub(crate) fn new(setup: &Setup) -> Result<Self> {
+        let (config, steps) = (setup.config, setup.steps);
         let alphas_cumprod = config.alphas_cumprod(false)?;
         let n = alphas_cumprod.len();
         let spacing = config.spacing(Spacing::Leading)?;
@@ -38,109 +41,72 @@ impl DdimSampler {
                 format!("timestep {t} falls outside the {n} training timesteps"),
             ));
         }
-        Ok(Self {
+        // Timesteps were checked to lie in 0..n above.
+        let levels = ts
+            .iter()
+            .map(|t| {
+                let a = alphas_cumprod[*t as usize];
+                Level::AlphaSigma(a.sqrt(), (1.0 - a).sqrt())
+            })
+            .collect();
+        let prediction = config.prediction()?;
+        let rule = Ddim {
             final_alpha_cumprod: if config.set_alpha_to_one {
                 1.0
             } else {
                 alphas_cumprod[0]
             },
             step_ratio: n / steps,
-            timesteps: ts,
+            timesteps: ts.clone(),
             alphas_cumprod,
-            prediction: config.prediction()?,
+            prediction,
             clip: config.clip_sample.then_some(config.clip_sample_range),
-        })
-    }
-
-    fn alpha_at(&self, step: usize) -> f64 {
-        // Timesteps were checked to lie in 0..n when the sampler was built.
-        self.alphas_cumprod[self.timesteps[step] as usize]
+        };
+        Ok(Stepper::assemble(ts, levels, prediction, 1.0, rule))
     }
 }
 
-impl Sampler for DdimSampler {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
+impl Update for Ddim {
+    const SEQUENTIAL: bool = false;
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        Ok(sample.clone())
-    }
-
-    fn needs_step_noise(&self) -> bool {
-        false
-    }
-
-    fn step(
-        &mut self,
-        model_output: &Tensor,
-        step: usize,
-        sample: &Tensor,
-        _noise: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        let dtype = sample.dtype();
-        let x = ops::f32(sample)?;
-        let out = ops::f32(model_output)?;
+    fn update(&mut self, e: Evaluation) -> Result<Tensor> {
+        let Evaluation {
+            step, x, out, x0, ..
+        } = e;
         let t = self.timesteps[step] as usize;
-        let a_t = self.alpha_at(step);
+        let a_t = self.alphas_cumprod[t];
         let a_prev = match t.checked_sub(self.step_ratio) {
             Some(prev) => self.alphas_cumprod[prev],
             None => self.final_alpha_cumprod,
         };
         let b_t = 1.0 - a_t;
-        let (mut x0, eps) = match self.prediction {
-            Prediction::Epsilon => (
-                lin(&[(&x, 1.0 / a_t.sqrt()), (&out, -b_t.sqrt() / a_t.sqrt())])?,
-                out.clone(),
-            ),
-            Prediction::Sample => (
-                out.clone(),
-                lin(&[(&x, 1.0 / b_t.sqrt()), (&out, -a_t.sqrt() / b_t.sqrt())])?,
-            ),
-            Prediction::Velocity => (
-                lin(&[(&x, a_t.sqrt()), (&out, -b_t.sqrt())])?,
-                lin(&[(&out, a_t.sqrt()), (&x, b_t.sqrt())])?,
-            ),
+        let eps = match self.prediction {
+            Prediction::Epsilon => out,
+            Prediction::Sample => lin(&[(&x, 1.0 / b_t.sqrt()), (&out, -a_t.sqrt() / b_t.sqrt())])?,
+            Prediction::Velocity => lin(&[(&out, a_t.sqrt()), (&x, b_t.sqrt())])?,
         };
-        if let Some(range) = self.clip {
-            x0 = x0.clamp(-range, range)?;
-        }
+        let x0 = match self.clip {
+            Some(range) => x0.clamp(-range, range)?,
+            None => x0,
+        };
         // eta = 0: no variance term, the direction pointing to x_t is all of (1 - a_prev).
-        let prev = lin(&[(&x0, a_prev.sqrt()), (&eps, (1.0 - a_prev).sqrt())])?;
-        Ok(prev.to_dtype(dtype)?)
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        let a = self.alpha_at(step);
-        lin(&[(original, a.sqrt()), (noise, (1.0 - a).sqrt())])
+        lin(&[(&x0, a_prev.sqrt()), (&eps, (1.0 - a_prev).sqrt())])
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::samplers::config::SchedulerConfig;
+    use crate::engine::samplers::test_support::{self, setup, value};
+    use crate::engine::samplers::Sampler;
     use candle_core::Device;
 
     fn sd() -> SchedulerConfig {
         SchedulerConfig {
-            beta_start: 0.00085,
-            beta_end: 0.012,
-            beta_schedule: "scaled_linear".into(),
-            steps_offset: 1,
             set_alpha_to_one: false,
-            ..Default::default()
+            ..test_support::sd()
         }
-    }
-
-    fn value(t: &Tensor) -> f32 {
-        t.to_vec1::<f32>().unwrap()[0]
     }
 
     #[test]
@@ -148,7 +114,7 @@ mod tests {
         // Hand-computed cumulative alphas from the betas, independent of the sampler.
         let cfg = sd();
         let ac = cfg.alphas_cumprod(false).unwrap();
-        let mut s = DdimSampler::new(&cfg, 10).unwrap();
+        let mut s = DdimSampler::new(&setup(&cfg, 10)).unwrap();
         assert_eq!(s.timesteps()[0], 901.0);
         let (a_t, a_p) = (ac[901], ac[801]);
         let dev = Device::Cpu;
@@ -156,12 +122,12 @@ mod tests {
         let e = Tensor::new(&[-0.4f32], &dev).unwrap();
         let x0 = (0.7 - (1.0 - a_t).sqrt() * -0.4) / a_t.sqrt();
         let want = a_p.sqrt() * x0 + (1.0 - a_p).sqrt() * -0.4;
-        assert!((value(&s.step(&e, 0, &x, None).unwrap()) as f64 - want).abs() < 1e-5);
+        assert!((value(&s.step(&e, 0, &x, None).unwrap()) - want).abs() < 1e-5);
         // Last step (t = 1) goes to alphas_cumprod[0] since set_alpha_to_one is false.
         let a_t = ac[1];
         let x0 = (0.7 - (1.0 - a_t).sqrt() * -0.4) / a_t.sqrt();
         let want = ac[0].sqrt() * x0 + (1.0 - ac[0]).sqrt() * -0.4;
-        assert!((value(&s.step(&e, 9, &x, None).unwrap()) as f64 - want).abs() < 1e-5);
+        assert!((value(&s.step(&e, 9, &x, None).unwrap()) - want).abs() < 1e-5);
     }
 
     #[test]
@@ -173,7 +139,7 @@ mod tests {
             ..sd()
         };
         let ac = cfg.alphas_cumprod(false).unwrap();
-        let mut s = DdimSampler::new(&cfg, 10).unwrap();
+        let mut s = DdimSampler::new(&setup(&cfg, 10)).unwrap();
         let dev = Device::Cpu;
         let x0 = Tensor::new(&[0.9f32, -0.3], &dev).unwrap();
         let eps = Tensor::new(&[-1.1f32, 0.6], &dev).unwrap();

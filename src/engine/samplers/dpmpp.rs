@@ -3,10 +3,9 @@
 
 use candle_core::Tensor;
 
-use super::config::SchedulerConfig;
-use super::multistep::{VpMultistep, VpState, VpUpdate};
-use super::names::SchedulerKind;
 use super::ops::{alpha_sigma, lambda, lin};
+use super::schedule::SigmaSchedule;
+use super::stepper::{Evaluation, Setup, Stepper, Update};
 use crate::engine::error::Result;
 
 /// Below this many steps the last step drops to first order (diffusers' `lower_order_final`).
@@ -14,33 +13,32 @@ const LOWER_ORDER_BELOW: usize = 15;
 
 /// DPM-Solver++ 2M's update rule.
 pub(crate) struct Dpmpp2m {
+    schedule: SigmaSchedule,
     lower_order_final: bool,
     euler_at_final: bool,
     /// The data prediction of the previous step taken.
     previous_x0: Option<Tensor>,
 }
 
-pub(crate) type DpmppSampler = VpMultistep<Dpmpp2m>;
+pub(crate) type DpmppSampler = Stepper<Dpmpp2m>;
 
 impl DpmppSampler {
-    pub(crate) fn new(
-        config: &SchedulerConfig,
-        steps: usize,
-        scheduler: SchedulerKind,
-    ) -> Result<Self> {
-        let rule = Dpmpp2m {
+    pub(crate) fn new(setup: &Setup) -> Result<Self> {
+        let config = setup.config;
+        setup.vp_multistep(config.lambda_min_clipped, |schedule| Dpmpp2m {
+            schedule,
             lower_order_final: config.lower_order_final,
             euler_at_final: config.euler_at_final,
             previous_x0: None,
-        };
-        VpMultistep::build(config, steps, scheduler, config.lambda_min_clipped, rule)
+        })
     }
 }
 
-impl VpUpdate for Dpmpp2m {
-    fn update(&mut self, state: &VpState, x: Tensor, x0: Tensor, step: usize) -> Result<Tensor> {
-        let sigmas = &state.schedule.sigmas;
-        let n = state.schedule.timesteps.len();
+impl Update for Dpmpp2m {
+    fn update(&mut self, e: Evaluation) -> Result<Tensor> {
+        let Evaluation { step, x, x0, .. } = e;
+        let sigmas = &self.schedule.sigmas;
+        let n = self.schedule.timesteps.len();
         let (s0, s_next) = (sigmas[step], sigmas[step + 1]);
         let (_, sigma_s0) = alpha_sigma(s0);
         let (alpha_t, sigma_t) = alpha_sigma(s_next);
@@ -72,29 +70,16 @@ impl VpUpdate for Dpmpp2m {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::samplers::test_support::{sd, setup, value};
     use crate::engine::samplers::Sampler;
     use candle_core::Device;
-
-    fn sd() -> SchedulerConfig {
-        SchedulerConfig {
-            beta_start: 0.00085,
-            beta_end: 0.012,
-            beta_schedule: "scaled_linear".into(),
-            steps_offset: 1,
-            ..Default::default()
-        }
-    }
-
-    fn value(t: &Tensor) -> f64 {
-        t.to_vec1::<f32>().unwrap()[0] as f64
-    }
 
     /// Closed forms written in alpha/sigma terms (not lambda): first order is
     /// `x_t = (σ_t/σ_s) x + α_t (1 - σ_t α_s / (σ_s α_t)) x0`.
     #[test]
     fn first_then_second_order_match_closed_forms() {
-        let mut s = DpmppSampler::new(&sd(), 20, SchedulerKind::Automatic).unwrap();
-        let sig = s.state.schedule.sigmas.clone();
+        let mut s = DpmppSampler::new(&setup(&sd(), 20)).unwrap();
+        let sig = s.rule.schedule.sigmas.clone();
         let vp = |k: f64| (1.0 / (k * k + 1.0).sqrt(), k / (k * k + 1.0).sqrt());
         let dev = Device::Cpu;
         let x = Tensor::new(&[0.6f32], &dev).unwrap();
@@ -122,7 +107,7 @@ mod tests {
 
     #[test]
     fn final_step_lands_on_the_data_prediction() {
-        let mut s = DpmppSampler::new(&sd(), 4, SchedulerKind::Automatic).unwrap();
+        let mut s = DpmppSampler::new(&setup(&sd(), 4)).unwrap();
         let dev = Device::Cpu;
         let x = Tensor::new(&[1.0f32], &dev).unwrap();
         let e = Tensor::new(&[0.5f32], &dev).unwrap();
@@ -130,7 +115,7 @@ mod tests {
         for i in 0..3 {
             cur = s.step(&e, i, &cur, None).unwrap();
         }
-        let (a, g) = alpha_sigma(s.state.schedule.sigmas[3]);
+        let (a, g) = alpha_sigma(s.rule.schedule.sigmas[3]);
         let want = (value(&cur) - g * 0.5) / a;
         let last = s.step(&e, 3, &cur, None).unwrap();
         assert!((value(&last) - want).abs() < 1e-5);
@@ -138,12 +123,12 @@ mod tests {
 
     #[test]
     fn img2img_start_is_first_order_and_add_noise_is_variance_preserving() {
-        let mut s = DpmppSampler::new(&sd(), 10, SchedulerKind::Automatic).unwrap();
+        let mut s = DpmppSampler::new(&setup(&sd(), 10)).unwrap();
         let dev = Device::Cpu;
         let x0 = Tensor::new(&[0.8f32], &dev).unwrap();
         let eps = Tensor::new(&[-0.5f32], &dev).unwrap();
         let xt = s.add_noise(&x0, &eps, 4).unwrap();
-        let (a, g) = alpha_sigma(s.state.schedule.sigmas[4]);
+        let (a, g) = alpha_sigma(s.rule.schedule.sigmas[4]);
         assert!((value(&xt) - (a * 0.8 - g * 0.5)).abs() < 1e-6);
         // The exact eps makes a first-order step land on add_noise at the next sigma.
         let next = s.step(&eps, 4, &xt, None).unwrap();

@@ -3,39 +3,23 @@
 
 use candle_core::Tensor;
 
-use super::config::{Prediction, SchedulerConfig, Spacing};
-use super::names::SchedulerKind;
-use super::ops::{self, check_step};
-use super::schedule::{sigma_schedule, SigmaSchedule};
-use super::Sampler;
-use crate::engine::error::{EngineError, Result};
+use super::stepper::{need, Evaluation, Setup, Stepper, Update};
+use crate::engine::error::Result;
 
 /// Euler's method on the probability-flow ODE in sigma; the ancestral variant steps down to
 /// `sigma_down` and adds fresh noise of size `sigma_up` so the marginal noise level is right.
-pub(crate) struct EulerSampler {
-    schedule: SigmaSchedule,
-    prediction: Prediction,
-    init_noise_sigma: f64,
+pub(crate) struct Euler {
+    sigmas: Vec<f64>,
     ancestral: bool,
 }
 
+pub(crate) type EulerSampler = Stepper<Euler>;
+
 impl EulerSampler {
-    pub(crate) fn new(
-        config: &SchedulerConfig,
-        steps: usize,
-        scheduler: SchedulerKind,
-        ancestral: bool,
-    ) -> Result<Self> {
-        let spacing = config.spacing(Spacing::Linspace)?;
+    pub(crate) fn new(setup: &Setup, ancestral: bool) -> Result<Self> {
         // diffusers' ancestral scheduler always ends at sigma 0.
-        let final_zero = ancestral || config.final_sigma_zero()?;
-        let schedule = sigma_schedule(config, spacing, steps, scheduler, final_zero)?;
-        Ok(Self {
-            init_noise_sigma: ops::sigma_init_noise(spacing, &schedule.sigmas),
-            schedule,
-            prediction: config.prediction()?,
-            ancestral,
-        })
+        let final_zero = ancestral || setup.config.final_sigma_zero()?;
+        setup.sigma_stepper(final_zero, |sigmas| Euler { sigmas, ancestral })
     }
 }
 
@@ -48,73 +32,33 @@ pub(crate) fn ancestral_sigmas(from: f64, to: f64) -> (f64, f64) {
     (up, down)
 }
 
-impl Sampler for EulerSampler {
-    fn timesteps(&self) -> &[f64] {
-        &self.schedule.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.init_noise_sigma
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.schedule.timesteps.len())?;
-        ops::scale_by_sigma(sample, self.schedule.sigmas[step])
-    }
+impl Update for Euler {
+    const SEQUENTIAL: bool = false;
 
     fn needs_step_noise(&self) -> bool {
         self.ancestral
     }
 
-    fn step(
-        &mut self,
-        model_output: &Tensor,
-        step: usize,
-        sample: &Tensor,
-        noise: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        check_step(step, self.schedule.timesteps.len())?;
-        let dtype = sample.dtype();
-        let x = ops::f32(sample)?;
-        let out = ops::f32(model_output)?;
-        let sigma = self.schedule.sigmas[step];
-        let sigma_next = self.schedule.sigmas[step + 1];
-        let x0 = ops::x0_at_sigma(self.prediction, &out, &x, sigma)?;
-        let derivative = ((&x - &x0)? / sigma)?;
-        let prev = if self.ancestral {
-            let noise = noise.ok_or_else(|| {
-                EngineError::invalid("noise", "Euler a needs a noise tensor on every step")
-            })?;
-            let (up, down) = ancestral_sigmas(sigma, sigma_next);
-            let moved = (&x + derivative.affine(down - sigma, 0.0)?)?;
-            (moved + ops::f32(noise)?.affine(up, 0.0)?)?
-        } else {
-            (&x + derivative.affine(sigma_next - sigma, 0.0)?)?
-        };
-        Ok(prev.to_dtype(dtype)?)
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.schedule.timesteps.len())?;
-        let sigma = self.schedule.sigmas[step];
-        Ok((original + noise.affine(sigma, 0.0)?)?)
+    fn update(&mut self, e: Evaluation) -> Result<Tensor> {
+        let (sigma, sigma_next) = (self.sigmas[e.step], self.sigmas[e.step + 1]);
+        let derivative = ((&e.x - &e.x0)? / sigma)?;
+        if !self.ancestral {
+            return Ok((&e.x + derivative.affine(sigma_next - sigma, 0.0)?)?);
+        }
+        let noise = need(e.noise.as_ref(), "Euler a")?;
+        let (up, down) = ancestral_sigmas(sigma, sigma_next);
+        let moved = (&e.x + derivative.affine(down - sigma, 0.0)?)?;
+        Ok((moved + noise.affine(up, 0.0)?)?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::samplers::config::SchedulerConfig;
+    use crate::engine::samplers::test_support::{sd, setup};
+    use crate::engine::samplers::Sampler;
     use candle_core::Device;
-
-    fn sd15() -> SchedulerConfig {
-        SchedulerConfig {
-            beta_start: 0.00085,
-            beta_end: 0.012,
-            beta_schedule: "scaled_linear".into(),
-            steps_offset: 1,
-            ..Default::default()
-        }
-    }
 
     fn close(a: &Tensor, b: &[f32], tol: f32) {
         let a = a.to_vec1::<f32>().unwrap();
@@ -126,8 +70,8 @@ mod tests {
     #[test]
     fn euler_step_is_x_plus_eps_times_dsigma() {
         // With epsilon prediction the derivative is eps itself: x' = x + eps * (s_next - s).
-        let mut s = EulerSampler::new(&sd15(), 8, SchedulerKind::Automatic, false).unwrap();
-        let (s0, s1) = (s.schedule.sigmas[2], s.schedule.sigmas[3]);
+        let mut s = EulerSampler::new(&setup(&sd(), 8), false).unwrap();
+        let (s0, s1) = (s.rule.sigmas[2], s.rule.sigmas[3]);
         let dev = Device::Cpu;
         let x = Tensor::new(&[1.0f32, -2.0], &dev).unwrap();
         let eps = Tensor::new(&[0.5f32, 0.25], &dev).unwrap();
@@ -139,8 +83,8 @@ mod tests {
 
     #[test]
     fn ancestral_step_uses_sigma_down_and_sigma_up() {
-        let mut s = EulerSampler::new(&sd15(), 8, SchedulerKind::Automatic, true).unwrap();
-        let (s0, s1) = (s.schedule.sigmas[1], s.schedule.sigmas[2]);
+        let mut s = EulerSampler::new(&setup(&sd(), 8), true).unwrap();
+        let (s0, s1) = (s.rule.sigmas[1], s.rule.sigmas[2]);
         let up = (s1 * s1 * (s0 * s0 - s1 * s1) / (s0 * s0)).sqrt();
         let down = (s1 * s1 - up * up).sqrt();
         // Marginal noise is preserved: down² + up² = s1².
@@ -156,14 +100,14 @@ mod tests {
         assert!(s.step(&eps, 1, &x, None).is_err());
         // The last step lands exactly on the denoised sample, whatever the noise.
         let got = s.step(&eps, 7, &x, Some(&z)).unwrap();
-        let sl = s.schedule.sigmas[7];
+        let sl = s.rule.sigmas[7];
         close(&got, &[(3.0 - sl * 1.5) as f32], 1e-4);
     }
 
     #[test]
     fn scaling_init_sigma_and_add_noise_follow_sigma() {
-        let s = EulerSampler::new(&sd15(), 8, SchedulerKind::Automatic, false).unwrap();
-        let sig = s.schedule.sigmas[0];
+        let s = EulerSampler::new(&setup(&sd(), 8), false).unwrap();
+        let sig = s.rule.sigmas[0];
         assert_eq!(s.init_noise_sigma(), sig);
         assert!(
             sig > 14.0 && sig < 15.0,
@@ -174,7 +118,7 @@ mod tests {
         let n = Tensor::new(&[-1.0f32], &dev).unwrap();
         let scaled = s.scale_model_input(&x, 0).unwrap();
         close(&scaled, &[(2.0 / (sig * sig + 1.0).sqrt()) as f32], 1e-6);
-        let s3 = s.schedule.sigmas[3];
+        let s3 = s.rule.sigmas[3];
         close(&s.add_noise(&x, &n, 3).unwrap(), &[(2.0 - s3) as f32], 1e-5);
         assert!(s.scale_model_input(&x, 8).is_err());
     }
@@ -183,10 +127,10 @@ mod tests {
     fn leading_spacing_raises_init_noise_sigma() {
         let cfg = SchedulerConfig {
             timestep_spacing: Some("leading".into()),
-            ..sd15()
+            ..sd()
         };
-        let s = EulerSampler::new(&cfg, 10, SchedulerKind::Automatic, false).unwrap();
-        let m = s.schedule.sigmas[0];
+        let s = EulerSampler::new(&setup(&cfg, 10), false).unwrap();
+        let m = s.rule.sigmas[0];
         assert_eq!(s.timesteps()[0], 901.0);
         assert!((s.init_noise_sigma() - (m * m + 1.0).sqrt()).abs() < 1e-12);
     }

@@ -6,6 +6,7 @@
 
 use candle_core::{Device, Tensor};
 
+use super::test_support::sd;
 use super::*;
 
 fn scalar_at(t: &Tensor) -> f64 {
@@ -31,14 +32,10 @@ fn a_perfect_denoiser_is_followed_exactly() {
     let eps = Tensor::new(&[epsv as f32], &dev).unwrap();
     for prediction in ["epsilon", "v_prediction"] {
         let config = SchedulerConfig {
-            beta_start: 0.00085,
-            beta_end: 0.012,
-            beta_schedule: "scaled_linear".into(),
-            steps_offset: 1,
             // DDIM's last step then goes to alpha 1 (x0) instead of alphas_cumprod[0].
             set_alpha_to_one: true,
             prediction_type: prediction.into(),
-            ..Default::default()
+            ..sd()
         };
         for kind in SamplerKind::ALL {
             for scheduler in SchedulerKind::ALL {

@@ -4,6 +4,7 @@
 
 use serde_json::Value;
 
+use super::test_support::sd;
 use super::*;
 
 fn cases() -> Vec<Value> {
@@ -79,13 +80,9 @@ fn every_sampler_builds_for_every_step_count_and_spacing() {
     for spacing in [None, Some("linspace"), Some("leading"), Some("trailing")] {
         for prediction in ["epsilon", "v_prediction"] {
             let config = SchedulerConfig {
-                beta_start: 0.00085,
-                beta_end: 0.012,
-                beta_schedule: "scaled_linear".into(),
-                steps_offset: 1,
                 timestep_spacing: spacing.map(String::from),
                 prediction_type: prediction.into(),
-                ..Default::default()
+                ..sd()
             };
             for kind in SamplerKind::ALL {
                 for scheduler in SchedulerKind::ALL {

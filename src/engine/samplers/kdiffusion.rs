@@ -11,13 +11,11 @@
 
 use candle_core::Tensor;
 
-use super::config::{Prediction, SchedulerConfig};
 use super::kplan::{ancestral, plan, Eval, Method, Segment};
 use super::names::{SamplerKind, SchedulerKind};
-use super::noise_schedules::{a1111_sigmas, TrainSigmas};
-use super::ops::{self, check_next, check_step, lin};
-use super::schedule::train_sigmas;
-use super::Sampler;
+use super::noise_schedules::{a1111_sigmas, train_sigmas, TrainSigmas};
+use super::ops::lin;
+use super::stepper::{need, Evaluation, Level, Setup, Stepper, Update};
 use crate::engine::error::{EngineError, Result};
 
 /// What the first evaluation of a two-evaluation segment leaves for the second.
@@ -28,22 +26,21 @@ struct Held {
     extra: Tensor,
 }
 
-pub(crate) struct KSampler {
+/// A k-diffusion sampler's update rule over its planned evaluations.
+pub(crate) struct KDiffusion {
     method: Method,
     name: &'static str,
-    prediction: Prediction,
     segments: Vec<Segment>,
     evals: Vec<Eval>,
-    timesteps: Vec<f64>,
     /// The evaluation each nominal step starts at (img2img's `start_index`).
     starts: Vec<usize>,
-    init_noise_sigma: f64,
     uses_noise: bool,
     held: Option<Held>,
     /// Data predictions and log-sigma step sizes of the last steps, newest first (2M/3M SDE).
     history: Vec<(Tensor, f64)>,
-    last_step: Option<usize>,
 }
+
+pub(crate) type KSampler = Stepper<KDiffusion>;
 
 /// The sigmas A1111 gives `kind` for `steps` steps: its schedule (Automatic: the sampler's
 /// default), with one more step and the next-to-last sigma dropped for DPM2, DPM2 a and
@@ -81,12 +78,8 @@ fn method_of(kind: SamplerKind) -> Option<Method> {
 }
 
 impl KSampler {
-    pub(crate) fn new(
-        config: &SchedulerConfig,
-        kind: SamplerKind,
-        scheduler: SchedulerKind,
-        steps: usize,
-    ) -> Result<Self> {
+    pub(crate) fn new(setup: &Setup, kind: SamplerKind) -> Result<Self> {
+        let (config, scheduler, steps) = (setup.config, setup.scheduler, setup.steps);
         let method = method_of(kind).ok_or_else(|| {
             EngineError::invalid(
                 "sampler",
@@ -116,22 +109,25 @@ impl KSampler {
             Method::Restart => segments.iter().any(|s| s.renoise > 0.0),
             _ => true,
         };
-        Ok(Self {
+        let levels = evals.iter().map(|e| Level::Sigma(e.sigma)).collect();
+        let rule = KDiffusion {
             method,
             name: kind.name(),
-            prediction: config.prediction()?,
-            init_noise_sigma: sigmas[0],
             segments,
             evals,
-            timesteps,
             starts,
             uses_noise,
             held: None,
             history: Vec::new(),
-            last_step: None,
-        })
+        };
+        let prediction = config.prediction()?;
+        Ok(Stepper::assemble(
+            timesteps, levels, prediction, sigmas[0], rule,
+        ))
     }
+}
 
+impl KDiffusion {
     /// The sample after the first (or only) evaluation of a segment.
     fn first(
         &mut self,
@@ -308,29 +304,7 @@ impl KSampler {
     }
 }
 
-fn need<'a>(noise: Option<&'a Tensor>, name: &str) -> Result<&'a Tensor> {
-    noise.ok_or_else(|| {
-        EngineError::invalid(
-            "noise",
-            format!("{name} needs a noise tensor on every step"),
-        )
-    })
-}
-
-impl Sampler for KSampler {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.init_noise_sigma
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.evals.len())?;
-        ops::scale_by_sigma(sample, self.evals[step].sigma)
-    }
-
+impl Update for KDiffusion {
     fn needs_step_noise(&self) -> bool {
         self.uses_noise
     }
@@ -349,15 +323,10 @@ impl Sampler for KSampler {
             .unwrap_or(self.evals.len().saturating_sub(1))
     }
 
-    fn step(
-        &mut self,
-        model_output: &Tensor,
-        step: usize,
-        sample: &Tensor,
-        noise: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        check_step(step, self.evals.len())?;
-        check_next(step, self.last_step)?;
+    fn update(&mut self, e: Evaluation) -> Result<Tensor> {
+        let Evaluation {
+            step, x, x0, noise, ..
+        } = e;
         let eval = self.evals[step];
         if eval.second != self.held.is_some() {
             return Err(EngineError::invalid(
@@ -368,27 +337,17 @@ impl Sampler for KSampler {
                 ),
             ));
         }
-        let dtype = sample.dtype();
-        let x = ops::f32(sample)?;
-        let den = ops::x0_at_sigma(self.prediction, &ops::f32(model_output)?, &x, eval.sigma)?;
-        let noise = noise.map(ops::f32).transpose()?;
         let seg = self.segments[eval.segment];
         let mut next = if eval.second {
-            self.second(seg, eval.sigma, x, den, noise.as_ref())?
+            self.second(seg, eval.sigma, x, x0, noise.as_ref())?
         } else {
-            self.first(seg, x, den, noise.as_ref(), eval.closes)?
+            self.first(seg, x, x0, noise.as_ref(), eval.closes)?
         };
         if eval.closes && seg.renoise > 0.0 {
             // Restart jumps back up: fresh noise takes the sample to the next segment's level.
             next = (next + need(noise.as_ref(), self.name)?.affine(seg.renoise, 0.0)?)?;
         }
-        self.last_step = Some(step);
-        Ok(next.to_dtype(dtype)?)
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.evals.len())?;
-        Ok((original + noise.affine(self.evals[step].sigma, 0.0)?)?)
+        Ok(next)
     }
 }
 

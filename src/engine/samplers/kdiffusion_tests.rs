@@ -3,27 +3,16 @@
 use candle_core::Device;
 
 use super::*;
-
-fn sd() -> SchedulerConfig {
-    SchedulerConfig {
-        beta_start: 0.00085,
-        beta_end: 0.012,
-        beta_schedule: "scaled_linear".into(),
-        steps_offset: 1,
-        ..Default::default()
-    }
-}
-
-fn t(v: f64) -> Tensor {
-    Tensor::new(&[v as f32], &Device::Cpu).unwrap()
-}
-
-fn value(t: &Tensor) -> f64 {
-    t.to_vec1::<f32>().unwrap()[0] as f64
-}
+use crate::engine::samplers::test_support::{scalar as t, sd, value};
+use crate::engine::samplers::Sampler;
 
 fn build(kind: SamplerKind, scheduler: SchedulerKind, steps: usize) -> KSampler {
-    KSampler::new(&sd(), kind, scheduler, steps).unwrap()
+    let setup = Setup {
+        config: &sd(),
+        steps,
+        scheduler,
+    };
+    KSampler::new(&setup, kind).unwrap()
 }
 
 #[test]
@@ -31,7 +20,11 @@ fn dpm2_takes_a_midpoint_evaluation() {
     let mut s = build(SamplerKind::Dpm2, SchedulerKind::Karras, 4);
     assert!(!s.needs_step_noise());
     assert_eq!(s.timesteps().len(), 7);
-    let (from, mid, to) = (s.evals[0].sigma, s.evals[1].sigma, s.evals[2].sigma);
+    let (from, mid, to) = (
+        s.rule.evals[0].sigma,
+        s.rule.evals[1].sigma,
+        s.rule.evals[2].sigma,
+    );
     assert!((mid - (from * to).sqrt()).abs() < 1e-9 * from);
     // eps prediction: denoised = x - sigma * eps, so the slope is eps itself.
     let x2 = s.step(&t(0.5), 0, &t(3.0), None).unwrap();
@@ -61,8 +54,8 @@ fn dpm2_drops_the_next_to_last_sigma_like_a1111() {
 #[test]
 fn dpmpp_sde_noise_is_a_brownian_increment() {
     let mut s = build(SamplerKind::DpmPpSde, SchedulerKind::Karras, 5);
-    let (from, mid) = (s.evals[0].sigma, s.evals[1].sigma);
-    let to = s.segments[0].to;
+    let (from, mid) = (s.rule.evals[0].sigma, s.rule.evals[1].sigma);
+    let to = s.rule.segments[0].to;
     let (x, e1, e2, z1, z2) = (1.5, 0.3, -0.1, 0.7, -1.2);
     let x2 = s.step(&t(e1), 0, &t(x), Some(&t(z1))).unwrap();
     let (up, down) = ancestral(from, mid);
@@ -91,7 +84,7 @@ fn dpmpp_2m_sde_second_step_adds_the_midpoint_correction() {
             SamplerKind::DpmPp2mSde
         };
         let mut s = build(kind, SchedulerKind::Exponential, 6);
-        let sg: Vec<f64> = s.evals.iter().map(|e| e.sigma).collect();
+        let sg: Vec<f64> = s.rule.evals.iter().map(|e| e.sigma).collect();
         let step = |x: f64, den: f64, old: Option<(f64, f64)>, from: f64, to: f64, z: f64| {
             let h = (from / to).ln();
             let decay = 1.0 - (-2.0 * h).exp();
@@ -122,7 +115,7 @@ fn dpmpp_2m_sde_second_step_adds_the_midpoint_correction() {
 #[test]
 fn dpmpp_3m_sde_third_step_uses_two_previous_predictions() {
     let mut s = build(SamplerKind::DpmPp3mSde, SchedulerKind::Exponential, 6);
-    let sg: Vec<f64> = s.evals.iter().map(|e| e.sigma).collect();
+    let sg: Vec<f64> = s.rule.evals.iter().map(|e| e.sigma).collect();
     let eps = [0.4, -0.2, 0.1];
     let zs = [0.3, -0.6, 0.9];
     let mut x = 1.0;
@@ -165,8 +158,14 @@ fn dpmpp_3m_sde_third_step_uses_two_previous_predictions() {
 fn restart_renoises_where_it_jumps_back_up() {
     let mut s = build(SamplerKind::Restart, SchedulerKind::Automatic, 20);
     assert!(s.needs_step_noise());
-    let j = s.segments.iter().position(|g| g.renoise > 0.0).unwrap();
+    let j = s
+        .rule
+        .segments
+        .iter()
+        .position(|g| g.renoise > 0.0)
+        .unwrap();
     let i = s
+        .rule
         .evals
         .iter()
         .position(|e| e.segment == j && e.closes)
@@ -181,7 +180,7 @@ fn restart_renoises_where_it_jumps_back_up() {
     let before = value(&x);
     let after = s.step(&zero, i, &x, Some(&t(1.0))).unwrap();
     // Zero eps: the Heun step keeps x; the jump adds exactly `renoise`.
-    assert!((value(&after) - (before + s.segments[j].renoise)).abs() < 1e-5);
+    assert!((value(&after) - (before + s.rule.segments[j].renoise)).abs() < 1e-5);
     // Fewer than 20 steps: plain Heun, no noise needed.
     assert!(!build(SamplerKind::Restart, SchedulerKind::Automatic, 10).needs_step_noise());
 }
@@ -199,7 +198,7 @@ fn img2img_starts_on_a_first_evaluation() {
             let mut last = 0;
             for k in 0..steps {
                 let i = s.start_index(k);
-                assert!(!s.evals[i].second, "{kind:?} {steps} {k}");
+                assert!(!s.rule.evals[i].second, "{kind:?} {steps} {k}");
                 assert!(i >= last);
                 last = i;
             }

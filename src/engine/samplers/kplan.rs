@@ -3,7 +3,7 @@
 //! the one or two evaluations each takes, Restart's re-noised back-steps included
 //! (A1111's `sd_samplers_extra.restart_sampler`).
 
-use super::schedule::karras_sigmas;
+use super::noise_schedules::karras_sigmas;
 
 /// How a segment is solved; decides its evaluations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

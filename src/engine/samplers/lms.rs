@@ -2,45 +2,34 @@
 
 use candle_core::Tensor;
 
-use super::config::{Prediction, SchedulerConfig, Spacing};
-use super::names::SchedulerKind;
-use super::ops::{self, check_next, check_step, lin};
-use super::schedule::{sigma_schedule, SigmaSchedule};
-use super::Sampler;
+use super::ops::lin;
+use super::stepper::{Evaluation, Setup, Stepper, Update};
 use crate::engine::error::Result;
 
 const ORDER: usize = 4;
 
-pub(crate) struct LmsSampler {
-    schedule: SigmaSchedule,
-    prediction: Prediction,
-    init_noise_sigma: f64,
+pub(crate) struct Lms {
+    sigmas: Vec<f64>,
     /// Derivatives of the steps taken, oldest first, at most `ORDER`.
     derivatives: Vec<Tensor>,
-    last_step: Option<usize>,
 }
 
+pub(crate) type LmsSampler = Stepper<Lms>;
+
 impl LmsSampler {
-    pub(crate) fn new(
-        config: &SchedulerConfig,
-        steps: usize,
-        scheduler: SchedulerKind,
-    ) -> Result<Self> {
-        let spacing = config.spacing(Spacing::Linspace)?;
-        let schedule = sigma_schedule(config, spacing, steps, scheduler, true)?;
-        Ok(Self {
-            init_noise_sigma: ops::sigma_init_noise(spacing, &schedule.sigmas),
-            schedule,
-            prediction: config.prediction()?,
+    pub(crate) fn new(setup: &Setup) -> Result<Self> {
+        setup.sigma_stepper(true, |sigmas| Lms {
+            sigmas,
             derivatives: Vec::new(),
-            last_step: None,
         })
     }
+}
 
+impl Lms {
     /// The weight of the derivative taken `current` steps ago: the integral over
     /// `[sigma_t, sigma_(t+1)]` of its Lagrange basis polynomial through the last `order` sigmas.
     fn coefficient(&self, order: usize, t: usize, current: usize) -> f64 {
-        let s = &self.schedule.sigmas;
+        let s = &self.sigmas;
         let basis = |tau: f64| {
             (0..order)
                 .filter(|k| *k != current)
@@ -60,39 +49,10 @@ fn gauss_legendre_3(f: impl Fn(f64) -> f64, a: f64, b: f64) -> f64 {
     half * (5.0 / 9.0 * f(mid - half * x) + 8.0 / 9.0 * f(mid) + 5.0 / 9.0 * f(mid + half * x))
 }
 
-impl Sampler for LmsSampler {
-    fn timesteps(&self) -> &[f64] {
-        &self.schedule.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.init_noise_sigma
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.schedule.timesteps.len())?;
-        ops::scale_by_sigma(sample, self.schedule.sigmas[step])
-    }
-
-    fn needs_step_noise(&self) -> bool {
-        false
-    }
-
-    fn step(
-        &mut self,
-        model_output: &Tensor,
-        step: usize,
-        sample: &Tensor,
-        _noise: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        check_step(step, self.schedule.timesteps.len())?;
-        check_next(step, self.last_step)?;
-        let dtype = sample.dtype();
-        let x = ops::f32(sample)?;
-        let out = ops::f32(model_output)?;
-        let sigma = self.schedule.sigmas[step];
-        let x0 = ops::x0_at_sigma(self.prediction, &out, &x, sigma)?;
-        self.derivatives.push(((&x - &x0)? / sigma)?);
+impl Update for Lms {
+    fn update(&mut self, e: Evaluation) -> Result<Tensor> {
+        let Evaluation { step, x, x0, .. } = e;
+        self.derivatives.push(((&x - &x0)? / self.sigmas[step])?);
         if self.derivatives.len() > ORDER {
             self.derivatives.remove(0);
         }
@@ -104,34 +64,24 @@ impl Sampler for LmsSampler {
         for (current, d) in self.derivatives.iter().rev().enumerate() {
             terms.push((d, self.coefficient(order, step, current)));
         }
-        let prev = lin(&terms)?;
-        self.last_step = Some(step);
-        Ok(prev.to_dtype(dtype)?)
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.schedule.timesteps.len())?;
-        Ok((original + noise.affine(self.schedule.sigmas[step], 0.0)?)?)
+        lin(&terms)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::samplers::config::SchedulerConfig;
+    use crate::engine::samplers::test_support::{sd, setup, value};
+    use crate::engine::samplers::Sampler;
     use candle_core::Device;
-
-    fn value(t: &Tensor) -> f64 {
-        t.to_vec1::<f32>().unwrap()[0] as f64
-    }
 
     fn sampler() -> LmsSampler {
         let cfg = SchedulerConfig {
-            beta_schedule: "scaled_linear".into(),
-            beta_start: 0.00085,
-            beta_end: 0.012,
-            ..Default::default()
+            steps_offset: 0,
+            ..sd()
         };
-        LmsSampler::new(&cfg, 10, SchedulerKind::Automatic).unwrap()
+        LmsSampler::new(&setup(&cfg, 10)).unwrap()
     }
 
     #[test]
@@ -144,7 +94,7 @@ mod tests {
     #[test]
     fn first_step_is_euler_and_second_is_two_step_adams() {
         let mut s = sampler();
-        let sg = s.schedule.sigmas.clone();
+        let sg = s.rule.sigmas.clone();
         let dev = Device::Cpu;
         let x = Tensor::new(&[1.0f32], &dev).unwrap();
         let e0 = Tensor::new(&[0.5f32], &dev).unwrap();
@@ -163,8 +113,8 @@ mod tests {
     fn weights_of_a_full_order_step_sum_to_the_interval() {
         // Lagrange basis polynomials sum to 1, so the weights sum to sigma_(t+1) - sigma_t.
         let s = sampler();
-        let sg = &s.schedule.sigmas;
-        let total: f64 = (0..4).map(|c| s.coefficient(4, 6, c)).sum();
+        let sg = &s.rule.sigmas;
+        let total: f64 = (0..4).map(|c| s.rule.coefficient(4, 6, c)).sum();
         assert!((total - (sg[7] - sg[6])).abs() < 1e-9);
     }
 }

@@ -17,11 +17,11 @@ mod heun;
 mod kdiffusion;
 mod kplan;
 mod lms;
-mod multistep;
 mod names;
 mod noise_schedules;
 mod ops;
 mod schedule;
+mod stepper;
 mod unipc;
 
 #[cfg(test)]
@@ -32,6 +32,8 @@ mod fixture_tests;
 mod parity_tests;
 #[cfg(test)]
 mod schedule_parity_tests;
+#[cfg(test)]
+mod test_support;
 
 use candle_core::Tensor;
 
@@ -112,24 +114,26 @@ pub fn build_sampler(
             format!("{steps} is more than the model's {train} training timesteps"),
         ));
     }
-    let sched = spec.scheduler;
+    let setup = stepper::Setup {
+        config,
+        steps,
+        scheduler: spec.scheduler,
+    };
     Ok(match spec.kind {
-        SamplerKind::Euler => Box::new(euler::EulerSampler::new(config, steps, sched, false)?),
-        SamplerKind::EulerA => Box::new(euler::EulerSampler::new(config, steps, sched, true)?),
-        SamplerKind::Ddim => Box::new(ddim::DdimSampler::new(config, steps)?),
-        SamplerKind::DpmPp2m => Box::new(dpmpp::DpmppSampler::new(config, steps, sched)?),
-        SamplerKind::Heun => Box::new(heun::HeunSampler::new(config, steps, sched)?),
-        SamplerKind::Lms => Box::new(lms::LmsSampler::new(config, steps, sched)?),
-        SamplerKind::UniPc => Box::new(unipc::UniPcSampler::new(config, steps, sched)?),
+        SamplerKind::Euler => Box::new(euler::EulerSampler::new(&setup, false)?),
+        SamplerKind::EulerA => Box::new(euler::EulerSampler::new(&setup, true)?),
+        SamplerKind::Ddim => Box::new(ddim::DdimSampler::new(&setup)?),
+        SamplerKind::DpmPp2m => Box::new(dpmpp::DpmppSampler::new(&setup)?),
+        SamplerKind::Heun => Box::new(heun::HeunSampler::new(&setup)?),
+        SamplerKind::Lms => Box::new(lms::LmsSampler::new(&setup)?),
+        SamplerKind::UniPc => Box::new(unipc::UniPcSampler::new(&setup)?),
         SamplerKind::Dpm2
         | SamplerKind::Dpm2A
         | SamplerKind::DpmPpSde
         | SamplerKind::DpmPp2mSde
         | SamplerKind::DpmPp2mSdeHeun
         | SamplerKind::DpmPp3mSde
-        | SamplerKind::Restart => {
-            Box::new(kdiffusion::KSampler::new(config, spec.kind, sched, steps)?)
-        }
+        | SamplerKind::Restart => Box::new(kdiffusion::KSampler::new(&setup, spec.kind)?),
     })
 }
 

@@ -6,7 +6,6 @@
 use super::beta_dist::beta_ppf;
 use super::config::linspace;
 use super::names::SchedulerKind;
-use super::schedule::{karras_sigmas, sigma_to_t};
 
 /// A1111's Align Your Steps sigmas for SD 1.x/2.x (NVIDIA's published 10-step schedule).
 /// (A1111 has another list for SDXL, which this engine does not run.)
@@ -52,6 +51,36 @@ impl TrainSigmas {
         let w = t - t.floor();
         ((1.0 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
     }
+}
+
+/// `sqrt((1 - alpha_bar) / alpha_bar)` for every training timestep.
+pub(crate) fn train_sigmas(alphas_cumprod: &[f64]) -> Vec<f64> {
+    alphas_cumprod
+        .iter()
+        .map(|a| ((1.0 - a) / a).sqrt())
+        .collect()
+}
+
+/// Karras et al. (2022) noise levels, rho = 7, from `sigma_max` down to `sigma_min`.
+pub(crate) fn karras_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
+    let rho = 7.0;
+    let min_inv = sigma_min.powf(1.0 / rho);
+    let max_inv = sigma_max.powf(1.0 / rho);
+    linspace(0.0, 1.0, steps)
+        .into_iter()
+        .map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho))
+        .collect()
+}
+
+/// The fractional training timestep whose sigma is `sigma`: linear interpolation in log-sigma
+/// between the two neighbouring training timesteps (diffusers' `_sigma_to_t`).
+pub(crate) fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
+    let log_sigma = sigma.max(1e-10).ln();
+    let below = log_sigmas.iter().filter(|l| log_sigma - **l >= 0.0).count();
+    let low = below.saturating_sub(1).min(log_sigmas.len() - 2);
+    let high = low + 1;
+    let w = ((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[high])).clamp(0.0, 1.0);
+    (1.0 - w) * low as f64 + w * high as f64
 }
 
 fn append_zero(mut v: Vec<f64>) -> Vec<f64> {
@@ -178,14 +207,11 @@ mod tests {
     use super::*;
 
     fn sd15() -> TrainSigmas {
-        let config = super::super::config::SchedulerConfig {
-            beta_start: 0.00085,
-            beta_end: 0.012,
-            beta_schedule: "scaled_linear".into(),
-            ..Default::default()
-        };
-        let ac = config.alphas_cumprod(true).unwrap();
-        TrainSigmas::new(super::super::schedule::train_sigmas(&ac))
+        // Training sigmas do not depend on the steps offset.
+        let ac = super::super::test_support::sd()
+            .alphas_cumprod(true)
+            .unwrap();
+        TrainSigmas::new(train_sigmas(&ac))
     }
 
     #[test]
@@ -275,5 +301,23 @@ mod tests {
         let b = a1111_sigmas(SchedulerKind::Beta, 5, &train);
         assert!((b[0] - max).abs() < 1e-9 && (b[4] - min).abs() < 1e-9);
         assert!((b[2] - (min + 0.5 * (max - min))).abs() < 1e-9);
+    }
+
+    #[test]
+    fn karras_sigmas_hit_both_ends_and_follow_rho_7() {
+        let s = karras_sigmas(0.1, 10.0, 3);
+        assert!((s[0] - 10.0).abs() < 1e-12 && (s[2] - 0.1).abs() < 1e-12);
+        let mid = ((10f64.powf(1.0 / 7.0) + 0.1f64.powf(1.0 / 7.0)) / 2.0).powi(7);
+        assert!((s[1] - mid).abs() < 1e-12);
+    }
+
+    #[test]
+    fn sigma_to_t_inverts_log_linear_interpolation() {
+        let sig = [0.5f64, 1.0, 4.0];
+        let logs: Vec<f64> = sig.iter().map(|s| s.ln()).collect();
+        assert!((sigma_to_t(1.0, &logs) - 1.0).abs() < 1e-12);
+        assert!((sigma_to_t(2.0, &logs) - 1.5).abs() < 1e-12); // halfway in log space
+        assert_eq!(sigma_to_t(0.01, &logs), 0.0);
+        assert_eq!(sigma_to_t(100.0, &logs), 2.0);
     }
 }

@@ -4,7 +4,10 @@
 
 use super::config::{linspace, SchedulerConfig, Spacing};
 use super::names::SchedulerKind;
-use super::noise_schedules::{a1111_sigmas, beta_sigmas, exponential_sigmas, TrainSigmas};
+use super::noise_schedules::{
+    a1111_sigmas, beta_sigmas, exponential_sigmas, karras_sigmas, sigma_to_t, train_sigmas,
+    TrainSigmas,
+};
 use crate::engine::error::Result;
 
 /// The timesteps a run visits and the sigma before each step; `sigmas` has one more entry (the
@@ -112,14 +115,6 @@ pub(crate) fn timesteps(
     ts
 }
 
-/// `sqrt((1 - alpha_bar) / alpha_bar)` for every training timestep.
-pub(crate) fn train_sigmas(alphas_cumprod: &[f64]) -> Vec<f64> {
-    alphas_cumprod
-        .iter()
-        .map(|a| ((1.0 - a) / a).sqrt())
-        .collect()
-}
-
 /// numpy's `interp(x, arange(len(fp)), fp)`: linear, clamped at both ends.
 pub(crate) fn interp(x: f64, fp: &[f64]) -> f64 {
     let last = fp.len() - 1;
@@ -131,28 +126,6 @@ pub(crate) fn interp(x: f64, fp: &[f64]) -> f64 {
     }
     let j = x.floor() as usize;
     (fp[j + 1] - fp[j]) * (x - j as f64) + fp[j]
-}
-
-/// Karras et al. (2022) noise levels, rho = 7, from `sigma_max` down to `sigma_min`.
-pub(crate) fn karras_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
-    let rho = 7.0;
-    let min_inv = sigma_min.powf(1.0 / rho);
-    let max_inv = sigma_max.powf(1.0 / rho);
-    linspace(0.0, 1.0, steps)
-        .into_iter()
-        .map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho))
-        .collect()
-}
-
-/// The fractional training timestep whose sigma is `sigma`: linear interpolation in log-sigma
-/// between the two neighbouring training timesteps (diffusers' `_sigma_to_t`).
-pub(crate) fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
-    let log_sigma = sigma.max(1e-10).ln();
-    let below = log_sigmas.iter().filter(|l| log_sigma - **l >= 0.0).count();
-    let low = below.saturating_sub(1).min(log_sigmas.len() - 2);
-    let high = low + 1;
-    let w = ((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[high])).clamp(0.0, 1.0);
-    (1.0 - w) * low as f64 + w * high as f64
 }
 
 fn to_f32_precision(v: &mut [f64]) {
@@ -370,23 +343,5 @@ mod tests {
         assert_eq!(interp(0.25, &fp), 1.5);
         assert_eq!(interp(1.5, &fp), 5.0);
         assert_eq!(interp(9.0, &fp), 7.0);
-    }
-
-    #[test]
-    fn karras_sigmas_hit_both_ends_and_follow_rho_7() {
-        let s = karras_sigmas(0.1, 10.0, 3);
-        assert!((s[0] - 10.0).abs() < 1e-12 && (s[2] - 0.1).abs() < 1e-12);
-        let mid = ((10f64.powf(1.0 / 7.0) + 0.1f64.powf(1.0 / 7.0)) / 2.0).powi(7);
-        assert!((s[1] - mid).abs() < 1e-12);
-    }
-
-    #[test]
-    fn sigma_to_t_inverts_log_linear_interpolation() {
-        let sig = [0.5f64, 1.0, 4.0];
-        let logs: Vec<f64> = sig.iter().map(|s| s.ln()).collect();
-        assert!((sigma_to_t(1.0, &logs) - 1.0).abs() < 1e-12);
-        assert!((sigma_to_t(2.0, &logs) - 1.5).abs() < 1e-12); // halfway in log space
-        assert_eq!(sigma_to_t(0.01, &logs), 0.0);
-        assert_eq!(sigma_to_t(100.0, &logs), 2.0);
     }
 }

@@ -9,8 +9,9 @@ use serde_json::Value;
 use super::config::{SchedulerConfig, Spacing};
 use super::kplan::{ancestral, plan, Method};
 use super::names::SchedulerKind;
-use super::noise_schedules::{a1111_sigmas, TrainSigmas};
-use super::schedule::{multistep_schedule, sigma_schedule, train_sigmas};
+use super::noise_schedules::{a1111_sigmas, train_sigmas, TrainSigmas};
+use super::schedule::{multistep_schedule, sigma_schedule};
+use super::test_support::sd;
 use super::*;
 
 fn reference() -> Value {
@@ -31,12 +32,8 @@ fn floats(v: &Value) -> Vec<f64> {
 
 fn sd15(spacing: Option<&str>) -> SchedulerConfig {
     SchedulerConfig {
-        beta_start: 0.00085,
-        beta_end: 0.012,
-        beta_schedule: "scaled_linear".into(),
-        steps_offset: 1,
         timestep_spacing: spacing.map(String::from),
-        ..Default::default()
+        ..sd()
     }
 }
 

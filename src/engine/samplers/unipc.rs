@@ -4,17 +4,16 @@
 
 use candle_core::Tensor;
 
-use super::config::SchedulerConfig;
-use super::multistep::{VpMultistep, VpState, VpUpdate};
-use super::names::SchedulerKind;
 use super::ops::{alpha_sigma, lambda, lin};
 use super::schedule::SigmaSchedule;
+use super::stepper::{Evaluation, Setup, Stepper, Update};
 use crate::engine::error::Result;
 
 const SOLVER_ORDER: usize = 2;
 
 /// UniPC's predictor-corrector rule.
 pub(crate) struct UniPc {
+    schedule: SigmaSchedule,
     lower_order_final: bool,
     /// Data predictions of the last steps taken, newest last, at most `SOLVER_ORDER`.
     outputs: Vec<Tensor>,
@@ -24,7 +23,7 @@ pub(crate) struct UniPc {
     this_order: usize,
 }
 
-pub(crate) type UniPcSampler = VpMultistep<UniPc>;
+pub(crate) type UniPcSampler = Stepper<UniPc>;
 
 /// `(h_phi_1, B_h, b)` of UniPC's bh2 variant for step size `h` in log-SNR and order `order`.
 fn coefficients(h: f64, order: usize) -> (f64, f64, Vec<f64>) {
@@ -43,31 +42,21 @@ fn coefficients(h: f64, order: usize) -> (f64, f64, Vec<f64>) {
 }
 
 impl UniPcSampler {
-    pub(crate) fn new(
-        config: &SchedulerConfig,
-        steps: usize,
-        scheduler: SchedulerKind,
-    ) -> Result<Self> {
-        let rule = UniPc {
-            lower_order_final: config.lower_order_final,
+    pub(crate) fn new(setup: &Setup) -> Result<Self> {
+        setup.vp_multistep(None, |schedule| UniPc {
+            schedule,
+            lower_order_final: setup.config.lower_order_final,
             outputs: Vec::new(),
             last_sample: None,
             this_order: 1,
-        };
-        VpMultistep::build(config, steps, scheduler, None, rule)
+        })
     }
 }
 
 impl UniPc {
     /// Re-solves the previous step from `last` using the new data prediction `model_t`.
-    fn correct(
-        &self,
-        schedule: &SigmaSchedule,
-        model_t: &Tensor,
-        last: &Tensor,
-        step: usize,
-    ) -> Result<Tensor> {
-        let sg = &schedule.sigmas;
+    fn correct(&self, model_t: &Tensor, last: &Tensor, step: usize) -> Result<Tensor> {
+        let sg = &self.schedule.sigmas;
         let (alpha_t, sigma_t) = alpha_sigma(sg[step]);
         let (_, sigma_s0) = alpha_sigma(sg[step - 1]);
         let h = lambda(sg[step]) - lambda(sg[step - 1]);
@@ -93,14 +82,8 @@ impl UniPc {
     }
 
     /// Predicts the next sample from `x` with the stored data predictions.
-    fn predict(
-        &self,
-        schedule: &SigmaSchedule,
-        x: &Tensor,
-        step: usize,
-        order: usize,
-    ) -> Result<Tensor> {
-        let sg = &schedule.sigmas;
+    fn predict(&self, x: &Tensor, step: usize, order: usize) -> Result<Tensor> {
+        let sg = &self.schedule.sigmas;
         let (alpha_t, sigma_t) = alpha_sigma(sg[step + 1]);
         let (_, sigma_s0) = alpha_sigma(sg[step]);
         let h = lambda(sg[step + 1]) - lambda(sg[step]);
@@ -120,13 +103,13 @@ impl UniPc {
     }
 }
 
-impl VpUpdate for UniPc {
-    fn update(&mut self, state: &VpState, x: Tensor, x0: Tensor, step: usize) -> Result<Tensor> {
-        let schedule = &state.schedule;
-        let n = schedule.timesteps.len();
+impl Update for UniPc {
+    fn update(&mut self, e: Evaluation) -> Result<Tensor> {
+        let Evaluation { step, x, x0, .. } = e;
+        let n = self.schedule.timesteps.len();
         // The data prediction came from the uncorrected sample, as in diffusers.
         let x = match &self.last_sample {
-            Some(last) => self.correct(schedule, &x0, last, step)?,
+            Some(last) => self.correct(&x0, last, step)?,
             None => x,
         };
         self.outputs.push(x0);
@@ -141,11 +124,11 @@ impl VpUpdate for UniPc {
         // Warm-up: never more history than steps taken; a step onto sigma 0 must be first
         // order (h is infinite).
         order = order.min(self.outputs.len());
-        if schedule.sigmas[step + 1] == 0.0 {
+        if self.schedule.sigmas[step + 1] == 0.0 {
             order = 1;
         }
         self.this_order = order;
-        let prev = self.predict(schedule, &x, step, order)?;
+        let prev = self.predict(&x, step, order)?;
         self.last_sample = Some(x);
         Ok(prev)
     }
@@ -154,12 +137,10 @@ impl VpUpdate for UniPc {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::samplers::config::SchedulerConfig;
+    use crate::engine::samplers::test_support::{sd, setup, value};
     use crate::engine::samplers::Sampler;
     use candle_core::Device;
-
-    fn value(t: &Tensor) -> f64 {
-        t.to_vec1::<f32>().unwrap()[0] as f64
-    }
 
     #[test]
     fn bh2_coefficients_match_their_series() {
@@ -180,13 +161,11 @@ mod tests {
         // x1 = (s1/s0) x0 + a1 (1 - e^-h) (m0 + m1) / 2; the order-2 predictor adds
         // -a2 B(h2) / 2 * (m0 - m1) / r with r = (lambda0 - lambda1) / h2.
         let cfg = SchedulerConfig {
-            beta_schedule: "scaled_linear".into(),
-            beta_start: 0.00085,
-            beta_end: 0.012,
-            ..Default::default()
+            steps_offset: 0,
+            ..sd()
         };
-        let mut s = UniPcSampler::new(&cfg, 10, SchedulerKind::Automatic).unwrap();
-        let sg = s.state.schedule.sigmas.clone();
+        let mut s = UniPcSampler::new(&setup(&cfg, 10)).unwrap();
+        let sg = s.rule.schedule.sigmas.clone();
         let vp = |k: f64| (1.0 / (k * k + 1.0).sqrt(), k / (k * k + 1.0).sqrt());
         let lam = |k: f64| (1.0 / k).ln();
         let dev = Device::Cpu;
@@ -218,12 +197,10 @@ mod tests {
         // constant), predictor and corrector both keep the sample on the noising path
         // alpha_t*x0 + sigma_t*eps_dir for the same direction; the last step returns x0.
         let cfg = SchedulerConfig {
-            beta_schedule: "scaled_linear".into(),
-            beta_start: 0.00085,
-            beta_end: 0.012,
-            ..Default::default()
+            steps_offset: 0,
+            ..sd()
         };
-        let mut s = UniPcSampler::new(&cfg, 6, SchedulerKind::Automatic).unwrap();
+        let mut s = UniPcSampler::new(&setup(&cfg, 6)).unwrap();
         let dev = Device::Cpu;
         let x0 = Tensor::new(&[0.7f32], &dev).unwrap();
         let eps = Tensor::new(&[-1.3f32], &dev).unwrap();

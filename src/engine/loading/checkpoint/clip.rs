@@ -38,7 +38,7 @@ pub(crate) fn convert_sd1(tensors: Vec<(String, Tensor)>) -> TextEncoder {
             _ => unknown.push(key),
         }
     }
-    let layers = layer_count(out.keys().map(String::as_str), "encoder.layers.");
+    let layers = super::block_count(out.keys().map(String::as_str), "encoder.layers.");
     TextEncoder {
         tensors: out,
         layers,
@@ -50,7 +50,7 @@ pub(crate) fn convert_sd1(tensors: Vec<(String, Tensor)>) -> TextEncoder {
 /// (followed by the final layer norm), so the last residual block is dropped and the encoder
 /// reports one layer fewer than the checkpoint holds.
 pub(crate) fn convert_sd2(tensors: Vec<(String, Tensor)>) -> Result<TextEncoder> {
-    let blocks = layer_count(
+    let blocks = super::block_count(
         tensors.iter().map(|(k, _)| k.as_str()),
         "transformer.resblocks.",
     );
@@ -146,21 +146,6 @@ fn split_qkv(fused: &Tensor, key: &str) -> Result<[Tensor; 3]> {
         fused.narrow(0, c, c)?.contiguous()?,
         fused.narrow(0, 2 * c, c)?.contiguous()?,
     ])
-}
-
-/// Highest `N + 1` over keys `{head}N.*`.
-fn layer_count<'a>(keys: impl IntoIterator<Item = &'a str>, head: &str) -> usize {
-    keys.into_iter()
-        .filter_map(|k| {
-            k.strip_prefix(head)?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
-        .map(|n| n + 1)
-        .max()
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

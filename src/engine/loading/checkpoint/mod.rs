@@ -165,6 +165,22 @@ pub fn load_single_file(path: &Path, layout: &UNetLayout) -> Result<Converted> {
 /// Extensions of PyTorch pickle files.
 const PICKLE_EXTENSIONS: [&str; 6] = ["ckpt", "pt", "pth", "bin", "pkl", "pickle"];
 
+/// Highest `N + 1` over keys `{head}N.*`, or 0 when there are none: how many numbered
+/// blocks (layers, up blocks, ...) a checkpoint holds under `head`.
+fn block_count<'a>(keys: impl IntoIterator<Item = &'a str>, head: &str) -> usize {
+    keys.into_iter()
+        .filter_map(|k| {
+            k.strip_prefix(head)?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .map(|n| n + 1)
+        .max()
+        .unwrap_or(0)
+}
+
 fn pickle_refusal(path: &Path) -> EngineError {
     EngineError::Model(format!(
         "{}: pickled checkpoints (.ckpt) are not supported because loading them can run \

@@ -106,18 +106,7 @@ fn attention(rest: &[&str]) -> Option<String> {
 
 /// Highest `N + 1` over keys `{PREFIX}{group}.N.*`, or 0 when there are none.
 fn flat_count<'a>(keys: impl IntoIterator<Item = &'a str>, group: &str) -> usize {
-    let head = format!("{PREFIX}{group}.");
-    keys.into_iter()
-        .filter_map(|k| {
-            k.strip_prefix(&head)?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
-        .map(|i| i + 1)
-        .max()
-        .unwrap_or(0)
+    super::block_count(keys, &format!("{PREFIX}{group}."))
 }
 
 /// Checks, before renaming, that the checkpoint's flat block counts are what the config implies:

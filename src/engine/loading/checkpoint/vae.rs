@@ -19,18 +19,7 @@ pub(crate) const PREFIX: &str = "first_stage_model.";
 pub(crate) fn convert(
     tensors: Vec<(String, Tensor)>,
 ) -> Result<(HashMap<String, Tensor>, Vec<String>)> {
-    let up_blocks = tensors
-        .iter()
-        .filter_map(|(k, _)| {
-            k.strip_prefix("decoder.up.")?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
-        .map(|i| i + 1)
-        .max()
-        .unwrap_or(0);
+    let up_blocks = super::block_count(tensors.iter().map(|(k, _)| k.as_str()), "decoder.up.");
     let mut out = HashMap::with_capacity(tensors.len());
     let mut unknown = Vec::new();
     for (key, tensor) in tensors {

@@ -1,0 +1,37 @@
+//! What the samplers' unit tests share: SD 1.x's scheduler config, scalar tensors, setups.
+
+use candle_core::{Device, Tensor};
+
+use super::config::SchedulerConfig;
+use super::names::SchedulerKind;
+use super::stepper::Setup;
+
+/// SD 1.x's `scheduler_config.json` (scaled-linear betas, steps offset 1).
+pub(crate) fn sd() -> SchedulerConfig {
+    SchedulerConfig {
+        beta_start: 0.00085,
+        beta_end: 0.012,
+        beta_schedule: "scaled_linear".into(),
+        steps_offset: 1,
+        ..Default::default()
+    }
+}
+
+/// A one-element f32 tensor.
+pub(crate) fn scalar(v: f64) -> Tensor {
+    Tensor::new(&[v as f32], &Device::Cpu).unwrap()
+}
+
+/// The first element of an f32 tensor.
+pub(crate) fn value(t: &Tensor) -> f64 {
+    t.to_vec1::<f32>().unwrap()[0] as f64
+}
+
+/// `steps` steps of `config` on the sampler's automatic schedule.
+pub(crate) fn setup(config: &SchedulerConfig, steps: usize) -> Setup<'_> {
+    Setup {
+        config,
+        steps,
+        scheduler: SchedulerKind::Automatic,
+    }
+}
