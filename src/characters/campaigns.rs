@@ -97,56 +97,36 @@ pub(crate) fn delete(conn: &Connection, id: &str) -> StoreResult<()> {
 }
 
 fn save_state(conn: &Connection, s: &CharacterInfo, insert: bool) -> StoreResult<()> {
-    let (inventory, quests, extra) = (
-        s.inventory.to_string(),
-        s.quests.to_string(),
-        s.extra.to_string(),
-    );
-    let updated_at = time_text(&s.updated_at);
-    if insert {
-        conn.execute(
-            "INSERT INTO campaign_characters (campaign_id, character_id, level, \
-             hit_points_current, hit_points_max, armor_class, status, inventory, location, \
-             quests, extra, joined_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            params![
-                s.campaign_id,
-                s.character_id,
-                s.level,
-                s.hit_points_current,
-                s.hit_points_max,
-                s.armor_class,
-                s.status,
-                inventory,
-                s.location,
-                quests,
-                extra,
-                time_text(&s.joined_at),
-                updated_at,
-            ],
-        )?;
+    // One parameter list for both statements; an update leaves `joined_at` (?12) alone.
+    let sql = if insert {
+        "INSERT INTO campaign_characters (campaign_id, character_id, level, \
+         hit_points_current, hit_points_max, armor_class, status, inventory, location, \
+         quests, extra, joined_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
     } else {
-        conn.execute(
-            "UPDATE campaign_characters SET level = ?3, hit_points_current = ?4, \
-             hit_points_max = ?5, armor_class = ?6, status = ?7, inventory = ?8, location = ?9, \
-             quests = ?10, extra = ?11, updated_at = ?12 \
-             WHERE campaign_id = ?1 AND character_id = ?2",
-            params![
-                s.campaign_id,
-                s.character_id,
-                s.level,
-                s.hit_points_current,
-                s.hit_points_max,
-                s.armor_class,
-                s.status,
-                inventory,
-                s.location,
-                quests,
-                extra,
-                updated_at,
-            ],
-        )?;
-    }
+        "UPDATE campaign_characters SET level = ?3, hit_points_current = ?4, \
+         hit_points_max = ?5, armor_class = ?6, status = ?7, inventory = ?8, location = ?9, \
+         quests = ?10, extra = ?11, updated_at = ?13 \
+         WHERE campaign_id = ?1 AND character_id = ?2"
+    };
+    conn.execute(
+        sql,
+        params![
+            s.campaign_id,
+            s.character_id,
+            s.level,
+            s.hit_points_current,
+            s.hit_points_max,
+            s.armor_class,
+            s.status,
+            s.inventory.to_string(),
+            s.location,
+            s.quests.to_string(),
+            s.extra.to_string(),
+            time_text(&s.joined_at),
+            time_text(&s.updated_at),
+        ],
+    )?;
     Ok(())
 }
 

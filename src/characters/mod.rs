@@ -36,6 +36,6 @@ pub use pregenerated::{import_pregenerated, pregenerated, PregenCharacter, Prege
 pub use store::{CharacterStore, SqliteStore, Store, DB_FILE_NAME, SCHEMA_VERSION};
 pub use types::{
     Campaign, CampaignFilter, CampaignInvite, CampaignStatePatch, CharacterFilter, CharacterInfo,
-    CharacterPatch, CharacterProfile, EnrichedCharacter, NewCampaign, NewCharacter, NewInvite,
-    NewPortrait, Page, PageKey, PortraitRecord, Viewer,
+    CharacterPatch, CharacterProfile, EnrichedCharacter, ListWindow, NewCampaign, NewCharacter,
+    NewInvite, NewPortrait, Page, PageKey, PortraitRecord, Viewer,
 };

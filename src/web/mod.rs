@@ -1,7 +1,8 @@
 //! The web UI: the character creator, the player character sheet and the DM roster, and their
 //! assets. The pages are plain HTML, CSS and ES modules embedded in the binary (no build step);
 //! they talk to `/api` like any client. Each page is its `<main>` in `assets/<page>.html`, set in
-//! the one shell `assets/page.html` (head, top bar) when first served.
+//! the one shell `assets/page.html` (head, top bar) when first served, with the shared
+//! fragments (`assets/portrait-placeholder.html`) filled in.
 //!
 //! This module only makes the responses; `api::ui` routes them (`/`, `/characters/{id}`,
 //! `/campaigns/{id}`, `/static/*`) and answers a missing file in the API's error shape. The
@@ -56,6 +57,8 @@ pub enum Page {
 }
 
 const SHELL: &str = include_str!("assets/page.html");
+/// The empty portrait frame the creator and the sheet both show.
+const PORTRAIT_PLACEHOLDER: &str = include_str!("assets/portrait-placeholder.html");
 
 impl Page {
     const ALL: [Page; 3] = [Page::Creator, Page::Sheet, Page::Roster];
@@ -94,6 +97,7 @@ impl Page {
             .replace("{script}", script)
             .replace("{current}", current)
             .replace("{main}", main)
+            .replace("{portrait-placeholder}", PORTRAIT_PLACEHOLDER.trim_end())
     }
 
     /// The rendered document, made once.
@@ -197,6 +201,7 @@ mod tests {
             .html()
             .contains(r#"<a href="/" aria-current="page">"#));
         assert!(!Page::Sheet.html().contains("aria-current"));
+        assert!(Page::Sheet.html().contains(r#"id="placeholder""#));
     }
 
     #[test]
