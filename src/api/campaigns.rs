@@ -4,17 +4,17 @@
 use axum::extract::State;
 // Path rejections in the API's JSON shape.
 use super::extract::ApiPath as Path;
-use axum::http::{StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
 
 use super::blocking;
-use super::caller::{viewer_of, Caller};
+use super::caller::Caller;
 use super::characters::with_urls;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery};
-use super::paging::{paging, respond};
+use super::paging::{respond, Listing};
 use super::AppState;
 use crate::characters::{
     Campaign, CampaignFilter, CampaignStatePatch, CharacterInfo, EnrichedCharacter, NewCampaign,
@@ -38,30 +38,25 @@ pub async fn create(
 pub struct ListQuery {
     dm_id: Option<String>,
     character_id: Option<String>,
-    limit: Option<u32>,
-    offset: Option<u32>,
-    cursor: Option<String>,
 }
 
 /// A page of the campaigns the caller runs or plays in (all of them for an admin).
 pub async fn list(
     State(state): State<AppState>,
-    Caller(caller): Caller,
-    uri: Uri,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    Listing {
+        query: q,
+        window,
+        uri,
+        ..
+    }: Listing<ListQuery>,
 ) -> ApiResult<Response> {
-    let paging = paging(q.limit, q.offset, q.cursor.as_deref())?;
-    let page = blocking(move || {
-        Ok(state.store.campaign_page(&CampaignFilter {
-            dm_id: q.dm_id,
-            character_id: q.character_id,
-            limit: paging.limit,
-            offset: paging.offset,
-            after: paging.after,
-            visible_to: viewer_of(&caller),
-        })?)
-    })
-    .await?;
+    let filter = CampaignFilter {
+        dm_id: q.dm_id,
+        character_id: q.character_id,
+        ..Default::default()
+    }
+    .in_window(window);
+    let page = blocking(move || Ok(state.store.campaign_page(&filter)?)).await?;
     Ok(respond(&uri, page))
 }
 

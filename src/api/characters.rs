@@ -4,15 +4,15 @@
 use axum::extract::State;
 // Path rejections in the API's JSON shape.
 use super::extract::ApiPath as Path;
-use axum::http::{StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
 
-use super::caller::{viewer_of, Caller};
+use super::caller::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery};
-use super::paging::{paging, respond};
+use super::paging::{respond, Listing};
 use super::{blocking, AppState};
 use crate::characters::{CharacterFilter, CharacterPatch, EnrichedCharacter, NewCharacter, Page};
 
@@ -68,34 +68,31 @@ pub struct ListQuery {
     owner_id: Option<String>,
     campaign_id: Option<String>,
     name: Option<String>,
-    limit: Option<u32>,
-    offset: Option<u32>,
-    cursor: Option<String>,
 }
 
 /// A page of the characters the caller may see; the next page's cursor is in `X-Next-Cursor`.
 pub async fn list(
     State(state): State<AppState>,
-    Caller(caller): Caller,
-    uri: Uri,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    Listing {
+        caller,
+        query: q,
+        window,
+        uri,
+    }: Listing<ListQuery>,
 ) -> ApiResult<Response> {
-    let paging = paging(q.limit, q.offset, q.cursor.as_deref())?;
     let s = state.clone();
     let page = blocking(move || {
         if let Some(cid) = &q.campaign_id {
             // A campaign the caller cannot see is a 404, not an empty list.
             s.visible_campaign(&caller, cid)?;
         }
-        Ok(s.store.character_page(&CharacterFilter {
+        let filter = CharacterFilter {
             owner_id: q.owner_id,
             campaign_id: q.campaign_id,
             name: q.name,
-            limit: paging.limit,
-            offset: paging.offset,
-            after: paging.after,
-            visible_to: viewer_of(&caller),
-        })?)
+            ..Default::default()
+        };
+        Ok(s.store.character_page(&filter.in_window(window))?)
     })
     .await?;
     let page = Page {

@@ -16,6 +16,7 @@ mod meta;
 pub mod paging;
 mod portraits;
 pub mod trace;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,7 +162,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/jobs/{id}", get(jobs::status).delete(jobs::cancel))
         .route("/api/jobs/{id}/events", get(jobs::events))
         .merge(compat::routes())
-        .merge(crate::web::routes())
+        .merge(ui::routes())
         .fallback(meta::not_found)
         .method_not_allowed_fallback(meta::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -3,28 +3,77 @@
 //! the next page is announced in headers: `X-Next-Cursor: <cursor>` and
 //! `Link: <same query with cursor=...>; rel="next"`, both absent on the last page.
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
+use super::caller::{viewer_of, Caller};
 use super::error::{ApiError, ApiResult};
-use crate::characters::{Page, PageKey, PAGE_MAX};
+use super::extract::ApiQuery;
+use super::AppState;
+use crate::auth::Principal;
+use crate::characters::{ListWindow, Page, PageKey, Viewer, PAGE_MAX};
 
 /// Longest cursor accepted (a name and an id, base64-encoded).
 const CURSOR_MAX_CHARS: usize = 4096;
 /// The header carrying the next page's cursor.
 pub const NEXT_CURSOR: &str = "x-next-cursor";
 
-/// A validated page request.
-pub struct Paging {
-    pub limit: Option<u32>,
-    pub offset: Option<u32>,
-    pub after: Option<PageKey>,
+/// The query parameters every list takes.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct PageQuery {
+    limit: Option<u32>,
+    offset: Option<u32>,
+    cursor: Option<String>,
 }
 
-pub fn paging(limit: Option<u32>, offset: Option<u32>, cursor: Option<&str>) -> ApiResult<Paging> {
+/// A list request: who asks, the list's own query parameters `Q`, the validated page window
+/// (for the caller's view) and the URI the next page's link is built from.
+pub struct Listing<Q> {
+    pub caller: Principal,
+    pub query: Q,
+    pub window: ListWindow,
+    pub uri: Uri,
+}
+
+impl<Q: DeserializeOwned + Send> FromRequestParts<AppState> for Listing<Q> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Caller(caller) = Caller::from_request_parts(parts, state).await?;
+        let ApiQuery(query) = ApiQuery::<Q>::from_request_parts(parts, state).await?;
+        let ApiQuery(page) = ApiQuery::<PageQuery>::from_request_parts(parts, state).await?;
+        let window = paging(
+            page.limit,
+            page.offset,
+            page.cursor.as_deref(),
+            viewer_of(&caller),
+        )?;
+        Ok(Listing {
+            caller,
+            query,
+            window,
+            uri: parts.uri.clone(),
+        })
+    }
+}
+
+/// Checks a page request: `limit` in range, and either an offset or a cursor this server made.
+pub fn paging(
+    limit: Option<u32>,
+    offset: Option<u32>,
+    cursor: Option<&str>,
+    visible_to: Viewer,
+) -> ApiResult<ListWindow> {
     if let Some(limit) = limit {
         if !(1..=PAGE_MAX).contains(&limit) {
             return Err(ApiError::validation(
@@ -45,10 +94,11 @@ pub fn paging(limit: Option<u32>, offset: Option<u32>, cursor: Option<&str>) -> 
             Some(decode_cursor(c)?)
         }
     };
-    Ok(Paging {
+    Ok(ListWindow {
         limit,
         offset,
         after,
+        visible_to,
     })
 }
 

@@ -1,13 +1,16 @@
 //! SQL for campaigns and per-campaign character state (`CharacterInfo`), and the merged
 //! [`EnrichedCharacter`] view of one character or a whole roster.
 
-use super::error::{StoreError, StoreResult};
-use super::profiles::{self, json_col, new_id, now, time_col, time_text};
+use super::error::{OrNotFound, StoreError, StoreResult};
+use super::rows::{
+    self, find_one, new_id, now, state_from_row, time_col, time_text, COLUMN_COUNT, STATE_COLUMNS,
+};
 use super::types::{
     Campaign, CampaignStatePatch, CharacterInfo, CharacterProfile, EnrichedCharacter, NewCampaign,
+    NewCharacter,
 };
-use super::{portraits, validate};
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use super::{portraits, profiles, validate};
+use rusqlite::{params, Connection, Row};
 use serde_json::json;
 
 pub(crate) fn create(
@@ -69,21 +72,21 @@ pub(crate) fn with_members(conn: &Connection, mut c: Campaign) -> StoreResult<Ca
     Ok(c)
 }
 
-pub(crate) fn get(conn: &Connection, id: &str) -> StoreResult<Campaign> {
-    let sql = format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns k WHERE k.id = ?1");
-    let c = conn
-        .query_row(&sql, [id], campaign_from_row)
-        .optional()?
-        .ok_or_else(|| StoreError::not_found("campaign", id))?;
-    with_members(conn, c)
-}
-
-pub(crate) fn by_import_key(conn: &Connection, key: &str) -> StoreResult<Option<Campaign>> {
-    let sql = format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns k WHERE k.import_key = ?1");
-    match conn.query_row(&sql, [key], campaign_from_row).optional()? {
+/// The campaign whose `column` is `value`, with its members.
+fn find_by(conn: &Connection, column: &str, value: &str) -> StoreResult<Option<Campaign>> {
+    let sql = format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns k WHERE k.{column} = ?1");
+    match find_one(conn, &sql, [value], campaign_from_row)? {
         Some(c) => Ok(Some(with_members(conn, c)?)),
         None => Ok(None),
     }
+}
+
+pub(crate) fn get(conn: &Connection, id: &str) -> StoreResult<Campaign> {
+    find_by(conn, "id", id)?.or_not_found("campaign", id)
+}
+
+pub(crate) fn by_import_key(conn: &Connection, key: &str) -> StoreResult<Option<Campaign>> {
+    find_by(conn, "import_key", key)
 }
 
 pub(crate) fn delete(conn: &Connection, id: &str) -> StoreResult<()> {
@@ -93,81 +96,37 @@ pub(crate) fn delete(conn: &Connection, id: &str) -> StoreResult<()> {
     Ok(())
 }
 
-/// The column list of campaign state, in the order `state_from_row` reads it from `start`.
-pub(crate) const STATE_COLUMNS: &str =
-    "s.campaign_id, s.character_id, s.level, s.hit_points_current, \
-    s.hit_points_max, s.armor_class, s.status, s.inventory, s.location, s.quests, s.extra, \
-    s.joined_at, s.updated_at";
-
-pub(crate) fn state_from_row(r: &Row<'_>, start: usize) -> rusqlite::Result<CharacterInfo> {
-    Ok(CharacterInfo {
-        campaign_id: r.get(start)?,
-        character_id: r.get(start + 1)?,
-        level: r.get(start + 2)?,
-        hit_points_current: r.get(start + 3)?,
-        hit_points_max: r.get(start + 4)?,
-        armor_class: r.get(start + 5)?,
-        status: r.get(start + 6)?,
-        inventory: json_col(r, start + 7)?,
-        location: r.get(start + 8)?,
-        quests: json_col(r, start + 9)?,
-        extra: json_col(r, start + 10)?,
-        joined_at: time_col(r, start + 11)?,
-        updated_at: time_col(r, start + 12)?,
-    })
-}
-
 fn save_state(conn: &Connection, s: &CharacterInfo, insert: bool) -> StoreResult<()> {
-    let (inventory, quests, extra) = (
-        s.inventory.to_string(),
-        s.quests.to_string(),
-        s.extra.to_string(),
-    );
-    let updated_at = time_text(&s.updated_at);
-    if insert {
-        conn.execute(
-            "INSERT INTO campaign_characters (campaign_id, character_id, level, \
-             hit_points_current, hit_points_max, armor_class, status, inventory, location, \
-             quests, extra, joined_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            params![
-                s.campaign_id,
-                s.character_id,
-                s.level,
-                s.hit_points_current,
-                s.hit_points_max,
-                s.armor_class,
-                s.status,
-                inventory,
-                s.location,
-                quests,
-                extra,
-                time_text(&s.joined_at),
-                updated_at,
-            ],
-        )?;
+    // One parameter list for both statements; an update leaves `joined_at` (?12) alone.
+    let sql = if insert {
+        "INSERT INTO campaign_characters (campaign_id, character_id, level, \
+         hit_points_current, hit_points_max, armor_class, status, inventory, location, \
+         quests, extra, joined_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
     } else {
-        conn.execute(
-            "UPDATE campaign_characters SET level = ?3, hit_points_current = ?4, \
-             hit_points_max = ?5, armor_class = ?6, status = ?7, inventory = ?8, location = ?9, \
-             quests = ?10, extra = ?11, updated_at = ?12 \
-             WHERE campaign_id = ?1 AND character_id = ?2",
-            params![
-                s.campaign_id,
-                s.character_id,
-                s.level,
-                s.hit_points_current,
-                s.hit_points_max,
-                s.armor_class,
-                s.status,
-                inventory,
-                s.location,
-                quests,
-                extra,
-                updated_at,
-            ],
-        )?;
-    }
+        "UPDATE campaign_characters SET level = ?3, hit_points_current = ?4, \
+         hit_points_max = ?5, armor_class = ?6, status = ?7, inventory = ?8, location = ?9, \
+         quests = ?10, extra = ?11, updated_at = ?13 \
+         WHERE campaign_id = ?1 AND character_id = ?2"
+    };
+    conn.execute(
+        sql,
+        params![
+            s.campaign_id,
+            s.character_id,
+            s.level,
+            s.hit_points_current,
+            s.hit_points_max,
+            s.armor_class,
+            s.status,
+            s.inventory.to_string(),
+            s.location,
+            s.quests.to_string(),
+            s.extra.to_string(),
+            time_text(&s.joined_at),
+            time_text(&s.updated_at),
+        ],
+    )?;
     Ok(())
 }
 
@@ -200,10 +159,9 @@ pub(crate) fn find_state(
         "SELECT {STATE_COLUMNS} FROM campaign_characters s \
          WHERE s.campaign_id = ?1 AND s.character_id = ?2"
     );
-    Ok(conn
-        .prepare_cached(&sql)?
-        .query_row([campaign_id, character_id], |r| state_from_row(r, 0))
-        .optional()?)
+    find_one(conn, &sql, [campaign_id, character_id], |r| {
+        state_from_row(r, 0)
+    })
 }
 
 pub(crate) fn state(
@@ -211,9 +169,8 @@ pub(crate) fn state(
     campaign_id: &str,
     character_id: &str,
 ) -> StoreResult<CharacterInfo> {
-    find_state(conn, campaign_id, character_id)?.ok_or_else(|| {
-        StoreError::not_found("campaign state", &format!("{campaign_id}/{character_id}"))
-    })
+    find_state(conn, campaign_id, character_id)?
+        .or_not_found("campaign state", &format!("{campaign_id}/{character_id}"))
 }
 
 /// Inserts a complete, already validated state (used by `join` and the legacy migration).
@@ -238,6 +195,26 @@ pub(crate) fn join(
     validate::apply_state_patch(&mut s, initial)?;
     insert_state(conn, &s)?;
     Ok(s)
+}
+
+/// Validates and inserts a new profile, joining `new.campaign_id` when given (one transaction:
+/// the caller's).
+pub(crate) fn create_character(
+    conn: &Connection,
+    new: &NewCharacter,
+    import_key: Option<&str>,
+) -> StoreResult<CharacterProfile> {
+    let profile = profiles::create(conn, new, import_key)?;
+    if let Some(campaign_id) = new.campaign_id.as_deref() {
+        let campaign_id = validate::id("campaign_id", campaign_id)?;
+        join(
+            conn,
+            &campaign_id,
+            &profile.id,
+            &CampaignStatePatch::default(),
+        )?;
+    }
+    Ok(profile)
 }
 
 pub(crate) fn leave(conn: &Connection, campaign_id: &str, character_id: &str) -> StoreResult<()> {
@@ -336,14 +313,11 @@ pub(crate) fn roster(conn: &Connection, campaign_id: &str) -> StoreResult<Vec<En
         "SELECT {}, {STATE_COLUMNS} FROM campaign_characters s \
          JOIN characters c ON c.id = s.character_id WHERE s.campaign_id = ?1 \
          ORDER BY c.name COLLATE NOCASE, c.id",
-        profiles::COLUMNS
+        rows::COLUMNS
     );
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map([campaign_id], |r| {
-        Ok((
-            profiles::from_row(r)?,
-            state_from_row(r, profiles::COLUMN_COUNT)?,
-        ))
+        Ok((rows::from_row(r)?, state_from_row(r, COLUMN_COUNT)?))
     })?;
     let pairs: Vec<(CharacterProfile, CharacterInfo)> = rows.collect::<Result<_, _>>()?;
     pairs

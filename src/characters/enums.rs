@@ -5,7 +5,7 @@
 //! plus a few loose legacy spellings, and is always stored and serialized in its canonical spelling.
 //! An unknown value is a [`ValidationError`] naming the field and listing the allowed values.
 
-use super::validate::ValidationError;
+use super::error::ValidationError;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;

@@ -1,8 +1,44 @@
-//! The store's one error enum. The HTTP layer maps it to status codes in one table:
-//! NotFound -> 404, Validation -> 422, Conflict -> 409, Gone -> 410, StorageFull -> 507,
-//! Database -> 500.
+//! The store's one error enum and the [`ValidationError`] it wraps (kept here, below every
+//! other characters module, so that the vocabularies, the types and `validate` all use it). The
+//! HTTP layer maps it to status codes in one table: NotFound -> 404, Validation -> 422,
+//! Conflict -> 409, Gone -> 410, StorageFull -> 507, Database -> 500.
 
-use super::validate::ValidationError;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A rejected input value: which field, and why (with the limit or the allowed values).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidationError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn unknown_value(field: &str, raw: &str, allowed: &[&str]) -> Self {
+        Self::new(
+            field,
+            format!(
+                "unknown {field} {raw:?}; allowed values: {}",
+                allowed.join(", ")
+            ),
+        )
+    }
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for ValidationError {}
 
 /// What can go wrong in a store operation.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +70,17 @@ impl StoreError {
 
 /// Result of every store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A looked-up record that must exist: `None` becomes NotFound naming what was looked for.
+pub(crate) trait OrNotFound<T> {
+    fn or_not_found(self, what: &'static str, id: &str) -> StoreResult<T>;
+}
+
+impl<T> OrNotFound<T> for Option<T> {
+    fn or_not_found(self, what: &'static str, id: &str) -> StoreResult<T> {
+        self.ok_or_else(|| StoreError::not_found(what, id))
+    }
+}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {

@@ -3,10 +3,10 @@
 //! code with `max_uses` can never be used once too often.
 
 use super::campaigns;
+use super::error::ValidationError;
 use super::error::{StoreError, StoreResult};
-use super::profiles::{time_col, time_text};
+use super::rows::{time_col, time_text};
 use super::types::{CampaignInvite, CampaignStatePatch, CharacterInfo, NewInvite};
-use super::validate::ValidationError;
 use chrono::{DateTime, Duration, Utc};
 use rand::RngCore;
 use rusqlite::{params, Connection, OptionalExtension, Row};

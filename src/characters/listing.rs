@@ -6,18 +6,28 @@
 //! (`dm_id`) or play in (own a character taking part), and every character of those campaigns.
 //! Every list is ordered by name (case-insensitive), then id; that pair is the keyset cursor.
 
-use super::campaigns::{
-    self, assemble, campaign_from_row, state_from_row, with_members, CAMPAIGN_COLUMNS,
-    STATE_COLUMNS,
+use super::campaigns::{self, assemble, campaign_from_row, with_members, CAMPAIGN_COLUMNS};
+use super::error::{OrNotFound, StoreResult};
+use super::profiles;
+use super::rows::{
+    find_one, from_row, json_col, state_from_row, COLUMNS, COLUMN_COUNT, STATE_COLUMNS,
+    STATE_COLUMN_COUNT,
 };
-use super::error::{StoreError, StoreResult};
-use super::profiles::{self, page, COLUMNS, COLUMN_COUNT};
 use super::types::{
     Campaign, CampaignFilter, CharacterFilter, CharacterProfile, EnrichedCharacter, Page, PageKey,
     Viewer,
 };
 use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension, Row};
+use rusqlite::{Connection, Row};
+
+/// Default and maximum page sizes of list operations.
+pub const PAGE_DEFAULT: u32 = 100;
+pub const PAGE_MAX: u32 = 1000;
+
+pub(crate) fn page(limit: Option<u32>, offset: Option<u32>) -> (i64, i64) {
+    let limit = limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
+    (i64::from(limit), i64::from(offset.unwrap_or(0)))
+}
 
 /// Campaigns `:viewer` runs or plays in (`campaign_players` is kept by triggers, see
 /// migration 0003).
@@ -216,9 +226,9 @@ pub(crate) fn character_page(
         q.with_clause(&page_cte)
     );
     let state_at = COLUMN_COUNT;
-    let portrait_at = COLUMN_COUNT + 13;
+    let portrait_at = COLUMN_COUNT + STATE_COLUMN_COUNT;
     let items = q.run(conn, &sql, |r| {
-        let profile = profiles::from_row(r)?;
+        let profile = from_row(r)?;
         let state = match r.get::<_, Option<String>>(state_at)? {
             Some(_) => Some(state_from_row(r, state_at)?),
             None => None,
@@ -280,7 +290,7 @@ pub(crate) fn campaign_page(conn: &Connection, f: &CampaignFilter) -> StoreResul
     );
     let items = q.run(conn, &sql, |r| {
         let mut c = campaign_from_row(r)?;
-        c.character_ids = match profiles::json_col(r, 7)? {
+        c.character_ids = match json_col(r, 7)? {
             serde_json::Value::Array(ids) => ids
                 .into_iter()
                 .filter_map(|v| v.as_str().map(str::to_string))
@@ -304,15 +314,13 @@ pub(crate) fn visible_character(
     let Some(v) = viewer.user() else {
         return profiles::get(conn, id);
     };
-    let sql =
-        format!("SELECT {COLUMNS} FROM characters c WHERE c.id = :id AND {CHARACTER_VISIBLE}");
-    let mut stmt = conn.prepare_cached(&sql)?;
-    stmt.query_row(
+    find_one(
+        conn,
+        &format!("SELECT {COLUMNS} FROM characters c WHERE c.id = :id AND {CHARACTER_VISIBLE}"),
         rusqlite::named_params! {":id": id, ":viewer": v},
-        profiles::from_row,
-    )
-    .optional()?
-    .ok_or_else(|| StoreError::not_found("character", id))
+        from_row,
+    )?
+    .or_not_found("character", id)
 }
 
 /// The campaign if `viewer` may see it; NotFound otherwise.
@@ -324,16 +332,14 @@ pub(crate) fn visible_campaign(
     let Some(v) = viewer.user() else {
         return campaigns::get(conn, id);
     };
-    let sql = format!(
-        "SELECT {CAMPAIGN_COLUMNS} FROM campaigns k WHERE k.id = :id AND {CAMPAIGN_VISIBLE}"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let c = stmt
-        .query_row(
-            rusqlite::named_params! {":id": id, ":viewer": v},
-            campaign_from_row,
-        )
-        .optional()?
-        .ok_or_else(|| StoreError::not_found("campaign", id))?;
+    let c = find_one(
+        conn,
+        &format!(
+            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns k WHERE k.id = :id AND {CAMPAIGN_VISIBLE}"
+        ),
+        rusqlite::named_params! {":id": id, ":viewer": v},
+        campaign_from_row,
+    )?
+    .or_not_found("campaign", id)?;
     with_members(conn, c)
 }

@@ -4,23 +4,20 @@
 //! identity and appearance (one per character), a [`CharacterInfo`] holds its state in one
 //! campaign, and an [`EnrichedCharacter`] merges both for API responses. Everything is kept in one
 //! SQLite database behind the [`CharacterStore`] trait; [`validate`] is the one place raw input
-//! becomes trusted data; [`migrate`] imports the legacy JSON layout and [`pregenerated`] the
+//! becomes trusted data; [`legacy_import`] imports the legacy JSON layout (behind `limner migrate`) and [`pregenerated`] the
 //! characters shipped with limner.
 
 mod campaigns;
 pub mod enums;
 mod error;
 mod invites;
-mod legacy;
-mod legacy_files;
-mod legacy_ids;
-mod legacy_merge;
+pub mod legacy_import;
 mod listing;
-pub mod migrate;
 mod pool;
 mod portraits;
 pub mod pregenerated;
 mod profiles;
+mod rows;
 mod store;
 mod types;
 pub mod validate;
@@ -28,17 +25,17 @@ pub mod validate;
 pub use enums::{
     AgeCategory, Build, CharacterClass, CharacterType, FacialExpression, Gender, Pose, Race,
 };
-pub use error::{StoreError, StoreResult};
+pub use error::{StoreError, StoreResult, ValidationError};
 pub use invites::{INVITE_DEFAULT_SECONDS, INVITE_MAX_SECONDS, INVITE_MAX_USES};
-pub use legacy::LegacyPlan;
-pub use legacy_files::{PortraitFiles, PreparedFile};
-pub use migrate::{migrate_legacy, MigrateError, MigrateOptions, MigrationReport};
+pub use legacy_import::{
+    import_legacy, LegacyImportError, LegacyImportOptions, LegacyImportReport, LegacyPlan,
+    PortraitFiles, PreparedFile,
+};
+pub use listing::{PAGE_DEFAULT, PAGE_MAX};
 pub use pregenerated::{import_pregenerated, pregenerated, PregenCharacter, PregenReport};
-pub use profiles::{PAGE_DEFAULT, PAGE_MAX};
 pub use store::{CharacterStore, SqliteStore, Store, DB_FILE_NAME, SCHEMA_VERSION};
 pub use types::{
     Campaign, CampaignFilter, CampaignInvite, CampaignStatePatch, CharacterFilter, CharacterInfo,
-    CharacterPatch, CharacterProfile, EnrichedCharacter, NewCampaign, NewCharacter, NewInvite,
-    NewPortrait, Page, PageKey, PortraitRecord, Viewer,
+    CharacterPatch, CharacterProfile, EnrichedCharacter, ListWindow, NewCampaign, NewCharacter,
+    NewInvite, NewPortrait, Page, PageKey, PortraitRecord, Viewer,
 };
-pub use validate::ValidationError;

@@ -1,11 +1,13 @@
 //! SQL for portrait history: every portrait a character ever had is a row; regenerating adds a
 //! row and never removes one; "current" is a pointer on the profile.
 
-use super::error::{StoreError, StoreResult};
-use super::profiles::{self, json_col, new_id, now, time_col, time_text};
+use super::error::ValidationError;
+use super::error::{OrNotFound, StoreError, StoreResult};
+use super::profiles;
+use super::rows::{find_one, json_col, new_id, now, time_col, time_text};
 use super::types::{CharacterProfile, NewPortrait, PortraitRecord};
-use super::validate::{self, ValidationError};
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use super::validate;
+use rusqlite::{params, Connection, Row};
 use serde_json::json;
 
 const COLUMNS: &str = "p.id, p.character_id, p.file_path, p.thumbnail_path, p.prompt, \
@@ -34,14 +36,17 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<PortraitRecord> {
 }
 
 pub(crate) fn find(conn: &Connection, id: &str) -> StoreResult<Option<PortraitRecord>> {
-    let sql = format!("SELECT {COLUMNS} {FROM} WHERE p.id = ?1");
-    // Cached: every merged view with a portrait asks this (parsed once per connection).
-    let mut stmt = conn.prepare_cached(&sql)?;
-    Ok(stmt.query_row([id], from_row).optional()?)
+    // Every merged view with a portrait asks this.
+    find_one(
+        conn,
+        &format!("SELECT {COLUMNS} {FROM} WHERE p.id = ?1"),
+        [id],
+        from_row,
+    )
 }
 
 pub(crate) fn get(conn: &Connection, id: &str) -> StoreResult<PortraitRecord> {
-    find(conn, id)?.ok_or_else(|| StoreError::not_found("portrait", id))
+    find(conn, id)?.or_not_found("portrait", id)
 }
 
 pub(crate) fn add(

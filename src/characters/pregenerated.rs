@@ -1,10 +1,11 @@
 //! The pregenerated characters shipped with limner (`pregenerated.json`, embedded at build time):
 //! a loader, and an idempotent import into the store keyed by each character's stable id.
 
+use super::error::ValidationError;
 use super::error::{StoreError, StoreResult};
 use super::store::CharacterStore;
 use super::types::NewCharacter;
-use super::validate::{self, ValidationError};
+use super::validate;
 use serde::{Deserialize, Serialize};
 
 const PREGENERATED_JSON: &str = include_str!("pregenerated.json");

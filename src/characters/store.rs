@@ -13,7 +13,7 @@ use super::types::{
     CharacterPatch, CharacterProfile, EnrichedCharacter, NewCampaign, NewCharacter, NewInvite,
     NewPortrait, Page, PortraitRecord, Viewer,
 };
-use super::{campaigns, invites, listing, portraits, profiles};
+use super::{campaigns, invites, listing, portraits, profiles, rows};
 use rusqlite::backup::StepResult;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use std::path::{Path, PathBuf};
@@ -272,7 +272,7 @@ fn migrate_schema(conn: &mut Connection) -> StoreResult<()> {
 
 impl CharacterStore for SqliteStore {
     fn create_character(&self, new: &NewCharacter) -> StoreResult<CharacterProfile> {
-        self.write(|tx| profiles::create(tx, new, None))
+        self.write(|tx| campaigns::create_character(tx, new, None))
     }
 
     fn import_character(
@@ -282,7 +282,10 @@ impl CharacterStore for SqliteStore {
     ) -> StoreResult<(CharacterProfile, bool)> {
         self.write(|tx| match profiles::by_import_key(tx, import_key)? {
             Some(p) => Ok((p, false)),
-            None => Ok((profiles::create(tx, new, Some(import_key))?, true)),
+            None => Ok((
+                campaigns::create_character(tx, new, Some(import_key))?,
+                true,
+            )),
         })
     }
 
@@ -358,11 +361,11 @@ impl CharacterStore for SqliteStore {
         created_by: Option<&str>,
         new: &NewInvite,
     ) -> StoreResult<CampaignInvite> {
-        self.write(|tx| invites::create(tx, campaign_id, created_by, new, profiles::now()))
+        self.write(|tx| invites::create(tx, campaign_id, created_by, new, rows::now()))
     }
 
     fn list_invites(&self, campaign_id: &str) -> StoreResult<Vec<CampaignInvite>> {
-        self.read(|c| invites::list(c, campaign_id, profiles::now()))
+        self.read(|c| invites::list(c, campaign_id, rows::now()))
     }
 
     fn revoke_invite(&self, campaign_id: &str, code: &str) -> StoreResult<()> {
@@ -374,7 +377,7 @@ impl CharacterStore for SqliteStore {
     }
 
     fn redeem_invite(&self, code: &str, character_id: &str) -> StoreResult<CharacterInfo> {
-        self.write(|tx| invites::redeem(tx, code, character_id, profiles::now()))
+        self.write(|tx| invites::redeem(tx, code, character_id, rows::now()))
     }
 
     fn campaign_state(&self, campaign_id: &str, character_id: &str) -> StoreResult<CharacterInfo> {

@@ -145,23 +145,60 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// Filters of `list_characters`; every filter is optional and they combine with AND.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct CharacterFilter {
-    pub owner_id: Option<String>,
-    pub campaign_id: Option<String>,
-    /// Case-insensitive substring of the name.
-    pub name: Option<String>,
-    /// Page size; default 100, at most 1000.
+/// Declares a list filter: its own fields, then the ones every list shares (page size, offset,
+/// keyset cursor, viewer), written once so that every list pages and sees alike.
+macro_rules! list_filter {
+    ($(#[$meta:meta])* pub struct $name:ident {
+        $($(#[$fmeta:meta])* pub $field:ident: $ty:ty,)*
+    }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(default)]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+            /// Page size; default 100, at most 1000.
+            pub limit: Option<u32>,
+            pub offset: Option<u32>,
+            /// Keyset pagination: only rows sorting after this key (the `next` of a previous page).
+            #[serde(skip)]
+            pub after: Option<PageKey>,
+            /// Whose list this is; decided in SQL, before the page is cut.
+            #[serde(skip)]
+            pub visible_to: Viewer,
+        }
+
+        impl $name {
+            /// The filter cut to `window` (its page and viewer).
+            pub fn in_window(self, window: ListWindow) -> Self {
+                Self {
+                    limit: window.limit,
+                    offset: window.offset,
+                    after: window.after,
+                    visible_to: window.visible_to,
+                    ..self
+                }
+            }
+        }
+    };
+}
+
+/// The part of a list request every list shares: which page, and for whom.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListWindow {
     pub limit: Option<u32>,
     pub offset: Option<u32>,
-    /// Keyset pagination: only rows sorting after this key (the `next` of a previous page).
-    #[serde(skip)]
     pub after: Option<PageKey>,
-    /// Whose list this is; decided in SQL, before the page is cut.
-    #[serde(skip)]
     pub visible_to: Viewer,
+}
+
+list_filter! {
+    /// Filters of `list_characters`; every filter is optional and they combine with AND.
+    pub struct CharacterFilter {
+        pub owner_id: Option<String>,
+        pub campaign_id: Option<String>,
+        /// Case-insensitive substring of the name.
+        pub name: Option<String>,
+    }
 }
 
 /// Who a read is for. Visibility is part of the query, so a page is always a page of rows the
@@ -287,19 +324,13 @@ pub struct NewCampaign {
     pub description: Option<String>,
 }
 
-/// Filters of `list_campaigns`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct CampaignFilter {
-    pub dm_id: Option<String>,
-    /// Only campaigns this character takes part in.
-    pub character_id: Option<String>,
-    pub limit: Option<u32>,
-    pub offset: Option<u32>,
-    #[serde(skip)]
-    pub after: Option<PageKey>,
-    #[serde(skip)]
-    pub visible_to: Viewer,
+list_filter! {
+    /// Filters of `list_campaigns`.
+    pub struct CampaignFilter {
+        pub dm_id: Option<String>,
+        /// Only campaigns this character takes part in.
+        pub character_id: Option<String>,
+    }
 }
 
 /// A code a campaign's DM hands out; a player redeems it to join with one of their own

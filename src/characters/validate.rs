@@ -10,43 +10,9 @@ use super::types::{
     NewPortrait,
 };
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::fmt;
 
-/// A rejected input value: which field, and why (with the limit or the allowed values).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ValidationError {
-    pub field: String,
-    pub message: String,
-}
-
-impl ValidationError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn unknown_value(field: &str, raw: &str, allowed: &[&str]) -> Self {
-        Self::new(
-            field,
-            format!(
-                "unknown {field} {raw:?}; allowed values: {}",
-                allowed.join(", ")
-            ),
-        )
-    }
-}
-
-impl fmt::Display for ValidationError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for ValidationError {}
+pub use super::error::ValidationError;
 
 /// The limits every input is checked against (characters, not bytes, for text).
 pub mod limits {

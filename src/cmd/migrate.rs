@@ -1,9 +1,11 @@
-//! `limner migrate`: imports the legacy JSON character layout into the store, copies its portrait
+//! `limner migrate`: the legacy import (`characters::legacy_import`, not the SQL schema
+//! migrations, which `Store::open` applies by itself). Imports the legacy JSON character layout
+//! into the store, copies its portrait
 //! files into the media store (`<data-dir>/media`) and prints one JSON report on stdout.
 //! Unreadable input writes nothing and exits non-zero (the report lists why).
 
-use limner::characters::migrate::{apply_legacy, plan_legacy};
-use limner::characters::{MigrateError, Store, DB_FILE_NAME};
+use limner::characters::legacy_import::{apply_legacy, plan_legacy, LegacyImportError};
+use limner::characters::{Store, DB_FILE_NAME};
 use limner::portraits::{LocalImageStore, MediaPortraitFiles};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,7 +31,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Read and check everything before the database is even opened.
     let plan = match plan_legacy(&args.from, args.skip_malformed) {
         Ok(plan) => plan,
-        Err(MigrateError::Input(report)) => {
+        Err(LegacyImportError::Input(report)) => {
             println!("{}", serde_json::to_string_pretty(&report)?);
             anyhow::bail!(
                 "{} unreadable or malformed file(s) in {}; nothing was written",

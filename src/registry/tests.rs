@@ -250,139 +250,85 @@ fn single_file_sources_resolve_against_the_weights_folder() {
 
 #[test]
 fn errors_name_the_model_and_field() {
-    let cases: &[(&str, &str)] = &[
+    // Each bad entry of model `a` (an sd1 model): the lines after its architecture, and what the
+    // error must say.
+    let sd1_lines: &[(&str, &str)] = &[
+        ("colour = \"red\"\nsource = { path = \"x\" }", "invalid colour: unknown key"),
         (
-            r#"[models.a]
-            architecture = "sd3"
-            source = { path = "x" }"#,
-            "model 'a': invalid architecture",
-        ),
-        (
-            r#"[models.a]
-            architecture = "sd1"
-            colour = "red"
-            source = { path = "x" }"#,
-            "invalid colour: unknown key",
-        ),
-        (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { path = "x" }
-            [models.a.defaults]
-            steps = 0"#,
+            "source = { path = \"x\" }\n[models.a.defaults]\nsteps = 0",
             "invalid defaults.steps: 0 is outside 1..=150",
         ),
         (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { path = "x" }
-            [models.a.defaults]
-            width = 500"#,
+            "source = { path = \"x\" }\n[models.a.defaults]\nwidth = 500",
             "invalid defaults.width: 500 is not a multiple of 8",
         ),
         (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { path = "x" }
-            [models.a.defaults]
-            sampler = 3"#,
+            "source = { path = \"x\" }\n[models.a.defaults]\nsampler = 3",
             "invalid defaults.sampler: expected a string",
         ),
+        ("source = { path = \"x\", file = \"y.safetensors\" }", "invalid source: give exactly one"),
+        ("source = { hub = \"a/b\", files = [\"model_index.json\"] }", "invalid source.revision: required"),
         (
-            r#"[models.t]
-            architecture = "sd-turbo"
-            source = { path = "x" }
-            [models.t.defaults]
-            steps = 20"#,
-            "model 't': invalid defaults.steps: 20 is outside 1..=4",
-        ),
-        (
-            r#"[models.t]
-            architecture = "sd-turbo"
-            source = { path = "x" }
-            [models.t.defaults]
-            cfg_scale = 7"#,
-            "invalid defaults.cfg_scale",
-        ),
-        (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { path = "x", file = "y.safetensors" }"#,
-            "invalid source: give exactly one",
-        ),
-        (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { hub = "a/b", files = ["model_index.json"] }"#,
-            "invalid source.revision: required",
-        ),
-        (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { hub = "a/b", revision = "main", files = ["../etc/passwd", "model_index.json"] }"#,
+            "source = { hub = \"a/b\", revision = \"main\", files = [\"../etc/passwd\", \"model_index.json\"] }",
             "invalid source.files",
         ),
+        ("source = { hub = \"a/b\", revision = \"main\", files = [\"model.ckpt\"] }", "pickled"),
+        ("source = { hub = \"a/b\", revision = \"main\", files = [\"unet/config.json\"] }", "model_index.json"),
         (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { hub = "a/b", revision = "main", files = ["model.ckpt"] }"#,
-            "pickled",
-        ),
-        (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { hub = "a/b", revision = "main", files = ["unet/config.json"] }"#,
-            "model_index.json",
-        ),
-        (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { hub = "not a repo", revision = "main", files = ["model_index.json"] }"#,
+            "source = { hub = \"not a repo\", revision = \"main\", files = [\"model_index.json\"] }",
             "invalid source.hub",
         ),
+        ("source = { file = \"x.ckpt\" }", "invalid source.file: pickled"),
         (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { file = "x.ckpt" }"#,
-            "invalid source.file: pickled",
-        ),
-        (
-            r#"[models."../up"]
-            architecture = "sd1"
-            source = { path = "x" }"#,
-            "invalid name",
-        ),
-        (
-            r#"[models.a]
-            architecture = "sd1"
-            styles = ["fantasy"]
-            source = { path = "x" }
-            [models.b]
-            architecture = "sd1"
-            styles = ["Fantasy"]
-            source = { path = "y" }"#,
+            "styles = [\"fantasy\"]\nsource = { path = \"x\" }\n\
+             [models.b]\narchitecture = \"sd1\"\nstyles = [\"Fantasy\"]\nsource = { path = \"y\" }",
             "style 'fantasy' is already served by model 'a'",
         ),
         (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { hub = "a/b", revision = "main", files = ["model_index.json"] }
-            sha256 = { "model_index.json" = "abc" }"#,
+            "source = { hub = \"a/b\", revision = \"main\", files = [\"model_index.json\"] }\n\
+             sha256 = { \"model_index.json\" = \"abc\" }",
             "invalid sha256.\"model_index.json\": expected 64 hex",
         ),
         (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { hub = "a/b", revision = "main", files = ["model_index.json"] }
-            sha256 = { "other.json" = "abc" }"#,
+            "source = { hub = \"a/b\", revision = \"main\", files = [\"model_index.json\"] }\n\
+             sha256 = { \"other.json\" = \"abc\" }",
             "not one of source.files",
+        ),
+    ];
+    let whole_files: &[(&str, &str)] = &[
+        (
+            "[models.a]\narchitecture = \"sd3\"\nsource = { path = \"x\" }",
+            "model 'a': invalid architecture",
+        ),
+        (
+            "[models.t]\narchitecture = \"sd-turbo\"\nsource = { path = \"x\" }\n\
+             [models.t.defaults]\nsteps = 20",
+            "model 't': invalid defaults.steps: 20 is outside 1..=4",
+        ),
+        (
+            "[models.t]\narchitecture = \"sd-turbo\"\nsource = { path = \"x\" }\n\
+             [models.t.defaults]\ncfg_scale = 7",
+            "invalid defaults.cfg_scale",
+        ),
+        (
+            "[models.\"../up\"]\narchitecture = \"sd1\"\nsource = { path = \"x\" }",
+            "invalid name",
         ),
         ("[other]\nx = 1", "unknown top-level key 'other'"),
         ("[models.a\n", "weights.toml"),
     ];
-    for (text, want) in cases {
-        let err = err_of(text);
-        assert!(err.contains(want), "want {want:?} in {err:?}");
+    let sd1 = sd1_lines.iter().map(|(lines, want)| {
+        (
+            format!("[models.a]\narchitecture = \"sd1\"\n{lines}"),
+            *want,
+        )
+    });
+    let whole = whole_files
+        .iter()
+        .map(|(text, want)| (text.to_string(), *want));
+    for (text, want) in sd1.chain(whole) {
+        let err = err_of(&text);
+        assert!(err.contains(want), "want {want:?} in {err:?} for\n{text}");
     }
 }
 

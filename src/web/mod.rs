@@ -1,16 +1,17 @@
-//! The web UI: the character creator (`/`), the player character sheet (`/characters/{id}`), the
-//! DM roster (`/campaigns/{id}`) and their assets (`/static/*`). The pages are plain HTML, CSS
-//! and ES modules embedded in the binary (no build step); they talk to `/api` like any client.
+//! The web UI: the character creator, the player character sheet and the DM roster, and their
+//! assets. The pages are plain HTML, CSS and ES modules embedded in the binary (no build step);
+//! they talk to `/api` like any client. Each page is its `<main>` in `assets/<page>.html`, set in
+//! the one shell `assets/page.html` (head, top bar) when first served, with the shared
+//! fragments (`assets/portrait-placeholder.html`) filled in.
 //!
-//! These routes need no credentials: the pages themselves carry no data, and they sign in with a
-//! token kept in the browser (see `assets/auth.js`).
+//! This module only makes the responses; `api::ui` routes them (`/`, `/characters/{id}`,
+//! `/campaigns/{id}`, `/static/*`) and answers a missing file in the API's error shape. The
+//! pages need no credentials: they carry no data, and they sign in with a token kept in the
+//! browser (see `assets/auth.js`).
 
-// Path rejections in the API's JSON shape.
-use crate::api::extract::ApiPath as Path;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use std::sync::LazyLock;
 
 /// One embedded file: its URL name, content type and bytes.
 struct Asset {
@@ -44,29 +45,73 @@ const ASSETS: &[Asset] = &[
     asset!("favicon.svg", "image/svg+xml"),
 ];
 
-const CREATOR: &str = include_str!("assets/index.html");
-const SHEET: &str = include_str!("assets/sheet.html");
-const ROSTER: &str = include_str!("assets/roster.html");
+/// The UI's pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// `/`: create and edit a character, generate its portrait.
+    Creator,
+    /// `/characters/{id}`: the player's character sheet.
+    Sheet,
+    /// `/campaigns/{id}`: the DM's roster.
+    Roster,
+}
+
+const SHELL: &str = include_str!("assets/page.html");
+/// The empty portrait frame the creator and the sheet both show.
+const PORTRAIT_PLACEHOLDER: &str = include_str!("assets/portrait-placeholder.html");
+
+impl Page {
+    const ALL: [Page; 3] = [Page::Creator, Page::Sheet, Page::Roster];
+
+    /// (title, module script, `<main>` content).
+    fn parts(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Page::Creator => (
+                "Character creator",
+                "creator.js",
+                include_str!("assets/creator.html"),
+            ),
+            Page::Sheet => (
+                "Character sheet",
+                "sheet.js",
+                include_str!("assets/sheet.html"),
+            ),
+            Page::Roster => (
+                "Campaign roster",
+                "roster.js",
+                include_str!("assets/roster.html"),
+            ),
+        }
+    }
+
+    /// The whole document: the page's parts set in the shell.
+    fn render(self) -> String {
+        let (title, script, main) = self.parts();
+        let current = if self == Page::Creator {
+            r#" aria-current="page""#
+        } else {
+            ""
+        };
+        SHELL
+            .replace("{title}", title)
+            .replace("{script}", script)
+            .replace("{current}", current)
+            .replace("{main}", main)
+            .replace("{portrait-placeholder}", PORTRAIT_PLACEHOLDER.trim_end())
+    }
+
+    /// The rendered document, made once.
+    fn html(self) -> &'static str {
+        static RENDERED: LazyLock<Vec<String>> =
+            LazyLock::new(|| Page::ALL.iter().map(|p| p.render()).collect());
+        &RENDERED[self as usize]
+    }
+}
 
 /// Content Security Policy of every page: only our own scripts, styles, images and API.
 const CSP: &str = "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; \
                    script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; \
                    frame-ancestors 'none'; form-action 'self'";
-
-/// The UI's routes, merged into the API router by `api::app`.
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route("/", get(|| async { page(CREATOR) }))
-        .route(
-            "/characters/{id}",
-            get(|_: Path<String>| async { page(SHEET) }),
-        )
-        .route(
-            "/campaigns/{id}",
-            get(|_: Path<String>| async { page(ROSTER) }),
-        )
-        .route("/static/{*path}", get(static_file))
-}
 
 /// Headers shared by pages and assets. `no-cache` because the files change with the binary;
 /// `no-referrer` so a `?token=` sign-in link never leaks through a Referer header.
@@ -84,8 +129,9 @@ fn common_headers(resp: &mut Response, content_type: &'static str) {
     );
 }
 
-fn page(html: &'static str) -> Response {
-    let mut resp = html.into_response();
+/// A page, with the headers every page carries.
+pub fn page(page: Page) -> Response {
+    let mut resp = page.html().into_response();
     common_headers(&mut resp, "text/html; charset=utf-8");
     resp.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,
@@ -98,20 +144,13 @@ fn find_asset(path: &str) -> Option<&'static Asset> {
     ASSETS.iter().find(|a| a.name == path)
 }
 
-async fn static_file(Path(path): Path<String>) -> Response {
-    match find_asset(&path) {
-        Some(a) => {
-            let mut resp = a.body.into_response();
-            common_headers(&mut resp, a.content_type);
-            resp
-        }
-        None => crate::api::error::ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no static file {path:?}"),
-        )
-        .into_response(),
-    }
+/// An embedded file under `/static/`, or `None` when there is no such file.
+pub fn static_file(path: &str) -> Option<Response> {
+    find_asset(path).map(|a| {
+        let mut resp = a.body.into_response();
+        common_headers(&mut resp, a.content_type);
+        resp
+    })
 }
 
 #[cfg(test)]
@@ -121,7 +160,7 @@ mod tests {
     #[test]
     fn every_module_a_page_imports_is_embedded() {
         // A page or module that imports a file we forgot to embed would 404 in the browser.
-        let mut sources: Vec<&str> = vec![CREATOR, SHEET, ROSTER];
+        let mut sources: Vec<&str> = Page::ALL.iter().map(|p| p.html()).collect();
         for a in ASSETS.iter().filter(|a| a.name.ends_with(".js")) {
             sources.push(std::str::from_utf8(a.body).expect("assets are UTF-8"));
         }
@@ -140,42 +179,29 @@ mod tests {
         );
     }
 
-    async fn get(path: &str) -> (StatusCode, String, String) {
-        use tower::ServiceExt;
-        let req = axum::http::Request::get(path)
-            .body(axum::body::Body::empty())
-            .expect("request");
-        let resp = routes::<()>().oneshot(req).await.expect("infallible");
-        let status = resp.status();
-        let ty = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .expect("body");
-        (status, ty, String::from_utf8_lossy(&body).into_owned())
-    }
-
-    #[tokio::test]
-    async fn pages_and_assets_are_served_with_their_types() {
-        let (status, ty, body) = get("/").await;
-        assert_eq!(status, StatusCode::OK);
-        assert!(ty.starts_with("text/html"), "{ty}");
-        assert!(body.contains("/static/creator.js"));
-        let (_, _, sheet) = get("/characters/some-id").await;
-        assert!(sheet.contains("/static/sheet.js"));
-        let (_, _, roster) = get("/campaigns/some-id").await;
-        assert!(roster.contains("/static/roster.js"));
-        let (status, ty, _) = get("/static/creator.js").await;
-        assert_eq!(status, StatusCode::OK);
-        assert!(ty.starts_with("text/javascript"), "{ty}");
-        let (status, ty, body) = get("/static/missing.js").await;
-        assert_eq!(status, StatusCode::NOT_FOUND);
-        assert!(ty.starts_with("application/json"), "{ty}");
-        assert!(body.contains("not_found"), "{body}");
+    #[test]
+    fn every_page_is_a_whole_document_with_its_own_script() {
+        for p in Page::ALL {
+            let (title, script, _) = p.parts();
+            let html = p.html();
+            assert!(html.starts_with("<!doctype html>"), "{p:?}");
+            assert!(
+                html.contains(&format!("<title>{title} · limner</title>")),
+                "{p:?}"
+            );
+            assert!(html.contains(&format!("src=\"/static/{script}\"")), "{p:?}");
+            assert_eq!(html.matches("<main ").count(), 1, "{p:?}");
+            assert!(
+                !html.contains("{main}") && !html.contains("{title}"),
+                "{p:?}"
+            );
+            assert!(html.trim_end().ends_with("</html>"), "{p:?}");
+        }
+        assert!(Page::Creator
+            .html()
+            .contains(r#"<a href="/" aria-current="page">"#));
+        assert!(!Page::Sheet.html().contains("aria-current"));
+        assert!(Page::Sheet.html().contains(r#"id="placeholder""#));
     }
 
     #[test]

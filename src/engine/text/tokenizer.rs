@@ -19,13 +19,9 @@ use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{SplitDelimiterBehavior, Tokenizer};
 
-use super::tokenizer_config::{as_id, TokenSettings};
-use crate::engine::error::{EngineError, Result};
+use super::tokenizer_config::{as_id, model_err, read_file, TokenSettings, BOS_TOKEN, EOS_TOKEN};
+use crate::engine::error::Result;
 
-/// The beginning-of-text marker every CLIP prompt starts with.
-pub(crate) const BOS_TOKEN: &str = "<|startoftext|>";
-/// The end-of-text marker; CLIP also uses it as the unknown token.
-pub(crate) const EOS_TOKEN: &str = "<|endoftext|>";
 /// CLIP's pre-tokenizer: special markers, English contractions, letter runs, single digits and
 /// runs of everything else that is not whitespace.
 const CLIP_PATTERN: &str =
@@ -352,15 +348,6 @@ fn read_tokenizer_json(path: &Path) -> Result<(Vocab, Merges)> {
         })?);
     }
     Ok((vocab, merges))
-}
-
-pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path)
-        .map_err(|e| model_err(&path.display().to_string(), format!("cannot read: {e}")))
-}
-
-pub(crate) fn model_err(file: &str, message: impl std::fmt::Display) -> EngineError {
-    EngineError::Model(format!("tokenizer {file}: {message}"))
 }
 
 #[cfg(test)]

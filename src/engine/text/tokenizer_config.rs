@@ -5,6 +5,9 @@
 //! Sources, in transformers' order: `tokenizer_config.json` (named special tokens, and
 //! `added_tokens_decoder` when present); otherwise the legacy trio `special_tokens_map.json`,
 //! `added_tokens.json` and `tokenizer.json`'s `added_tokens`.
+//!
+//! Also the markers and file helpers the tokenizer shares with it: `tokenizer.rs` builds on
+//! this file, never the other way round.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -12,8 +15,21 @@ use std::path::Path;
 use serde_json::{Map, Value};
 use tokenizers::AddedToken;
 
-use super::tokenizer::{model_err, read_file, BOS_TOKEN, EOS_TOKEN};
-use crate::engine::error::Result;
+use crate::engine::error::{EngineError, Result};
+
+/// The beginning-of-text marker every CLIP prompt starts with.
+pub(crate) const BOS_TOKEN: &str = "<|startoftext|>";
+/// The end-of-text marker; CLIP also uses it as the unknown token.
+pub(crate) const EOS_TOKEN: &str = "<|endoftext|>";
+
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| model_err(&path.display().to_string(), format!("cannot read: {e}")))
+}
+
+pub(crate) fn model_err(file: &str, message: impl std::fmt::Display) -> EngineError {
+    EngineError::Model(format!("tokenizer {file}: {message}"))
+}
 
 /// transformers' `SPECIAL_TOKENS_ATTRIBUTES`, in its order (the order tokens are added in,
 /// which decides whose flags win when two names share one token).

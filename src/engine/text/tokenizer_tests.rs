@@ -1,6 +1,7 @@
 //! Tests of the CLIP tokenizer against the reference ids computed by transformers.
 
 use super::*;
+use crate::engine::error::EngineError;
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {

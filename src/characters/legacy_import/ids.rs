@@ -5,8 +5,8 @@
 //! a UUID is renamed to its legacy id (every reference follows), so re-running the migration
 //! repairs such an install.
 
-use super::error::StoreResult;
-use super::profiles::new_id;
+use crate::characters::error::StoreResult;
+use crate::characters::rows::new_id;
 use rusqlite::{Connection, OptionalExtension};
 
 /// The longest legacy id kept as an id, in bytes.

@@ -3,76 +3,21 @@
 //! objects or an object keyed by character id). Identity and visual fields of every copy are
 //! normalized and merged (the profile file wins; disagreements become conflicts; values that
 //! cannot be normalized are listed, never silently dropped); campaign state is split off.
-//! This file reads the folder; `legacy_merge.rs` merges the copies.
+//! This file reads the folder; `merge.rs` merges the copies, into the types of `plan.rs`.
 
-use super::legacy_merge;
-use super::migrate::{FileProblem, MigrateError, MigrationReport};
-use super::types::{CharacterInfo, NewCharacter};
-use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
+use super::merge;
+use super::plan::{as_text, CampaignCopies, Copy, LegacyPlan, Object};
+use super::report::{FileProblem, LegacyImportError, LegacyImportReport};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub(super) type Object = Map<String, Value>;
-
-/// One portrait file a character's copies name.
-#[derive(Debug, Clone)]
-pub(crate) struct PlannedPortrait {
-    /// The resolved (canonical when the file exists) path: the portrait's identity across runs.
-    pub file_path: String,
-    /// The path as the legacy JSON wrote it (what the report shows).
-    pub named_as: String,
-    pub prompt: String,
-    /// The profile's (or first copy's) own portrait: made current if none is.
-    pub main: bool,
-    /// Whether the file existed when the folder was read.
-    pub found: bool,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct PlannedCharacter {
-    pub legacy_id: String,
-    pub new: NewCharacter,
-    pub created_at: Option<DateTime<Utc>>,
-    pub total_interactions: i64,
-    pub portraits: Vec<PlannedPortrait>,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct PlannedCampaign {
-    pub legacy_id: String,
-    pub name: String,
-    pub dm_id: Option<String>,
-    /// Campaign state per legacy character id (campaign/character ids are placeholders).
-    pub states: Vec<(String, CharacterInfo)>,
-}
-
-/// Everything the legacy folder says, normalized, plus what the report lists about it.
-#[derive(Debug, Clone, Default)]
-pub struct LegacyPlan {
-    pub(crate) characters: Vec<PlannedCharacter>,
-    pub(crate) campaigns: Vec<PlannedCampaign>,
-    pub(crate) report: MigrationReport,
-}
-
-/// One copy of a character: where it came from and its JSON object.
-pub(super) struct Copy {
-    pub source: String,
-    pub campaign: Option<String>,
-    pub obj: Object,
-}
-
-pub(super) fn as_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 /// Reads and plans the whole folder. Any unreadable or malformed file is an error (nothing will
 /// be written) unless `skip_malformed`, which lists it as skipped instead.
-pub(crate) fn read_legacy(dir: &Path, skip_malformed: bool) -> Result<LegacyPlan, MigrateError> {
+pub(crate) fn read_legacy(
+    dir: &Path,
+    skip_malformed: bool,
+) -> Result<LegacyPlan, LegacyImportError> {
     let mut plan = LegacyPlan::default();
     plan.report.source = dir.display().to_string();
     let mut reader = Reader {
@@ -82,19 +27,17 @@ pub(crate) fn read_legacy(dir: &Path, skip_malformed: bool) -> Result<LegacyPlan
     };
     let (profiles, campaigns) = reader.read_all();
     if !plan.report.errors.is_empty() {
-        return Err(MigrateError::Input(Box::new(plan.report)));
+        return Err(LegacyImportError::Input(Box::new(plan.report)));
     }
-    legacy_merge::merge(&mut plan, dir, profiles, campaigns);
+    merge::merge(&mut plan, dir, profiles, campaigns);
     Ok(plan)
 }
 
 struct Reader<'a> {
     dir: &'a Path,
     skip_malformed: bool,
-    report: &'a mut MigrationReport,
+    report: &'a mut LegacyImportReport,
 }
-
-pub(super) type CampaignCopies = BTreeMap<String, (Object, Vec<(String, Object)>)>;
 
 impl Reader<'_> {
     fn rel(&self, p: &Path) -> String {

@@ -1,18 +1,19 @@
-//! Merges the copies of each legacy character read by `legacy.rs`: identity and visual fields are
+//! Merges the copies of each legacy character read by `read.rs`: identity and visual fields are
 //! normalized and go to one profile (the profile file wins, then the first campaign by id; every
 //! disagreement is a conflict, every value that cannot be normalized is listed), portrait files
 //! become history, and the rest of each campaign copy becomes that campaign's state.
 
-use super::campaigns::default_state;
-use super::enums::{
-    AgeCategory, Build, CharacterClass, CharacterType, FacialExpression, Gender, Pose, Race,
-};
-use super::legacy::{
+use super::plan::{
     as_text, CampaignCopies, Copy, LegacyPlan, PlannedCampaign, PlannedCharacter, PlannedPortrait,
 };
-use super::migrate::{Conflict, FileProblem, MigrationReport, Unrecognized};
-use super::types::{CampaignStatePatch, CharacterInfo, NewCharacter};
-use super::validate::{self, ValidationError};
+use super::report::{Conflict, FileProblem, LegacyImportReport, Unrecognized};
+use crate::characters::campaigns::default_state;
+use crate::characters::enums::{
+    AgeCategory, Build, CharacterClass, CharacterType, FacialExpression, Gender, Pose, Race,
+};
+use crate::characters::error::ValidationError;
+use crate::characters::types::{CampaignStatePatch, CharacterInfo, NewCharacter};
+use crate::characters::validate;
 use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -304,7 +305,7 @@ fn merge_character(plan: &mut LegacyPlan, dir: &Path, id: &str, copies: &[Copy])
 /// `additional_images`), each once. Whether a file is missing is decided when the plan is applied:
 /// one imported by an earlier run is already in the media store.
 fn portraits(
-    report: &mut MigrationReport,
+    report: &mut LegacyImportReport,
     dir: &Path,
     id: &str,
     copies: &[Copy],
@@ -395,7 +396,7 @@ fn resolve(dir: &Path, raw: &str) -> Option<std::path::PathBuf> {
 
 /// Splits the campaign state off one campaign copy; bad values keep their default and are listed.
 fn campaign_state(
-    report: &mut MigrationReport,
+    report: &mut LegacyImportReport,
     id: &str,
     copy: &Copy,
     base_level: i64,

@@ -1,118 +1,46 @@
-//! `limner migrate`: imports the legacy JSON layout (read and planned by `legacy.rs`) into the
-//! store in one transaction, and reports what it did as one JSON document.
+//! The legacy import behind `limner migrate` (not the SQL schema migrations, which are
+//! `store.rs`'s): brings the old files-based JSON layout into the store in one transaction and
+//! reports what it did as one JSON document.
 //!
-//! Legacy ids stay the ids (`legacy_ids.rs` says when they cannot), and portrait files are
-//! copied into the media store (`legacy_files.rs`). Idempotent: characters and campaigns are
+//! The files form a chain: `report` (what is reported) <- `plan` (what was read) <- `merge` <-
+//! `read` (the folder) <- this file (the writes), with `files` (portrait files) and `ids`
+//! beside it. Legacy ids stay the ids (`ids.rs` says when they cannot), and portrait files are
+//! copied into the media store (`files.rs`). Idempotent: characters and campaigns are
 //! remembered by `legacy:<id>` import keys, campaign states by (campaign, character), portraits by
 //! (character, legacy file). A second run creates nothing; an existing profile only gets fields it
 //! still lacks, so edits made in limner since are kept.
 
-use super::campaigns;
-use super::error::StoreError;
-use super::legacy::{read_legacy, LegacyPlan, PlannedCharacter};
-use super::legacy_files::{FileError, FileLog, Importer, PortraitFiles};
-use super::legacy_ids::{self, Table};
-use super::profiles::{self, now};
-use super::store::SqliteStore;
-use super::types::{Campaign, CharacterProfile, NewCampaign};
-use super::validate;
+mod files;
+mod ids;
+mod merge;
+mod plan;
+mod read;
+mod report;
+
+pub use files::{PortraitFiles, PreparedFile};
+pub use plan::LegacyPlan;
+pub use report::{
+    Conflict, FileProblem, IdChange, ImportedCharacter, LegacyImportError, LegacyImportReport,
+    Unrecognized,
+};
+
+use crate::characters::campaigns;
+use crate::characters::error::StoreError;
+use crate::characters::profiles;
+use crate::characters::rows::now;
+use crate::characters::store::SqliteStore;
+use crate::characters::types::{Campaign, CharacterProfile, NewCampaign};
+use crate::characters::validate;
+use files::{FileError, FileLog, Importer};
+use ids::Table;
+use plan::{PlannedCampaign, PlannedCharacter};
+use read::read_legacy;
 use rusqlite::Connection;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::path::Path;
 
-/// Two copies of a character disagreed; the first (the profile file, else the first campaign by
-/// id) was kept.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Conflict {
-    pub character_id: String,
-    pub field: String,
-    pub kept: String,
-    pub kept_from: String,
-    pub discarded: String,
-    pub discarded_from: String,
-}
-
-/// A value that could not be normalized: the field was left empty (or at its default).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Unrecognized {
-    pub character_id: String,
-    pub source: String,
-    pub field: String,
-    pub value: Value,
-    pub reason: String,
-}
-
-/// A file skipped (or, in `errors`, one that stopped the migration) and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FileProblem {
-    pub path: String,
-    pub reason: String,
-}
-
-/// Where one legacy character went.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MigratedCharacter {
-    pub legacy_id: String,
-    pub id: String,
-    pub name: String,
-    /// "created", "updated" or "unchanged".
-    pub action: String,
-}
-
-/// A legacy id that is not the limner id, and why (the record has the id in `id`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IdChange {
-    /// "character" or "campaign".
-    pub kind: String,
-    pub legacy_id: String,
-    pub id: String,
-    pub reason: String,
-}
-
-/// The JSON report `limner migrate` prints.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct MigrationReport {
-    pub source: String,
-    pub dry_run: bool,
-    pub profiles_created: usize,
-    pub profiles_updated: usize,
-    pub profiles_unchanged: usize,
-    pub campaigns_created: usize,
-    pub campaigns_existing: usize,
-    pub campaign_states_created: usize,
-    pub campaign_states_existing: usize,
-    pub portraits_recorded: usize,
-    pub portraits_existing: usize,
-    /// Portrait files copied into the media store by this run (with their thumbnails).
-    pub portraits_copied: usize,
-    pub characters: Vec<MigratedCharacter>,
-    /// Legacy ids that could not be kept as ids (listed on every run, so the report always says
-    /// where such a character went).
-    pub ids_changed: Vec<IdChange>,
-    pub conflicts: Vec<Conflict>,
-    pub unrecognized: Vec<Unrecognized>,
-    pub files_skipped: Vec<FileProblem>,
-    /// Unreadable or malformed input; when not empty nothing was written.
-    pub errors: Vec<FileProblem>,
-}
-
-/// Why a migration wrote nothing.
-#[derive(Debug, thiserror::Error)]
-pub enum MigrateError {
-    /// The legacy folder could not be read; the report lists every problem.
-    #[error("unreadable legacy input ({} problem(s)); nothing was written", .0.errors.len())]
-    Input(Box<MigrationReport>),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A portrait file could not be written to the media store; nothing was kept.
-    #[error("media store: {0}; nothing was written")]
-    Media(String),
-}
-
-/// Options of a migration run.
+/// Options of a legacy import run.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct MigrateOptions {
+pub struct LegacyImportOptions {
     /// Do everything in a transaction that is rolled back; the report says what would happen.
     pub dry_run: bool,
     /// List unreadable / malformed files as skipped instead of refusing to migrate.
@@ -120,18 +48,18 @@ pub struct MigrateOptions {
 }
 
 /// Reads `dir` completely, then applies it to `store` (portrait files to `files`).
-pub fn migrate_legacy(
+pub fn import_legacy(
     store: &SqliteStore,
     files: &dyn PortraitFiles,
     dir: &Path,
-    opts: MigrateOptions,
-) -> Result<MigrationReport, MigrateError> {
+    opts: LegacyImportOptions,
+) -> Result<LegacyImportReport, LegacyImportError> {
     let plan = read_legacy(dir, opts.skip_malformed)?;
     apply_legacy(store, files, plan, opts.dry_run)
 }
 
-/// Reads and plans `dir` without touching any database (the first half of a migration).
-pub fn plan_legacy(dir: &Path, skip_malformed: bool) -> Result<LegacyPlan, MigrateError> {
+/// Reads and plans `dir` without touching any database (the first half of an import).
+pub fn plan_legacy(dir: &Path, skip_malformed: bool) -> Result<LegacyPlan, LegacyImportError> {
     read_legacy(dir, skip_malformed)
 }
 
@@ -142,7 +70,7 @@ pub fn apply_legacy(
     files: &dyn PortraitFiles,
     plan: LegacyPlan,
     dry_run: bool,
-) -> Result<MigrationReport, MigrateError> {
+) -> Result<LegacyImportReport, LegacyImportError> {
     let mut log = FileLog::default();
     let mut media_error = None;
     let mut run = |conn: &Connection| {
@@ -178,7 +106,7 @@ pub fn apply_legacy(
             for key in &log.written {
                 files.delete(key);
             }
-            Err(media_error.map_or(MigrateError::Store(e), MigrateError::Media))
+            Err(media_error.map_or(LegacyImportError::Store(e), LegacyImportError::Media))
         }
     }
 }
@@ -187,7 +115,7 @@ fn apply(
     conn: &Connection,
     importer: &mut Importer<'_>,
     plan: &LegacyPlan,
-    report: &mut MigrationReport,
+    report: &mut LegacyImportReport,
 ) -> Result<(), FileError> {
     let mut ids = std::collections::BTreeMap::new();
     for planned in &plan.characters {
@@ -198,7 +126,7 @@ fn apply(
             _ => report.profiles_unchanged += 1,
         }
         importer.import(conn, &profile, planned, report)?;
-        report.characters.push(MigratedCharacter {
+        report.characters.push(ImportedCharacter {
             legacy_id: planned.legacy_id.clone(),
             id: profile.id.clone(),
             name: profile.name.clone(),
@@ -227,7 +155,7 @@ fn apply(
 }
 
 fn note_id(
-    report: &mut MigrationReport,
+    report: &mut LegacyImportReport,
     table: Table,
     legacy_id: &str,
     id: &str,
@@ -247,19 +175,19 @@ fn note_id(
 /// the legacy id if an older limner gave it a UUID).
 fn upsert_campaign(
     conn: &Connection,
-    planned: &super::legacy::PlannedCampaign,
-    report: &mut MigrationReport,
+    planned: &PlannedCampaign,
+    report: &mut LegacyImportReport,
 ) -> Result<Campaign, FileError> {
     let key = format!("legacy:{}", planned.legacy_id);
     let legacy_id = planned.legacy_id.as_str();
     if let Some(existing) = campaigns::by_import_key(conn, &key)? {
         report.campaigns_existing += 1;
-        let (id, why) = legacy_ids::settle(conn, Table::Campaigns, &existing.id, legacy_id)?;
+        let (id, why) = ids::settle(conn, Table::Campaigns, &existing.id, legacy_id)?;
         note_id(report, Table::Campaigns, legacy_id, &id, why);
         return Ok(campaigns::get(conn, &id)?);
     }
     report.campaigns_created += 1;
-    let (id, why) = legacy_ids::for_new(conn, Table::Campaigns, legacy_id)?;
+    let (id, why) = ids::for_new(conn, Table::Campaigns, legacy_id)?;
     let new = NewCampaign {
         name: planned.name.clone(),
         dm_id: planned.dm_id.clone(),
@@ -280,13 +208,13 @@ fn upsert_character(
     conn: &Connection,
     importer: &mut Importer<'_>,
     planned: &PlannedCharacter,
-    report: &mut MigrationReport,
+    report: &mut LegacyImportReport,
 ) -> Result<(CharacterProfile, &'static str), FileError> {
     let key = format!("legacy:{}", planned.legacy_id);
     let legacy_id = planned.legacy_id.as_str();
     let t = now();
     let Some(existing) = profiles::by_import_key(conn, &key)? else {
-        let (id, why) = legacy_ids::for_new(conn, Table::Characters, legacy_id)?;
+        let (id, why) = ids::for_new(conn, Table::Characters, legacy_id)?;
         note_id(report, Table::Characters, legacy_id, &id, why);
         let mut p = validate::build_profile(&planned.new, id, t).map_err(StoreError::from)?;
         p.import_key = Some(key);
@@ -295,7 +223,7 @@ fn upsert_character(
         profiles::insert(conn, &p)?;
         return Ok((p, "created"));
     };
-    let (id, why) = legacy_ids::settle(conn, Table::Characters, &existing.id, legacy_id)?;
+    let (id, why) = ids::settle(conn, Table::Characters, &existing.id, legacy_id)?;
     note_id(report, Table::Characters, legacy_id, &id, why);
     let renamed = id != existing.id;
     if renamed {

@@ -8,11 +8,11 @@
 //! has been deleted since. Records written by an older limner, which pointed at the legacy path
 //! itself, get their copy now.
 
-use super::error::{StoreError, StoreResult};
-use super::legacy::{PlannedCharacter, PlannedPortrait};
-use super::migrate::{FileProblem, MigrationReport};
-use super::portraits;
-use super::types::{CharacterProfile, NewPortrait};
+use super::plan::{PlannedCharacter, PlannedPortrait};
+use super::report::{FileProblem, LegacyImportReport};
+use crate::characters::error::{StoreError, StoreResult};
+use crate::characters::portraits;
+use crate::characters::types::{CharacterProfile, NewPortrait};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 use std::path::Path;
@@ -114,7 +114,7 @@ impl Importer<'_> {
         conn: &Connection,
         profile: &CharacterProfile,
         planned: &PlannedCharacter,
-        report: &mut MigrationReport,
+        report: &mut LegacyImportReport,
     ) -> Result<(), FileError> {
         let mut current = profile.current_portrait_id.clone();
         for p in &planned.portraits {
@@ -181,7 +181,7 @@ impl Importer<'_> {
         character_id: &str,
         portrait_id: &str,
         p: &PlannedPortrait,
-        report: &mut MigrationReport,
+        report: &mut LegacyImportReport,
     ) -> Result<(), FileError> {
         if !p.found {
             report.files_skipped.push(FileProblem {
