@@ -1,21 +1,26 @@
-//! `limner serve`'s one configuration: a table of every setting (config-file key, flag,
-//! `LIMNER_*` variable, default) and [`ServeConfig`], resolved once from flags > environment >
+//! `limner serve`'s one configuration: the table of every setting (`settings.toml`: file key,
+//! kind, default, help; the flag and `LIMNER_*` variable follow from the key) and
+//! [`ServeConfig`], resolved once from flags > environment >
 //! `--config` file > defaults. A bad value stops the server before it starts, naming where the
 //! value came from and the limit it broke.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use clap::{Arg, ArgAction, ArgMatches};
 use limner::auth::is_loopback_bind;
 use limner::jobs::{QueueConfig, MAX_CONCURRENCY, MAX_QUEUED};
+use serde::Deserialize;
 
 use crate::cmd::locations::Lookup;
 
 /// How a setting is given on the command line.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
 enum Kind {
+    #[default]
     Value,
     /// `--flag` alone means true; `--flag=false` is accepted too.
     Switch,
@@ -23,90 +28,43 @@ enum Kind {
     List,
 }
 
-/// One setting of `limner serve`.
-#[derive(Debug)]
+/// One setting of `limner serve`, as `settings.toml` describes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Setting {
     /// The config-file key (snake_case).
-    pub key: &'static str,
-    pub flag: &'static str,
-    pub env: &'static str,
+    pub key: String,
+    /// `--key` with dashes.
+    #[serde(skip)]
+    pub flag: String,
+    /// `LIMNER_KEY`.
+    #[serde(skip)]
+    pub env: String,
     /// The default as `--help` and the README state it. Settings resolved with
     /// [`Layers::or_default`] parse it, so the text is the value.
-    pub default: &'static str,
-    pub help: &'static str,
+    pub default: String,
+    pub help: String,
+    #[serde(default)]
     kind: Kind,
 }
 
-const fn setting(
-    key: &'static str,
-    flag: &'static str,
-    env: &'static str,
-    kind: Kind,
-    default: &'static str,
-    help: &'static str,
-) -> Setting {
-    Setting {
-        key,
-        flag,
-        env,
-        default,
-        help,
-        kind,
+#[derive(Deserialize)]
+struct Table {
+    setting: Vec<Setting>,
+}
+
+/// Every setting, from `settings.toml` (compiled in; the tests parse it, so it cannot fail at
+/// run time).
+pub static SETTINGS: LazyLock<Vec<Setting>> = LazyLock::new(|| {
+    let table: Table =
+        toml::from_str(include_str!("settings.toml")).expect("settings.toml is well-formed");
+    let mut settings = table.setting;
+    for s in &mut settings {
+        s.flag = s.key.replace('_', "-");
+        s.env = format!("LIMNER_{}", s.key.to_uppercase());
     }
-}
-
-use Kind::{List, Switch, Value};
-
-/// Every setting. Adding one: a row here, a field and a line in [`ServeConfig::resolve`], a row
-/// in the README's configuration table (a test checks it).
-#[rustfmt::skip]
-pub const SETTINGS: &[Setting] = &[
-    setting("host", "host", "LIMNER_HOST", Value, "127.0.0.1",
-        "Address to bind; anything but loopback requires authentication"),
-    setting("port", "port", "LIMNER_PORT", Value, "8000",
-        "Port to bind (0: any free port)"),
-    setting("data_dir", "data-dir", "LIMNER_DATA_DIR", Value,
-        "./data in a checkout, else $XDG_DATA_HOME/limner or ~/.local/share/limner",
-        "Where the database, images and signing secret live"),
-    setting("model", "model", "LIMNER_MODEL", Value,
-        "the first pulled model of weights.toml (a real one before the tiny test model)",
-        "The model used when a request names none: a weights.toml name or a path"),
-    setting("models", "models", "LIMNER_MODELS", List, "every pulled model",
-        "The models served by name (comma-separated)"),
-    setting("weights", "weights", "LIMNER_WEIGHTS", Value,
-        "./weights.toml, else DATA_DIR/weights.toml, else the built-in one",
-        "The model registry"),
-    setting("models_dir", "models-dir", "LIMNER_MODELS_DIR", Value,
-        "./models in a checkout, else DATA_DIR/models",
-        "Where pulled models live"),
-    setting("prompts_dir", "prompts-dir", "LIMNER_PROMPTS_DIR", Value,
-        "./prompts, else DATA_DIR/prompts, else the built-in ones",
-        "Portrait templates, one TOML file per art style"),
-    setting("device", "device", "LIMNER_DEVICE", Value, "auto",
-        "auto, cpu, cuda, cuda:N or metal"),
-    setting("dtype", "dtype", "LIMNER_DTYPE", Value, "auto",
-        "auto (f16 on a GPU, f32 on the CPU), f32, f16 or bf16"),
-    setting("flash_attn", "flash-attn", "LIMNER_FLASH_ATTN", Switch, "false",
-        "Flash attention on CUDA (needs a build with --features flash-attn)"),
-    setting("max_memory", "max-memory", "LIMNER_MAX_MEMORY", Value, "auto",
-        "Jobs estimated to need more memory are refused with 422 too_large before they start: \
-         a size (12G, 800M), none, or auto (90% of RAM on the CPU, no limit on a GPU)"),
-    setting("max_loaded", "max-loaded", "LIMNER_MAX_LOADED", Value, "2",
-        "Models kept loaded at once (the least recently used is dropped)"),
-    setting("queue_depth", "queue-depth", "LIMNER_QUEUE_DEPTH", Value, "8",
-        "Generations that may wait in the queue; more are refused with 429"),
-    setting("concurrency", "concurrency", "LIMNER_CONCURRENCY", Value, "1",
-        "Generations running at once"),
-    setting("request_timeout", "request-timeout", "LIMNER_REQUEST_TIMEOUT", Value, "60",
-        "Seconds a synchronous generation waits before it is cancelled (504)"),
-    setting("media_url_ttl", "media-url-ttl", "LIMNER_MEDIA_URL_TTL", Value, "3600",
-        "Seconds a signed media URL stays valid"),
-    setting("no_auth", "no-auth", "LIMNER_NO_AUTH", Switch, "false",
-        "Serve without authentication (only allowed on a loopback address)"),
-    setting("min_free_space", "min-free-space", "LIMNER_MIN_FREE_SPACE", Value, "0",
-        "Writes answer 507 while the data directory's disk has less free space than this: \
-         a size (512M, 2G); 0 or none: only a full disk refuses them"),
-];
+    settings
+});
 
 /// Limits stated once, for the checks and their messages alike.
 const MAX_LOADED: usize = 64;
@@ -118,23 +76,23 @@ fn find(key: &str) -> Option<&'static Setting> {
 }
 
 impl Setting {
-    fn arg(&self) -> Arg {
+    fn arg(&'static self) -> Arg {
         // The value name clap derives from a field: the variable without its prefix.
         let name = self.env.trim_start_matches("LIMNER_");
-        let arg = Arg::new(self.key)
-            .long(self.flag)
+        let arg = Arg::new(self.key.as_str())
+            .long(self.flag.as_str())
             .value_name(name)
             .help(format!(
                 "{} [env: {}] [default: {}]",
                 self.help, self.env, self.default
             ));
         match self.kind {
-            Value => arg,
-            Switch => arg
+            Kind::Value => arg,
+            Kind::Switch => arg
                 .num_args(0..=1)
                 .default_missing_value("true")
                 .value_name("BOOL"),
-            List => arg.action(ArgAction::Append).value_delimiter(','),
+            Kind::List => arg.action(ArgAction::Append).value_delimiter(','),
         }
     }
 }
@@ -173,13 +131,13 @@ impl Layer {
         var: impl Fn(&str) -> Option<std::ffi::OsString>,
     ) -> Result<Layer, ConfigError> {
         let mut layer = Layer::new(Origin::Env);
-        for s in SETTINGS {
-            let Some(raw) = var(s.env) else { continue };
+        for s in SETTINGS.iter() {
+            let Some(raw) = var(&s.env) else { continue };
             let text = raw
                 .into_string()
                 .map_err(|_| ConfigError(format!("{} is not valid UTF-8", s.env)))?;
             if !text.trim().is_empty() {
-                layer.values.insert(s.key, text);
+                layer.values.insert(&s.key, text);
             }
         }
         Ok(layer)
@@ -201,7 +159,7 @@ impl Layer {
         let mut layer = Layer::new(Origin::File(path.to_path_buf()));
         for (key, value) in &table {
             let Some(s) = find(key) else {
-                let known: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
+                let known: Vec<&str> = SETTINGS.iter().map(|s| s.key.as_str()).collect();
                 return Err(ConfigError(format!(
                     "unknown key '{key}' in config file {file}; the keys are: {}",
                     known.join(", ")
@@ -225,7 +183,7 @@ impl Layer {
                      list of strings"
                 ))
             })?;
-            layer.values.insert(s.key, text);
+            layer.values.insert(&s.key, text);
         }
         Ok(layer)
     }
@@ -248,10 +206,10 @@ pub struct Flags(pub Layer);
 impl clap::FromArgMatches for Flags {
     fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
         let mut layer = Layer::new(Origin::Flags);
-        for s in SETTINGS {
-            if let Some(values) = m.get_many::<String>(s.key) {
+        for s in SETTINGS.iter() {
+            if let Some(values) = m.get_many::<String>(&s.key) {
                 let values: Vec<&str> = values.map(String::as_str).collect();
-                layer.values.insert(s.key, values.join(","));
+                layer.values.insert(&s.key, values.join(","));
             }
         }
         Ok(Flags(layer))
@@ -285,7 +243,7 @@ impl Layers<'_> {
     ) -> Result<Option<T>, ConfigError> {
         let s = find(key).ok_or_else(|| ConfigError(format!("no setting '{key}'")))?;
         for layer in self.0 {
-            if let Some(raw) = layer.values.get(s.key) {
+            if let Some(raw) = layer.values.get(s.key.as_str()) {
                 return parse(raw.trim())
                     .map(Some)
                     .map_err(|m| layer.error(s, raw, &m));
@@ -304,7 +262,7 @@ impl Layers<'_> {
             return Ok(v);
         }
         let s = find(key).ok_or_else(|| ConfigError(format!("no setting '{key}'")))?;
-        parse(s.default).map_err(|m| ConfigError(format!("default of {key}: {m}")))
+        parse(&s.default).map_err(|m| ConfigError(format!("default of {key}: {m}")))
     }
 }
 

