@@ -248,108 +248,88 @@ fn single_file_sources_resolve_against_the_weights_folder() {
     );
 }
 
+/// `[models.a]` with `architecture` and the rest of its table.
+fn model_a(architecture: &str, rest: &str) -> String {
+    format!("[models.a]\narchitecture = \"{architecture}\"\n{rest}")
+}
+
+/// Model `a` from folder `x` with one line of defaults.
+fn with_default(architecture: &str, line: &str) -> String {
+    model_a(
+        architecture,
+        &format!("source = {{ path = \"x\" }}\n[models.a.defaults]\n{line}"),
+    )
+}
+
+/// Model `a` from hub repo `a/b` with `files` (a TOML list) and more lines.
+fn from_hub(files: &str, more: &str) -> String {
+    model_a(
+        "sd1",
+        &format!("source = {{ hub = \"a/b\", revision = \"main\", files = {files} }}\n{more}"),
+    )
+}
+
 #[test]
 fn errors_name_the_model_and_field() {
-    let cases: &[(&str, &str)] = &[
+    let cases: Vec<(String, &str)> = vec![
         (
-            r#"[models.a]
-            architecture = "sd3"
-            source = { path = "x" }"#,
+            model_a("sd3", r#"source = { path = "x" }"#),
             "model 'a': invalid architecture",
         ),
         (
-            r#"[models.a]
-            architecture = "sd1"
-            colour = "red"
-            source = { path = "x" }"#,
+            model_a("sd1", "colour = \"red\"\nsource = { path = \"x\" }"),
             "invalid colour: unknown key",
         ),
         (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { path = "x" }
-            [models.a.defaults]
-            steps = 0"#,
+            with_default("sd1", "steps = 0"),
             "invalid defaults.steps: 0 is outside 1..=150",
         ),
         (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { path = "x" }
-            [models.a.defaults]
-            width = 500"#,
+            with_default("sd1", "width = 500"),
             "invalid defaults.width: 500 is not a multiple of 8",
         ),
         (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { path = "x" }
-            [models.a.defaults]
-            sampler = 3"#,
+            with_default("sd1", "sampler = 3"),
             "invalid defaults.sampler: expected a string",
         ),
         (
-            r#"[models.t]
-            architecture = "sd-turbo"
-            source = { path = "x" }
-            [models.t.defaults]
-            steps = 20"#,
-            "model 't': invalid defaults.steps: 20 is outside 1..=4",
+            with_default("sd-turbo", "steps = 20"),
+            "model 'a': invalid defaults.steps: 20 is outside 1..=4",
         ),
         (
-            r#"[models.t]
-            architecture = "sd-turbo"
-            source = { path = "x" }
-            [models.t.defaults]
-            cfg_scale = 7"#,
+            with_default("sd-turbo", "cfg_scale = 7"),
             "invalid defaults.cfg_scale",
         ),
         (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { path = "x", file = "y.safetensors" }"#,
+            model_a("sd1", r#"source = { path = "x", file = "y.safetensors" }"#),
             "invalid source: give exactly one",
         ),
         (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { hub = "a/b", files = ["model_index.json"] }"#,
+            model_a(
+                "sd1",
+                r#"source = { hub = "a/b", files = ["model_index.json"] }"#,
+            ),
             "invalid source.revision: required",
         ),
         (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { hub = "a/b", revision = "main", files = ["../etc/passwd", "model_index.json"] }"#,
+            from_hub(r#"["../etc/passwd", "model_index.json"]"#, ""),
             "invalid source.files",
         ),
+        (from_hub(r#"["model.ckpt"]"#, ""), "pickled"),
+        (from_hub(r#"["unet/config.json"]"#, ""), "model_index.json"),
         (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { hub = "a/b", revision = "main", files = ["model.ckpt"] }"#,
-            "pickled",
-        ),
-        (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { hub = "a/b", revision = "main", files = ["unet/config.json"] }"#,
-            "model_index.json",
-        ),
-        (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { hub = "not a repo", revision = "main", files = ["model_index.json"] }"#,
+            model_a(
+                "sd1",
+                r#"source = { hub = "not a repo", revision = "main", files = ["model_index.json"] }"#,
+            ),
             "invalid source.hub",
         ),
         (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { file = "x.ckpt" }"#,
+            model_a("sd1", r#"source = { file = "x.ckpt" }"#),
             "invalid source.file: pickled",
         ),
         (
-            r#"[models."../up"]
-            architecture = "sd1"
-            source = { path = "x" }"#,
+            "[models.\"../up\"]\narchitecture = \"sd1\"\nsource = { path = \"x\" }".into(),
             "invalid name",
         ),
         (
@@ -360,27 +340,28 @@ fn errors_name_the_model_and_field() {
             [models.b]
             architecture = "sd1"
             styles = ["Fantasy"]
-            source = { path = "y" }"#,
+            source = { path = "y" }"#
+                .into(),
             "style 'fantasy' is already served by model 'a'",
         ),
         (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { hub = "a/b", revision = "main", files = ["model_index.json"] }
-            sha256 = { "model_index.json" = "abc" }"#,
+            from_hub(
+                r#"["model_index.json"]"#,
+                r#"sha256 = { "model_index.json" = "abc" }"#,
+            ),
             "invalid sha256.\"model_index.json\": expected 64 hex",
         ),
         (
-            r#"[models.a]
-            architecture = "sd1"
-            source = { hub = "a/b", revision = "main", files = ["model_index.json"] }
-            sha256 = { "other.json" = "abc" }"#,
+            from_hub(
+                r#"["model_index.json"]"#,
+                r#"sha256 = { "other.json" = "abc" }"#,
+            ),
             "not one of source.files",
         ),
-        ("[other]\nx = 1", "unknown top-level key 'other'"),
-        ("[models.a\n", "weights.toml"),
+        ("[other]\nx = 1".into(), "unknown top-level key 'other'"),
+        ("[models.a\n".into(), "weights.toml"),
     ];
-    for (text, want) in cases {
+    for (text, want) in &cases {
         let err = err_of(text);
         assert!(err.contains(want), "want {want:?} in {err:?}");
     }
