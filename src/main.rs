@@ -2,7 +2,7 @@
 
 mod cmd;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Paints tabletop-RPG character portraits with Stable Diffusion, in-process, and keeps the
 /// characters they belong to.
@@ -57,8 +57,27 @@ fn init_tracing(profile: Option<cmd::profile::Profile>) {
     tracing_subscriber::registry().with(fmt).with(spans).init();
 }
 
+/// What help shows beyond the arguments: `pull`'s list of the built-in registry's models.
+fn with_help_extras(cmd: clap::Command) -> clap::Command {
+    cmd.mut_subcommand("pull", |pull| pull.after_help(cmd::pull::built_in_models()))
+}
+
+/// The command line. Only a help request builds the help extras: they parse the built-in
+/// weights.toml, and every other run reads exactly one registry, the one it uses.
+fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
+            // Parses the same arguments again and prints the fuller help (then exits).
+            let matches = with_help_extras(Cli::command()).get_matches();
+            Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+        }
+        Err(e) => e.exit(),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = parse();
     let profile = match &cli.command {
         Command::Bench(args) if args.profile => Some(cmd::profile::Profile::default()),
         _ => None,
@@ -73,5 +92,26 @@ fn main() -> anyhow::Result<()> {
         Command::Pregen(args) => cmd::pregen::run(args),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Token(args) => cmd::token::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_help_lists_the_built_in_models() {
+        let plain = Cli::command();
+        let pull = plain.find_subcommand("pull").expect("pull");
+        assert!(
+            pull.get_after_help().is_none(),
+            "building the command line parses no registry"
+        );
+        let mut helped = with_help_extras(Cli::command());
+        let pull = helped.find_subcommand_mut("pull").expect("pull");
+        let help = pull.render_long_help().to_string();
+        for name in ["dreamshaper-8", "sd-turbo", "tiny-fixture"] {
+            assert!(help.contains(name), "{name} missing from: {help}");
+        }
     }
 }

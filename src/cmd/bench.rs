@@ -10,7 +10,7 @@ use limner::engine::request::GenerationRequest;
 use limner::engine::worker::generate_on;
 use serde_json::json;
 
-use super::common::{ModelArgs, ResolvedModel};
+use super::common::ModelArgs;
 
 /// Arguments of `limner bench`.
 #[derive(clap::Args)]
@@ -61,12 +61,8 @@ fn proc_status_mb(key: &str) -> Option<f64> {
 }
 
 pub fn run(args: Args, profile: Option<super::profile::Profile>) -> anyhow::Result<()> {
-    let ResolvedModel {
-        name,
-        source,
-        defaults,
-        options,
-    } = args.model.resolve()?;
+    let resolved = args.model.resolve()?;
+    let (name, options) = (&resolved.name, &resolved.options);
     let request = GenerationRequest {
         prompt: args.prompt.clone(),
         negative_prompt: "blurry, lowres".into(),
@@ -78,18 +74,18 @@ pub fn run(args: Args, profile: Option<super::profile::Profile>) -> anyhow::Resu
         height: Some(args.height),
         ..Default::default()
     }
-    .validate(&defaults)?;
+    .validate(&resolved.defaults)?;
 
     let load_started = Instant::now();
-    let model = StableDiffusion::load(&name, &source, &options)?;
+    let model = resolved.load()?;
     let load_s = load_started.elapsed().as_secs_f64();
     let rss_after_load_mb = rss_mb();
     if args.no_decode {
         return unet_only(
             &args,
             &model,
-            &name,
-            &options,
+            name,
+            options,
             load_s,
             rss_after_load_mb,
             profile,

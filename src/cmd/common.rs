@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use limner::engine::device::{parse_dtype, select_device};
-use limner::engine::loading::model::{LoadOptions, ModelSource};
+use limner::engine::loading::model::{LoadOptions, ModelSource, StableDiffusion};
 use limner::engine::request::Defaults;
 
 /// Model selection flags.
@@ -47,6 +47,16 @@ pub struct ResolvedModel {
     pub source: ModelSource,
     pub defaults: Defaults,
     pub options: LoadOptions,
+}
+
+impl ResolvedModel {
+    pub fn load(&self) -> anyhow::Result<StableDiffusion> {
+        Ok(StableDiffusion::load(
+            &self.name,
+            &self.source,
+            &self.options,
+        )?)
+    }
 }
 
 impl ModelArgs {

@@ -5,13 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use limner::engine::loading::model::StableDiffusion;
 use limner::engine::output::ImageFormat;
 use limner::engine::pipeline::CancelToken;
 use limner::engine::request::{GenerationRequest, HiresRequest};
 use limner::engine::worker::generate_on;
 
-use super::common::{ModelArgs, ResolvedModel};
+use super::common::ModelArgs;
 
 /// Arguments of `limner generate`.
 #[derive(clap::Args)]
@@ -75,14 +74,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let ResolvedModel {
-        name,
-        source,
-        defaults,
-        options,
-    } = args.model.resolve()?;
+    let resolved = args.model.resolve()?;
     let request = GenerationRequest {
-        model: Some(name.clone()),
+        model: Some(resolved.name.clone()),
         prompt: args.prompt,
         negative_prompt: args.negative,
         steps: args.steps,
@@ -104,10 +98,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         clip_skip: Some(args.clip_skip),
         format: Some(format.extension().to_string()),
     }
-    .validate(&defaults)?;
+    .validate(&resolved.defaults)?;
 
-    eprintln!("loading {name} ...");
-    let model = StableDiffusion::load(&name, &source, &options)?;
+    eprintln!("loading {} ...", resolved.name);
+    let model = resolved.load()?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} step {pos}/{len} {elapsed_precise} ETA {eta}")

@@ -38,6 +38,12 @@ impl Lookup {
         }
     }
 
+    /// A lookup from `cwd` with `user_dir` as the per-user folder.
+    #[cfg(test)]
+    pub fn at(cwd: PathBuf, user_dir: Option<PathBuf>) -> Lookup {
+        Lookup { cwd, user_dir }
+    }
+
     /// Whether the working directory is a limner checkout (or any folder set up like one).
     pub fn is_checkout(&self) -> bool {
         self.cwd.join("weights.toml").is_file() || self.cwd.join("models").is_dir()
@@ -109,10 +115,7 @@ pub fn default_data_dir() -> PathBuf {
 /// The models dir of commands without a `--data-dir` flag: `LIMNER_DATA_DIR` counts, so
 /// `limner pull` puts models where `limner serve` looks.
 pub fn default_models_dir() -> PathBuf {
-    let lookup = Lookup::from_env();
-    let data_dir = std::env::var_os("LIMNER_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| lookup.data_dir());
+    let (lookup, data_dir) = lookup_and_data_dir();
     lookup.models_dir(&data_dir)
 }
 
@@ -122,11 +125,18 @@ pub fn registry_for(flag: Option<&Path>) -> anyhow::Result<Registry> {
     if flag.is_some() {
         return load_registry(flag);
     }
+    let (lookup, data_dir) = lookup_and_data_dir();
+    load_registry(lookup.weights(&data_dir).as_deref())
+}
+
+/// The process's lookup and its data dir: `LIMNER_DATA_DIR`, else the default.
+fn lookup_and_data_dir() -> (Lookup, PathBuf) {
     let lookup = Lookup::from_env();
     let data_dir = std::env::var_os("LIMNER_DATA_DIR")
+        .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| lookup.data_dir());
-    load_registry(lookup.weights(&data_dir).as_deref())
+    (lookup, data_dir)
 }
 
 #[cfg(test)]

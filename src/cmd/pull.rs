@@ -19,7 +19,6 @@ use serde::Serialize;
 
 /// Arguments of `limner pull`.
 #[derive(clap::Args)]
-#[command(after_help = built_in_models())]
 pub struct Args {
     /// The model's name in weights.toml (e.g. dreamshaper-8, sd-turbo).
     #[arg(required_unless_present = "list")]
@@ -41,8 +40,9 @@ pub struct Args {
     pub data_dir: PathBuf,
 }
 
-/// `limner pull --help`'s list of the names the built-in weights.toml knows.
-fn built_in_models() -> String {
+/// `limner pull --help`'s list of the names the built-in weights.toml knows (added by `main`
+/// only when help is shown, so other runs never parse the built-in registry for it).
+pub fn built_in_models() -> String {
     let mut text = String::from("Models of the built-in weights.toml:\n");
     if let Ok(registry) = Registry::embedded() {
         for (name, entry) in registry.models() {

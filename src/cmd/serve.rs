@@ -1,178 +1,37 @@
-//! `limner serve`: one configuration (flags > environment > config file > defaults), the engine
-//! thread, the store, the job queue and the router, bound to an address and shut down
-//! gracefully on SIGTERM / Ctrl-C.
+//! `limner serve`: from one [`ServeConfig`] (flags > environment > config file > defaults, see
+//! `config`), the engine thread, the store, the job queue and the router, bound to an address
+//! and shut down gracefully on SIGTERM / Ctrl-C.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use limner::api::disk::DiskGuard;
 use limner::api::{self, AppState, Inner};
-use limner::auth::{is_loopback_bind, TokenStore, UrlSigner};
+use limner::auth::{TokenStore, UrlSigner};
 use limner::characters::{CharacterStore, SqliteStore};
 use limner::engine::worker::{EngineConfig, EngineHandle, ModelSpec};
-use limner::jobs::{JobQueue, QueueConfig};
+use limner::jobs::JobQueue;
 use limner::portraits::{
     device_defaults, DeviceClass, ImageBackend, LocalImageStore, NoModelBackend, PortraitService,
     StyleModels,
 };
 use limner::registry::Registry;
 
-use super::locations::{load_registry, load_templates, Lookup};
+use super::locations::{load_registry, load_templates};
 
-/// Every server setting; `None` means "not given here" so sources can be layered.
-#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServeConfig {
-    /// Address to bind. Anything but loopback requires authentication.
-    #[arg(long, env = "LIMNER_HOST")]
-    pub host: Option<String>,
-    #[arg(long, env = "LIMNER_PORT")]
-    pub port: Option<u16>,
-    /// Where the database and images live (default: ./data in a checkout, else
-    /// $XDG_DATA_HOME/limner or ~/.local/share/limner).
-    #[arg(long, env = "LIMNER_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// The model used when a request names none (a weights.toml name or a path). Default: the
-    /// first model of weights.toml that is downloaded, else the tiny test model.
-    #[arg(long, env = "LIMNER_MODEL")]
-    pub model: Option<String>,
-    /// More models to serve by name (comma-separated); default: every downloaded one.
-    #[arg(long, env = "LIMNER_MODELS", value_delimiter = ',')]
-    pub models: Option<Vec<String>>,
-    /// The model registry (default: ./weights.toml, else DATA_DIR/weights.toml, else the
-    /// built-in one).
-    #[arg(long, env = "LIMNER_WEIGHTS")]
-    pub weights: Option<PathBuf>,
-    /// Where pulled models live (default: ./models in a checkout, else DATA_DIR/models).
-    #[arg(long, env = "LIMNER_MODELS_DIR")]
-    pub models_dir: Option<PathBuf>,
-    /// Portrait templates, one TOML file per art style (default: ./prompts, else
-    /// DATA_DIR/prompts, else the built-in ones).
-    #[arg(long, env = "LIMNER_PROMPTS_DIR")]
-    pub prompts_dir: Option<PathBuf>,
-    /// auto, cpu, cuda, cuda:N, metal.
-    #[arg(long, env = "LIMNER_DEVICE")]
-    pub device: Option<String>,
-    /// auto (f16 on GPU, f32 on CPU), f32, f16, bf16.
-    #[arg(long, env = "LIMNER_DTYPE")]
-    pub dtype: Option<String>,
-    #[arg(long, env = "LIMNER_FLASH_ATTN", num_args = 0..=1, default_missing_value = "true")]
-    pub flash_attn: Option<bool>,
-    /// Jobs estimated to need more memory than this are refused with 422 too_large before
-    /// they start: a size (12G, 800M), "auto" (90% of physical memory) or "none".
-    #[arg(long, env = "LIMNER_MAX_MEMORY")]
-    pub max_memory: Option<String>,
-    /// Models kept loaded at once (least recently used is dropped).
-    #[arg(long, env = "LIMNER_MAX_LOADED")]
-    pub max_loaded: Option<usize>,
-    /// Generations that may wait in the queue; more are refused with 429.
-    #[arg(long, env = "LIMNER_QUEUE_DEPTH")]
-    pub queue_depth: Option<usize>,
-    /// Generations running at once per device.
-    #[arg(long, env = "LIMNER_CONCURRENCY")]
-    pub concurrency: Option<usize>,
-    /// Seconds a synchronous generation waits before it is cancelled (504).
-    #[arg(long, env = "LIMNER_REQUEST_TIMEOUT")]
-    pub request_timeout: Option<u64>,
-    /// Seconds a signed media URL stays valid.
-    #[arg(long, env = "LIMNER_MEDIA_URL_TTL")]
-    pub media_url_ttl: Option<u64>,
-    /// Serve without authentication (only allowed on a loopback address).
-    #[arg(long, env = "LIMNER_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
-    pub no_auth: Option<bool>,
-    /// Writes are refused with 507 while the data directory's disk has less free space than
-    /// this (a size such as 512M or 2G; default 0 = only a really full disk refuses them).
-    #[arg(long, env = "LIMNER_MIN_FREE_SPACE")]
-    pub min_free_space: Option<String>,
-}
+mod config;
+#[cfg(test)]
+mod config_tests;
 
-/// The layered, complete configuration.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub host: String,
-    pub port: u16,
-    pub data_dir: PathBuf,
-    pub model: Option<String>,
-    pub models: Option<Vec<String>>,
-    /// `None`: the built-in `weights.toml`.
-    pub weights: Option<PathBuf>,
-    pub models_dir: PathBuf,
-    /// `None`: the built-in templates.
-    pub prompts_dir: Option<PathBuf>,
-    pub device: String,
-    pub dtype: String,
-    pub flash_attn: bool,
-    pub max_memory: Option<String>,
-    pub max_loaded: usize,
-    pub queue_depth: usize,
-    pub concurrency: usize,
-    pub request_timeout: Duration,
-    pub media_url_ttl: u64,
-    pub no_auth: bool,
-    pub min_free_space: Option<String>,
-}
-
-impl ServeConfig {
-    /// Reads a TOML config file with the same keys as the flags (snake_case).
-    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
-        toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))
-    }
-
-    /// `self` (flags and environment) over `file` over the defaults `lookup` finds.
-    pub fn layer(self, file: ServeConfig, lookup: &Lookup) -> Settings {
-        macro_rules! pick {
-            ($f:ident, $default:expr) => {
-                self.$f
-                    .clone()
-                    .or(file.$f.clone())
-                    .unwrap_or_else(|| $default)
-            };
-        }
-        let data_dir = pick!(data_dir, lookup.data_dir());
-        Settings {
-            host: pick!(host, "127.0.0.1".into()),
-            port: pick!(port, 8000),
-            model: self.model.clone().or(file.model.clone()),
-            models: self.models.clone().or(file.models.clone()),
-            weights: self
-                .weights
-                .clone()
-                .or(file.weights.clone())
-                .or_else(|| lookup.weights(&data_dir)),
-            models_dir: pick!(models_dir, lookup.models_dir(&data_dir)),
-            prompts_dir: self
-                .prompts_dir
-                .clone()
-                .or(file.prompts_dir.clone())
-                .or_else(|| lookup.prompts_dir(&data_dir)),
-            data_dir,
-            device: pick!(device, "auto".into()),
-            dtype: pick!(dtype, "auto".into()),
-            flash_attn: pick!(flash_attn, false),
-            max_memory: self.max_memory.clone().or(file.max_memory.clone()),
-            max_loaded: pick!(max_loaded, 2),
-            queue_depth: pick!(queue_depth, 8),
-            concurrency: pick!(concurrency, 1),
-            request_timeout: Duration::from_secs(pick!(request_timeout, 60)),
-            media_url_ttl: pick!(media_url_ttl, 3600),
-            no_auth: pick!(no_auth, false),
-            min_free_space: self.min_free_space.clone().or(file.min_free_space.clone()),
-        }
-    }
-}
+pub use config::{Flags, ServeConfig};
 
 /// Which models to serve: explicit names, else every model of weights.toml whose files are
 /// here; the default model first. Returns (default name, specs), or `None` when no model was
 /// named and none is pulled (the server then runs without one, see [`no_model_hint`]).
 fn model_specs(
-    s: &Settings,
+    s: &ServeConfig,
     registry: &Registry,
 ) -> anyhow::Result<Option<(String, Vec<ModelSpec>)>> {
     let spec = |name: &str| -> anyhow::Result<ModelSpec> {
@@ -187,15 +46,12 @@ fn model_specs(
     let mut specs: Vec<ModelSpec> = vec![];
     let wanted: Vec<String> = match &s.models {
         Some(list) => list.clone(),
-        None => registry
-            .names()
-            .filter(|n| registry.resolve(n, &s.models_dir).is_ok())
-            .map(str::to_string)
-            .collect(),
+        None => registry.names().map(str::to_string).collect(),
     };
     for name in &wanted {
         match spec(name) {
             Ok(m) => specs.push(m),
+            // Not named, so not pulled is fine: only the models that are here are served.
             Err(e) if s.models.is_none() => tracing::debug!(model = name, error = %e, "skipped"),
             Err(e) => return Err(e),
         }
@@ -228,7 +84,7 @@ fn model_specs(
 }
 
 /// What a server without any model says in `/health` and to every generation request.
-fn no_model_hint(s: &Settings) -> String {
+fn no_model_hint(s: &ServeConfig) -> String {
     format!(
         "no model is installed (looked in {}): run `limner pull sd-turbo` (quick on a CPU) or \
          `limner pull dreamshaper-8`, then restart `limner serve`; or pass --model PATH",
@@ -243,15 +99,7 @@ pub struct Built {
 }
 
 /// Builds the state: store, tokens, engine thread (loading in the background), queue, service.
-pub fn build(s: &Settings) -> anyhow::Result<Built> {
-    if s.no_auth && !is_loopback_bind(&s.host) {
-        anyhow::bail!(
-            "refusing to serve {} without authentication: --no-auth is only allowed on a loopback address (127.0.0.1, ::1)",
-            s.host
-        );
-    }
-    // A bad size is a start-up error before any model loads.
-    min_free_bytes(s)?;
+pub fn build(s: &ServeConfig) -> anyhow::Result<Built> {
     std::fs::create_dir_all(&s.data_dir)?;
     let store = SqliteStore::open_in_data_dir(&s.data_dir)?;
     let db_path = store
@@ -267,26 +115,43 @@ pub fn build(s: &Settings) -> anyhow::Result<Built> {
     };
     let signer = UrlSigner::load_or_create(&s.data_dir.join("secret.key"), s.media_url_ttl)?;
     let templates = load_templates(s.prompts_dir.as_deref())?;
+    // Read once here; everything after borrows it.
     let registry = load_registry(s.weights.as_deref())?;
-    let Some((default_model, mut specs)) = model_specs(s, &registry)? else {
+    let device = DeviceClass::from_spec(&s.device);
+    let (backend, styles) = backend(s, &registry, device)?;
+    let store: Arc<dyn CharacterStore> = Arc::new(store);
+    let images = Arc::new(LocalImageStore::new(s.data_dir.join("media")));
+    let portraits = PortraitService::new(store.clone(), images, backend.clone(), templates, styles);
+    portraits.speed().set_device(device.as_str());
+    let jobs = JobQueue::new(s.queue.clone())?;
+    let state = AppState::new(Inner {
+        store,
+        portraits,
+        backend,
+        jobs,
+        tokens,
+        signer,
+        request_timeout: s.request_timeout,
+    })
+    .with_disk_guard(DiskGuard::with_reserve(&s.data_dir, s.min_free_space));
+    Ok(Built { state, admin_token })
+}
+
+/// The engine thread on the served models with their per-device defaults, and the art style ->
+/// model map; without any model, a backend that says how to get one.
+fn backend(
+    s: &ServeConfig,
+    registry: &Registry,
+    device: DeviceClass,
+) -> anyhow::Result<(Arc<dyn ImageBackend>, StyleModels)> {
+    let Some((default_model, mut specs)) = model_specs(s, registry)? else {
         let hint = no_model_hint(s);
         tracing::warn!("{hint}");
-        let backend: Arc<dyn ImageBackend> = Arc::new(NoModelBackend::new(hint));
-        return finish_build(
-            s,
-            store,
-            tokens,
-            signer,
-            templates,
-            backend,
-            StyleModels::new(),
-        )
-        .map(|state| Built { state, admin_token });
+        return Ok((Arc::new(NoModelBackend::new(hint)), StyleModels::new()));
     };
     let served: Vec<String> = specs.iter().map(|m| m.name.clone()).collect();
-    let mut styles = StyleModels::from_registry(&registry, &served);
+    let mut styles = StyleModels::from_registry(registry, &served);
     // Defaults that finish on this device: the regeneration guide's on a GPU, cheaper on a CPU.
-    let device = DeviceClass::from_spec(&s.device);
     for spec in &mut specs {
         let entry_hires = registry.get(&spec.name).and_then(|e| e.defaults.hires_fix);
         let (defaults, hires) = device_defaults(spec.defaults.clone(), entry_hires, device);
@@ -300,7 +165,7 @@ pub fn build(s: &Settings) -> anyhow::Result<Built> {
         dtype: s.dtype.clone(),
         use_flash_attn: s.flash_attn,
         max_memory: limner::engine::memory::resolve_limit(
-            s.max_memory.as_deref(),
+            Some(&s.max_memory),
             device == DeviceClass::Cpu,
         )
         .map_err(|e| anyhow::anyhow!(e))?,
@@ -311,56 +176,12 @@ pub fn build(s: &Settings) -> anyhow::Result<Built> {
         &s.data_dir,
     ));
     let engine = EngineHandle::spawn_with_hashes(config, hashes)?;
-    let backend: Arc<dyn ImageBackend> = Arc::new(engine);
-    let state = finish_build(s, store, tokens, signer, templates, backend, styles)?;
-    Ok(Built { state, admin_token })
-}
-
-/// The part of [`build`] after the backend: media store, portrait service, queue, state.
-fn finish_build(
-    s: &Settings,
-    store: SqliteStore,
-    tokens: Option<TokenStore>,
-    signer: UrlSigner,
-    templates: limner::portraits::PortraitTemplates,
-    backend: Arc<dyn ImageBackend>,
-    styles: StyleModels,
-) -> anyhow::Result<AppState> {
-    let store: Arc<dyn CharacterStore> = Arc::new(store);
-    let images = Arc::new(LocalImageStore::new(s.data_dir.join("media")));
-    let portraits = PortraitService::new(store.clone(), images, backend.clone(), templates, styles);
-    portraits
-        .speed()
-        .set_device(DeviceClass::from_spec(&s.device).as_str());
-    let jobs = JobQueue::new(QueueConfig {
-        max_queued: s.queue_depth,
-        concurrency: s.concurrency,
-        ..Default::default()
-    })?;
-    Ok(AppState::new(Inner {
-        store,
-        portraits,
-        backend,
-        jobs,
-        tokens,
-        signer,
-        request_timeout: s.request_timeout,
-    })
-    .with_disk_guard(DiskGuard::with_reserve(&s.data_dir, min_free_bytes(s)?)))
-}
-
-/// `--min-free-space` in bytes (0 when unset or off).
-fn min_free_bytes(s: &Settings) -> anyhow::Result<u64> {
-    Ok(match s.min_free_space.as_deref().map(str::trim) {
-        None | Some("") | Some("none") | Some("off") => 0,
-        Some(size) => limner::engine::memory::parse_size(size)
-            .map_err(|e| anyhow::anyhow!("min_free_space: {e}"))?,
-    })
+    Ok((Arc::new(engine), styles))
 }
 
 /// Binds and serves until SIGTERM / Ctrl-C, then stops accepting, lets running jobs finish for
 /// a grace period, cancels the rest and exits.
-pub async fn serve(s: Settings) -> anyhow::Result<()> {
+pub async fn serve(s: ServeConfig) -> anyhow::Result<()> {
     let built = build(&s)?;
     let addr: SocketAddr = format!("{}:{}", s.host, s.port)
         .parse()
@@ -422,25 +243,22 @@ async fn shutdown_signal() {
 }
 
 /// Arguments of `limner serve`: every setting can also come from the environment (LIMNER_*)
-/// or a TOML config file with the same keys.
+/// or a TOML config file with the same keys (see [`config::SETTINGS`]).
 #[derive(clap::Args)]
 pub struct Args {
-    /// A TOML file with any of the settings below (flags and environment win over it).
+    /// A TOML file with any of the settings below, keys in snake_case (flags and environment
+    /// win over it).
     #[arg(long, env = "LIMNER_CONFIG")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub settings: ServeConfig,
+    pub flags: Flags,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let file = match &args.config {
-        Some(path) => ServeConfig::from_file(path)?,
-        None => ServeConfig::default(),
-    };
-    let settings = args.settings.layer(file, &Lookup::from_env());
+    let config = ServeConfig::from_process(args.flags, args.config.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("limner-http")
         .build()?;
-    runtime.block_on(serve(settings))
+    runtime.block_on(serve(config))
 }

@@ -248,87 +248,122 @@ fn single_file_sources_resolve_against_the_weights_folder() {
     );
 }
 
+/// `[models.a]` with `architecture` and the rest of its table.
+fn model_a(architecture: &str, rest: &str) -> String {
+    format!("[models.a]\narchitecture = \"{architecture}\"\n{rest}")
+}
+
+/// Model `a` from folder `x` with one line of defaults.
+fn with_default(architecture: &str, line: &str) -> String {
+    model_a(
+        architecture,
+        &format!("source = {{ path = \"x\" }}\n[models.a.defaults]\n{line}"),
+    )
+}
+
+/// Model `a` from hub repo `a/b` with `files` (a TOML list) and more lines.
+fn from_hub(files: &str, more: &str) -> String {
+    model_a(
+        "sd1",
+        &format!("source = {{ hub = \"a/b\", revision = \"main\", files = {files} }}\n{more}"),
+    )
+}
+
 #[test]
 fn errors_name_the_model_and_field() {
-    // Each bad entry of model `a` (an sd1 model): the lines after its architecture, and what the
-    // error must say.
-    let sd1_lines: &[(&str, &str)] = &[
-        ("colour = \"red\"\nsource = { path = \"x\" }", "invalid colour: unknown key"),
+    let cases: Vec<(String, &str)> = vec![
         (
-            "source = { path = \"x\" }\n[models.a.defaults]\nsteps = 0",
-            "invalid defaults.steps: 0 is outside 1..=150",
-        ),
-        (
-            "source = { path = \"x\" }\n[models.a.defaults]\nwidth = 500",
-            "invalid defaults.width: 500 is not a multiple of 8",
-        ),
-        (
-            "source = { path = \"x\" }\n[models.a.defaults]\nsampler = 3",
-            "invalid defaults.sampler: expected a string",
-        ),
-        ("source = { path = \"x\", file = \"y.safetensors\" }", "invalid source: give exactly one"),
-        ("source = { hub = \"a/b\", files = [\"model_index.json\"] }", "invalid source.revision: required"),
-        (
-            "source = { hub = \"a/b\", revision = \"main\", files = [\"../etc/passwd\", \"model_index.json\"] }",
-            "invalid source.files",
-        ),
-        ("source = { hub = \"a/b\", revision = \"main\", files = [\"model.ckpt\"] }", "pickled"),
-        ("source = { hub = \"a/b\", revision = \"main\", files = [\"unet/config.json\"] }", "model_index.json"),
-        (
-            "source = { hub = \"not a repo\", revision = \"main\", files = [\"model_index.json\"] }",
-            "invalid source.hub",
-        ),
-        ("source = { file = \"x.ckpt\" }", "invalid source.file: pickled"),
-        (
-            "styles = [\"fantasy\"]\nsource = { path = \"x\" }\n\
-             [models.b]\narchitecture = \"sd1\"\nstyles = [\"Fantasy\"]\nsource = { path = \"y\" }",
-            "style 'fantasy' is already served by model 'a'",
-        ),
-        (
-            "source = { hub = \"a/b\", revision = \"main\", files = [\"model_index.json\"] }\n\
-             sha256 = { \"model_index.json\" = \"abc\" }",
-            "invalid sha256.\"model_index.json\": expected 64 hex",
-        ),
-        (
-            "source = { hub = \"a/b\", revision = \"main\", files = [\"model_index.json\"] }\n\
-             sha256 = { \"other.json\" = \"abc\" }",
-            "not one of source.files",
-        ),
-    ];
-    let whole_files: &[(&str, &str)] = &[
-        (
-            "[models.a]\narchitecture = \"sd3\"\nsource = { path = \"x\" }",
+            model_a("sd3", r#"source = { path = "x" }"#),
             "model 'a': invalid architecture",
         ),
         (
-            "[models.t]\narchitecture = \"sd-turbo\"\nsource = { path = \"x\" }\n\
-             [models.t.defaults]\nsteps = 20",
-            "model 't': invalid defaults.steps: 20 is outside 1..=4",
+            model_a("sd1", "colour = \"red\"\nsource = { path = \"x\" }"),
+            "invalid colour: unknown key",
         ),
         (
-            "[models.t]\narchitecture = \"sd-turbo\"\nsource = { path = \"x\" }\n\
-             [models.t.defaults]\ncfg_scale = 7",
+            with_default("sd1", "steps = 0"),
+            "invalid defaults.steps: 0 is outside 1..=150",
+        ),
+        (
+            with_default("sd1", "width = 500"),
+            "invalid defaults.width: 500 is not a multiple of 8",
+        ),
+        (
+            with_default("sd1", "sampler = 3"),
+            "invalid defaults.sampler: expected a string",
+        ),
+        (
+            with_default("sd-turbo", "steps = 20"),
+            "model 'a': invalid defaults.steps: 20 is outside 1..=4",
+        ),
+        (
+            with_default("sd-turbo", "cfg_scale = 7"),
             "invalid defaults.cfg_scale",
         ),
         (
-            "[models.\"../up\"]\narchitecture = \"sd1\"\nsource = { path = \"x\" }",
+            model_a("sd1", r#"source = { path = "x", file = "y.safetensors" }"#),
+            "invalid source: give exactly one",
+        ),
+        (
+            model_a(
+                "sd1",
+                r#"source = { hub = "a/b", files = ["model_index.json"] }"#,
+            ),
+            "invalid source.revision: required",
+        ),
+        (
+            from_hub(r#"["../etc/passwd", "model_index.json"]"#, ""),
+            "invalid source.files",
+        ),
+        (from_hub(r#"["model.ckpt"]"#, ""), "pickled"),
+        (from_hub(r#"["unet/config.json"]"#, ""), "model_index.json"),
+        (
+            model_a(
+                "sd1",
+                r#"source = { hub = "not a repo", revision = "main", files = ["model_index.json"] }"#,
+            ),
+            "invalid source.hub",
+        ),
+        (
+            model_a("sd1", r#"source = { file = "x.ckpt" }"#),
+            "invalid source.file: pickled",
+        ),
+        (
+            "[models.\"../up\"]\narchitecture = \"sd1\"\nsource = { path = \"x\" }".into(),
             "invalid name",
         ),
-        ("[other]\nx = 1", "unknown top-level key 'other'"),
-        ("[models.a\n", "weights.toml"),
-    ];
-    let sd1 = sd1_lines.iter().map(|(lines, want)| {
         (
-            format!("[models.a]\narchitecture = \"sd1\"\n{lines}"),
-            *want,
-        )
-    });
-    let whole = whole_files
-        .iter()
-        .map(|(text, want)| (text.to_string(), *want));
-    for (text, want) in sd1.chain(whole) {
-        let err = err_of(&text);
-        assert!(err.contains(want), "want {want:?} in {err:?} for\n{text}");
+            r#"[models.a]
+            architecture = "sd1"
+            styles = ["fantasy"]
+            source = { path = "x" }
+            [models.b]
+            architecture = "sd1"
+            styles = ["Fantasy"]
+            source = { path = "y" }"#
+                .into(),
+            "style 'fantasy' is already served by model 'a'",
+        ),
+        (
+            from_hub(
+                r#"["model_index.json"]"#,
+                r#"sha256 = { "model_index.json" = "abc" }"#,
+            ),
+            "invalid sha256.\"model_index.json\": expected 64 hex",
+        ),
+        (
+            from_hub(
+                r#"["model_index.json"]"#,
+                r#"sha256 = { "other.json" = "abc" }"#,
+            ),
+            "not one of source.files",
+        ),
+        ("[other]\nx = 1".into(), "unknown top-level key 'other'"),
+        ("[models.a\n".into(), "weights.toml"),
+    ];
+    for (text, want) in &cases {
+        let err = err_of(text);
+        assert!(err.contains(want), "want {want:?} in {err:?}");
     }
 }
 

@@ -203,40 +203,102 @@ async fn run_and_reply(
     Ok(reply(g.common, g.echo, &out, info))
 }
 
+/// What txt2img and img2img bodies share for [`open`].
+trait Body: serde::de::DeserializeOwned {
+    fn fill_defaults(&mut self);
+    fn to_request(&self) -> Result<(GenerationRequest, Vec<String>), ApiError>;
+    fn common(&self) -> &Common;
+}
+
+impl Body for Txt2ImgBody {
+    fn fill_defaults(&mut self) {
+        Txt2ImgBody::fill_defaults(self)
+    }
+    fn to_request(&self) -> Result<(GenerationRequest, Vec<String>), ApiError> {
+        Txt2ImgBody::to_request(self)
+    }
+    fn common(&self) -> &Common {
+        &self.common
+    }
+}
+
+impl Body for Img2ImgBody {
+    fn fill_defaults(&mut self) {
+        Img2ImgBody::fill_defaults(self)
+    }
+    fn to_request(&self) -> Result<(GenerationRequest, Vec<String>), ApiError> {
+        Img2ImgBody::to_request(self)
+    }
+    fn common(&self) -> &Common {
+        &self.common
+    }
+}
+
+/// A txt2img or img2img request read as far as both read it alike.
+struct Opened<B> {
+    user: String,
+    /// With A1111's defaults filled in.
+    body: B,
+    /// The engine request, not yet validated.
+    req: GenerationRequest,
+    /// What the request asks for that is not applied.
+    notes: Vec<String>,
+    model: String,
+}
+
+/// The opening of both generation endpoints: the caller, the body with A1111's defaults, the
+/// engine request and the model it runs on.
+fn open<B: Body>(
+    state: &AppState,
+    compat: &CompatState,
+    caller: Result<Caller, ApiError>,
+    body: Result<ApiJson<Value>, ApiError>,
+) -> Result<Opened<B>, A1111Error> {
+    let Caller(caller) = caller?;
+    let ApiJson(body) = body?;
+    let mut body: B = from_body(body)?;
+    body.fill_defaults();
+    let (req, notes) = body.to_request()?;
+    let model = pick_model(
+        state,
+        compat,
+        &caller.user,
+        body.common().checkpoint(),
+        "override_settings.sd_model_checkpoint",
+    )?;
+    Ok(Opened {
+        user: caller.user,
+        body,
+        req,
+        notes,
+        model,
+    })
+}
+
 pub(crate) async fn txt2img(
     State(state): State<AppState>,
     Extension(compat): Extension<Arc<CompatState>>,
     caller: Result<Caller, ApiError>,
     body: Result<ApiJson<Value>, ApiError>,
 ) -> Result<Json<Value>, A1111Error> {
-    let Caller(caller) = caller?;
-    let ApiJson(body) = body?;
-    let mut body: Txt2ImgBody = from_body(body)?;
-    body.fill_defaults();
-    let (req, notes) = body.to_request()?;
-    let model = pick_model(
-        &state,
-        &compat,
-        &caller.user,
-        body.common.checkpoint(),
-        "override_settings.sd_model_checkpoint",
-    )?;
-    let valid = validate(&state, &model, req)?;
+    let o = open::<Txt2ImgBody>(&state, &compat, caller, body)?;
+    let (body, notes) = (&o.body, &o.notes);
+    let valid = validate(&state, &o.model, o.req)?;
     let denoising = valid
         .job
         .hires
         .as_ref()
         .map(|h| h.denoising_strength)
         .or(body.common.denoising_strength);
-    let echo = serde_json::to_value(&body).map_err(|e| ApiError::internal(e.to_string()))?;
+    let echo = serde_json::to_value(body).map_err(|e| ApiError::internal(e.to_string()))?;
     let done = Generation {
         kind: "txt2img",
         common: &body.common,
         echo,
         denoising,
-        notes: &notes,
+        notes,
     };
-    run_and_reply(&state, &compat, &caller.user, valid, done).await
+    run_and_reply(&state, &compat, &o.user, valid, done).await
 }
 
 pub(crate) async fn img2img(
@@ -245,18 +307,13 @@ pub(crate) async fn img2img(
     caller: Result<Caller, ApiError>,
     body: Result<ApiJson<Value>, ApiError>,
 ) -> Result<Json<Value>, A1111Error> {
-    let Caller(caller) = caller?;
-    let ApiJson(body) = body?;
-    let mut body: Img2ImgBody = from_body(body)?;
-    body.fill_defaults();
-    let (req, notes) = body.to_request()?;
-    let model = pick_model(
-        &state,
-        &compat,
-        &caller.user,
-        body.common.checkpoint(),
-        "override_settings.sd_model_checkpoint",
-    )?;
+    let Opened {
+        user,
+        body,
+        req,
+        notes,
+        model,
+    } = open::<Img2ImgBody>(&state, &compat, caller, body)?;
     // Decoding and resizing the init image is CPU work: off the async threads.
     let first = body
         .init_images
@@ -298,5 +355,5 @@ pub(crate) async fn img2img(
         denoising,
         notes: &notes,
     };
-    run_and_reply(&state, &compat, &caller.user, valid, done).await
+    run_and_reply(&state, &compat, &user, valid, done).await
 }
