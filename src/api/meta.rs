@@ -9,13 +9,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::caller::Caller;
 use super::blocking;
+use super::caller::Caller;
 use super::characters::enriched;
 use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::characters::pregenerated;
-use crate::engine::worker::EngineState;
+use crate::engine::EngineState;
 
 pub async fn health(State(state): State<AppState>) -> Response {
     let engine = match state.backend.state() {

@@ -5,11 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use limner::engine::loading::model::StableDiffusion;
-use limner::engine::output::ImageFormat;
-use limner::engine::pipeline::CancelToken;
-use limner::engine::request::{GenerationRequest, HiresRequest};
-use limner::engine::worker::generate_on;
+use limner::engine::{
+    decode_image, CancelToken, GenerationRequest, HiresRequest, ImageFormat, LocalModel,
+};
 
 use super::common::{ModelArgs, ResolvedModel};
 
@@ -71,15 +69,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => {
             let bytes =
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            Some(limner::engine::output::decode_image(&bytes)?)
+            Some(decode_image(&bytes)?)
         }
         None => None,
     };
     let ResolvedModel {
         name,
-        source,
         defaults,
-        options,
+        config,
     } = args.model.resolve()?;
     let request = GenerationRequest {
         model: Some(name.clone()),
@@ -103,18 +100,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }),
         clip_skip: Some(args.clip_skip),
         format: Some(format.extension().to_string()),
+        preview_every: None,
     }
     .validate(&defaults)?;
 
     eprintln!("loading {name} ...");
-    let model = StableDiffusion::load(&name, &source, &options)?;
+    let model = LocalModel::load(&config)?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} step {pos}/{len} {elapsed_precise} ETA {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let result = generate_on(
-        &model,
+    let result = model.generate(
         &request,
         &mut |p| {
             bar.set_length(p.total as u64);

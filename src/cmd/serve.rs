@@ -13,7 +13,7 @@ use limner::api::disk::DiskGuard;
 use limner::api::{self, AppState, Inner};
 use limner::auth::{is_loopback_bind, TokenStore, UrlSigner};
 use limner::characters::{CharacterStore, SqliteStore};
-use limner::engine::worker::{EngineConfig, EngineHandle, ModelSpec};
+use limner::engine::{Engine, EngineConfig, ModelSpec};
 use limner::jobs::{JobQueue, QueueConfig};
 use limner::portraits::{
     device_defaults, DeviceClass, ImageBackend, LocalImageStore, NoModelBackend, PortraitService,
@@ -299,7 +299,7 @@ pub fn build(s: &Settings) -> anyhow::Result<Built> {
         device: s.device.clone(),
         dtype: s.dtype.clone(),
         use_flash_attn: s.flash_attn,
-        max_memory: limner::engine::memory::resolve_limit(
+        max_memory: limner::engine::memory_limit(
             s.max_memory.as_deref(),
             device == DeviceClass::Cpu,
         )
@@ -307,10 +307,8 @@ pub fn build(s: &Settings) -> anyhow::Result<Built> {
         max_loaded: s.max_loaded,
     };
     // Model hashes (A1111's `[hash]` titles) are cached in the data dir, computed in the background.
-    let hashes = Arc::new(limner::engine::loading::model_hash::HashCache::open(
-        &s.data_dir,
-    ));
-    let engine = EngineHandle::spawn_with_hashes(config, hashes)?;
+    let hashes = Arc::new(limner::engine::HashCache::open(&s.data_dir));
+    let engine = Engine::spawn_with_hashes(config, hashes)?;
     let backend: Arc<dyn ImageBackend> = Arc::new(engine);
     let state = finish_build(s, store, tokens, signer, templates, backend, styles)?;
     Ok(Built { state, admin_token })
@@ -353,8 +351,9 @@ fn finish_build(
 fn min_free_bytes(s: &Settings) -> anyhow::Result<u64> {
     Ok(match s.min_free_space.as_deref().map(str::trim) {
         None | Some("") | Some("none") | Some("off") => 0,
-        Some(size) => limner::engine::memory::parse_size(size)
-            .map_err(|e| anyhow::anyhow!("min_free_space: {e}"))?,
+        Some(size) => {
+            limner::engine::parse_size(size).map_err(|e| anyhow::anyhow!("min_free_space: {e}"))?
+        }
     })
 }
 

@@ -19,8 +19,8 @@ use super::a1111::validate;
 use super::errors::OpenAiError;
 use super::run::{self, CompatJob};
 use super::{from_body, resolve_model, to_base64, CompatState};
-use crate::api::caller::Caller;
 use crate::api::blocking;
+use crate::api::caller::Caller;
 use crate::api::error::ApiError;
 use crate::api::extract::ApiJson;
 use crate::api::AppState;
@@ -169,7 +169,7 @@ pub(crate) async fn generations(
         Some("format") => ApiError::validation("output_format", e.message),
         _ => e,
     })?;
-    let ext = valid.format.extension();
+    let ext = valid.format().extension();
     let job = CompatJob {
         kind: "openai",
         request: valid,

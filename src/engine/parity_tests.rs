@@ -8,15 +8,15 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
-use limner::engine::loading::model::{LoadOptions, ModelSource, StableDiffusion};
-use limner::engine::noise::{NoisePurpose, NoiseSource};
-use limner::engine::pipeline::{CancelToken, Job};
-use limner::engine::samplers::{
+use crate::engine::loading::model::{LoadOptions, ModelSource, StableDiffusion};
+use crate::engine::noise::{NoisePurpose, NoiseSource};
+use crate::engine::pipeline::{CancelToken, Job};
+use crate::engine::samplers::{
     build_sampler, img2img_start, parse_sampler, python_json_to_strict, SchedulerConfig,
 };
-use limner::engine::text::ClipTokenizer;
-use limner::engine::EngineError;
+use crate::engine::text::ClipTokenizer;
+use crate::engine::EngineError;
+use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 fn fixture_dir() -> PathBuf {
@@ -188,6 +188,7 @@ fn run_pipeline_case(
         hires: None,
         clip_skip: 0,
         plain_prompt: true,
+        preview_every: None,
     };
     let noise_key = if img2img { "noise" } else { "initial_noise" };
     let replay = Replay {

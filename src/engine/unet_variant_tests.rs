@@ -7,11 +7,11 @@
 
 use std::path::Path;
 
+use crate::engine::architecture::UNetConfig;
+use crate::engine::cancel::CancelToken;
+use crate::engine::models::unet::{UNet, UNetInputs};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use limner::engine::cancel::CancelToken;
-use limner::engine::config::UNetConfig;
-use limner::engine::models::unet::{UNet, UNetInputs};
 
 fn max_abs(t: &Tensor) -> f32 {
     t.abs()
