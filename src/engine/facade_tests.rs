@@ -10,6 +10,11 @@ use super::{
     Progress,
 };
 
+/// The engine tests of this binary run one at a time: tracing caches whether a log line has a
+/// subscriber when the line first runs, so an engine thread of another test logging before the
+/// capturing subscriber exists could hide the lines under test.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 fn tiny() -> Engine {
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15/model");
     let engine = Engine::spawn(EngineConfig {
@@ -19,7 +24,7 @@ fn tiny() -> Engine {
             defaults: Defaults {
                 steps: 5,
                 width: 64,
-                height: 48,
+                height: 96,
                 ..Defaults::default()
             },
             prediction_type: None,
@@ -65,11 +70,12 @@ fn previews(engine: &Engine, req: GenerationRequest) -> Vec<(usize, Option<(u32,
 
 #[test]
 fn a_preview_arrives_every_n_steps_at_the_latent_size() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let engine = tiny();
     let seen = previews(&engine, request(Some(2)));
-    // 64x48 pixels are 8x6 latent cells.
+    // 64x96 pixels are 8x12 latent cells.
     let want: Vec<_> = (1..=5)
-        .map(|step| (step, (step % 2 == 0).then_some((8, 6))))
+        .map(|step| (step, (step % 2 == 0).then_some((8, 12))))
         .collect();
     assert_eq!(seen, want);
     let none = previews(&engine, request(None));
@@ -93,6 +99,7 @@ impl Write for Captured {
 
 #[test]
 fn engine_log_lines_name_the_callers_span() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let engine = tiny();
     let captured = Captured::default();
     let writer = captured.clone();
