@@ -6,7 +6,7 @@ use std::time::Instant;
 use limner::engine::{CancelToken, GenerationRequest, LocalModel};
 use serde_json::json;
 
-use super::common::{ModelArgs, ResolvedModel};
+use super::common::ModelArgs;
 
 /// Arguments of `limner bench`.
 #[derive(clap::Args)]
@@ -57,11 +57,7 @@ fn proc_status_mb(key: &str) -> Option<f64> {
 }
 
 pub fn run(args: Args, profile: Option<super::profile::Profile>) -> anyhow::Result<()> {
-    let ResolvedModel {
-        name,
-        defaults,
-        config,
-    } = args.model.resolve()?;
+    let resolved = args.model.resolve()?;
     let request = GenerationRequest {
         prompt: args.prompt.clone(),
         negative_prompt: "blurry, lowres".into(),
@@ -73,14 +69,21 @@ pub fn run(args: Args, profile: Option<super::profile::Profile>) -> anyhow::Resu
         height: Some(args.height),
         ..Default::default()
     }
-    .validate(&defaults)?;
+    .validate(&resolved.defaults)?;
 
     let load_started = Instant::now();
-    let model = LocalModel::load(&config)?;
+    let model = LocalModel::load(&resolved.config)?;
     let load_s = load_started.elapsed().as_secs_f64();
     let rss_after_load_mb = rss_mb();
     if args.no_decode {
-        return unet_only(&args, &model, &name, load_s, rss_after_load_mb, profile);
+        return unet_only(
+            &args,
+            &model,
+            &resolved.name,
+            load_s,
+            rss_after_load_mb,
+            profile,
+        );
     }
     let warmup = args.warmup.unwrap_or(if model.is_cpu() { 0 } else { 1 });
     for _ in 0..warmup {
@@ -115,7 +118,7 @@ pub fn run(args: Args, profile: Option<super::profile::Profile>) -> anyhow::Resu
     let t = &result.timings;
     let unet_s = t.unet_ms_total / 1000.0;
     let mut report = json!({
-        "model": name,
+        "model": resolved.name,
         "device": model.device_name(),
         "dtype": model.dtype_name(),
         "flash_attn": model.flash_attn(),

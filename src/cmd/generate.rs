@@ -9,7 +9,7 @@ use limner::engine::{
     decode_image, CancelToken, GenerationRequest, HiresRequest, ImageFormat, LocalModel,
 };
 
-use super::common::{ModelArgs, ResolvedModel};
+use super::common::ModelArgs;
 
 /// Arguments of `limner generate`.
 #[derive(clap::Args)]
@@ -73,13 +73,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let ResolvedModel {
-        name,
-        defaults,
-        config,
-    } = args.model.resolve()?;
+    let resolved = args.model.resolve()?;
     let request = GenerationRequest {
-        model: Some(name.clone()),
+        model: Some(resolved.name.clone()),
         prompt: args.prompt,
         negative_prompt: args.negative,
         steps: args.steps,
@@ -102,10 +98,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         format: Some(format.extension().to_string()),
         preview_every: None,
     }
-    .validate(&defaults)?;
+    .validate(&resolved.defaults)?;
 
-    eprintln!("loading {name} ...");
-    let model = LocalModel::load(&config)?;
+    eprintln!("loading {} ...", resolved.name);
+    let model = LocalModel::load(&resolved.config)?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} step {pos}/{len} {elapsed_precise} ETA {eta}")
