@@ -94,7 +94,8 @@ impl ValidRequest {
     pub fn seeds(&self) -> &[u64] {
         &self.seeds
     }
-    /// The same request painting one image per seed (A1111's `n_iter` batches).
+    /// The same request painting one image per seed (A1111's `n_iter` batches). An empty list
+    /// is refused when the request runs.
     pub fn with_seeds(mut self, seeds: Vec<u64>) -> Self {
         self.job.batch_size = seeds.len();
         self.seeds = seeds;
@@ -142,5 +143,72 @@ impl ValidRequest {
     pub fn output_size(&self) -> Result<(usize, usize)> {
         let last = self.passes()?.pop().map(|p| (p.width, p.height));
         Ok(last.unwrap_or((self.job.width, self.job.height)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::{Defaults, GenerationRequest, HiresRequest};
+    use image::RgbImage;
+
+    fn valid(r: GenerationRequest) -> super::ValidRequest {
+        r.validate(&Defaults {
+            steps: 10,
+            width: 64,
+            height: 96,
+            ..Defaults::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn passes_count_the_engines_steps_and_sizes() {
+        let hires = valid(GenerationRequest {
+            hires: Some(HiresRequest {
+                scale: 1.5,
+                denoising_strength: 0.35,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let p = hires.passes().unwrap();
+        assert_eq!((p[0].steps, p[0].width, p[0].height), (10, 64, 96));
+        // floor(10 x 0.35) steps at the latent-rounded size: 8 x 1.5 = 12 cells, 12 x 1.5 = 18.
+        assert_eq!((p[1].steps, p[1].width, p[1].height), (3, 96, 144));
+        assert_eq!(hires.expected_steps().unwrap(), 13);
+        assert_eq!(hires.output_size().unwrap(), (96, 144));
+        assert_eq!(hires.denoising_strength(), None);
+
+        let img2img = valid(GenerationRequest {
+            init_image: Some(RgbImage::new(64, 96)),
+            denoising_strength: Some(0.5),
+            ..Default::default()
+        });
+        assert_eq!(img2img.expected_steps().unwrap(), 5);
+        assert_eq!(img2img.denoising_strength(), Some(0.5));
+        // A strength that leaves no step is the sampler's error, naming the field.
+        let none = valid(GenerationRequest {
+            init_image: Some(RgbImage::new(64, 96)),
+            denoising_strength: Some(0.05),
+            ..Default::default()
+        });
+        assert!(none
+            .expected_steps()
+            .unwrap_err()
+            .to_string()
+            .contains("denoising_strength"));
+    }
+
+    #[test]
+    fn with_seeds_sets_the_batch() {
+        let v = valid(GenerationRequest {
+            seed: Some(7),
+            batch_size: Some(2),
+            ..Default::default()
+        });
+        assert_eq!(v.seeds(), [7, 8]);
+        let next = v.with_seeds(vec![9, 10, 11]);
+        assert_eq!(next.seeds(), [9, 10, 11]);
+        assert_eq!(next.batch_size(), 3);
     }
 }

@@ -386,6 +386,12 @@ pub(crate) fn generate_on(
     progress: &mut dyn FnMut(Progress),
     cancel: &CancelToken,
 ) -> Result<GenerationResult> {
+    if request.seeds.is_empty() {
+        return Err(EngineError::invalid(
+            "batch_size",
+            "a request needs at least one seed",
+        ));
+    }
     let mut job = request.job.clone();
     if let Some(img) = &request.init_image {
         job.init_image = Some(from_rgb_image(img)?);
