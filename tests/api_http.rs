@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use limner::api::{app, AppState, Inner};
 use limner::auth::{Role, TokenStore, UrlSigner};
 use limner::characters::{CharacterStore, SqliteStore};
-use limner::engine::request::Defaults;
+use limner::engine::Defaults;
 use limner::jobs::{JobQueue, QueueConfig};
 use limner::portraits::{
     FakeBackend, ImageBackend, LocalImageStore, PortraitService, PortraitTemplates, StyleModels,
@@ -399,11 +399,8 @@ async fn generate_regenerate_history_and_media() {
         "same character but in a red cloak"
     );
     let last = h.backend.last_request().unwrap();
-    assert!(
-        last.init_image.is_some(),
-        "img2img from the current portrait"
-    );
-    assert!((last.job.denoising_strength - 0.3).abs() < 1e-9);
+    assert!(last.is_img2img(), "img2img from the current portrait");
+    assert!((last.denoising_strength().unwrap() - 0.3).abs() < 1e-9);
 
     let hist = h
         .get(&format!("/api/characters/{id}/portraits"))

@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use limner::engine::infotext::InfoText;
-use limner::engine::output::read_png_parameters;
+use limner::engine::read_png_parameters;
+use limner::engine::InfoText;
 
 fn fixture() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))

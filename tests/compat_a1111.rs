@@ -8,8 +8,8 @@ mod support;
 
 use std::time::Duration;
 
-use limner::engine::output::{decode_image, read_parameters};
-use limner::engine::request::Defaults;
+use limner::engine::Defaults;
+use limner::engine::{decode_image, read_parameters};
 use limner::jobs::{JobState, QueueConfig};
 use limner::portraits::FakeBackend;
 use serde_json::{json, Value};
@@ -121,9 +121,9 @@ async fn txt2img_reply_info_and_png_chunk_follow_a1111() {
     assert_eq!(p["enable_hr"], false);
     // And the engine got exactly that.
     let last = t.backend.last_request().unwrap();
-    assert_eq!(last.job.steps, 25);
-    assert_eq!(last.job.cfg_scale, 8.0);
-    assert_eq!(last.seeds, vec![1234, 1235]);
+    assert_eq!(last.steps(), 25);
+    assert_eq!(last.cfg_scale(), 8.0);
+    assert_eq!(last.seeds(), vec![1234, 1235]);
 }
 
 #[tokio::test]
@@ -134,10 +134,10 @@ async fn an_empty_request_takes_a1111_api_defaults() {
     let i = info(&r.json());
     let last = t.backend.last_request().unwrap();
     // A1111's API model: steps 50, CFG 7, 512x512, sampler_index "Euler", random seed.
-    assert_eq!(last.job.steps, 50);
-    assert_eq!(last.job.cfg_scale, 7.0);
-    assert_eq!((last.job.width, last.job.height), (512, 512));
-    assert_eq!(last.job.sampler.display_name(), "Euler");
+    assert_eq!(last.steps(), 50);
+    assert_eq!(last.cfg_scale(), 7.0);
+    assert_eq!((last.width(), last.height()), (512, 512));
+    assert_eq!(last.sampler_name(), "Euler");
     assert_eq!(i["sampler_name"], "Euler");
     assert_eq!(i["steps"], 50);
     assert_eq!(i["cfg_scale"], 7.0);
@@ -218,7 +218,7 @@ async fn enable_hr_runs_the_latent_second_pass() {
     assert_eq!(i["denoising_strength"], 0.5);
     assert_eq!(i["extra_generation_params"]["Hires upscale"], 2.0);
     assert_eq!(i["extra_generation_params"]["Hires upscaler"], "Latent");
-    let hr = t.backend.last_request().unwrap().job.hires.unwrap();
+    let hr = t.backend.last_request().unwrap().hires().unwrap().clone();
     assert_eq!((hr.scale, hr.steps, hr.denoising_strength), (2.0, 4, 0.5));
 }
 
@@ -245,8 +245,8 @@ async fn img2img_takes_base64_or_data_urls_and_refuses_remote_urls() {
         // A1111 leaves the init images out of the echo unless include_init_images is set.
         assert_eq!(body["parameters"]["init_images"], Value::Null);
         let last = t.backend.last_request().unwrap();
-        assert_eq!(last.init_image.unwrap().dimensions(), (64, 64));
-        assert_eq!(last.job.denoising_strength, 0.5);
+        assert_eq!(last.init_image().unwrap().dimensions(), (64, 64));
+        assert_eq!(last.denoising_strength().unwrap(), 0.5);
     }
     let calls = t.backend.calls();
     let r = t
@@ -465,10 +465,7 @@ async fn options_set_the_default_checkpoint() {
         )
         .await;
     assert_eq!(info(&r.json())["sd_model_name"], "other");
-    assert_eq!(
-        t.backend.last_request().unwrap().model.as_deref(),
-        Some("other")
-    );
+    assert_eq!(t.backend.last_request().unwrap().model(), Some("other"));
     // override_settings wins for one request.
     let r = t
         .post(

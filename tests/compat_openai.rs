@@ -7,8 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use limner::engine::output::{decode_image, read_parameters};
-use limner::engine::request::Defaults;
+use limner::engine::Defaults;
+use limner::engine::{decode_image, read_parameters};
 use limner::jobs::QueueConfig;
 use limner::portraits::FakeBackend;
 use serde_json::json;
@@ -59,9 +59,9 @@ async fn b64_json_images_at_the_requested_size() {
     }
     assert_ne!(seeds[0], seeds[1], "each image has its own seed");
     let last = t.backend.last_request().unwrap();
-    assert_eq!(last.job.batch_size, 2);
+    assert_eq!(last.batch_size(), 2);
     // Steps and CFG come from the model's defaults.
-    assert_eq!(last.job.steps, 4);
+    assert_eq!(last.steps(), 4);
 }
 
 #[tokio::test]
@@ -109,7 +109,7 @@ async fn models_map_to_served_models() {
             .await;
         assert_eq!(r.status, 200, "{model}");
         assert_eq!(
-            t.backend.last_request().unwrap().model.as_deref(),
+            t.backend.last_request().unwrap().model(),
             Some(want),
             "{model}"
         );

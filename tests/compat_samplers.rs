@@ -17,7 +17,7 @@ use axum::Router;
 use limner::api::{app, AppState, Inner};
 use limner::auth::UrlSigner;
 use limner::characters::{CharacterStore, SqliteStore};
-use limner::engine::output::{decode_image, read_parameters};
+use limner::engine::{decode_image, read_parameters};
 use limner::jobs::{JobQueue, QueueConfig};
 use limner::portraits::{
     ImageBackend, LocalImageStore, PortraitService, PortraitTemplates, StyleModels,

@@ -8,13 +8,10 @@ mod test_fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use limner::engine::infotext::InfoText;
-use limner::engine::loading::model::ModelSource;
-use limner::engine::output::read_png_parameters;
-use limner::engine::pipeline::CancelToken;
-use limner::engine::request::{Defaults, GenerationRequest, HiresRequest};
-use limner::engine::worker::{EngineConfig, EngineHandle, EngineState, ModelSpec};
-use limner::engine::EngineError;
+use limner::engine::{
+    read_png_parameters, CancelToken, Defaults, Engine, EngineConfig, EngineError, EngineState,
+    GenerationRequest, GenerationResult, HiresRequest, InfoText, ModelSource, ModelSpec,
+};
 use test_fs::copy_dir;
 
 fn fixture_model() -> PathBuf {
@@ -40,8 +37,8 @@ fn spec(name: &str, source: ModelSource) -> ModelSpec {
     }
 }
 
-fn engine_with(models: Vec<ModelSpec>, default: &str) -> EngineHandle {
-    EngineHandle::spawn(EngineConfig {
+fn engine_with(models: Vec<ModelSpec>, default: &str) -> Engine {
+    Engine::spawn(EngineConfig {
         models,
         default_model: default.into(),
         device: "cpu".into(),
@@ -53,7 +50,7 @@ fn engine_with(models: Vec<ModelSpec>, default: &str) -> EngineHandle {
     .unwrap()
 }
 
-fn engine() -> EngineHandle {
+fn engine() -> Engine {
     let e = engine_with(
         vec![spec("tiny", ModelSource::Folder(fixture_model()))],
         "tiny",
@@ -71,10 +68,7 @@ fn request(seed: i64) -> GenerationRequest {
     }
 }
 
-fn run(
-    e: &EngineHandle,
-    r: GenerationRequest,
-) -> Result<limner::engine::request::GenerationResult, EngineError> {
+fn run(e: &Engine, r: GenerationRequest) -> Result<GenerationResult, EngineError> {
     let valid = r.validate(&small_defaults())?;
     e.generate(valid, |_| {}, CancelToken::new())
 }

@@ -15,9 +15,9 @@ use limner::characters::{
     CharacterPatch, CharacterProfile, CharacterStore, EnrichedCharacter, NewCampaign, NewCharacter,
     NewInvite, NewPortrait, Page, PortraitRecord, SqliteStore, StoreError, StoreResult, Viewer,
 };
-use limner::engine::output::{decode_image, read_parameters};
-use limner::engine::pipeline::CancelToken;
-use limner::engine::request::Defaults;
+use limner::engine::CancelToken;
+use limner::engine::Defaults;
+use limner::engine::{decode_image, read_parameters};
 use limner::portraits::{
     FakeBackend, GenerateOptions, ImageBackend, LocalImageStore, PortraitError, PortraitService,
     PortraitTemplates, StyleModels,
@@ -111,7 +111,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn quiet() -> Box<dyn FnMut(limner::engine::pipeline::Progress) + Send> {
+fn quiet() -> Box<dyn FnMut(limner::engine::Progress) + Send> {
     Box::new(|_| {})
 }
 
@@ -212,11 +212,11 @@ fn request_overrides_win_over_defaults() {
         .service
         .run(prepared, quiet(), &CancelToken::new())
         .unwrap();
-    let job = f.backend.last_request().unwrap().job;
-    assert_eq!((job.steps, job.width, job.height), (3, 128, 64));
-    assert_eq!(job.cfg_scale, 5.5);
-    assert_eq!(job.sampler.display_name(), "DPM++ 2M");
-    assert!(job.hires.is_none());
+    let job = f.backend.last_request().unwrap();
+    assert_eq!((job.steps(), job.width(), job.height()), (3, 128, 64));
+    assert_eq!(job.cfg_scale(), 5.5);
+    assert_eq!(job.sampler_name(), "DPM++ 2M");
+    assert!(job.hires().is_none());
     assert_eq!(out.seed, 42);
     assert_eq!(out.parameters["hires"], false);
 }
@@ -240,7 +240,7 @@ fn style_picks_the_model_and_its_hires_preference() {
         .prepare_generate(&f.profile(), opts("realistic"))
         .unwrap();
     assert_eq!(p.model(), "photo-model");
-    assert!(p.request().job.hires.is_none());
+    assert!(p.request().hires().is_none());
     // A style whose model the engine does not have falls back to the default model.
     let p = f
         .service
@@ -353,19 +353,19 @@ fn regenerate_is_img2img_from_the_current_portrait_and_keeps_it() {
         .unwrap();
 
     let sent = f.backend.last_request().unwrap();
-    let init = sent.init_image.expect("an init image");
+    let init = sent.init_image().cloned().expect("an init image");
     assert_eq!(
         init, first_pixels,
         "starts from the current portrait's pixels"
     );
-    assert_eq!(sent.job.denoising_strength, 0.35);
-    assert!(sent.job.hires.is_none());
+    assert_eq!(sent.denoising_strength(), Some(0.35));
+    assert!(sent.hires().is_none());
     assert_eq!(
-        (sent.job.width, sent.job.height),
+        (sent.width(), sent.height()),
         (128, 192),
         "same size as the portrait"
     );
-    assert!(sent.job.prompt.contains("red cloak") && sent.job.prompt.contains("Garrick"));
+    assert!(sent.prompt().contains("red cloak") && sent.prompt().contains("Garrick"));
 
     assert_eq!(out.method, "img2img_consistency");
     assert_eq!(out.previous.as_ref().map(|p| &p.id), Some(&first.record.id));

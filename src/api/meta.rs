@@ -15,7 +15,7 @@ use super::characters::enriched;
 use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::characters::pregenerated;
-use crate::engine::worker::EngineState;
+use crate::engine::EngineState;
 
 pub async fn health(State(state): State<AppState>) -> Response {
     let engine = match state.backend.state() {

@@ -183,9 +183,8 @@ async fn run_job(
         .jobs
         .submit(label, Some(owner.to_string()), move |ctx| {
             let progress_ctx = ctx.clone();
-            let progress = Box::new(move |p: crate::engine::pipeline::Progress| {
-                progress_ctx.progress(p.step, p.total)
-            });
+            let progress =
+                Box::new(move |p: crate::engine::Progress| progress_ctx.progress(p.step, p.total));
             let outcome = s
                 .portraits
                 .run(prepared, progress, &ctx.cancel_token())

@@ -3,11 +3,7 @@
 
 use std::time::Instant;
 
-use limner::engine::device::{describe, dtype_name};
-use limner::engine::loading::model::StableDiffusion;
-use limner::engine::pipeline::CancelToken;
-use limner::engine::request::GenerationRequest;
-use limner::engine::worker::generate_on;
+use limner::engine::{CancelToken, GenerationRequest, LocalModel};
 use serde_json::json;
 
 use super::common::ModelArgs;
@@ -62,7 +58,6 @@ fn proc_status_mb(key: &str) -> Option<f64> {
 
 pub fn run(args: Args, profile: Option<super::profile::Profile>) -> anyhow::Result<()> {
     let resolved = args.model.resolve()?;
-    let (name, options) = (&resolved.name, &resolved.options);
     let request = GenerationRequest {
         prompt: args.prompt.clone(),
         negative_prompt: "blurry, lowres".into(),
@@ -77,25 +72,22 @@ pub fn run(args: Args, profile: Option<super::profile::Profile>) -> anyhow::Resu
     .validate(&resolved.defaults)?;
 
     let load_started = Instant::now();
-    let model = resolved.load()?;
+    let model = LocalModel::load(&resolved.config)?;
     let load_s = load_started.elapsed().as_secs_f64();
     let rss_after_load_mb = rss_mb();
     if args.no_decode {
         return unet_only(
             &args,
             &model,
-            name,
-            options,
+            &resolved.name,
             load_s,
             rss_after_load_mb,
             profile,
         );
     }
-    let warmup = args
-        .warmup
-        .unwrap_or(if options.device.is_cpu() { 0 } else { 1 });
+    let warmup = args.warmup.unwrap_or(if model.is_cpu() { 0 } else { 1 });
     for _ in 0..warmup {
-        generate_on(&model, &request, &mut |_| {}, &CancelToken::new())?;
+        model.generate(&request, &mut |_| {}, &CancelToken::new())?;
     }
     // Only the timed run counts in the profile.
     if let Some(p) = &profile {
@@ -106,8 +98,7 @@ pub fn run(args: Args, profile: Option<super::profile::Profile>) -> anyhow::Resu
     let mut peak_after_denoise = None;
     // With --profile: the spans of the denoising loop alone, before the VAE decode.
     let mut unet_profile = None;
-    let result = generate_on(
-        &model,
+    let result = model.generate(
         &request,
         &mut |p| {
             eprintln!(
@@ -127,10 +118,10 @@ pub fn run(args: Args, profile: Option<super::profile::Profile>) -> anyhow::Resu
     let t = &result.timings;
     let unet_s = t.unet_ms_total / 1000.0;
     let mut report = json!({
-        "model": name,
-        "device": describe(&options.device),
-        "dtype": dtype_name(options.dtype),
-        "flash_attn": options.use_flash_attn,
+        "model": resolved.name,
+        "device": model.device_name(),
+        "dtype": model.dtype_name(),
+        "flash_attn": model.flash_attn(),
         "width": args.width,
         "height": args.height,
         "steps": t.unet_steps,
@@ -158,64 +149,49 @@ pub fn run(args: Args, profile: Option<super::profile::Profile>) -> anyhow::Resu
 /// `--no-decode`: guided UNet calls at the requested size, timed one by one.
 fn unet_only(
     args: &Args,
-    model: &StableDiffusion,
+    model: &LocalModel,
     name: &str,
-    options: &limner::engine::loading::model::LoadOptions,
     load_s: f64,
     rss_after_load_mb: Option<f64>,
     profile: Option<super::profile::Profile>,
 ) -> anyhow::Result<()> {
-    use candle_core::{DType, Tensor};
-    let scale = model.vae_scale();
-    let (h, w) = (args.height / scale, args.width / scale);
-    let (neg, pos) = model.encode_pair("blurry, lowres", &args.prompt, 0, false)?;
-    let guided = args.cfg > 1.0;
-    let context = if guided {
-        Tensor::cat(&[&neg, &pos], 0)?
-    } else {
-        pos
+    let time = |calls: usize, on_call: &mut dyn FnMut(usize, f64)| {
+        model.time_unet(
+            &args.prompt,
+            "blurry, lowres",
+            args.width,
+            args.height,
+            args.cfg,
+            calls,
+            on_call,
+        )
     };
-    let batch = if guided { 2 } else { 1 };
-    let latents = Tensor::randn(
-        0f32,
-        1.0,
-        (batch, model.latent_channels(), h, w),
-        &model.device,
-    )?
-    .to_dtype(DType::F32)?;
-    for _ in 0..args.warmup.unwrap_or(0) {
-        model.unet_forward(&latents, 500.0, &context)?;
-    }
+    time(args.warmup.unwrap_or(0), &mut |_, _| {})?;
     if let Some(p) = &profile {
         p.clear();
     }
-    let mut times = vec![];
-    for i in 0..args.steps.max(1) {
-        let started = Instant::now();
-        let out = model.unet_forward(&latents, 500.0, &context)?;
-        // Reading one value waits for asynchronous devices to finish.
-        out.flatten_all()?.narrow(0, 0, 1)?.to_vec1::<f32>()?;
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
-        eprintln!("unet call {}/{}: {ms:.0} ms", i + 1, args.steps.max(1));
-        times.push(ms);
-    }
+    let calls = args.steps.max(1);
+    let timed = time(calls, &mut |i, ms| {
+        eprintln!("unet call {}/{calls}: {ms:.0} ms", i + 1)
+    })?;
+    let times = timed.each_ms;
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let mut report = json!({
         "model": name,
         "mode": "unet_only",
-        "device": describe(&options.device),
-        "dtype": dtype_name(options.dtype),
-        "flash_attn": options.use_flash_attn,
+        "device": model.device_name(),
+        "dtype": model.dtype_name(),
+        "flash_attn": model.flash_attn(),
         "width": args.width,
         "height": args.height,
-        "batch_per_unet_call": batch,
+        "batch_per_unet_call": timed.batch_per_call,
         "unet_ms_per_step": times.iter().sum::<f64>() / times.len() as f64,
         "unet_ms_min": sorted[0],
         "unet_ms_median": sorted[sorted.len() / 2],
         "unet_ms_each": times,
         "load_s": load_s,
-        "weights_mb": model.weight_bytes as f64 / (1u64 << 20) as f64,
+        "weights_mb": model.weight_bytes() as f64 / (1u64 << 20) as f64,
         "rss_after_load_mb": rss_after_load_mb,
         "peak_rss_mb": peak_rss_mb(),
     });

@@ -1,11 +1,11 @@
 //! What several subcommands share: choosing a model (a weights.toml name, a path, or a random
-//! full-size architecture) and the device/dtype to load it on.
+//! full-size architecture) and the device/dtype to load it on, as the engine configuration the
+//! server would use for it.
 
 use std::path::PathBuf;
 
-use limner::engine::device::{parse_dtype, select_device};
-use limner::engine::loading::model::{LoadOptions, ModelSource, StableDiffusion};
-use limner::engine::request::Defaults;
+use limner::engine::{memory_limit, Defaults, EngineConfig, ModelSource, ModelSpec};
+use limner::portraits::DeviceClass;
 
 /// Model selection flags.
 #[derive(clap::Args, Clone)]
@@ -44,47 +44,39 @@ pub struct ModelArgs {
 
 pub struct ResolvedModel {
     pub name: String,
-    pub source: ModelSource,
     pub defaults: Defaults,
-    pub options: LoadOptions,
-}
-
-impl ResolvedModel {
-    pub fn load(&self) -> anyhow::Result<StableDiffusion> {
-        Ok(StableDiffusion::load(
-            &self.name,
-            &self.source,
-            &self.options,
-        )?)
-    }
+    /// One model, loaded as the server loads it (see `limner::engine::LocalModel::load`).
+    pub config: EngineConfig,
 }
 
 impl ModelArgs {
     pub fn resolve(&self) -> anyhow::Result<ResolvedModel> {
-        let device = select_device(&self.device)?;
-        let dtype = parse_dtype(&self.dtype, &device)?;
         if self.flash_attn && !cfg!(feature = "flash-attn") {
             anyhow::bail!("--flash-attn needs a build with --features flash-attn");
         }
-        let vae_tile = limner::engine::loading::model::default_vae_tile(&device);
+        // The same reading of "auto" as `limner serve`.
+        let cpu = DeviceClass::from_spec(&self.device) == DeviceClass::Cpu;
         let max_memory =
-            limner::engine::memory::resolve_limit(self.max_memory.as_deref(), device.is_cpu())
-                .map_err(|e| anyhow::anyhow!(e))?;
-        let options = LoadOptions {
-            device,
-            dtype,
-            variant: None,
-            use_flash_attn: self.flash_attn,
-            vae_tile,
-            max_memory,
-            prediction_type: self.prediction_type.clone(),
-        };
+            memory_limit(self.max_memory.as_deref(), cpu).map_err(|e| anyhow::anyhow!(e))?;
         let (name, source, defaults) = self.source()?;
+        let config = EngineConfig {
+            models: vec![ModelSpec {
+                name: name.clone(),
+                source,
+                defaults: defaults.clone(),
+                prediction_type: self.prediction_type.clone(),
+            }],
+            default_model: name.clone(),
+            device: self.device.clone(),
+            dtype: self.dtype.clone(),
+            use_flash_attn: self.flash_attn,
+            max_memory,
+            max_loaded: 1,
+        };
         Ok(ResolvedModel {
             name,
-            source,
             defaults,
-            options,
+            config,
         })
     }
 

@@ -5,10 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use limner::engine::output::ImageFormat;
-use limner::engine::pipeline::CancelToken;
-use limner::engine::request::{GenerationRequest, HiresRequest};
-use limner::engine::worker::generate_on;
+use limner::engine::{
+    decode_image, CancelToken, GenerationRequest, HiresRequest, ImageFormat, LocalModel,
+};
 
 use super::common::ModelArgs;
 
@@ -70,7 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => {
             let bytes =
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            Some(limner::engine::output::decode_image(&bytes)?)
+            Some(decode_image(&bytes)?)
         }
         None => None,
     };
@@ -97,18 +96,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }),
         clip_skip: Some(args.clip_skip),
         format: Some(format.extension().to_string()),
+        preview_every: None,
     }
     .validate(&resolved.defaults)?;
 
     eprintln!("loading {} ...", resolved.name);
-    let model = resolved.load()?;
+    let model = LocalModel::load(&resolved.config)?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} step {pos}/{len} {elapsed_precise} ETA {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let result = generate_on(
-        &model,
+    let result = model.generate(
         &request,
         &mut |p| {
             bar.set_length(p.total as u64);

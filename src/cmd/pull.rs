@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Repo, RepoType};
-use limner::engine::loading::model_hash::{sha256_file, HashCache};
+use limner::engine::{sha256_file, HashCache};
 use limner::registry::{ModelSource, Registry, PULLED_MARKER};
 use serde::Serialize;
 

@@ -11,7 +11,7 @@ use limner::api::disk::DiskGuard;
 use limner::api::{self, AppState, Inner};
 use limner::auth::{TokenStore, UrlSigner};
 use limner::characters::{CharacterStore, SqliteStore};
-use limner::engine::worker::{EngineConfig, EngineHandle, ModelSpec};
+use limner::engine::{Engine, EngineConfig, ModelSpec};
 use limner::jobs::JobQueue;
 use limner::portraits::{
     device_defaults, DeviceClass, ImageBackend, LocalImageStore, NoModelBackend, PortraitService,
@@ -164,18 +164,16 @@ fn backend(
         device: s.device.clone(),
         dtype: s.dtype.clone(),
         use_flash_attn: s.flash_attn,
-        max_memory: limner::engine::memory::resolve_limit(
-            Some(&s.max_memory),
+        max_memory: limner::engine::memory_limit(
+            Some(s.max_memory.as_str()),
             device == DeviceClass::Cpu,
         )
         .map_err(|e| anyhow::anyhow!(e))?,
         max_loaded: s.max_loaded,
     };
     // Model hashes (A1111's `[hash]` titles) are cached in the data dir, computed in the background.
-    let hashes = Arc::new(limner::engine::loading::model_hash::HashCache::open(
-        &s.data_dir,
-    ));
-    let engine = EngineHandle::spawn_with_hashes(config, hashes)?;
+    let hashes = Arc::new(limner::engine::HashCache::open(&s.data_dir));
+    let engine = Engine::spawn_with_hashes(config, hashes)?;
     Ok((Arc::new(engine), styles))
 }
 

@@ -39,11 +39,18 @@ pub enum EngineError {
     /// The engine thread is gone or failed to start.
     #[error("engine unavailable: {0}")]
     Unavailable(String),
-    /// A tensor operation failed (a bug or a device problem, not bad input).
+    /// A tensor operation failed (a bug or a device problem, not bad input). Kept as text so
+    /// no candle type is part of the engine's public surface.
     #[error("tensor error: {0}")]
-    Candle(#[from] candle_core::Error),
+    Tensor(String),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<candle_core::Error> for EngineError {
+    fn from(e: candle_core::Error) -> Self {
+        EngineError::Tensor(e.to_string())
+    }
 }
 
 impl EngineError {

@@ -1,23 +1,55 @@
 //! The diffusion engine: loads Stable Diffusion models with candle and paints txt2img, img2img
-//! and hires-fix images. Nothing here knows about HTTP or characters; callers talk to the engine
-//! thread through [`worker::EngineHandle`] with typed requests.
+//! and hires-fix images. Nothing here knows about HTTP or characters.
+//!
+//! The whole public surface is re-exported here; every submodule is private to the crate, and no
+//! candle type appears in it. A [`GenerationRequest`] (init image as decoded pixels) is validated
+//! into a [`ValidRequest`], runs on the engine thread behind an [`Engine`] (or, for one-shot
+//! CLI runs, on a [`LocalModel`]), reports [`Progress`] (with optional latent previews) and
+//! comes back as a [`GenerationResult`] of [`GeneratedImage`]s.
 
-pub mod cancel;
-pub mod config;
-pub mod device;
-pub mod error;
-pub mod infotext;
-pub mod kernels;
-pub mod loading;
-pub mod memory;
-pub mod models;
-pub mod noise;
-pub mod output;
-pub mod pipeline;
-pub mod request;
-pub mod samplers;
-pub mod text;
+pub(crate) mod architecture;
+pub(crate) mod cancel;
+pub(crate) mod device;
+pub(crate) mod error;
+pub(crate) mod infotext;
+pub(crate) mod kernel_cases;
+pub(crate) mod kernels;
+pub(crate) mod loading;
+mod local;
+pub(crate) mod memory;
+pub(crate) mod models;
+pub(crate) mod noise;
+pub(crate) mod output;
+pub(crate) mod pipeline;
+mod preview;
+pub(crate) mod request;
+pub(crate) mod samplers;
+pub(crate) mod text;
 mod tiled;
-pub mod worker;
+mod valid;
+pub(crate) mod worker;
 
+#[cfg(test)]
+mod facade_tests;
+#[cfg(test)]
+mod parity_tests;
+#[cfg(test)]
+mod tokenizer_reference_tests;
+#[cfg(test)]
+mod unet_variant_tests;
+
+pub use cancel::CancelToken;
 pub use error::EngineError;
+pub use infotext::InfoText;
+pub use kernel_cases::{kernel_cases, KernelCase};
+pub use loading::model::ModelSource;
+pub use loading::model_hash::{sha256_file, HashCache, ModelHash};
+pub use local::{LocalModel, UnetTimings};
+pub use memory::{parse_size, resolve_limit as memory_limit};
+pub use output::{
+    decode_image, encode_image, read_parameters, read_png_parameters, thumbnail, ImageFormat,
+};
+pub use pipeline::{HiresPass, Progress, Timings};
+pub use request::{Defaults, GeneratedImage, GenerationRequest, GenerationResult, HiresRequest};
+pub use valid::{PassPlan, ValidRequest};
+pub use worker::{Engine, EngineConfig, EngineState, ModelSpec};

@@ -4,7 +4,6 @@
 
 use std::io::Cursor;
 
-use base64::Engine as _;
 use image::{ImageDecoder, ImageEncoder, RgbImage};
 
 use super::error::EngineError;
@@ -342,33 +341,6 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, EngineError> {
     Ok(img.to_rgb8())
 }
 
-/// Decodes an image given as base64, bare or as a `data:image/...;base64,` URL (A1111 clients
-/// send both). Whitespace inside the base64 is ignored.
-pub fn decode_base64_image(s: &str) -> Result<RgbImage, EngineError> {
-    let s = s.trim();
-    let payload = match s.strip_prefix("data:") {
-        Some(rest) => {
-            let (meta, data) = rest.split_once(',').ok_or_else(|| {
-                EngineError::invalid("init_image", "data URL has no ',' before its payload")
-            })?;
-            if !meta.ends_with(";base64") {
-                return Err(EngineError::invalid(
-                    "init_image",
-                    "data URL is not base64-encoded (expected ';base64,')",
-                ));
-            }
-            data
-        }
-        None => s,
-    };
-    let cleaned: String = payload.chars().filter(|c| !c.is_whitespace()).collect();
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(cleaned.as_bytes())
-        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(cleaned.as_bytes()))
-        .map_err(|e| EngineError::invalid("init_image", format!("invalid base64: {e}")))?;
-    decode_image(&bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,38 +476,6 @@ mod tests {
                 Err(EngineError::InvalidInput { field, .. }) => assert_eq!(field, "init_image"),
                 other => panic!("expected init_image error, got {other:?}"),
             }
-        }
-    }
-
-    #[test]
-    fn decodes_base64_bare_and_data_url() {
-        let img = gradient(8, 8);
-        let bytes = encode_image(&img, ImageFormat::Png, None, 90).unwrap();
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
-        assert_eq!(decode_base64_image(&b64).unwrap(), img);
-        let url = format!("data:image/png;base64,{b64}");
-        assert_eq!(decode_base64_image(&url).unwrap(), img);
-        let wrapped: String = b64
-            .chars()
-            .enumerate()
-            .flat_map(|(i, c)| if i % 60 == 59 { vec![c, '\n'] } else { vec![c] })
-            .collect();
-        assert_eq!(decode_base64_image(&wrapped).unwrap(), img);
-        for bad in [
-            "%%%notbase64",
-            "data:image/png,abc",
-            "data:image/png;base64",
-        ] {
-            assert!(
-                matches!(
-                    decode_base64_image(bad),
-                    Err(EngineError::InvalidInput {
-                        field: "init_image",
-                        ..
-                    })
-                ),
-                "{bad}"
-            );
         }
     }
 

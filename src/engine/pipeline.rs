@@ -14,13 +14,28 @@ use super::samplers::{build_sampler, img2img_start, Sampler, SamplerSpec, Schedu
 pub use super::cancel::CancelToken;
 
 /// One denoising step done.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Progress {
     /// Steps done so far over all passes (1-based after the first step).
     pub step: usize,
     /// Steps the whole job will take (both passes of a hires job).
     pub total: usize,
     pub elapsed: Duration,
+    /// Every `preview_every` steps of a request that asks for previews: the first image of the
+    /// batch as it stands, one pixel per latent cell (see `engine::preview`).
+    pub preview: Option<image::RgbImage>,
+}
+
+impl Progress {
+    /// A step without a preview.
+    pub fn new(step: usize, total: usize, elapsed: Duration) -> Self {
+        Self {
+            step,
+            total,
+            elapsed,
+            preview: None,
+        }
+    }
 }
 
 /// The hires-fix second pass (A1111's "Enable HR" with the Latent upscaler).
@@ -55,11 +70,14 @@ pub struct Job {
     /// Tokenize as diffusers does (no emphasis syntax, cut at 75 tokens) instead of A1111's
     /// weighted, chunked prompts. The parity tests use it to compare with diffusers.
     pub plain_prompt: bool,
+    /// Attach a latent preview to every n-th progress call (None = never).
+    pub preview_every: Option<usize>,
 }
 
 /// What a pipeline run produced, before conversion to bytes.
 pub struct PipelineOutput {
     /// Final latents (unscaled by the VAE factor), f32.
+    #[cfg_attr(not(test), allow(dead_code))] // compared with diffusers' by the parity tests
     pub latents: Tensor,
     /// Decoded images in about [-1, 1], `[batch, 3, H, W]`, f32, before clamping.
     pub images: Tensor,
@@ -98,6 +116,7 @@ struct Ctx<'a> {
     started: Instant,
     done: usize,
     total: usize,
+    preview_every: Option<usize>,
     timings: Timings,
 }
 
@@ -171,6 +190,7 @@ impl StableDiffusion {
             started: Instant::now(),
             done: 0,
             total,
+            preview_every: job.preview_every.filter(|&n| n > 0),
             timings: Timings::default(),
         };
 
@@ -363,10 +383,13 @@ impl Ctx<'_> {
             };
             latents = sampler.step(&eps, i, &latents, noise.as_ref())?;
             self.done += 1;
+            let preview = match self.preview_every {
+                Some(n) if self.done.is_multiple_of(n) => super::preview::latent_preview(&latents)?,
+                _ => None,
+            };
             (self.progress)(Progress {
-                step: self.done,
-                total: self.total,
-                elapsed: self.started.elapsed(),
+                preview,
+                ..Progress::new(self.done, self.total, self.started.elapsed())
             });
         }
         Ok(latents)

@@ -10,6 +10,7 @@ use super::infotext::InfoText;
 use super::output::ImageFormat;
 use super::pipeline::{HiresPass, Job, Timings};
 use super::samplers::{parse_sampler, SamplerSpec};
+pub use super::valid::ValidRequest;
 
 /// Limits every request is checked against (documented in the README).
 pub const MAX_SIDE: usize = 2048;
@@ -68,6 +69,8 @@ pub struct GenerationRequest {
     /// A1111's "Clip skip" (1 = last layer).
     pub clip_skip: Option<usize>,
     pub format: Option<String>,
+    /// Attach a latent preview to every n-th progress call ([`super::Progress::preview`]).
+    pub preview_every: Option<usize>,
 }
 
 /// Per-model defaults, from weights.toml (the regeneration guide's portrait defaults otherwise).
@@ -90,18 +93,6 @@ impl Default for Defaults {
             height: 768,
         }
     }
-}
-
-/// A request that passed validation; everything the engine thread needs but the model.
-#[derive(Debug, Clone)]
-pub struct ValidRequest {
-    pub model: Option<String>,
-    pub job: Job,
-    /// The init image resized to the job's size (img2img), kept as pixels until the engine
-    /// thread turns it into a tensor.
-    pub init_image: Option<RgbImage>,
-    pub seeds: Vec<u64>,
-    pub format: ImageFormat,
 }
 
 fn check_side(field: &'static str, v: usize) -> Result<usize> {
@@ -237,6 +228,12 @@ impl GenerationRequest {
                 format!("must be between 1 and {MAX_CLIP_SKIP}, got {clip_skip}"),
             ));
         }
+        if self.preview_every == Some(0) {
+            return Err(EngineError::invalid(
+                "preview_every",
+                "must be at least 1 (a preview every n steps)",
+            ));
+        }
         let format = match &self.format {
             Some(f) => ImageFormat::parse(f)?,
             None => ImageFormat::Png,
@@ -272,6 +269,7 @@ impl GenerationRequest {
                 hires,
                 clip_skip: clip_skip - 1,
                 plain_prompt: false,
+                preview_every: self.preview_every,
             },
             init_image,
             seeds,
@@ -296,18 +294,17 @@ pub struct GeneratedImage {
 }
 
 impl GeneratedImage {
-    /// Encodes `pixels` in `request`'s format with A1111's infotext for image `seed` of the job.
+    /// Encodes `pixels` in `request`'s format with A1111's infotext for image `seed` of it.
     pub fn encode(
         pixels: RgbImage,
         request: &ValidRequest,
-        job: &Job,
         seed: u64,
         model: &str,
         hash: Option<&str>,
     ) -> Result<Self> {
         let (width, height) = pixels.dimensions();
         let infotext = infotext_for(
-            job,
+            &request.job,
             seed,
             width,
             height,
@@ -338,7 +335,7 @@ pub struct GenerationResult {
 }
 
 /// The A1111 infotext for image `seed` of a job.
-pub fn infotext_for(
+pub(crate) fn infotext_for(
     job: &Job,
     seed: u64,
     width: u32,
@@ -490,6 +487,13 @@ mod tests {
                     ..req()
                 },
                 "format",
+            ),
+            (
+                GenerationRequest {
+                    preview_every: Some(0),
+                    ..req()
+                },
+                "preview_every",
             ),
             (
                 GenerationRequest {

@@ -1,5 +1,5 @@
 //! The engine thread: one OS thread owns the device and the loaded models and serves typed
-//! requests from a channel. Everyone else holds a cheap, cloneable [`EngineHandle`]; nothing
+//! requests from a channel. Everyone else holds a cheap, cloneable [`Engine`]; nothing
 //! outside this thread ever touches a tensor.
 
 use std::collections::HashMap;
@@ -66,12 +66,16 @@ enum Command {
         progress: ProgressFn,
         cancel: CancelToken,
         reply: Reply,
+        /// The caller's span and subscriber, entered while the request runs so engine log
+        /// lines name its job and go where the caller's do.
+        span: tracing::Span,
+        dispatch: tracing::Dispatch,
     },
 }
 
 /// A cheap handle to the engine thread.
 #[derive(Clone)]
-pub struct EngineHandle {
+pub struct Engine {
     tx: mpsc::Sender<Command>,
     state: Arc<(Mutex<EngineState>, Condvar)>,
     models: Arc<Vec<ModelSpec>>,
@@ -79,15 +83,15 @@ pub struct EngineHandle {
     hashes: Arc<HashCache>,
 }
 
-impl EngineHandle {
+impl Engine {
     /// Starts the engine thread; it selects the device and loads the default model in the
-    /// background. Use [`EngineHandle::wait_ready`] to block until that is done. Model hashes
-    /// are kept in memory only; see [`EngineHandle::spawn_with_hashes`].
+    /// background. Use [`Engine::wait_ready`] to block until that is done. Model hashes
+    /// are kept in memory only; see [`Engine::spawn_with_hashes`].
     pub fn spawn(config: EngineConfig) -> Result<Self> {
         Self::spawn_with_hashes(config, Arc::new(HashCache::in_memory()))
     }
 
-    /// [`EngineHandle::spawn`] with a model hash cache (the data directory's): every served
+    /// [`Engine::spawn`] with a model hash cache (the data directory's): every served
     /// model not in it yet is hashed on a background thread.
     pub fn spawn_with_hashes(config: EngineConfig, hashes: Arc<HashCache>) -> Result<Self> {
         if !config.models.iter().any(|m| m.name == config.default_model) {
@@ -163,7 +167,8 @@ impl EngineHandle {
             .ok_or_else(|| EngineError::UnknownModel(name.to_string()))
     }
 
-    /// Queues a request; `reply` is called on the engine thread with the result.
+    /// Queues a request; `reply` is called on the engine thread with the result. The request
+    /// runs inside the caller's current tracing span.
     pub fn submit(
         &self,
         request: ValidRequest,
@@ -177,6 +182,8 @@ impl EngineHandle {
                 progress: Box::new(progress),
                 cancel,
                 reply: Box::new(reply),
+                span: tracing::Span::current(),
+                dispatch: tracing::dispatcher::get_default(Clone::clone),
             })
             .map_err(|_| EngineError::Unavailable("the engine thread has stopped".into()))
     }
@@ -221,14 +228,22 @@ impl Loaded {
                 let (name, _) = self.models.remove(0);
                 tracing::info!(model = name, "unloading least recently used model");
             }
-            let mut opts = opts.clone();
-            opts.prediction_type = spec.prediction_type.clone();
-            let model =
-                StableDiffusion::load_with_hashes(&spec.name, &spec.source, &opts, &self.hashes)?;
+            let model = load_spec(spec, opts, &self.hashes)?;
             self.models.push((spec.name.clone(), model));
         }
         Ok(&self.models[self.models.len() - 1].1)
     }
+}
+
+/// Loads one model of the configuration with `opts` (its prediction type from the spec).
+pub(crate) fn load_spec(
+    spec: &ModelSpec,
+    opts: &LoadOptions,
+    hashes: &HashCache,
+) -> Result<StableDiffusion> {
+    let mut opts = opts.clone();
+    opts.prediction_type = spec.prediction_type.clone();
+    StableDiffusion::load_with_hashes(&spec.name, &spec.source, &opts, hashes)
 }
 
 fn engine_main(
@@ -237,7 +252,7 @@ fn engine_main(
     state: Arc<(Mutex<EngineState>, Condvar)>,
     hashes: Arc<HashCache>,
 ) {
-    let opts = match load_options(&config) {
+    let opts = match LoadOptions::from_config(&config) {
         Ok(o) => o,
         Err(e) => {
             tracing::error!(error = %e, "engine failed to start");
@@ -276,61 +291,107 @@ fn engine_main(
             mut progress,
             cancel,
             reply,
+            span,
+            dispatch,
         } = command;
-        if cancel.is_cancelled() {
-            reply(Err(EngineError::Cancelled));
-            continue;
-        }
-        let name = request
-            .model
-            .clone()
-            .unwrap_or_else(|| config.default_model.clone());
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let spec = specs
-                .get(&name)
-                .ok_or_else(|| EngineError::UnknownModel(name.clone()))?;
-            let model = loaded.get(spec, &opts)?;
-            generate_on(model, &request, &mut *progress, &cancel)
-        }))
-        .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            tracing::error!(
-                panic = what,
-                "generation panicked; the engine keeps running"
+        tracing::dispatcher::with_default(&dispatch, || {
+            let _entered = span.enter();
+            if cancel.is_cancelled() {
+                reply(Err(EngineError::Cancelled));
+                return;
+            }
+            let result = serve_one(
+                &config,
+                &specs,
+                &mut loaded,
+                &opts,
+                &request,
+                &mut *progress,
+                &cancel,
             );
-            Err(EngineError::Model(format!("internal engine error: {what}")))
+            reply(result);
         });
-        reply(result);
     }
 }
 
-fn load_options(config: &EngineConfig) -> Result<LoadOptions> {
-    let device: Device = select_device(&config.device)?;
-    let vae_tile = default_vae_tile(&device);
-    let dtype = parse_dtype(&config.dtype, &device)?;
-    Ok(LoadOptions {
-        device,
-        dtype,
-        variant: None,
-        use_flash_attn: config.use_flash_attn,
-        vae_tile,
-        max_memory: config.max_memory,
-        prediction_type: None,
+/// Runs one request on the engine thread; a panic becomes an error and the thread lives on.
+fn serve_one(
+    config: &EngineConfig,
+    specs: &HashMap<String, ModelSpec>,
+    loaded: &mut Loaded,
+    opts: &LoadOptions,
+    request: &ValidRequest,
+    progress: &mut dyn FnMut(Progress),
+    cancel: &CancelToken,
+) -> Result<GenerationResult> {
+    let name = request
+        .model
+        .clone()
+        .unwrap_or_else(|| config.default_model.clone());
+    tracing::info!(
+        model = name,
+        width = request.job.width,
+        height = request.job.height,
+        steps = request.job.steps,
+        batch = request.seeds.len(),
+        "painting"
+    );
+    catch_unwind(AssertUnwindSafe(|| {
+        let spec = specs
+            .get(&name)
+            .ok_or_else(|| EngineError::UnknownModel(name.clone()))?;
+        let model = loaded.get(spec, opts)?;
+        let out = generate_on(model, request, progress, cancel)?;
+        tracing::info!(ms = out.timings.total_ms.round(), "painted");
+        Ok(out)
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        tracing::error!(
+            panic = what,
+            "generation panicked; the engine keeps running"
+        );
+        Err(EngineError::Model(format!("internal engine error: {what}")))
     })
 }
 
+impl LoadOptions {
+    /// The one way from an engine configuration to load options: the engine thread and the
+    /// CLI's [`super::LocalModel`] both load through it.
+    pub(crate) fn from_config(config: &EngineConfig) -> Result<Self> {
+        let device: Device = select_device(&config.device)?;
+        let vae_tile = default_vae_tile(&device);
+        let dtype = parse_dtype(&config.dtype, &device)?;
+        Ok(LoadOptions {
+            device,
+            dtype,
+            variant: None,
+            use_flash_attn: config.use_flash_attn,
+            vae_tile,
+            max_memory: config.max_memory,
+            prediction_type: None,
+        })
+    }
+}
+
 /// Runs a validated request on a loaded model and encodes the images. Used by the engine
-/// thread, the CLI and the tests.
-pub fn generate_on(
+/// thread, [`super::LocalModel`] and the tests.
+pub(crate) fn generate_on(
     model: &StableDiffusion,
     request: &ValidRequest,
     progress: &mut dyn FnMut(Progress),
     cancel: &CancelToken,
 ) -> Result<GenerationResult> {
+    if request.seeds.is_empty() {
+        return Err(EngineError::invalid(
+            "batch_size",
+            "a request needs at least one seed",
+        ));
+    }
     let mut job = request.job.clone();
     if let Some(img) = &request.init_image {
         job.init_image = Some(from_rgb_image(img)?);
@@ -346,7 +407,7 @@ pub fn generate_on(
         .into_iter()
         .zip(&request.seeds)
         .map(|(img, &seed)| {
-            GeneratedImage::encode(img, request, &job, seed, &model.name, model.hash.as_deref())
+            GeneratedImage::encode(img, request, seed, &model.name, model.hash.as_deref())
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(GenerationResult {

@@ -1,5 +1,5 @@
 //! The seam between portraits and the engine: [`ImageBackend`], implemented by the real
-//! [`EngineHandle`] and by [`FakeBackend`], a fast deterministic painter for tests of everything
+//! [`Engine`] and by [`FakeBackend`], a fast deterministic painter for tests of everything
 //! above the engine (HTTP, jobs, history) that behaves like the engine where it matters: one
 //! progress call per denoising step, cancellation checked every step, the same output sizes,
 //! encoding and infotext.
@@ -11,12 +11,10 @@ use std::time::{Duration, Instant};
 
 use image::{Rgb, RgbImage};
 
-use crate::engine::loading::model_hash::ModelHash;
-use crate::engine::pipeline::{CancelToken, Job, Progress, Timings};
-use crate::engine::request::{Defaults, GeneratedImage, GenerationResult, ValidRequest};
-use crate::engine::samplers::img2img_start;
-use crate::engine::worker::{EngineHandle, EngineState};
-use crate::engine::EngineError;
+use crate::engine::{
+    CancelToken, Defaults, Engine, EngineError, EngineState, GeneratedImage, GenerationResult,
+    ModelHash, Progress, Timings, ValidRequest,
+};
 
 /// Something that paints validated requests.
 pub trait ImageBackend: Send + Sync + 'static {
@@ -37,22 +35,22 @@ pub trait ImageBackend: Send + Sync + 'static {
     fn model_hash(&self, model: &str) -> Option<ModelHash>;
 }
 
-impl ImageBackend for EngineHandle {
+impl ImageBackend for Engine {
     fn generate(
         &self,
         request: ValidRequest,
         progress: Box<dyn FnMut(Progress) + Send>,
         cancel: &CancelToken,
     ) -> Result<GenerationResult, EngineError> {
-        EngineHandle::generate(self, request, progress, cancel.clone())
+        Engine::generate(self, request, progress, cancel.clone())
     }
 
     fn defaults(&self, model: Option<&str>) -> Result<Defaults, EngineError> {
-        EngineHandle::defaults(self, model)
+        Engine::defaults(self, model)
     }
 
     fn state(&self) -> EngineState {
-        EngineHandle::state(self)
+        Engine::state(self)
     }
 
     fn model_names(&self) -> Vec<String> {
@@ -60,11 +58,11 @@ impl ImageBackend for EngineHandle {
     }
 
     fn default_model(&self) -> String {
-        EngineHandle::default_model(self).to_string()
+        Engine::default_model(self).to_string()
     }
 
     fn model_hash(&self, model: &str) -> Option<ModelHash> {
-        EngineHandle::model_hash(self, model)
+        Engine::model_hash(self, model)
     }
 }
 
@@ -233,29 +231,6 @@ impl FakeBackend {
     }
 }
 
-/// Steps a pass runs: all of them for txt2img, `floor(steps * strength)` for img2img (the
-/// engine's rule, including its error when that is zero).
-pub(crate) fn pass_steps(steps: usize, strength: Option<f64>) -> Result<usize, EngineError> {
-    match strength {
-        None => Ok(steps),
-        Some(s) => Ok(steps - img2img_start(steps, s)?),
-    }
-}
-
-/// Denoising steps a job runs over both passes, i.e. the progress callbacks to expect (exact for
-/// one-evaluation samplers; Heun reports its extra evaluations too).
-pub(crate) fn expected_steps(job: &Job, img2img: bool) -> Result<usize, EngineError> {
-    let mut total = pass_steps(job.steps, img2img.then_some(job.denoising_strength))?;
-    if let Some(hr) = &job.hires {
-        let steps = if hr.steps == 0 { job.steps } else { hr.steps };
-        // The engine's hires pass runs at least one step.
-        total += pass_steps(steps, Some(hr.denoising_strength))
-            .unwrap_or(1)
-            .max(1);
-    }
-    Ok(total)
-}
-
 fn mix(mut z: u64) -> u64 {
     // splitmix64's finaliser: cheap and well spread.
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -306,9 +281,8 @@ impl ImageBackend for FakeBackend {
             return Err(EngineError::Cancelled);
         }
         let model = request
-            .model
-            .clone()
-            .unwrap_or_else(|| self.default_model.clone());
+            .model()
+            .map_or_else(|| self.default_model.clone(), str::to_string);
         self.model_defaults(&model)?;
         if let Some(why) = self
             .failure
@@ -318,15 +292,9 @@ impl ImageBackend for FakeBackend {
         {
             return Err(EngineError::Model(why));
         }
-        let job = &request.job;
-        let img2img = request.init_image.is_some();
-        let total = expected_steps(job, img2img)?;
-        let (mut w, mut h) = (job.width as u32, job.height as u32);
-        if let Some(hr) = &job.hires {
-            // Same rounding as the engine's latent upscale (latents are 1/8 of the pixels).
-            let up = |side: u32| ((f64::from(side / 8) * hr.scale).round() as u32).max(1) * 8;
-            (w, h) = (up(w), up(h));
-        }
+        let total = request.expected_steps()?;
+        let (w, h) = request.output_size()?;
+        let (w, h) = (w as u32, h as u32);
         for step in 1..=total {
             if cancel.is_cancelled() {
                 return Err(EngineError::Cancelled);
@@ -334,27 +302,26 @@ impl ImageBackend for FakeBackend {
             if !self.step_delay.is_zero() {
                 std::thread::sleep(self.step_delay);
             }
-            progress(Progress {
-                step,
-                total,
-                elapsed: started.elapsed(),
-            });
+            progress(Progress::new(step, total, started.elapsed()));
         }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (&job.prompt, &job.negative_prompt, job.steps, &model).hash(&mut hasher);
+        (
+            request.prompt(),
+            request.negative_prompt(),
+            request.steps(),
+            &model,
+        )
+            .hash(&mut hasher);
         let prompt_key = hasher.finish();
         let images = request
-            .seeds
+            .seeds()
             .iter()
             .map(|&seed| {
-                let init = request
-                    .init_image
-                    .as_ref()
-                    .map(|i| (i, job.denoising_strength));
+                let init = request.init_image().zip(request.denoising_strength());
                 let pixels = paint(mix(prompt_key ^ mix(seed)), w, h, init);
                 let hash = self.model_hash(&model);
                 let short = hash.as_ref().map(ModelHash::short);
-                GeneratedImage::encode(pixels, &request, job, seed, &model, short)
+                GeneratedImage::encode(pixels, &request, seed, &model, short)
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
         self.completed.fetch_add(1, Ordering::SeqCst);
@@ -362,7 +329,7 @@ impl ImageBackend for FakeBackend {
         Ok(GenerationResult {
             images,
             model,
-            sampler: job.sampler.display_name(),
+            sampler: request.sampler_name(),
             timings: Timings {
                 unet_steps: total,
                 total_ms,
@@ -399,8 +366,7 @@ impl ImageBackend for FakeBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::output::{decode_image, read_parameters};
-    use crate::engine::request::{GenerationRequest, HiresRequest};
+    use crate::engine::{decode_image, read_parameters, GenerationRequest, HiresRequest};
     use std::sync::Arc;
 
     fn small() -> Defaults {

@@ -9,10 +9,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::backend::pass_steps;
 use super::options::{GenerateOptions, PreparedPortrait};
 use super::{PortraitError, PortraitService};
-use crate::engine::pipeline::{Job, Progress};
+use crate::engine::{Progress, ValidRequest};
 
 /// Weight of the newest job in the running measurement (an exponential moving average, so a
 /// model loaded on first use or a busy machine fades out after a few jobs).
@@ -21,24 +20,16 @@ const NEWEST_WEIGHT: f64 = 0.3;
 /// One pass of a job: (steps that report progress, megapixels per step).
 type Pass = (usize, f64);
 
-/// The denoising passes of `job` (`img2img`: it starts from an init image at its strength),
-/// with the engine's step counts (those of the progress callbacks).
-pub fn passes(job: &Job, img2img: bool) -> Vec<Pass> {
-    let mp = |w: usize, h: usize| (w * h * job.batch_size.max(1)) as f64 / 1e6;
-    let first = pass_steps(job.steps, img2img.then_some(job.denoising_strength)).unwrap_or(1);
-    let mut out = vec![(first, mp(job.width, job.height))];
-    if let Some(hr) = &job.hires {
-        let steps = if hr.steps == 0 { job.steps } else { hr.steps };
-        let (w, h) = (
-            (job.width as f64 * hr.scale) as usize,
-            (job.height as f64 * hr.scale) as usize,
-        );
-        let second = pass_steps(steps, Some(hr.denoising_strength))
-            .unwrap_or(1)
-            .max(1);
-        out.push((second, mp(w, h)));
-    }
-    out
+/// The denoising passes of `request`, with the engine's step counts (those of the progress
+/// callbacks) and megapixels; none for a request the engine would refuse.
+pub fn passes(request: &ValidRequest) -> Vec<Pass> {
+    let batch = request.batch_size().max(1);
+    request
+        .passes()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| (p.steps, (p.width * p.height * batch) as f64 / 1e6))
+        .collect()
 }
 
 /// Megapixel-steps of the first `done` steps of `passes`.
@@ -159,9 +150,8 @@ impl SpeedBook {
 impl PortraitService {
     /// What a prepared portrait will cost on this machine (from the measured speed).
     pub fn estimate(&self, prepared: &PreparedPortrait) -> Estimate {
-        let img2img = prepared.request.init_image.is_some();
         self.speed()
-            .estimate(&prepared.model, &passes(&prepared.request.job, img2img))
+            .estimate(&prepared.model, &passes(&prepared.request))
     }
 
     /// Resolves a txt2img portrait's settings as [`PortraitService::prepare_generate`] would,
@@ -263,11 +253,7 @@ mod tests {
         let mut cb = meter.wrap(Box::new(|_| {}));
         for step in 1..=3 {
             std::thread::sleep(std::time::Duration::from_millis(2));
-            cb(Progress {
-                step,
-                total: 3,
-                elapsed: meter.started.elapsed(),
-            });
+            cb(Progress::new(step, 3, meter.started.elapsed()));
         }
         drop(cb);
         meter.finish(false);

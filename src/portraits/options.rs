@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::characters::PortraitRecord;
-use crate::engine::request::{Defaults, ValidRequest};
+use crate::engine::{Defaults, ValidRequest};
 use crate::registry::Registry;
 
 /// The regeneration guide's regeneration strength range and default (`denoisingStrength`).
@@ -166,7 +166,7 @@ impl PreparedPortrait {
     }
     /// The resolved seed (a random one is drawn at preparation).
     pub fn seed(&self) -> u64 {
-        self.request.seeds.first().copied().unwrap_or_default()
+        self.request.seeds().first().copied().unwrap_or_default()
     }
     /// Sampler, steps, CFG, size, seed, hires and denoise settings as recorded in history.
     pub fn parameters(&self) -> &Value {

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::backend::{expected_steps, ImageBackend};
+use super::backend::ImageBackend;
 use super::error::PortraitError;
 use super::estimate::{passes, SpeedBook};
 use super::image_store::{image_key, thumbnail_key, ImageStore, ImageStoreError};
@@ -24,10 +24,10 @@ use super::options::{
 use super::prompt::{build_prompt, join_parts};
 use super::templates::{PortraitTemplate, PortraitTemplates, DEFAULT_STYLE};
 use crate::characters::{CharacterProfile, CharacterStore, NewPortrait, PortraitRecord};
-use crate::engine::output::{decode_image, encode_image, thumbnail, ImageFormat};
-use crate::engine::pipeline::{CancelToken, Progress};
-use crate::engine::request::{GenerationRequest, HiresRequest, ValidRequest};
-use crate::engine::EngineError;
+use crate::engine::{
+    decode_image, encode_image, thumbnail, CancelToken, EngineError, GenerationRequest,
+    HiresRequest, ImageFormat, Progress, ValidRequest,
+};
 
 /// Longest side of a portrait thumbnail, in pixels.
 pub const THUMBNAIL_SIDE: u32 = 256;
@@ -231,29 +231,27 @@ impl PortraitService {
         model: String,
         source: Option<PortraitRecord>,
     ) -> Result<PreparedPortrait, PortraitError> {
-        let img2img = request.init_image.is_some();
-        let expected = expected_steps(&request.job, img2img)?;
-        let job = &request.job;
-        let seed = request.seeds.first().copied().unwrap_or_default();
+        let expected = request.expected_steps()?;
+        let seed = request.seeds().first().copied().unwrap_or_default();
         let mut parameters = json!({
             "method": method.as_str(),
             "art_style": art_style,
             "model": model,
-            "sampler": job.sampler.display_name(),
-            "steps": job.steps,
-            "cfg_scale": job.cfg_scale,
-            "width": job.width,
-            "height": job.height,
+            "sampler": request.sampler_name(),
+            "steps": request.steps(),
+            "cfg_scale": request.cfg_scale(),
+            "width": request.width(),
+            "height": request.height(),
             "seed": seed,
-            "hires": job.hires.is_some(),
+            "hires": request.hires().is_some(),
         });
-        if let (Some(hr), Value::Object(map)) = (&job.hires, &mut parameters) {
+        if let (Some(hr), Value::Object(map)) = (request.hires(), &mut parameters) {
             map.insert("hr_scale".into(), json!(hr.scale));
             map.insert("hr_second_pass_steps".into(), json!(hr.steps));
             map.insert("hr_upscaler".into(), json!("Latent"));
             map.insert("hr_denoising_strength".into(), json!(hr.denoising_strength));
         }
-        let denoising_strength = img2img.then_some(job.denoising_strength);
+        let denoising_strength = request.denoising_strength();
         if let (Some(s), Value::Object(map)) = (denoising_strength, &mut parameters) {
             map.insert("denoising_strength".into(), json!(s));
         }
@@ -262,8 +260,8 @@ impl PortraitService {
         }
         Ok(PreparedPortrait {
             character_id: character_id.to_string(),
-            prompt: job.prompt.clone(),
-            negative_prompt: job.negative_prompt.clone(),
+            prompt: request.prompt().to_string(),
+            negative_prompt: request.negative_prompt().to_string(),
             request,
             method,
             art_style,
@@ -458,10 +456,7 @@ impl PortraitService {
             ..
         } = prepared;
         let started = Instant::now();
-        let meter = self.inner.speed.meter(
-            &resolved,
-            passes(&request.job, request.init_image.is_some()),
-        );
+        let meter = self.inner.speed.meter(&resolved, passes(&request));
         let progress = meter.wrap(progress);
         let result = self.inner.backend.generate(request, progress, cancel);
         meter.finish(result.is_ok());

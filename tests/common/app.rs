@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use limner::api::{app, AppState, Inner};
 use limner::auth::{Role, TokenStore, UrlSigner};
 use limner::characters::{CharacterStore, SqliteStore};
-use limner::engine::request::Defaults;
+use limner::engine::Defaults;
 use limner::jobs::{JobQueue, QueueConfig};
 use limner::portraits::{
     FakeBackend, ImageBackend, LocalImageStore, PortraitService, PortraitTemplates, StyleModels,

@@ -488,7 +488,7 @@ pub fn fetch_png(c: &Client, url: &str) -> (Vec<u8>, String) {
     let (status, ct, bytes) = c.get_bytes(url);
     assert_eq!(status, 200, "GET {url}");
     assert_eq!(ct.as_deref(), Some("image/png"), "GET {url}");
-    let params = limner::engine::output::read_png_parameters(&bytes)
+    let params = limner::engine::read_png_parameters(&bytes)
         .unwrap_or_else(|| panic!("{url} has no parameters text chunk"));
     (bytes, params)
 }

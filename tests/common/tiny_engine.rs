@@ -3,13 +3,11 @@
 
 use std::path::Path;
 
-use limner::engine::loading::model::ModelSource;
-use limner::engine::request::Defaults;
-use limner::engine::worker::{EngineConfig, EngineHandle, ModelSpec};
+use limner::engine::{Defaults, Engine, EngineConfig, ModelSource, ModelSpec};
 
-pub fn tiny_engine() -> EngineHandle {
+pub fn tiny_engine() -> Engine {
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15/model");
-    let engine = EngineHandle::spawn(EngineConfig {
+    let engine = Engine::spawn(EngineConfig {
         models: vec![ModelSpec {
             name: "tiny".into(),
             source: ModelSource::Folder(model),

@@ -19,9 +19,7 @@ use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::ApiJson;
 use crate::api::AppState;
 use crate::engine::infotext::{limner_version, InfoText, VERSION_KEY};
-use crate::engine::output::decode_image;
-use crate::engine::request::{GenerationRequest, ValidRequest};
-use crate::engine::EngineError;
+use crate::engine::{decode_image, EngineError, GenerationRequest, ValidRequest};
 
 /// The model a compat request runs on: `override_settings.sd_model_checkpoint` if given (it
 /// must be served), else the `sd_model_checkpoint` option, else the backend's default.
@@ -79,17 +77,16 @@ struct Summary {
 
 impl Summary {
     fn of(v: &ValidRequest) -> Self {
-        let j = &v.job;
         Summary {
-            prompt: j.prompt.clone(),
-            negative_prompt: j.negative_prompt.clone(),
-            steps: j.steps,
-            cfg_scale: j.cfg_scale,
-            sampler: j.sampler.display_name(),
-            width: j.width,
-            height: j.height,
-            batch_size: j.batch_size,
-            clip_skip: j.clip_skip + 1,
+            prompt: v.prompt().to_string(),
+            negative_prompt: v.negative_prompt().to_string(),
+            steps: v.steps(),
+            cfg_scale: v.cfg_scale(),
+            sampler: v.sampler_name(),
+            width: v.width(),
+            height: v.height(),
+            batch_size: v.batch_size(),
+            clip_skip: v.clip_skip(),
         }
     }
 }
@@ -285,9 +282,7 @@ pub(crate) async fn txt2img(
     let (body, notes) = (&o.body, &o.notes);
     let valid = validate(&state, &o.model, o.req)?;
     let denoising = valid
-        .job
-        .hires
-        .as_ref()
+        .hires()
         .map(|h| h.denoising_strength)
         .or(body.common.denoising_strength);
     let echo = serde_json::to_value(body).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -341,7 +336,7 @@ pub(crate) async fn img2img(
         )
     })
     .await?;
-    let denoising = Some(valid.job.denoising_strength);
+    let denoising = valid.denoising_strength();
     let mut echo = serde_json::to_value(&body).map_err(|e| ApiError::internal(e.to_string()))?;
     // A1111 echoes the init images (and mask) only when asked to.
     if body.include_init_images != Some(true) {

@@ -290,6 +290,7 @@ impl Common {
             hires: None,
             clip_skip,
             format: Some("png".into()),
+            preview_every: None,
         })
     }
 }

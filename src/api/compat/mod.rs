@@ -2,7 +2,7 @@
 //! AUTOMATIC1111's web API under `/sdapi/v1/` and OpenAI's `POST /v1/images/generations`.
 //!
 //! Both are thin translations onto the same engine, job queue and auth as the rest of the API:
-//! a request becomes a validated [`crate::engine::request::ValidRequest`], runs as a queue job
+//! a request becomes a validated [`crate::engine::ValidRequest`], runs as a queue job
 //! (429 when full, cancelled when the client goes away), and the result is reshaped into the
 //! other server's reply. Each API answers errors in its own shape (see `errors`).
 //!

@@ -169,7 +169,7 @@ pub(crate) async fn generations(
         Some("format") => ApiError::validation("output_format", e.message),
         _ => e,
     })?;
-    let ext = valid.format.extension();
+    let ext = valid.format().extension();
     let job = CompatJob {
         kind: "openai",
         request: valid,

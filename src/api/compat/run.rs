@@ -16,9 +16,7 @@ use super::CompatState;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::AppState;
 use crate::auth::Principal;
-use crate::engine::pipeline::{CancelToken, Progress};
-use crate::engine::request::{GeneratedImage, ValidRequest};
-use crate::engine::EngineError;
+use crate::engine::{CancelToken, EngineError, GeneratedImage, Progress, ValidRequest};
 use crate::jobs::{JobFailure, JobId, JobStatus};
 
 /// The most batches one A1111 request may ask for (`n_iter`).
@@ -114,7 +112,7 @@ pub(crate) async fn run(
     job: CompatJob,
 ) -> ApiResult<CompatOutput> {
     let n_iter = job.n_iter.clamp(1, MAX_N_ITER);
-    let base_seeds = job.request.seeds.clone();
+    let base_seeds = job.request.seeds().to_vec();
     let all_seeds: Vec<u64> = (0..n_iter)
         .flat_map(|k| batch_seeds(&base_seeds, k))
         .collect();
@@ -134,7 +132,7 @@ pub(crate) async fn run(
     let flags = active.clone();
     let out = slot.clone();
     let request = job.request;
-    let requested_model = request.model.clone();
+    let requested_model = request.model().map(str::to_string);
     let id = state.jobs.submit(
         format!("compat {}", job.kind),
         Some(owner.to_string()),
@@ -154,8 +152,7 @@ pub(crate) async fn run(
                     painted.interrupted = true;
                     break;
                 }
-                let mut batch = request.clone();
-                batch.seeds = batch_seeds(&request.seeds, k);
+                let batch = request.clone().with_seeds(batch_seeds(request.seeds(), k));
                 // The engine watches this batch's own token, so a skip stops only this batch;
                 // the progress callback (once per step) forwards every reason to stop to it.
                 let batch_cancel = CancelToken::new();

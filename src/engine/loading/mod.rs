@@ -1,4 +1,4 @@
-//! Loading models: the architecture from the model's own config files (see `engine::config`),
+//! Loading models: the architecture from the model's own config files (see `engine::architecture`),
 //! weights from diffusers
 //! folders or single-file checkpoints (converted to diffusers names), onto one device.
 

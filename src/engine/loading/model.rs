@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 use super::checkpoint::{self, Architecture, UNetLayout};
 use super::model_hash::HashCache;
 use super::weights::{RandomWeights, WeightBytes};
-use crate::engine::config::{read_json, ClipConfig, UNetConfig, VaeConfig};
+use crate::engine::architecture::{read_json, ClipConfig, UNetConfig, VaeConfig};
 use crate::engine::error::{EngineError, Result};
 use crate::engine::models::clip::{self, ClipTextModel};
 use crate::engine::models::unet::UNet;
@@ -82,6 +82,7 @@ pub fn default_vae_tile(device: &Device) -> Option<usize> {
 }
 
 impl LoadOptions {
+    #[cfg(test)]
     pub fn cpu() -> Self {
         Self {
             device: Device::Cpu,
@@ -246,6 +247,7 @@ fn default_variant(opts: &LoadOptions) -> Option<&str> {
 impl StableDiffusion {
     /// Loads every component. Errors name the file or tensor at fault. The model hash is
     /// computed without a persistent cache; the server uses [`StableDiffusion::load_with_hashes`].
+    #[cfg(test)]
     pub fn load(name: &str, source: &ModelSource, opts: &LoadOptions) -> Result<Self> {
         Self::load_with_hashes(name, source, opts, &HashCache::in_memory())
     }
@@ -497,11 +499,6 @@ impl StableDiffusion {
             .encode_padded(prompt, self.text_encoder.max_positions());
         let ids = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
         self.text_encoder.forward(&ids, clip_skip)
-    }
-
-    /// Encodes a prompt alone (A1111 syntax, long prompts chunked).
-    pub fn encode_prompt(&self, prompt: &str, clip_skip: usize) -> Result<Tensor> {
-        self.encode_chunks(&tokenize_weighted(&self.tokenizer, prompt), clip_skip)
     }
 
     /// Encodes a (negative, positive) pair to the same length, as classifier-free guidance needs.

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
 
-use crate::engine::config::{ClipActivation, ClipConfig};
+use crate::engine::architecture::{ClipActivation, ClipConfig};
 use crate::engine::error::Result;
 
 struct Attention {

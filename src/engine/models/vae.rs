@@ -8,7 +8,7 @@ use candle_nn::VarBuilder;
 use super::attention::SpatialSelfAttention;
 use super::layers::{upsample_nearest, Conv2d, GroupNorm};
 use super::resnet::{ResnetBlock2D, ResnetConfig};
-use crate::engine::config::VaeConfig;
+use crate::engine::architecture::VaeConfig;
 use crate::engine::error::Result;
 
 const EPS: f64 = 1e-6;

@@ -1,8 +1,6 @@
 //! The scheduler configuration diffusers writes (`scheduler/scheduler_config.json`) and the
 //! training noise schedule (betas, cumulative alphas) every sampler derives from it.
 
-use std::path::Path;
-
 use serde::Deserialize;
 
 use crate::engine::error::{EngineError, Result};
@@ -95,13 +93,15 @@ impl SchedulerConfig {
     /// Parses a diffusers scheduler config. Python's `json.dumps` writes `-Infinity` for
     /// DPM-Solver's default `lambda_min_clipped`, which strict JSON rejects, so such tokens are
     /// read as `null` (the field's default) first.
+    #[cfg(test)]
     pub fn from_json(text: &str) -> Result<Self> {
         serde_json::from_str(&python_json_to_strict(text))
             .map_err(|e| EngineError::Model(format!("scheduler config: {e}")))
     }
 
     /// Reads `scheduler/scheduler_config.json` (or any file holding such a config).
-    pub fn from_file(path: &Path) -> Result<Self> {
+    #[cfg(test)]
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| EngineError::Model(format!("{}: {e}", path.display())))?;
         Self::from_json(&text)
@@ -282,6 +282,7 @@ fn rescale_zero_terminal_snr(betas: &[f64]) -> Vec<f64> {
 /// Rewrites the non-standard tokens Python's `json` module emits (`NaN`, `Infinity`,
 /// `-Infinity`) to `null`, leaving string contents alone, so serde_json can read diffusers'
 /// config files and reference data.
+#[cfg(test)]
 pub fn python_json_to_strict(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -333,7 +334,7 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/tiny-sd15/model/scheduler/scheduler_config.json"
         );
-        let c = SchedulerConfig::from_file(Path::new(path)).unwrap();
+        let c = SchedulerConfig::from_file(std::path::Path::new(path)).unwrap();
         assert_eq!(c.beta_schedule, "scaled_linear");
         assert_eq!(c.steps_offset, 1);
         assert!(!c.set_alpha_to_one);

@@ -39,11 +39,12 @@ use candle_core::Tensor;
 
 use super::error::{EngineError, Result};
 
-pub use config::{python_json_to_strict, SchedulerConfig};
-pub use names::{
-    known_samplers, known_schedulers, parse_sampler, SamplerInfo, SamplerKind, SamplerSpec,
-    SchedulerInfo, SchedulerKind,
-};
+#[cfg(test)]
+pub use config::python_json_to_strict;
+pub use config::SchedulerConfig;
+#[cfg(test)]
+pub use names::SchedulerKind;
+pub use names::{known_samplers, known_schedulers, parse_sampler, SamplerKind, SamplerSpec};
 
 /// Most steps a job may ask for (A1111's UI limit).
 pub const MAX_STEPS: usize = 150;

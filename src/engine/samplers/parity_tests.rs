@@ -21,7 +21,7 @@ fn tiny_unet() -> UNet {
     // SAFETY: the fixture file is not modified while the test runs.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &Device::Cpu) }
         .expect("fixture unet weights");
-    let config = crate::engine::config::UNetConfig::load(std::path::Path::new(&format!(
+    let config = crate::engine::architecture::UNetConfig::load(std::path::Path::new(&format!(
         "{FIXTURE}/model/unet/config.json"
     )))
     .expect("fixture unet config");

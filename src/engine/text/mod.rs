@@ -6,8 +6,5 @@ pub mod prompt;
 pub mod tokenizer;
 mod tokenizer_config;
 
-pub use prompt::{
-    pad_to_same_chunks, parse_prompt_attention, tokenize_weighted, Chunk, PromptChunks, CHUNK_LEN,
-    TOKENS_PER_CHUNK,
-};
+pub use prompt::{pad_to_same_chunks, tokenize_weighted, PromptChunks};
 pub use tokenizer::{ClipTokenizer, PadToken};

@@ -72,6 +72,7 @@ pub struct PromptChunks {
 /// `\\` are literal; brackets left open apply to the rest of the prompt; a stray `)` or `]` is
 /// literal text. `BREAK` (a whole word, upper case) becomes a `("BREAK", -1.0)` marker. Adjacent
 /// runs with the same weight are merged; an empty prompt gives `[("", 1.0)]`.
+#[cfg(test)]
 pub fn parse_prompt_attention(text: &str) -> Vec<(String, f32)> {
     parse_attention(text)
         .into_iter()

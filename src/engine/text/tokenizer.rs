@@ -69,6 +69,7 @@ impl std::fmt::Debug for ClipTokenizer {
 
 impl ClipTokenizer {
     /// Loads `vocab.json` and `merges.txt` with `CLIPTokenizer`'s default special tokens.
+    #[cfg(test)]
     pub fn from_vocab_merges(vocab_json: &Path, merges_txt: &Path, pad: PadToken) -> Result<Self> {
         let vocab = read_file(vocab_json)?;
         let merges = read_file(merges_txt)?;

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::error::{EngineError, Result};
 
+#[cfg(test)]
 pub use unet::infer_unet_layout;
 
 /// The model family of a single-file checkpoint, as told by its text-encoder keys.
@@ -95,6 +96,7 @@ impl UNetLayout {
 /// A checkpoint renamed to the diffusers layout; each map is ready for
 /// `VarBuilder::from_tensors`. Tensors keep the dtype they were stored in, on the CPU.
 pub struct Converted {
+    #[cfg_attr(not(test), allow(dead_code))] // what the tests check the detection by
     pub architecture: Architecture,
     /// `UNet2DConditionModel` names (as in `unet/diffusion_pytorch_model.safetensors`).
     pub unet: HashMap<String, Tensor>,
@@ -104,11 +106,13 @@ pub struct Converted {
     /// `encoder.layers.N.*`, `final_layer_norm.*` (no `text_model.` prefix).
     pub text_encoder: HashMap<String, Tensor>,
     /// SDXL's second text encoder; `None` for SD1 and SD2.
+    #[cfg_attr(not(test), allow(dead_code))] // kept for SDXL, not loaded yet
     pub text_encoder_2: Option<HashMap<String, Tensor>>,
     /// Encoder layers in `text_encoder` (`num_hidden_layers`). For SD2 this is one fewer than
     /// the checkpoint holds: SD2 conditions on the penultimate layer, whose successor is dropped.
     pub text_encoder_layers: Option<usize>,
     /// Checkpoint keys that fit no known layout (sorted); the caller decides whether to warn.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub unknown_keys: Vec<String>,
 }
 
@@ -158,6 +162,7 @@ pub fn detect_architecture<'a>(keys: impl IntoIterator<Item = &'a str>) -> Resul
 }
 
 /// Loads and converts a single-file checkpoint; see [`load_tensors`] and [`convert`].
+#[cfg(test)]
 pub fn load_single_file(path: &Path, layout: &UNetLayout) -> Result<Converted> {
     convert(load_tensors(path)?, layout)
 }

@@ -7,7 +7,9 @@
 //! (`.0.op`), except the last block. `output_blocks` hold `layers_per_block + 1` entries per up
 //! block (resnet `.0`, attention `.1`, and the upsampler `.1.conv` or `.2.conv` on the last entry).
 
-use std::collections::{BTreeSet, HashMap};
+#[cfg(test)]
+use std::collections::BTreeSet;
+use std::collections::HashMap;
 
 use candle_core::Tensor;
 
@@ -190,6 +192,7 @@ pub(crate) fn check_layout(unet: &HashMap<String, Tensor>, layout: &UNetLayout) 
 /// Best-effort guess of the UNet layout from checkpoint keys and shapes (full keys, with the
 /// `model.diffusion_model.` prefix), for when no config folder is given. `None` when the keys do
 /// not form a consistent LDM UNet.
+#[cfg(test)]
 pub fn infer_unet_layout<'a>(
     shapes: impl IntoIterator<Item = (&'a str, &'a [usize])>,
 ) -> Option<UNetLayout> {

@@ -16,13 +16,11 @@ use candle_nn::VarBuilder;
 
 use super::layers::{upsample_nearest, Conv2d, GroupNorm};
 use super::resnet::{ResnetBlock2D, ResnetConfig};
+use crate::engine::architecture::UNetConfig;
 use crate::engine::cancel::CancelToken;
-use crate::engine::config::UNetConfig;
 use crate::engine::error::{EngineError, Result};
 use embeddings::{timestep_features, TimestepEmbedding};
 use transformer::{Transformer2D, TransformerConfig};
-
-pub use embeddings::timestep_features as sinusoidal_timesteps;
 
 /// One UNet evaluation's inputs.
 pub struct UNetInputs<'a> {
@@ -216,10 +214,6 @@ impl UNet {
             config: config.clone(),
             dtype: vb.dtype(),
         })
-    }
-
-    pub fn config(&self) -> &UNetConfig {
-        &self.config
     }
 
     /// One evaluation; the output has the sample's shape. Errors with `Cancelled` within one

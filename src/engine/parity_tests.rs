@@ -8,15 +8,15 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
-use limner::engine::loading::model::{LoadOptions, ModelSource, StableDiffusion};
-use limner::engine::noise::{NoisePurpose, NoiseSource};
-use limner::engine::pipeline::{CancelToken, Job};
-use limner::engine::samplers::{
+use crate::engine::loading::model::{LoadOptions, ModelSource, StableDiffusion};
+use crate::engine::noise::{NoisePurpose, NoiseSource};
+use crate::engine::pipeline::{CancelToken, Job};
+use crate::engine::samplers::{
     build_sampler, img2img_start, parse_sampler, python_json_to_strict, SchedulerConfig,
 };
-use limner::engine::text::ClipTokenizer;
-use limner::engine::EngineError;
+use crate::engine::text::ClipTokenizer;
+use crate::engine::EngineError;
+use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 fn fixture_dir() -> PathBuf {
@@ -188,6 +188,7 @@ fn run_pipeline_case(
         hires: None,
         clip_skip: 0,
         plain_prompt: true,
+        preview_every: None,
     };
     let noise_key = if img2img { "noise" } else { "initial_noise" };
     let replay = Replay {
@@ -249,65 +250,44 @@ fn run_all(fx: &Fixture, source_label: &str, source: &ModelSource) -> Vec<String
             )
         });
         let label = format!("[{source_label}] {id}");
-        match kind {
+        let want = |key: &str| fx.t(case[key].as_str().unwrap());
+        // (what, our tensor, the reference's key) per component case.
+        let checks: Vec<(String, Tensor, &str)> = match kind {
             "text_embeddings" => {
                 let got = model
                     .encode_plain(case["prompt"].as_str().unwrap(), 0)
                     .unwrap();
-                component(
-                    &label,
-                    &got,
-                    &fx.t(case["expected"].as_str().unwrap()),
-                    &mut failures,
-                );
+                vec![(label, got, "expected")]
             }
             "unet" => {
-                let ctx = fx.t(case["context"].as_str().unwrap());
+                let t = case["timestep"].as_f64().unwrap();
                 let got = model
-                    .unet_forward(
-                        &fx.t(case["sample"].as_str().unwrap()),
-                        case["timestep"].as_f64().unwrap(),
-                        &ctx,
-                    )
+                    .unet_forward(&want("sample"), t, &want("context"))
                     .unwrap();
-                component(
-                    &format!("{label} t={}", case["timestep"]),
-                    &got,
-                    &fx.t(case["expected"].as_str().unwrap()),
-                    &mut failures,
-                );
+                vec![(format!("{label} t={}", case["timestep"]), got, "expected")]
             }
             "vae_decode" => {
-                let got = model
-                    .decode(&fx.t(case["latents_scaled"].as_str().unwrap()))
-                    .unwrap();
-                component(
-                    &label,
-                    &got,
-                    &fx.t(case["expected"].as_str().unwrap()),
-                    &mut failures,
-                );
+                let got = model.decode(&want("latents_scaled")).unwrap();
+                vec![(label, got, "expected")]
             }
             "vae_encode" => {
-                let post = model
-                    .vae
-                    .encode(&fx.t(case["image"].as_str().unwrap()))
-                    .unwrap();
-                component(
-                    &format!("{label} mean"),
-                    &post.mean,
-                    &fx.t(case["expected_mean"].as_str().unwrap()),
-                    &mut failures,
-                );
-                component(
-                    &format!("{label} std"),
-                    &post.std,
-                    &fx.t(case["expected_std"].as_str().unwrap()),
-                    &mut failures,
-                );
+                let post = model.vae.encode(&want("image")).unwrap();
+                vec![
+                    (format!("{label} mean"), post.mean, "expected_mean"),
+                    (format!("{label} std"), post.std, "expected_std"),
+                ]
             }
-            "txt2img" | "img2img" => run_pipeline_case(fx, &model, case, &label, &mut failures),
-            other => failures.push(format!("{label}: unknown case kind '{other}'")),
+            "txt2img" | "img2img" => {
+                run_pipeline_case(fx, &model, case, &label, &mut failures);
+                vec![]
+            }
+            other => {
+                failures.push(format!("{label}: unknown case kind '{other}'"));
+                vec![]
+            }
+        };
+        for (what, got, key) in checks {
+            component(&what, &got, &want(key), &mut failures);
         }
         ran += 1;
     }

@@ -7,18 +7,15 @@
 
 use std::path::Path;
 
+use crate::engine::architecture::UNetConfig;
+use crate::engine::cancel::CancelToken;
+use crate::engine::models::unet::{UNet, UNetInputs};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use limner::engine::cancel::CancelToken;
-use limner::engine::config::UNetConfig;
-use limner::engine::models::unet::{UNet, UNetInputs};
 
 fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .and_then(|d| d.flatten_all())
-        .and_then(|d| d.max(0))
-        .and_then(|d| d.to_scalar::<f32>())
-        .expect("tensor")
+    let values: Vec<f32> = t.flatten_all().and_then(|d| d.to_vec1()).expect("tensor");
+    values.iter().fold(0f32, |m, v| m.max(v.abs()))
 }
 
 #[test]

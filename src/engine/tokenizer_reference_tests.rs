@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use limner::engine::text::ClipTokenizer;
+use crate::engine::text::ClipTokenizer;
 use serde_json::Value;
 
 fn fixture_dir() -> PathBuf {
@@ -105,10 +105,10 @@ fn bundled_tokenizer_equals_the_repository_layouts() {
     let vocab = std::fs::read(fixture_dir().join("vocab.json")).unwrap();
     let merges = std::fs::read(fixture_dir().join("merges.txt")).unwrap();
     for (variant, pad) in [
-        ("sd15", limner::engine::text::PadToken::EndOfText),
+        ("sd15", crate::engine::text::PadToken::EndOfText),
         (
             "sd2_pad_bang",
-            limner::engine::text::PadToken::Token("!".into()),
+            crate::engine::text::PadToken::Token("!".into()),
         ),
     ] {
         let tok = ClipTokenizer::from_bytes(&vocab, &merges, pad).unwrap();

@@ -73,8 +73,6 @@ pub struct UNetConfig {
     pub addition_embed_type: Option<String>,
     #[serde(default)]
     pub mid_block_type: Option<String>,
-    #[serde(default)]
-    pub sample_size: Option<usize>,
 }
 
 fn four() -> usize {

@@ -1,0 +1,133 @@
+//! One model loaded on the caller's own thread, for one-shot commands (`limner generate`,
+//! `limner bench`) that need no queue: the same configuration, loading and generation code as
+//! the engine thread, plus the UNet-only timing the benchmark reports.
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+
+use super::device::{describe, dtype_name};
+use super::error::{EngineError, Result};
+use super::loading::model::{LoadOptions, StableDiffusion};
+use super::loading::model_hash::HashCache;
+use super::pipeline::{CancelToken, Progress};
+use super::request::GenerationResult;
+use super::valid::ValidRequest;
+use super::worker::{generate_on, load_spec, EngineConfig};
+
+/// A loaded model, used from the thread that loaded it.
+pub struct LocalModel {
+    model: StableDiffusion,
+    flash_attn: bool,
+}
+
+/// What [`LocalModel::time_unet`] measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnetTimings {
+    /// Latents per UNet call (2 with classifier-free guidance).
+    pub batch_per_call: usize,
+    /// Wall time of each timed call, in milliseconds.
+    pub each_ms: Vec<f64>,
+}
+
+impl LocalModel {
+    /// Loads `config`'s default model on its device, as [`super::Engine`] would.
+    pub fn load(config: &EngineConfig) -> Result<Self> {
+        let spec = config
+            .models
+            .iter()
+            .find(|m| m.name == config.default_model)
+            .ok_or_else(|| EngineError::UnknownModel(config.default_model.clone()))?;
+        let opts = LoadOptions::from_config(config)?;
+        let model = load_spec(spec, &opts, &HashCache::in_memory())?;
+        Ok(Self {
+            model,
+            flash_attn: config.use_flash_attn,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.model.name
+    }
+
+    /// Runs a validated request and encodes its images.
+    pub fn generate(
+        &self,
+        request: &ValidRequest,
+        progress: &mut dyn FnMut(Progress),
+        cancel: &CancelToken,
+    ) -> Result<GenerationResult> {
+        generate_on(&self.model, request, progress, cancel)
+    }
+
+    /// "cpu", "cuda" or "metal".
+    pub fn device_name(&self) -> &'static str {
+        describe(&self.model.device)
+    }
+
+    pub fn is_cpu(&self) -> bool {
+        self.model.device.is_cpu()
+    }
+
+    /// "f32", "f16" or "bf16".
+    pub fn dtype_name(&self) -> &'static str {
+        dtype_name(self.model.dtype)
+    }
+
+    pub fn flash_attn(&self) -> bool {
+        self.flash_attn
+    }
+
+    /// Bytes of all loaded weights.
+    pub fn weight_bytes(&self) -> u64 {
+        self.model.weight_bytes
+    }
+
+    /// Times `calls` UNet evaluations on random latents at `width x height`, guided when
+    /// `cfg > 1`: no sampler, no VAE. `on_call(i, ms)` is called after each call (a warm-up is
+    /// a call whose timings are thrown away).
+    #[allow(clippy::too_many_arguments)]
+    pub fn time_unet(
+        &self,
+        prompt: &str,
+        negative: &str,
+        width: usize,
+        height: usize,
+        cfg: f64,
+        calls: usize,
+        on_call: &mut dyn FnMut(usize, f64),
+    ) -> Result<UnetTimings> {
+        let model = &self.model;
+        let scale = model.vae_scale();
+        let (h, w) = (height / scale, width / scale);
+        let (neg, pos) = model.encode_pair(negative, prompt, 0, false)?;
+        let guided = cfg > 1.0;
+        let context = if guided {
+            Tensor::cat(&[&neg, &pos], 0)?
+        } else {
+            pos
+        };
+        let batch = if guided { 2 } else { 1 };
+        let latents = Tensor::randn(
+            0f32,
+            1.0,
+            (batch, model.latent_channels(), h, w),
+            &model.device,
+        )?
+        .to_dtype(DType::F32)?;
+        let mut each_ms = Vec::with_capacity(calls);
+        for i in 0..calls {
+            let started = Instant::now();
+            let out = model.unet_forward(&latents, 500.0, &context)?;
+            // Reading one value waits for asynchronous devices to finish.
+            out.flatten_all()?.narrow(0, 0, 1)?.to_vec1::<f32>()?;
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            on_call(i, ms);
+            each_ms.push(ms);
+        }
+        Ok(UnetTimings {
+            batch_per_call: batch,
+            each_ms,
+        })
+    }
+}
