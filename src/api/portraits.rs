@@ -262,8 +262,8 @@ pub async fn estimate(
 /// What a generate request turned out to need once its character was read.
 enum Opening {
     /// The character has a portrait and no regeneration was asked for.
-    Existing(PortraitRecord),
-    Prepared(PreparedPortrait),
+    Existing(Box<PortraitRecord>),
+    Prepared(Box<PreparedPortrait>),
 }
 
 pub async fn generate(
@@ -294,18 +294,18 @@ pub async fn generate(
     let opening = blocking(move || {
         let profile = s.editable_character(&c, &i)?;
         if let (Some(pid), false) = (&profile.current_portrait_id, regenerate) {
-            return Ok(Opening::Existing(s.store.get_portrait(pid)?));
+            return Ok(Opening::Existing(Box::new(s.store.get_portrait(pid)?)));
         }
-        Ok(Opening::Prepared(
+        Ok(Opening::Prepared(Box::new(
             s.portraits.prepare_generate(&profile, options)?,
-        ))
+        )))
     })
     .await?;
     let prepared = match opening {
         Opening::Existing(record) => {
             return Ok(Json(generate_reply(&state, &record, None)).into_response())
         }
-        Opening::Prepared(p) => p,
+        Opening::Prepared(p) => *p,
     };
     run_job(
         &state,

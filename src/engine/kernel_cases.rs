@@ -73,7 +73,18 @@ pub fn kernel_cases() -> Result<Vec<KernelCase>> {
         }),
         case("group_norm+silu 2x640x32x32 (candle ops)", {
             let x = x.clone();
-            move || group_norm::reference(&x, 32, &gamma, &beta, 1e-5, true)
+            move || {
+                group_norm::reference(
+                    &x,
+                    &gamma,
+                    &beta,
+                    group_norm::Norm {
+                        groups: 32,
+                        eps: 1e-5,
+                        silu: true,
+                    },
+                )
+            }
         }),
         case("geglu 2x1024x5120 (fused)", {
             let h = h.clone();

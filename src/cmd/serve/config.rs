@@ -436,7 +436,7 @@ fn dtype(v: &str) -> Result<String, String> {
 
 fn memory(v: &str) -> Result<String, String> {
     // `cpu: false` checks the text without measuring the machine.
-    limner::engine::memory::resolve_limit(Some(v), false)
+    limner::engine::memory_limit(Some(v), false)
         .map(|_| v.to_string())
         .map_err(|e| {
             let e = e.trim_start_matches("max_memory: ");
@@ -447,7 +447,7 @@ fn memory(v: &str) -> Result<String, String> {
 fn free_space(v: &str) -> Result<u64, String> {
     match v.to_ascii_lowercase().as_str() {
         "none" | "off" => Ok(0),
-        size => limner::engine::memory::parse_size(size)
+        size => limner::engine::parse_size(size)
             .map_err(|e| format!("must be a size (512M, 2G), 0 or none: {e}")),
     }
 }
