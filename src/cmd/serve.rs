@@ -14,7 +14,7 @@ use limner::api::{self, AppState, Inner};
 use limner::auth::{is_loopback_bind, TokenStore, UrlSigner};
 use limner::characters::{CharacterStore, SqliteStore};
 use limner::engine::worker::{EngineConfig, EngineHandle, ModelSpec};
-use limner::jobs::{JobQueue, QueueConfig};
+use limner::jobs::{JobQueue, QueueConfig, SqliteJobStore};
 use limner::portraits::{
     device_defaults, DeviceClass, ImageBackend, LocalImageStore, NoModelBackend, PortraitService,
     StyleModels,
@@ -75,6 +75,10 @@ pub struct ServeConfig {
     /// Generations running at once per device.
     #[arg(long, env = "LIMNER_CONCURRENCY")]
     pub concurrency: Option<usize>,
+    /// How long a finished job stays readable at /api/jobs/{id}: whole seconds or a number
+    /// with s, m, h or d (default 24h).
+    #[arg(long, env = "LIMNER_JOB_RETENTION")]
+    pub job_retention: Option<String>,
     /// Seconds a synchronous generation waits before it is cancelled (504).
     #[arg(long, env = "LIMNER_REQUEST_TIMEOUT")]
     pub request_timeout: Option<u64>,
@@ -110,6 +114,8 @@ pub struct Settings {
     pub max_loaded: usize,
     pub queue_depth: usize,
     pub concurrency: usize,
+    /// `--job-retention` as given (parsed, with its error, when the queue is built).
+    pub job_retention: Option<String>,
     pub request_timeout: Duration,
     pub media_url_ttl: u64,
     pub no_auth: bool,
@@ -160,6 +166,7 @@ impl ServeConfig {
             max_loaded: pick!(max_loaded, 2),
             queue_depth: pick!(queue_depth, 8),
             concurrency: pick!(concurrency, 1),
+            job_retention: self.job_retention.clone().or(file.job_retention.clone()),
             request_timeout: Duration::from_secs(pick!(request_timeout, 60)),
             media_url_ttl: pick!(media_url_ttl, 3600),
             no_auth: pick!(no_auth, false),
@@ -332,11 +339,7 @@ fn finish_build(
     portraits
         .speed()
         .set_device(DeviceClass::from_spec(&s.device).as_str());
-    let jobs = JobQueue::new(QueueConfig {
-        max_queued: s.queue_depth,
-        concurrency: s.concurrency,
-        ..Default::default()
-    })?;
+    let jobs = open_jobs(s)?;
     Ok(AppState::new(Inner {
         store,
         portraits,
@@ -347,6 +350,25 @@ fn finish_build(
         request_timeout: s.request_timeout,
     })
     .with_disk_guard(DiskGuard::with_reserve(&s.data_dir, min_free_bytes(s)?)))
+}
+
+/// The job queue over the job records in the data directory's database (the character store
+/// opened it first and applied the migrations).
+fn open_jobs(s: &Settings) -> anyhow::Result<JobQueue> {
+    let retention = match s.job_retention.as_deref() {
+        None => limner::jobs::DEFAULT_RETENTION,
+        Some(text) => limner::jobs::parse_duration(text)
+            .map_err(|e| anyhow::anyhow!("job_retention: {e}"))?,
+    };
+    let db = s.data_dir.join(limner::characters::DB_FILE_NAME);
+    let store = SqliteJobStore::open(&db).map_err(|e| anyhow::anyhow!(e))?;
+    let config = QueueConfig {
+        max_queued: s.queue_depth,
+        concurrency: s.concurrency,
+        retention,
+        ..Default::default()
+    };
+    Ok(JobQueue::open(config, Arc::new(store))?)
 }
 
 /// `--min-free-space` in bytes (0 when unset or off).
