@@ -12,8 +12,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use limner::engine::EngineError;
 use limner::jobs::{
-    FailureKind, JobContext, JobEvent, JobEvents, JobFailure, JobHandle, JobId, JobQueue,
-    JobSpec, JobState, QueueConfig, QueueError, WaitError,
+    FailureKind, JobContext, JobEvent, JobEvents, JobFailure, JobHandle, JobId, JobQueue, JobSpec,
+    JobState, QueueConfig, QueueError, WaitError,
 };
 use serde_json::{json, Value};
 
@@ -54,13 +54,13 @@ async fn result_of(h: Handle) -> Result<Value, WaitError<JobFailure>> {
 fn blocker(q: &JobQueue) -> (Handle, mpsc::Sender<()>) {
     let (tx, rx) = mpsc::channel::<()>();
     let id = submit(q, "blocker", move |ctx: JobContext| {
-            let _ = rx.recv();
-            if ctx.is_cancelled() {
-                return Err(JobFailure::cancelled("saw the token"));
-            }
-            Ok(json!("blocker done"))
-        })
-        .expect("blocker admitted");
+        let _ = rx.recv();
+        if ctx.is_cancelled() {
+            return Err(JobFailure::cancelled("saw the token"));
+        }
+        Ok(json!("blocker done"))
+    })
+    .expect("blocker admitted");
     (id, tx)
 }
 
@@ -123,14 +123,14 @@ async fn twenty_jobs_on_one_slot_start_in_submission_order_one_at_a_time() {
     for n in 0..20 {
         let (order, running, most) = (order.clone(), running.clone(), most_at_once.clone());
         let h = submit(&q, &format!("job {n}"), move |_ctx: JobContext| {
-                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                most.fetch_max(now, Ordering::SeqCst);
-                order.lock().unwrap().push(n);
-                std::thread::sleep(Duration::from_millis(1));
-                running.fetch_sub(1, Ordering::SeqCst);
-                Ok(json!(n))
-            })
-            .unwrap();
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            order.lock().unwrap().push(n);
+            std::thread::sleep(Duration::from_millis(1));
+            running.fetch_sub(1, Ordering::SeqCst);
+            Ok(json!(n))
+        })
+        .unwrap();
         assert_eq!(q.status(h.id().as_str()).unwrap().position, Some(n + 1));
         ids.push(h);
     }
@@ -275,7 +275,10 @@ async fn a_cancelled_waiting_job_never_runs_and_the_queue_moves_on() {
     assert_eq!(st.state, JobState::Cancelled);
     assert_eq!(st.error.map(|e| e.kind), Some(FailureKind::Cancelled));
     assert_eq!(q.status(after.id().as_str()).unwrap().position, Some(1));
-    assert!(!q.cancel(victim.id().as_str()), "second cancel reported success");
+    assert!(
+        !q.cancel(victim.id().as_str()),
+        "second cancel reported success"
+    );
     release.send(()).unwrap();
     assert_eq!(result_of(after).await, Ok(json!("after")));
     assert!(matches!(
@@ -309,7 +312,10 @@ async fn a_cancelled_running_job_stops_within_one_step_and_frees_its_slot() {
     let after = begun.load(Ordering::SeqCst);
     assert!(after <= before_cancel + 1, "{before_cancel} -> {after}");
     assert_eq!(result_of(next).await, Ok(json!("next ran")));
-    assert_eq!(q.status(long_id.as_str()).unwrap().state, JobState::Cancelled);
+    assert_eq!(
+        q.status(long_id.as_str()).unwrap().state,
+        JobState::Cancelled
+    );
     assert_eq!(q.metrics().cancelled, 1);
 }
 
@@ -519,4 +525,47 @@ async fn shutdown_cancels_waiting_jobs_refuses_new_ones_and_drains() {
     guarded("drain", q.drained()).await;
     assert_eq!(q.status(running.as_str()).unwrap().state, JobState::Done);
     assert!(!q.metrics().accepting);
+}
+
+/// Captured log output, for the span test.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn every_log_line_of_a_job_thread_names_its_job() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    // Global: the job runs on a thread of its own, which a thread-local default would miss.
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+    let q = queue(8, 1);
+    let h = q
+        .submit(JobSpec::new("portrait.test", "logged"), |_| {
+            tracing::info!("painting the portrait");
+            Ok::<_, JobFailure>(json!("painted"))
+        })
+        .unwrap();
+    let id = h.id().clone();
+    assert_eq!(result_of(h).await, Ok(json!("painted")));
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("painting the portrait"))
+        .unwrap_or_else(|| panic!("the job's line was not logged: {text}"));
+    assert!(line.contains(id.as_str()), "{line}");
+    assert!(line.contains("portrait.test"), "{line}");
 }

@@ -9,8 +9,8 @@ use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
 
-use super::caller::{viewer_of, Caller};
 use super::blocking;
+use super::caller::{viewer_of, Caller};
 use super::characters::with_urls;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery};

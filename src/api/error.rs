@@ -26,7 +26,9 @@ pub fn status_of(kind: FailureKind) -> (StatusCode, &'static str) {
         FailureKind::Restarted => (StatusCode::SERVICE_UNAVAILABLE, "server_restarted"),
         FailureKind::Engine => (StatusCode::INTERNAL_SERVER_ERROR, "engine_error"),
         FailureKind::Storage => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
-        FailureKind::InsufficientStorage => (StatusCode::INSUFFICIENT_STORAGE, INSUFFICIENT_STORAGE),
+        FailureKind::InsufficientStorage => {
+            (StatusCode::INSUFFICIENT_STORAGE, INSUFFICIENT_STORAGE)
+        }
         FailureKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
     }
 }
@@ -244,9 +246,9 @@ impl From<PortraitError> for ApiError {
             PortraitError::Validation { field, message } => ApiError::validation(field, message),
             PortraitError::Engine(e) => e.into(),
             PortraitError::Cancelled => ApiError::of_kind(kind, "the job was cancelled"),
-            PortraitError::Conflict(m) | PortraitError::Storage(m) | PortraitError::StorageFull(m) => {
-                ApiError::of_kind(kind, m)
-            }
+            PortraitError::Conflict(m)
+            | PortraitError::Storage(m)
+            | PortraitError::StorageFull(m) => ApiError::of_kind(kind, m),
         }
     }
 }

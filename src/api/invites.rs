@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 
-use super::caller::Caller;
 use super::blocking;
+use super::caller::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
 use super::AppState;

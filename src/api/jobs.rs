@@ -79,7 +79,12 @@ async fn event_json(state: &AppState, kind: &str, id: &str, ev: &JobEvent) -> Va
     let mut v = serde_json::to_value(ev).unwrap_or(Value::Null);
     match ev {
         JobEvent::Done { result } => {
-            let (s, kind, id, result) = (state.clone(), kind.to_string(), id.to_string(), result.clone());
+            let (s, kind, id, result) = (
+                state.clone(),
+                kind.to_string(),
+                id.to_string(),
+                result.clone(),
+            );
             if let Ok(r) = blocking(move || Ok(render_result(&s, &kind, &id, &result))).await {
                 v["result"] = r;
             }

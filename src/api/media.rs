@@ -9,8 +9,8 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::caller::Caller;
 use super::blocking;
+use super::caller::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiQuery;
 use super::AppState;

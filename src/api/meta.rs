@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::caller::Caller;
 use super::blocking;
+use super::caller::Caller;
 use super::characters::enriched;
 use super::error::{ApiError, ApiResult};
 use super::AppState;

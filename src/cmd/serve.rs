@@ -357,8 +357,9 @@ fn finish_build(
 fn open_jobs(s: &Settings) -> anyhow::Result<JobQueue> {
     let retention = match s.job_retention.as_deref() {
         None => limner::jobs::DEFAULT_RETENTION,
-        Some(text) => limner::jobs::parse_duration(text)
-            .map_err(|e| anyhow::anyhow!("job_retention: {e}"))?,
+        Some(text) => {
+            limner::jobs::parse_duration(text).map_err(|e| anyhow::anyhow!("job_retention: {e}"))?
+        }
     };
     let db = s.data_dir.join(limner::characters::DB_FILE_NAME);
     let store = SqliteJobStore::open(&db).map_err(|e| anyhow::anyhow!(e))?;

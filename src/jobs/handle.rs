@@ -12,8 +12,8 @@ use serde_json::Value;
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-use super::queue::{JobContext, JobFn, JobQueue, JobSpec};
-use super::types::{JobEvent, JobFailure, JobId, QueueError};
+use super::queue::{JobContext, JobFn, JobQueue};
+use super::types::{JobEvent, JobFailure, JobId, JobSpec, QueueError};
 
 /// A job's result as its record keeps it: a small reference (a portrait id, a count), never the
 /// bytes or the reply, which the API rebuilds from it.

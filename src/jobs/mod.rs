@@ -22,9 +22,10 @@ pub use config::{
     MAX_RETENTION,
 };
 pub use handle::{CancelOnDrop, JobError, JobHandle, JobOutput, WaitError};
-pub use queue::{JobContext, JobEvents, JobQueue, JobSpec, QueueOpenError};
+pub use queue::{JobContext, JobEvents, JobQueue};
 pub use sqlite::SqliteJobStore;
 pub use store::{JobRecord, JobStore, JobStoreError, JobStoreResult};
 pub use types::{
-    FailureKind, JobEvent, JobFailure, JobId, JobState, JobStatus, QueueError, QueueMetrics,
+    FailureKind, JobEvent, JobFailure, JobId, JobSpec, JobState, JobStatus, QueueError,
+    QueueMetrics, QueueOpenError,
 };

@@ -16,17 +16,17 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures::Stream;
 use serde_json::Value;
-use thiserror::Error;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::sync::Notify;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::config::{QueueConfig, QueueConfigError};
+use super::config::QueueConfig;
 use super::sqlite::SqliteJobStore;
 use super::state::{Admission, CancelOutcome, QueueState};
 use super::store::{JobRecord, JobStore, JobStoreError};
 use super::types::{
-    JobEvent, JobFailure, JobId, JobState, JobStatus, QueueError, QueueMetrics,
+    JobEvent, JobFailure, JobId, JobSpec, JobState, JobStatus, QueueError, QueueMetrics,
+    QueueOpenError,
 };
 use crate::engine::pipeline::CancelToken;
 
@@ -38,47 +38,6 @@ pub(crate) type JobFn = Box<dyn FnOnce(JobContext) -> Result<Value, JobFailure> 
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// How often finishing jobs also delete records past the retention.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
-
-/// What a submission is, for its record.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobSpec {
-    /// What sort of job it is (`portrait.generate`, `compat.txt2img`...).
-    pub kind: String,
-    /// A short human description ("portrait 1234").
-    pub label: String,
-    /// Who submitted it (for authorization by the API layer); never interpreted here.
-    pub owner: Option<String>,
-    /// The validated request as JSON, for the record (never image bytes).
-    pub request: Value,
-}
-
-impl JobSpec {
-    pub fn new(kind: impl Into<String>, label: impl Into<String>) -> Self {
-        JobSpec {
-            kind: kind.into(),
-            label: label.into(),
-            owner: None,
-            request: Value::Null,
-        }
-    }
-    pub fn owner(mut self, owner: impl Into<String>) -> Self {
-        self.owner = Some(owner.into());
-        self
-    }
-    pub fn request(mut self, request: Value) -> Self {
-        self.request = request;
-        self
-    }
-}
-
-/// Why a queue could not be opened.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum QueueOpenError {
-    #[error(transparent)]
-    Config(#[from] QueueConfigError),
-    #[error("job records: {0}")]
-    Store(#[from] JobStoreError),
-}
 
 /// A bounded, first-come-first-served job queue that runs at most `concurrency` jobs at once.
 /// Clones share the same queue.
@@ -455,8 +414,11 @@ impl Inner {
                 .status(next.as_str(), Instant::now())
                 .and_then(|s| s.started_at)
                 .unwrap_or_else(Utc::now);
-            if logged("the start", next.as_str(), self.store.claim(next.as_str(), started_at))
-                == Some(false)
+            if logged(
+                "the start",
+                next.as_str(),
+                self.store.claim(next.as_str(), started_at),
+            ) == Some(false)
             {
                 tracing::warn!(job = %next, "the job's record was not queued when it started");
             }
@@ -483,13 +445,20 @@ impl Inner {
     /// Deletes expired records, at most once per [`PRUNE_EVERY`].
     fn maybe_prune(&self) {
         {
-            let mut last = self.last_prune.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut last = self
+                .last_prune
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if last.elapsed() < PRUNE_EVERY {
                 return;
             }
             *last = Instant::now();
         }
-        logged("pruning", "-", self.store.prune(Utc::now() - self.retention));
+        logged(
+            "pruning",
+            "-",
+            self.store.prune(Utc::now() - self.retention),
+        );
     }
 }
 

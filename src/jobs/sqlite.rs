@@ -83,9 +83,8 @@ fn record(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         total: row.get::<_, i64>("total")?.max(0) as usize,
         result: result.and_then(|r| serde_json::from_str(&r).ok()),
         // A record whose error no longer parses still says that it failed.
-        error: error.map(|e| {
-            serde_json::from_str(&e).unwrap_or_else(|_| JobFailure::internal(e.clone()))
-        }),
+        error: error
+            .map(|e| serde_json::from_str(&e).unwrap_or_else(|_| JobFailure::internal(e.clone()))),
         seq: row.get::<_, i64>("seq")?.max(0) as u64,
         created_at: parse_ts(Some(created)).unwrap_or_default(),
         started_at: parse_ts(row.get("started_at")?),
@@ -207,9 +206,8 @@ impl JobStore for SqliteJobStore {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let ids = {
-            let mut stmt = tx.prepare(
-                "SELECT id FROM jobs WHERE state IN ('queued', 'running') ORDER BY seq",
-            )?;
+            let mut stmt = tx
+                .prepare("SELECT id FROM jobs WHERE state IN ('queued', 'running') ORDER BY seq")?;
             let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
             rows.collect::<Result<Vec<_>, _>>()?
         };

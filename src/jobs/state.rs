@@ -355,9 +355,7 @@ impl QueueState {
                 .jobs
                 .get(oldest)
                 .and_then(|r| r.finished)
-                .is_none_or(|(at, _)| {
-                    now.saturating_duration_since(at) > self.config.retention
-                });
+                .is_none_or(|(at, _)| now.saturating_duration_since(at) > self.config.retention);
             if self.finished.len() <= self.config.keep_finished && !expired {
                 break;
             }

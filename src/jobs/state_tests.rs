@@ -302,10 +302,13 @@ fn progress_is_recorded_only_while_running_and_shows_in_catch_up() {
 #[test]
 fn finished_jobs_are_forgotten_beyond_the_count_limit() {
     let now = Instant::now();
-    let mut s = QueueState::new(QueueConfig {
-        keep_finished: 3,
-        ..config(8, 1)
-    }, 0);
+    let mut s = QueueState::new(
+        QueueConfig {
+            keep_finished: 3,
+            ..config(8, 1)
+        },
+        0,
+    );
     for n in 0..5 {
         submit(&mut s, n, now).unwrap();
         s.finish(id(n).as_str(), Ok(json!(n)), now).unwrap();
@@ -320,10 +323,13 @@ fn finished_jobs_are_forgotten_beyond_the_count_limit() {
 #[test]
 fn finished_jobs_are_forgotten_after_the_age_limit_but_live_ones_are_not() {
     let t0 = Instant::now();
-    let mut s = QueueState::new(QueueConfig {
-        retention: Duration::from_secs(60),
-        ..config(8, 1)
-    }, 0);
+    let mut s = QueueState::new(
+        QueueConfig {
+            retention: Duration::from_secs(60),
+            ..config(8, 1)
+        },
+        0,
+    );
     submit(&mut s, 0, t0).unwrap();
     s.finish(id(0).as_str(), Ok(json!(0)), t0).unwrap();
     submit(&mut s, 1, t0).unwrap();

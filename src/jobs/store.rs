@@ -94,8 +94,11 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Ends every job still queued or running with `failure` (state failed, finished now) and
     /// returns their ids: called at start-up, before any job of this process exists.
-    fn fail_unfinished(&self, failure: &JobFailure, now: DateTime<Utc>)
-        -> JobStoreResult<Vec<JobId>>;
+    fn fail_unfinished(
+        &self,
+        failure: &JobFailure,
+        now: DateTime<Utc>,
+    ) -> JobStoreResult<Vec<JobId>>;
 
     /// Deletes jobs that finished before `cutoff`; returns how many.
     fn prune(&self, cutoff: DateTime<Utc>) -> JobStoreResult<usize>;

@@ -2,14 +2,15 @@
 //! Everything here is plain data (serde-serializable where a client will see it) so the API layer
 //! can hand it out as JSON or Server-Sent Events without reshaping.
 
-use std::borrow::Borrow;
-use std::fmt;
-use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::borrow::Borrow;
+use std::fmt;
+use std::sync::Arc;
 use thiserror::Error;
 
+use super::config::QueueConfigError;
 use super::store::JobStoreError;
 
 /// A job's id: a v4 uuid string. Cheap to clone; looks up by `&str` in maps.
@@ -303,4 +304,45 @@ pub enum QueueError {
     /// The job's record could not be written, so it was not accepted.
     #[error("the job could not be recorded: {0}")]
     Storage(JobStoreError),
+}
+
+/// What a submission is, for its record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    /// What sort of job it is (`portrait.generate`, `compat.txt2img`...).
+    pub kind: String,
+    /// A short human description ("portrait 1234").
+    pub label: String,
+    /// Who submitted it (for authorization by the API layer); never interpreted here.
+    pub owner: Option<String>,
+    /// The validated request as JSON, for the record (never image bytes).
+    pub request: Value,
+}
+
+impl JobSpec {
+    pub fn new(kind: impl Into<String>, label: impl Into<String>) -> Self {
+        JobSpec {
+            kind: kind.into(),
+            label: label.into(),
+            owner: None,
+            request: Value::Null,
+        }
+    }
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+    pub fn request(mut self, request: Value) -> Self {
+        self.request = request;
+        self
+    }
+}
+
+/// Why a queue could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum QueueOpenError {
+    #[error(transparent)]
+    Config(#[from] QueueConfigError),
+    #[error("job records: {0}")]
+    Store(#[from] JobStoreError),
 }

@@ -183,6 +183,9 @@ mod tests {
             known: "euler".into(),
         }
         .failure();
-        assert_eq!((f.kind, f.field.as_deref()), (FailureKind::Invalid, Some("sampler")));
+        assert_eq!(
+            (f.kind, f.field.as_deref()),
+            (FailureKind::Invalid, Some("sampler"))
+        );
     }
 }

@@ -143,78 +143,78 @@ pub(crate) async fn run(
     let request = job.request;
     let requested_model = request.model.clone();
     // The record keeps what identifies the request, not the (possibly base64) init image.
-    let spec = JobSpec::new(format!("compat.{}", job.kind), format!("compat {}", job.kind))
-        .owner(owner)
-        .request(json!({
-            "model": requested_model,
-            "seeds": base_seeds,
-            "n_iter": n_iter,
-        }));
-    let handle = state.jobs.submit(
-        spec,
-        move |ctx| {
-            let job_cancel = ctx.cancel_token();
-            let mut painted = Painted {
-                images: Vec::new(),
-                model: String::new(),
-                interrupted: false,
-                skipped: 0,
-            };
-            for k in 0..n_iter {
-                if job_cancel.is_cancelled() {
-                    return Err(EngineError::Cancelled);
-                }
-                if flags.is_interrupted() {
-                    painted.interrupted = true;
-                    break;
-                }
-                let mut batch = request.clone();
-                batch.seeds = batch_seeds(&request.seeds, k);
-                // The engine watches this batch's own token, so a skip stops only this batch;
-                // the progress callback (once per step) forwards every reason to stop to it.
-                let batch_cancel = CancelToken::new();
-                *flags.batch.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some(batch_cancel.clone());
-                if flags.is_interrupted() {
-                    painted.interrupted = true;
-                    break;
-                }
-                let progress = {
-                    let ctx = ctx.clone();
-                    let flags = flags.clone();
-                    let job_cancel = job_cancel.clone();
-                    let batch_cancel = batch_cancel.clone();
-                    Box::new(move |p: Progress| {
-                        ctx.progress(k * p.total + p.step, n_iter * p.total);
-                        if job_cancel.is_cancelled() || flags.skip.swap(false, Ordering::SeqCst) {
-                            batch_cancel.cancel();
-                        } else if flags.is_interrupted() {
-                            batch_cancel.interrupt();
-                        }
-                    })
-                };
-                match backend.generate(batch, progress, &batch_cancel) {
-                    Ok(result) => {
-                        painted.model = result.model;
-                        painted.images.extend(result.images);
-                        if flags.is_interrupted() {
-                            painted.interrupted = true;
-                            break;
-                        }
-                    }
-                    Err(EngineError::Cancelled) if !job_cancel.is_cancelled() => {
-                        if flags.is_interrupted() {
-                            painted.interrupted = true;
-                            break;
-                        }
-                        painted.skipped += 1;
-                    }
-                    Err(e) => return Err(e),
-                }
+    let spec = JobSpec::new(
+        format!("compat.{}", job.kind),
+        format!("compat {}", job.kind),
+    )
+    .owner(owner)
+    .request(json!({
+        "model": requested_model,
+        "seeds": base_seeds,
+        "n_iter": n_iter,
+    }));
+    let handle = state.jobs.submit(spec, move |ctx| {
+        let job_cancel = ctx.cancel_token();
+        let mut painted = Painted {
+            images: Vec::new(),
+            model: String::new(),
+            interrupted: false,
+            skipped: 0,
+        };
+        for k in 0..n_iter {
+            if job_cancel.is_cancelled() {
+                return Err(EngineError::Cancelled);
             }
-            Ok(painted)
-        },
-    )?;
+            if flags.is_interrupted() {
+                painted.interrupted = true;
+                break;
+            }
+            let mut batch = request.clone();
+            batch.seeds = batch_seeds(&request.seeds, k);
+            // The engine watches this batch's own token, so a skip stops only this batch;
+            // the progress callback (once per step) forwards every reason to stop to it.
+            let batch_cancel = CancelToken::new();
+            *flags.batch.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(batch_cancel.clone());
+            if flags.is_interrupted() {
+                painted.interrupted = true;
+                break;
+            }
+            let progress = {
+                let ctx = ctx.clone();
+                let flags = flags.clone();
+                let job_cancel = job_cancel.clone();
+                let batch_cancel = batch_cancel.clone();
+                Box::new(move |p: Progress| {
+                    ctx.progress(k * p.total + p.step, n_iter * p.total);
+                    if job_cancel.is_cancelled() || flags.skip.swap(false, Ordering::SeqCst) {
+                        batch_cancel.cancel();
+                    } else if flags.is_interrupted() {
+                        batch_cancel.interrupt();
+                    }
+                })
+            };
+            match backend.generate(batch, progress, &batch_cancel) {
+                Ok(result) => {
+                    painted.model = result.model;
+                    painted.images.extend(result.images);
+                    if flags.is_interrupted() {
+                        painted.interrupted = true;
+                        break;
+                    }
+                }
+                Err(EngineError::Cancelled) if !job_cancel.is_cancelled() => {
+                    if flags.is_interrupted() {
+                        painted.interrupted = true;
+                        break;
+                    }
+                    painted.skipped += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(painted)
+    })?;
     let id = handle.id().clone();
     let _ = active.id.set(id.clone());
     compat.active().push(active.clone());
