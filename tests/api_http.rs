@@ -519,6 +519,70 @@ async fn wait_for_state(h: &Harness, job: &str, want: &str) -> Value {
     panic!("job {job} never reached {want}");
 }
 
+/// The same NotFound answers the same status before a job and inside one: a character deleted
+/// while its jobs wait in the queue (one slot, held by a slow job) is a 404 `not_found` for the
+/// synchronous request and `not_found` with status 404 in the asynchronous job's record, as
+/// asking for the deleted character outright is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_character_deleted_while_its_job_waits_is_404_sync_and_async() {
+    let h = harness(Opts {
+        step_delay: Duration::from_millis(30),
+        ..Default::default()
+    });
+    let blocker = h.character(None).await;
+    let r = h
+        .post(
+            &format!("/api/characters/{blocker}/portrait/generate?async=true"),
+            json!({"regenerate": true, "steps": 100}),
+        )
+        .await;
+    let slow = r.json()["job_id"].as_str().unwrap().to_string();
+    wait_for_state(&h, &slow, "running").await;
+
+    let doomed = h.character(None).await;
+    let generate = format!("/api/characters/{doomed}/portrait/generate");
+    let r = h
+        .post(&format!("{generate}?async=true"), json!({"steps": 2}))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let queued = r.json()["job_id"].as_str().unwrap().to_string();
+    let sync = {
+        let (router, uri) = (h.router.clone(), generate.clone());
+        tokio::spawn(async move {
+            send(&router, Method::POST, &uri, Some(json!({"steps": 2})), None).await
+        })
+    };
+    // Both wait behind the slow job before the character goes.
+    for _ in 0..600 {
+        if h.get("/health").await.json()["queue"]["queued"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.get("/health").await.json()["queue"]["queued"], 2);
+    let r = h
+        .call(
+            Method::DELETE,
+            &format!("/api/characters/{doomed}"),
+            None,
+            None,
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.status);
+    let r = h
+        .call(Method::DELETE, &format!("/api/jobs/{slow}"), None, None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let before_any_job = h.post(&generate, json!({"steps": 2})).await;
+    assert_error(&before_any_job, StatusCode::NOT_FOUND, "not_found", None);
+    let inside_a_job = sync.await.unwrap();
+    assert_error(&inside_a_job, StatusCode::NOT_FOUND, "not_found", None);
+    let record = wait_for_state(&h, &queued, "failed").await;
+    assert_eq!(record["error"]["kind"], "not_found", "{record}");
+    assert_eq!(record["error"]["status"], 404, "{record}");
+}
+
 #[tokio::test]
 async fn async_jobs_report_progress_over_sse_and_can_be_cancelled() {
     let h = harness(Opts {

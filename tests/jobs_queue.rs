@@ -12,8 +12,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use limner::engine::EngineError;
 use limner::jobs::{
-    FailureKind, JobContext, JobEvent, JobEvents, JobFailure, JobId, JobQueue, JobState,
-    QueueConfig, QueueError, WaitError,
+    FailureKind, JobContext, JobEvent, JobEvents, JobFailure, JobHandle, JobId, JobQueue, JobSpec,
+    JobState, QueueConfig, QueueError, WaitError,
 };
 use serde_json::{json, Value};
 
@@ -34,23 +34,33 @@ async fn guarded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
         .unwrap_or_else(|_| panic!("hung: {what}"))
 }
 
-async fn result_of(q: &JobQueue, id: &JobId) -> Result<Value, WaitError> {
-    guarded("wait", q.wait(id.as_str(), HANG_GUARD)).await
+type Handle = JobHandle<Value, JobFailure>;
+
+/// Submits an untyped test job (JSON result, [`JobFailure`] error).
+fn submit(
+    q: &JobQueue,
+    label: &str,
+    job: impl FnOnce(JobContext) -> Result<Value, JobFailure> + Send + 'static,
+) -> Result<Handle, QueueError> {
+    q.submit(JobSpec::new("test", label), job)
+}
+
+async fn result_of(h: Handle) -> Result<Value, WaitError<JobFailure>> {
+    guarded("wait", h.wait(HANG_GUARD)).await
 }
 
 /// A job that holds its slot until the returned sender fires (or is dropped), then reports
 /// cancelled if its token was set meanwhile.
-fn blocker(q: &JobQueue) -> (JobId, mpsc::Sender<()>) {
+fn blocker(q: &JobQueue) -> (Handle, mpsc::Sender<()>) {
     let (tx, rx) = mpsc::channel::<()>();
-    let id = q
-        .submit("blocker", None, move |ctx: JobContext| {
-            let _ = rx.recv();
-            if ctx.is_cancelled() {
-                return Err(JobFailure::cancelled("saw the token"));
-            }
-            Ok(json!("blocker done"))
-        })
-        .expect("blocker admitted");
+    let id = submit(q, "blocker", move |ctx: JobContext| {
+        let _ = rx.recv();
+        if ctx.is_cancelled() {
+            return Err(JobFailure::cancelled("saw the token"));
+        }
+        Ok(json!("blocker done"))
+    })
+    .expect("blocker admitted");
     (id, tx)
 }
 
@@ -65,7 +75,7 @@ fn stepping_job(
         let token = ctx.cancel_token();
         for step in 1..=steps {
             if token.is_cancelled() {
-                return Err(EngineError::Cancelled.into());
+                return Err(JobFailure::cancelled("saw the token"));
             }
             begun.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(pause);
@@ -112,22 +122,21 @@ async fn twenty_jobs_on_one_slot_start_in_submission_order_one_at_a_time() {
     let mut ids = Vec::new();
     for n in 0..20 {
         let (order, running, most) = (order.clone(), running.clone(), most_at_once.clone());
-        let id = q
-            .submit(format!("job {n}"), None, move |_ctx: JobContext| {
-                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                most.fetch_max(now, Ordering::SeqCst);
-                order.lock().unwrap().push(n);
-                std::thread::sleep(Duration::from_millis(1));
-                running.fetch_sub(1, Ordering::SeqCst);
-                Ok(json!(n))
-            })
-            .unwrap();
-        assert_eq!(q.status(id.as_str()).unwrap().position, Some(n + 1));
-        ids.push(id);
+        let h = submit(&q, &format!("job {n}"), move |_ctx: JobContext| {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            order.lock().unwrap().push(n);
+            std::thread::sleep(Duration::from_millis(1));
+            running.fetch_sub(1, Ordering::SeqCst);
+            Ok(json!(n))
+        })
+        .unwrap();
+        assert_eq!(q.status(h.id().as_str()).unwrap().position, Some(n + 1));
+        ids.push(h);
     }
     release.send(()).unwrap();
-    for (n, id) in ids.iter().enumerate() {
-        assert_eq!(result_of(&q, id).await, Ok(json!(n)));
+    for (n, h) in ids.into_iter().enumerate() {
+        assert_eq!(result_of(h).await, Ok(json!(n)));
     }
     assert_eq!(*order.lock().unwrap(), (0..20).collect::<Vec<_>>());
     assert_eq!(most_at_once.load(Ordering::SeqCst), 1);
@@ -141,9 +150,9 @@ async fn the_ninth_waiting_job_is_refused_with_a_retry_after() {
     let (blocker_id, release) = blocker(&q);
     let mut waiting = Vec::new();
     for n in 0..8 {
-        waiting.push(q.submit(format!("w{n}"), None, |_| Ok(json!(1))).unwrap());
+        waiting.push(submit(&q, &format!("w{n}"), |_| Ok(json!(1))).unwrap());
     }
-    match q.submit("one too many", None, |_| Ok(json!(1))) {
+    match submit(&q, "one too many", |_| Ok(json!(1))) {
         Err(QueueError::Full {
             max_queued,
             retry_after_secs,
@@ -156,13 +165,13 @@ async fn the_ninth_waiting_job_is_refused_with_a_retry_after() {
     let m = q.metrics();
     assert_eq!((m.queued, m.running, m.rejected), (8, 1, 1));
     release.send(()).unwrap();
-    assert!(result_of(&q, &blocker_id).await.is_ok());
-    for id in &waiting {
-        assert_eq!(result_of(&q, id).await, Ok(json!(1)));
+    assert!(result_of(blocker_id).await.is_ok());
+    for h in waiting {
+        assert_eq!(result_of(h).await, Ok(json!(1)));
     }
     // Room again once the backlog is gone.
-    let id = q.submit("after", None, |_| Ok(json!(2))).unwrap();
-    assert_eq!(result_of(&q, &id).await, Ok(json!(2)));
+    let h = submit(&q, "after", |_| Ok(json!(2))).unwrap();
+    assert_eq!(result_of(h).await, Ok(json!(2)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,7 +190,7 @@ async fn fifty_concurrent_submits_each_complete_once_or_are_refused() {
             );
             std::thread::spawn(move || {
                 barrier.wait();
-                let submitted = q.submit(format!("job {n}"), None, move |_ctx: JobContext| {
+                let submitted = submit(&q, &format!("job {n}"), move |_ctx: JobContext| {
                     start_order.lock().unwrap().push(n);
                     *executions.lock().unwrap().entry(n).or_default() += 1;
                     std::thread::sleep(Duration::from_millis(2));
@@ -213,9 +222,15 @@ async fn fifty_concurrent_submits_each_complete_once_or_are_refused() {
         "{}",
         accepted.len()
     );
-    for (n, id) in &accepted {
-        assert_eq!(result_of(&q, id).await, Ok(json!(n)), "job {n}");
-    }
+    let accepted: Vec<(usize, JobId)> = {
+        let mut ids = Vec::new();
+        for (n, h) in accepted {
+            let id = h.id().clone();
+            assert_eq!(result_of(h).await, Ok(json!(n)), "job {n}");
+            ids.push((n, id));
+        }
+        ids
+    };
     let executions = executions.lock().unwrap().clone();
     for (n, _) in &accepted {
         assert_eq!(executions.get(n), Some(&1), "job {n} ran {executions:?}");
@@ -247,24 +262,27 @@ async fn a_cancelled_waiting_job_never_runs_and_the_queue_moves_on() {
     let ran = Arc::new(AtomicUsize::new(0));
     let victim = {
         let ran = ran.clone();
-        q.submit("victim", None, move |_| {
+        submit(&q, "victim", move |_| {
             ran.fetch_add(1, Ordering::SeqCst);
             Ok(json!("should not run"))
         })
         .unwrap()
     };
-    let after = q.submit("after", None, |_| Ok(json!("after"))).unwrap();
-    assert_eq!(q.status(after.as_str()).unwrap().position, Some(2));
-    assert!(q.cancel(victim.as_str()));
-    let st = q.status(victim.as_str()).unwrap();
+    let after = submit(&q, "after", |_| Ok(json!("after"))).unwrap();
+    assert_eq!(q.status(after.id().as_str()).unwrap().position, Some(2));
+    assert!(q.cancel(victim.id().as_str()));
+    let st = q.status(victim.id().as_str()).unwrap();
     assert_eq!(st.state, JobState::Cancelled);
     assert_eq!(st.error.map(|e| e.kind), Some(FailureKind::Cancelled));
-    assert_eq!(q.status(after.as_str()).unwrap().position, Some(1));
-    assert!(!q.cancel(victim.as_str()), "second cancel reported success");
+    assert_eq!(q.status(after.id().as_str()).unwrap().position, Some(1));
+    assert!(
+        !q.cancel(victim.id().as_str()),
+        "second cancel reported success"
+    );
     release.send(()).unwrap();
-    assert_eq!(result_of(&q, &after).await, Ok(json!("after")));
+    assert_eq!(result_of(after).await, Ok(json!("after")));
     assert!(matches!(
-        result_of(&q, &victim).await,
+        result_of(victim).await,
         Err(WaitError::Cancelled(_))
     ));
     assert_eq!(ran.load(Ordering::SeqCst), 0);
@@ -274,27 +292,30 @@ async fn a_cancelled_waiting_job_never_runs_and_the_queue_moves_on() {
 async fn a_cancelled_running_job_stops_within_one_step_and_frees_its_slot() {
     let q = queue(8, 1);
     let begun = Arc::new(AtomicUsize::new(0));
-    let long = q
-        .submit(
-            "long",
-            None,
-            stepping_job(100_000, Duration::from_millis(2), begun.clone()),
-        )
-        .unwrap();
-    let next = q.submit("next", None, |_| Ok(json!("next ran"))).unwrap();
-    let mut events = q.subscribe(long.as_str()).unwrap();
+    let long = submit(
+        &q,
+        "long",
+        stepping_job(100_000, Duration::from_millis(2), begun.clone()),
+    )
+    .unwrap();
+    let long_id = long.id().clone();
+    let next = submit(&q, "next", |_| Ok(json!("next ran"))).unwrap();
+    let mut events = q.subscribe(long_id.as_str()).unwrap();
     until_step(&mut events, 3).await;
     let before_cancel = begun.load(Ordering::SeqCst);
-    assert!(q.cancel(long.as_str()));
-    match result_of(&q, &long).await {
+    assert!(q.cancel(long_id.as_str()));
+    match result_of(long).await {
         Err(WaitError::Cancelled(e)) => assert_eq!(e.kind, FailureKind::Cancelled),
         other => panic!("expected cancelled, got {other:?}"),
     }
     // At most the step already past its check when the token was set.
     let after = begun.load(Ordering::SeqCst);
     assert!(after <= before_cancel + 1, "{before_cancel} -> {after}");
-    assert_eq!(result_of(&q, &next).await, Ok(json!("next ran")));
-    assert_eq!(q.status(long.as_str()).unwrap().state, JobState::Cancelled);
+    assert_eq!(result_of(next).await, Ok(json!("next ran")));
+    assert_eq!(
+        q.status(long_id.as_str()).unwrap().state,
+        JobState::Cancelled
+    );
     assert_eq!(q.metrics().cancelled, 1);
 }
 
@@ -302,14 +323,14 @@ async fn a_cancelled_running_job_stops_within_one_step_and_frees_its_slot() {
 async fn a_wait_that_times_out_cancels_the_job() {
     let q = queue(8, 1);
     let begun = Arc::new(AtomicUsize::new(0));
-    let id = q
-        .submit(
-            "slow",
-            None,
-            stepping_job(100_000, Duration::from_millis(2), begun),
-        )
-        .unwrap();
-    match guarded("short wait", q.wait(id.as_str(), Duration::from_millis(50))).await {
+    let h = submit(
+        &q,
+        "slow",
+        stepping_job(100_000, Duration::from_millis(2), begun),
+    )
+    .unwrap();
+    let id = h.id().clone();
+    match guarded("short wait", h.wait(Duration::from_millis(50))).await {
         Err(WaitError::Timeout { id: timed_out, .. }) => assert_eq!(timed_out, id),
         other => panic!("expected timeout, got {other:?}"),
     }
@@ -325,20 +346,19 @@ async fn a_wait_that_times_out_cancels_the_job() {
 async fn dropping_the_guard_of_an_abandoned_request_cancels_its_job() {
     let q = queue(8, 1);
     let begun = Arc::new(AtomicUsize::new(0));
-    let id = q
-        .submit(
-            "sync request",
-            None,
-            stepping_job(100_000, Duration::from_millis(2), begun),
-        )
-        .unwrap();
-    let mut events = q.subscribe(id.as_str()).unwrap();
+    let h = submit(
+        &q,
+        "sync request",
+        stepping_job(100_000, Duration::from_millis(2), begun),
+    )
+    .unwrap();
+    let mut events = q.subscribe(h.id().as_str()).unwrap();
     // What a synchronous handler does; aborting it is what axum does on disconnect.
     let handler = {
-        let (q, id) = (q.clone(), id.clone());
+        let q = q.clone();
         tokio::spawn(async move {
-            let guard = q.guard(&id);
-            let out = q.wait(id.as_str(), HANG_GUARD).await;
+            let guard = q.guard(h.id());
+            let out = h.wait(HANG_GUARD).await;
             guard.disarm();
             out
         })
@@ -356,10 +376,11 @@ async fn dropping_the_guard_of_an_abandoned_request_cancels_its_job() {
 #[tokio::test]
 async fn a_disarmed_guard_leaves_the_job_alone() {
     let q = queue(8, 1);
-    let (id, release) = blocker(&q);
+    let (h, release) = blocker(&q);
+    let id = h.id().clone();
     q.guard(&id).disarm();
     release.send(()).unwrap();
-    assert_eq!(result_of(&q, &id).await, Ok(json!("blocker done")));
+    assert_eq!(result_of(h).await, Ok(json!("blocker done")));
     // Dropping an armed guard after the job finished is harmless too.
     drop(q.guard(&id));
     assert_eq!(q.status(id.as_str()).unwrap().state, JobState::Done);
@@ -369,13 +390,14 @@ async fn a_disarmed_guard_leaves_the_job_alone() {
 async fn a_subscriber_sees_queued_started_every_step_and_done_in_order() {
     let q = queue(8, 1);
     let (_, release) = blocker(&q);
-    let id = q
-        .submit(
-            "watched",
-            None,
-            stepping_job(5, Duration::from_millis(1), Arc::default()),
-        )
-        .unwrap();
+    let id = submit(
+        &q,
+        "watched",
+        stepping_job(5, Duration::from_millis(1), Arc::default()),
+    )
+    .unwrap()
+    .id()
+    .clone();
     let events = q.subscribe(id.as_str()).unwrap();
     release.send(()).unwrap();
     let events = all_events(events).await;
@@ -411,10 +433,10 @@ async fn a_subscriber_sees_queued_started_every_step_and_done_in_order() {
 async fn a_waiting_subscriber_hears_each_new_position() {
     let q = queue(8, 1);
     let (_, release) = blocker(&q);
-    let a = q.submit("a", None, |_| Ok(json!("a"))).unwrap();
-    let b = q.submit("b", None, |_| Ok(json!("b"))).unwrap();
-    let c = q.submit("c", None, |_| Ok(json!("c"))).unwrap();
-    let mut events = q.subscribe(c.as_str()).unwrap();
+    let a = submit(&q, "a", |_| Ok(json!("a"))).unwrap().id().clone();
+    let b = submit(&q, "b", |_| Ok(json!("b"))).unwrap().id().clone();
+    let c = submit(&q, "c", |_| Ok(json!("c"))).unwrap();
+    let mut events = q.subscribe(c.id().as_str()).unwrap();
     assert_eq!(
         next_event(&mut events).await,
         Some(JobEvent::Queued { position: 3 })
@@ -440,40 +462,41 @@ async fn a_waiting_subscriber_hears_each_new_position() {
 #[tokio::test]
 async fn a_panicking_job_fails_and_the_queue_keeps_working() {
     let q = queue(8, 1);
-    let bad = q
-        .submit("bad", None, |_| -> Result<Value, JobFailure> {
-            panic!("the painter dropped the brush")
-        })
-        .unwrap();
-    let good = q.submit("good", None, |_| Ok(json!("fine"))).unwrap();
-    match result_of(&q, &bad).await {
+    let bad = submit(&q, "bad", |_| -> Result<Value, JobFailure> {
+        panic!("the painter dropped the brush")
+    })
+    .unwrap();
+    let good = submit(&q, "good", |_| Ok(json!("fine"))).unwrap();
+    match result_of(bad).await {
         Err(WaitError::Failed(e)) => {
             assert_eq!(e.kind, FailureKind::Internal);
             assert!(e.message.contains("dropped the brush"), "{}", e.message);
         }
         other => panic!("expected failed, got {other:?}"),
     }
-    assert_eq!(result_of(&q, &good).await, Ok(json!("fine")));
+    assert_eq!(result_of(good).await, Ok(json!("fine")));
     let m = q.metrics();
     assert_eq!((m.failed, m.done, m.running), (1, 1, 0));
 }
 
 #[tokio::test]
-async fn an_engine_failure_is_reported_with_its_kind() {
+async fn an_engine_failure_comes_back_typed_and_is_recorded_with_its_kind() {
     let q = queue(8, 1);
-    let id = q
-        .submit("invalid", Some("player-1".into()), |_| {
-            Err(EngineError::invalid("steps", "must be at most 150").into())
+    let spec = JobSpec::new("test", "invalid").owner("player-1");
+    let h = q
+        .submit(spec, |_| -> Result<Value, EngineError> {
+            Err(EngineError::invalid("steps", "must be at most 150"))
         })
         .unwrap();
-    match result_of(&q, &id).await {
-        Err(WaitError::Failed(e)) => {
-            assert_eq!(e.kind, FailureKind::Invalid);
-            assert!(e.message.contains("steps"), "{}", e.message);
-        }
-        other => panic!("expected failed, got {other:?}"),
+    let id = h.id().clone();
+    match guarded("wait", h.wait(HANG_GUARD)).await {
+        Err(WaitError::Job(EngineError::InvalidInput { field, .. })) => assert_eq!(field, "steps"),
+        other => panic!("expected the engine's own error, got {other:?}"),
     }
     let st = q.status(id.as_str()).unwrap();
+    let failure = st.error.clone().expect("a recorded failure");
+    assert_eq!(failure.kind, FailureKind::Invalid);
+    assert_eq!(failure.field.as_deref(), Some("steps"));
     assert_eq!(st.state, JobState::Failed);
     assert_eq!(st.owner.as_deref(), Some("player-1"));
     let json = serde_json::to_value(&st).unwrap();
@@ -486,19 +509,63 @@ async fn an_engine_failure_is_reported_with_its_kind() {
 async fn shutdown_cancels_waiting_jobs_refuses_new_ones_and_drains() {
     let q = queue(8, 1);
     let (running, release) = blocker(&q);
-    let waiting = q.submit("waiting", None, |_| Ok(json!(1))).unwrap();
+    let running = running.id().clone();
+    let waiting = submit(&q, "waiting", |_| Ok(json!(1))).unwrap();
     q.shutdown(false);
     assert_eq!(
-        q.status(waiting.as_str()).unwrap().state,
+        q.status(waiting.id().as_str()).unwrap().state,
         JobState::Cancelled
     );
-    assert_eq!(
-        q.submit("late", None, |_| Ok(json!(1))),
+    assert!(matches!(
+        submit(&q, "late", |_| Ok(json!(1))),
         Err(QueueError::ShuttingDown)
-    );
+    ));
     assert_eq!(q.status(running.as_str()).unwrap().state, JobState::Running);
     release.send(()).unwrap();
     guarded("drain", q.drained()).await;
     assert_eq!(q.status(running.as_str()).unwrap().state, JobState::Done);
     assert!(!q.metrics().accepting);
+}
+
+/// Captured log output, for the span test.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn every_log_line_of_a_job_thread_names_its_job() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    // Global: the job runs on a thread of its own, which a thread-local default would miss.
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+    let q = queue(8, 1);
+    let h = q
+        .submit(JobSpec::new("portrait.test", "logged"), |_| {
+            tracing::info!("painting the portrait");
+            Ok::<_, JobFailure>(json!("painted"))
+        })
+        .unwrap();
+    let id = h.id().clone();
+    assert_eq!(result_of(h).await, Ok(json!("painted")));
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("painting the portrait"))
+        .unwrap_or_else(|| panic!("the job's line was not logged: {text}"));
+    assert!(line.contains(id.as_str()), "{line}");
+    assert!(line.contains("portrait.test"), "{line}");
 }

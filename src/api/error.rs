@@ -1,6 +1,8 @@
 //! The API's one error type and the one table that maps every error kind of the layers below
 //! (engine, store, portraits, jobs) to an HTTP status and the JSON shape
-//! `{error, error_type, field?}`.
+//! `{error, error_type, field?}`. Portrait and engine errors are first classified into a job
+//! [`FailureKind`] (in `portraits::error`, the one classification) and [`status_of`] maps that
+//! kind to a status, so the same error answers the same status before a job and inside one.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -8,8 +10,28 @@ use serde::Serialize;
 
 use crate::characters::{StoreError, ValidationError};
 use crate::engine::EngineError;
-use crate::jobs::{FailureKind, JobFailure, QueueError, WaitError};
-use crate::portraits::{ImageStoreError, PortraitError};
+use crate::jobs::{FailureKind, JobFailure, JobStoreError, QueueError, WaitError};
+use crate::portraits::{engine_failure_kind, engine_field, ImageStoreError, PortraitError};
+
+/// The one table: the status and `error_type` of every failure kind.
+pub fn status_of(kind: FailureKind) -> (StatusCode, &'static str) {
+    match kind {
+        FailureKind::Invalid => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
+        FailureKind::TooLarge => (StatusCode::UNPROCESSABLE_ENTITY, "too_large"),
+        FailureKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        FailureKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+        FailureKind::Cancelled => (StatusCode::CONFLICT, "cancelled"),
+        FailureKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        FailureKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable"),
+        FailureKind::Restarted => (StatusCode::SERVICE_UNAVAILABLE, "server_restarted"),
+        FailureKind::Engine => (StatusCode::INTERNAL_SERVER_ERROR, "engine_error"),
+        FailureKind::Storage => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
+        FailureKind::InsufficientStorage => {
+            (StatusCode::INSUFFICIENT_STORAGE, INSUFFICIENT_STORAGE)
+        }
+        FailureKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+    }
+}
 
 /// An error reply. `field` names the offending request field for validation errors.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +52,17 @@ struct Body<'a> {
 }
 
 impl ApiError {
+    /// The error of a failure kind, with its status and `error_type` from [`status_of`].
+    pub fn of_kind(kind: FailureKind, message: impl Into<String>) -> Self {
+        match kind {
+            FailureKind::InsufficientStorage => Self::insufficient_storage(message.into()),
+            kind => {
+                let (status, error_type) = status_of(kind);
+                Self::new(status, error_type, message)
+            }
+        }
+    }
+
     pub fn new(status: StatusCode, error_type: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -154,26 +187,17 @@ impl From<StoreError> for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        match e {
-            EngineError::InvalidInput { field, message } => ApiError::validation(field, message),
-            EngineError::UnknownSampler { .. } => ApiError::validation("sampler", e.to_string()),
-            EngineError::UnknownModel(_) => ApiError::validation("model", e.to_string()),
-            EngineError::TooLarge { .. } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "too_large", e.to_string())
-            }
-            EngineError::Cancelled => {
-                ApiError::new(StatusCode::CONFLICT, "cancelled", "the job was cancelled")
-            }
-            EngineError::Unavailable(m) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "engine_unavailable",
-                format!("the engine is not available: {m}"),
-            ),
-            other => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "engine_error",
-                other.to_string(),
-            ),
+        let kind = engine_failure_kind(&e);
+        let field = engine_field(&e).map(str::to_string);
+        let message = match &e {
+            EngineError::InvalidInput { message, .. } => message.clone(),
+            EngineError::Cancelled => "the job was cancelled".to_string(),
+            EngineError::Unavailable(m) => format!("the engine is not available: {m}"),
+            other => other.to_string(),
+        };
+        match field {
+            Some(field) if kind == FailureKind::Invalid => ApiError::validation(field, message),
+            _ => ApiError::of_kind(kind, message),
         }
     }
 }
@@ -199,54 +223,32 @@ impl From<QueueError> for ApiError {
                 "shutting_down",
                 "the server is shutting down",
             ),
+            QueueError::Storage(JobStoreError::Full(m)) => ApiError::insufficient_storage(m),
+            QueueError::Storage(e) => ApiError::of_kind(FailureKind::Storage, e.to_string()),
         }
     }
 }
 
 impl From<JobFailure> for ApiError {
     fn from(f: JobFailure) -> Self {
-        match f.kind {
-            // A job's own 4xx travels as its JSON; see `portraits` where it is built.
-            FailureKind::Invalid => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_error",
-                f.message,
-            ),
-            FailureKind::TooLarge => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "too_large", f.message)
-            }
-            FailureKind::Cancelled => ApiError::new(StatusCode::CONFLICT, "cancelled", f.message),
-            FailureKind::Timeout => {
-                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", f.message)
-            }
-            FailureKind::Engine => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "engine_error", f.message)
-            }
-            FailureKind::Storage => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "storage_error",
-                f.message,
-            ),
-            FailureKind::InsufficientStorage => ApiError::insufficient_storage(f.message),
-            FailureKind::Internal => ApiError::internal(f.message),
+        match f.field {
+            Some(field) if f.kind == FailureKind::Invalid => ApiError::validation(field, f.message),
+            _ => ApiError::of_kind(f.kind, f.message),
         }
     }
 }
 
 impl From<PortraitError> for ApiError {
     fn from(e: PortraitError) -> Self {
+        let kind = e.failure_kind();
         match e {
             PortraitError::NotFound(what) => ApiError::not_found(&what),
             PortraitError::Validation { field, message } => ApiError::validation(field, message),
-            PortraitError::Conflict(m) => ApiError::conflict(m),
             PortraitError::Engine(e) => e.into(),
-            PortraitError::Storage(m) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", m)
-            }
-            PortraitError::StorageFull(m) => ApiError::insufficient_storage(m),
-            PortraitError::Cancelled => {
-                ApiError::new(StatusCode::CONFLICT, "cancelled", "the job was cancelled")
-            }
+            PortraitError::Cancelled => ApiError::of_kind(kind, "the job was cancelled"),
+            PortraitError::Conflict(m)
+            | PortraitError::Storage(m)
+            | PortraitError::StorageFull(m) => ApiError::of_kind(kind, m),
         }
     }
 }
@@ -257,13 +259,13 @@ impl From<ImageStoreError> for ApiError {
     }
 }
 
-impl From<WaitError> for ApiError {
-    fn from(e: WaitError) -> Self {
+impl<E: Into<ApiError>> From<WaitError<E>> for ApiError {
+    fn from(e: WaitError<E>) -> Self {
         match e {
+            WaitError::Job(e) => e.into(),
             WaitError::NotFound(id) => ApiError::not_found(&format!("job {id}")),
-            WaitError::Timeout { waited, .. } => ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
+            WaitError::Timeout { waited, .. } => ApiError::of_kind(
+                FailureKind::Timeout,
                 format!(
                     "generation did not finish within {} s; the job was cancelled (use ?async=true for long jobs)",
                     waited.as_secs()

@@ -11,62 +11,114 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
 use futures::{Stream, StreamExt};
+use serde_json::{json, Value};
 
+use super::blocking;
 use super::caller::Caller;
-use super::error::{ApiError, ApiResult};
+use super::error::{status_of, ApiError, ApiResult};
+use super::portrait_jobs::render_result;
 use super::AppState;
 use crate::auth::Principal;
-use crate::jobs::JobStatus;
+use crate::jobs::{JobEvent, JobStatus};
 
-fn visible(state: &AppState, caller: &Principal, id: &str) -> ApiResult<JobStatus> {
-    let status = state
-        .jobs
-        .status(id)
-        .ok_or_else(|| ApiError::not_found("job"))?;
-    if caller.is_admin() || status.owner.as_deref() == Some(caller.user.as_str()) {
-        Ok(status)
-    } else {
-        Err(ApiError::not_found("job"))
+/// The job if `caller` may see it: from memory when it is live or recent (no blocking hop),
+/// else from its record on the blocking pool.
+async fn visible(state: &AppState, caller: &Principal, id: &str) -> ApiResult<JobStatus> {
+    let status = match state.jobs.live_status(id) {
+        Some(s) => Some(s),
+        None => {
+            let (s, i) = (state.clone(), id.to_string());
+            blocking(move || Ok(s.jobs.status(&i))).await?
+        }
+    };
+    match status {
+        Some(s) if caller.is_admin() || s.owner.as_deref() == Some(caller.user.as_str()) => Ok(s),
+        _ => Err(ApiError::not_found("job")),
     }
+}
+
+/// A status as clients see it: a finished job's `result` as its endpoint answers it (for a
+/// portrait, the generate or regenerate reply, with fresh media URLs) and its `error` with the
+/// HTTP `status` a synchronous request would have got.
+async fn shown(state: &AppState, status: JobStatus) -> ApiResult<Value> {
+    let mut v = serde_json::to_value(&status).map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Some(result) = status.result {
+        let (s, kind, id) = (state.clone(), status.kind, status.id);
+        v["result"] = blocking(move || Ok(render_result(&s, &kind, id.as_str(), &result))).await?;
+    }
+    if let Some(e) = &status.error {
+        v["error"]["status"] = json!(status_of(e.kind).0.as_u16());
+    }
+    Ok(v)
 }
 
 pub async fn status(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<JobStatus>> {
-    Ok(Json(visible(&state, &caller, &id)?))
+) -> ApiResult<Json<Value>> {
+    let status = visible(&state, &caller, &id).await?;
+    Ok(Json(shown(&state, status).await?))
 }
 
 pub async fn cancel(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<JobStatus>> {
-    visible(&state, &caller, &id)?;
+) -> ApiResult<Json<Value>> {
+    visible(&state, &caller, &id).await?;
     if !state.jobs.cancel(&id) {
         return Err(ApiError::conflict("the job has already finished"));
     }
-    Ok(Json(visible(&state, &caller, &id)?))
+    let status = visible(&state, &caller, &id).await?;
+    Ok(Json(shown(&state, status).await?))
+}
+
+/// An event as clients see it: `done` carries the endpoint's reply, a failure its HTTP status.
+async fn event_json(state: &AppState, kind: &str, id: &str, ev: &JobEvent) -> Value {
+    let mut v = serde_json::to_value(ev).unwrap_or(Value::Null);
+    match ev {
+        JobEvent::Done { result } => {
+            let (s, kind, id, result) = (
+                state.clone(),
+                kind.to_string(),
+                id.to_string(),
+                result.clone(),
+            );
+            if let Ok(r) = blocking(move || Ok(render_result(&s, &kind, &id, &result))).await {
+                v["result"] = r;
+            }
+        }
+        JobEvent::Failed { error } | JobEvent::Cancelled { error } => {
+            v["error"]["status"] = json!(status_of(error.kind).0.as_u16());
+        }
+        _ => {}
+    }
+    v
 }
 
 /// `queued` (with position), `started`, `progress` (step, total, elapsed_ms), then one of
-/// `done` (with the portrait), `failed` or `cancelled`; the stream ends after that.
+/// `done` (with the portrait), `failed` or `cancelled`; the stream ends after that. A job that
+/// finished before (also before a restart) answers its terminal event at once.
 pub async fn events(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    visible(&state, &caller, &id)?;
-    let stream = state
-        .jobs
-        .subscribe(&id)
+    let kind = visible(&state, &caller, &id).await?.kind;
+    let (s, i) = (state.clone(), id.clone());
+    let stream = blocking(move || Ok(s.jobs.subscribe(&i)))
+        .await?
         .ok_or_else(|| ApiError::not_found("job"))?;
-    let events = stream.map(|ev| {
-        let event = Event::default().event(ev.name());
-        Ok(event
-            .json_data(&ev)
-            .unwrap_or_else(|_| Event::default().event("error").data("unserializable event")))
+    let events = stream.then(move |ev| {
+        let (state, kind, id) = (state.clone(), kind.clone(), id.clone());
+        async move {
+            let data = event_json(&state, &kind, &id, &ev).await;
+            let event = Event::default().event(ev.name());
+            Ok(event
+                .json_data(&data)
+                .unwrap_or_else(|_| Event::default().event("error").data("unserializable event")))
+        }
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

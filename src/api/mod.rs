@@ -14,6 +14,7 @@ mod jobs;
 mod media;
 mod meta;
 pub mod paging;
+mod portrait_jobs;
 mod portraits;
 pub mod trace;
 mod ui;

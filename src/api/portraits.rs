@@ -20,10 +20,11 @@ use super::caller::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery};
 use super::jobs::accepted;
+use super::portrait_jobs::{generate_reply, PortraitJob, ReplyKind};
 use super::AppState;
 use crate::characters::PortraitRecord;
-use crate::jobs::{FailureKind, JobFailure};
-use crate::portraits::{GenerateOptions, PortraitError, PortraitOutcome, PreparedPortrait};
+use crate::jobs::{JobSpec, WaitError};
+use crate::portraits::{GenerateOptions, PortraitError, PreparedPortrait};
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
@@ -53,82 +54,6 @@ pub struct RegenerateBody {
     pub denoising_strength: Option<f64>,
     #[serde(flatten, default)]
     pub options: GenerateOptions,
-}
-
-fn failure(e: PortraitError) -> JobFailure {
-    let kind = match &e {
-        PortraitError::Cancelled => FailureKind::Cancelled,
-        PortraitError::Validation { .. }
-        | PortraitError::NotFound(_)
-        | PortraitError::Conflict(_) => FailureKind::Invalid,
-        PortraitError::Storage(_) => FailureKind::Storage,
-        PortraitError::StorageFull(_) => FailureKind::InsufficientStorage,
-        PortraitError::Engine(crate::engine::EngineError::Cancelled) => FailureKind::Cancelled,
-        PortraitError::Engine(crate::engine::EngineError::TooLarge { .. }) => FailureKind::TooLarge,
-        PortraitError::Engine(engine) if engine.is_client_error() => FailureKind::Invalid,
-        PortraitError::Engine(_) => FailureKind::Engine,
-    };
-    JobFailure {
-        kind,
-        message: e.to_string(),
-    }
-}
-
-/// The portrait-creator spec's generate reply for a portrait record.
-fn generate_reply(state: &AppState, r: &PortraitRecord, extra: Option<&PortraitOutcome>) -> Value {
-    let mut v = json!({
-        "success": true,
-        "character_id": r.character_id,
-        "portrait_id": r.id,
-        "portrait_url": state.media_url(&r.file_path),
-        "portrait_path": r.file_path,
-        "thumbnail_url": r.thumbnail_path.as_deref().map(|t| state.media_url(t)),
-        "prompt_used": r.prompt,
-        "negative_prompt": r.negative_prompt,
-        "seed": r.seed,
-        "model": r.model,
-        "art_style": r.art_style,
-        "parameters": r.parameters,
-        "created_at": r.created_at,
-        "generated": extra.is_some(),
-    });
-    if let Some(o) = extra {
-        v["generation_time_ms"] = json!(o.generation_time_ms);
-    }
-    v
-}
-
-/// The regeneration guide's regenerate reply.
-fn regenerate_reply(
-    state: &AppState,
-    name: &str,
-    o: &PortraitOutcome,
-    new_prompt: &str,
-    strength: f64,
-) -> Value {
-    let previous = o.previous.as_ref().map(|p| state.media_url(&p.file_path));
-    json!({
-        "success": true,
-        "message": "Character image regenerated successfully!",
-        "character": {
-            "id": o.record.character_id,
-            "name": name,
-            "avatar": state.media_url(&o.record.file_path),
-            "previousImage": previous,
-        },
-        "generationData": {
-            "originalImageUrl": previous,
-            "newPrompt": new_prompt,
-            "denoisingStrength": strength,
-            "artStyle": o.art_style,
-            "generationTime": o.record.created_at,
-            "generationTimeMs": o.generation_time_ms,
-            "method": "img2img_consistency",
-            "portraitId": o.record.id,
-            "seed": o.seed,
-            "promptUsed": o.prompt_used,
-        },
-    })
 }
 
 /// A synchronous request estimated at more than this many times the timeout is refused before
@@ -165,51 +90,58 @@ fn check_sync_budget(state: &AppState, prepared: &PreparedPortrait) -> ApiResult
     })
 }
 
-/// Queues a prepared portrait; the job's result is the final JSON reply.
+/// Queues a prepared portrait. The job returns the service's typed outcome; the reply is built
+/// here (sync) or from the job's record (`/api/jobs/{id}`, async).
 async fn run_job(
     state: &AppState,
     owner: &str,
     label: String,
     prepared: PreparedPortrait,
     is_async: bool,
-    reply: impl FnOnce(&AppState, &PortraitOutcome) -> Value + Send + 'static,
+    reply: ReplyKind,
 ) -> ApiResult<Response> {
     if !is_async {
         check_sync_budget(state, &prepared)?;
     }
     let estimate = state.portraits.estimate(&prepared).seconds;
+    let spec = JobSpec::new(reply.job_kind(), label)
+        .owner(owner)
+        .request(json!({
+            "character_id": prepared.character_id(),
+            "parameters": prepared.parameters(),
+        }));
     let s = state.clone();
-    let id = state
-        .jobs
-        .submit(label, Some(owner.to_string()), move |ctx| {
-            let progress_ctx = ctx.clone();
-            let progress =
-                Box::new(move |p: crate::engine::Progress| progress_ctx.progress(p.step, p.total));
-            let outcome = s
-                .portraits
-                .run(prepared, progress, &ctx.cancel_token())
-                .map_err(|e| {
-                    // An async job has no reply for the disk layer to see; tell it here.
-                    if let PortraitError::StorageFull(m) = &e {
-                        s.disk().note_full(m);
-                    }
-                    failure(e)
-                })?;
-            // The job id lets a synchronous caller look the job up afterwards (timings, order).
-            let mut v = reply(&s, &outcome);
-            v["job_id"] = json!(ctx.id());
-            Ok(v)
-        })?;
+    let handle = state.jobs.submit(spec, move |ctx| {
+        let progress_ctx = ctx.clone();
+        let progress =
+            Box::new(move |p: crate::engine::Progress| progress_ctx.progress(p.step, p.total));
+        let outcome = s
+            .portraits
+            .run(prepared, progress, &ctx.cancel_token())
+            .inspect_err(|e| {
+                // An async job has no reply for the disk layer to see; tell it here.
+                if let PortraitError::StorageFull(m) = e {
+                    s.disk().note_full(m);
+                }
+            })?;
+        Ok::<_, PortraitError>(PortraitJob { outcome, reply })
+    })?;
+    let id = handle.id().clone();
     if is_async {
         return Ok(accepted(id.as_str()).into_response());
     }
     // A client that goes away drops this future, and the guard cancels its job.
     let guard = state.jobs.guard(&id);
-    let result = state.jobs.wait(id.as_str(), state.request_timeout).await;
+    let result = handle.wait(state.request_timeout).await;
     guard.disarm();
     match result {
-        Ok(v) => Ok(Json(v).into_response()),
-        Err(e @ crate::jobs::WaitError::Timeout { .. }) => {
+        Ok(job) => {
+            let mut v = job.reply(state);
+            // The job id lets a synchronous caller look the job up afterwards (timings, order).
+            v["job_id"] = json!(id);
+            Ok(Json(v).into_response())
+        }
+        Err(e @ WaitError::Timeout { .. }) => {
             let mut err = ApiError::from(e);
             if let Some(s) = estimate {
                 err.message
@@ -313,7 +245,7 @@ pub async fn generate(
         format!("portrait {id}"),
         prepared,
         q.is_async,
-        |s, o| generate_reply(s, &o.record, Some(o)),
+        ReplyKind::Generate,
     )
     .await
 }
@@ -341,14 +273,17 @@ pub async fn regenerate(
     let strength = prepared
         .denoising_strength()
         .unwrap_or(crate::portraits::DEFAULT_REGENERATE_STRENGTH);
-    let new_prompt = body.new_prompt;
     run_job(
         &state,
         &caller.user,
         format!("variation {id}"),
         prepared,
         q.is_async,
-        move |s, o| regenerate_reply(s, &name, o, &new_prompt, strength),
+        ReplyKind::Regenerate {
+            name,
+            new_prompt: body.new_prompt,
+            denoising_strength: strength,
+        },
     )
     .await
 }

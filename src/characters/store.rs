@@ -31,6 +31,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_api_tokens.sql"),
     // Indexes for visibility and pagination in SQL; campaign invitations.
     include_str!("../../migrations/0003_visibility_and_invites.sql"),
+    // Durable job records (src/jobs); idempotent, an in-memory job store applies it itself.
+    include_str!("../../migrations/0004_jobs.sql"),
 ];
 
 /// The schema version this binary writes.

@@ -12,7 +12,7 @@ use limner::api::{self, AppState, Inner};
 use limner::auth::{TokenStore, UrlSigner};
 use limner::characters::{CharacterStore, SqliteStore};
 use limner::engine::{Engine, EngineConfig, ModelSpec};
-use limner::jobs::JobQueue;
+use limner::jobs::{JobQueue, SqliteJobStore};
 use limner::portraits::{
     device_defaults, DeviceClass, ImageBackend, LocalImageStore, NoModelBackend, PortraitService,
     StyleModels,
@@ -123,7 +123,9 @@ pub fn build(s: &ServeConfig) -> anyhow::Result<Built> {
     let images = Arc::new(LocalImageStore::new(s.data_dir.join("media")));
     let portraits = PortraitService::new(store.clone(), images, backend.clone(), templates, styles);
     portraits.speed().set_device(device.as_str());
-    let jobs = JobQueue::new(s.queue.clone())?;
+    // The job records live in the same database; the character store applied the migrations.
+    let job_store = SqliteJobStore::open(&db_path).map_err(|e| anyhow::anyhow!(e))?;
+    let jobs = JobQueue::open(s.queue.clone(), Arc::new(job_store))?;
     let state = AppState::new(Inner {
         store,
         portraits,

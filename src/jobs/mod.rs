@@ -1,20 +1,31 @@
 //! The job queue between HTTP requests and the engine: a bounded, first-come-first-served queue
 //! that runs at most `concurrency` blocking jobs at once, reports their progress as events,
-//! cancels them on request, on timeout or when their client goes away, and remembers finished
-//! jobs for a while so clients can poll for results.
+//! cancels them on request, on timeout or when their client goes away, and keeps a durable
+//! record of every job (SQLite) so its id answers after a restart, for a configurable retention.
 //!
 //! It knows nothing about images, characters or HTTP: a job is a closure that gets a
-//! [`JobContext`] (progress reporter and cancel token) and returns JSON or a [`JobFailure`].
-//! The rules live in the pure `state` module; [`JobQueue`] is the thread-and-channel shell.
+//! [`JobContext`] (progress reporter and cancel token) and returns its caller's own
+//! `Result<T, E>`; the record keeps what [`JobOutput`] and [`JobError`] make of it. The rules
+//! live in the pure `state` module; [`JobQueue`] is the thread-and-channel shell, `handle` the
+//! typed front, `store`/`sqlite` the records.
 
-mod guard;
+mod config;
+mod handle;
 mod queue;
+mod sqlite;
 mod state;
+mod store;
 mod types;
 
-pub use guard::CancelOnDrop;
-pub use queue::{JobContext, JobEvents, JobFn, JobQueue};
+pub use config::{
+    parse_duration, QueueConfig, QueueConfigError, DEFAULT_RETENTION, MAX_CONCURRENCY, MAX_QUEUED,
+    MAX_RETENTION,
+};
+pub use handle::{CancelOnDrop, JobError, JobHandle, JobOutput, WaitError};
+pub use queue::{JobContext, JobEvents, JobQueue};
+pub use sqlite::SqliteJobStore;
+pub use store::{JobRecord, JobStore, JobStoreError, JobStoreResult};
 pub use types::{
-    FailureKind, JobEvent, JobFailure, JobId, JobState, JobStatus, QueueConfig, QueueConfigError,
-    QueueError, QueueMetrics, WaitError, MAX_CONCURRENCY, MAX_QUEUED,
+    FailureKind, JobEvent, JobFailure, JobId, JobSpec, JobState, JobStatus, QueueError,
+    QueueMetrics, QueueOpenError,
 };

@@ -1,7 +1,9 @@
 //! The queue's shell: a cheap, cloneable handle around the pure [`QueueState`] that runs admitted
-//! jobs on their own OS threads, fans events out to subscribers and applies cancellation.
-//! Every decision (who starts, who waits, who is refused) is made by the state under one mutex;
-//! this file only carries those decisions out.
+//! jobs on their own OS threads, writes every transition to the [`JobStore`], fans events out to
+//! subscribers and applies cancellation. Every decision (who starts, who waits, who is refused)
+//! is made by the state under one mutex, and the record of a transition is written under that
+//! same mutex, so a reader never sees the record and the live state disagree. Typed submission
+//! and the handles are in `handle.rs`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -11,23 +13,31 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use chrono::Utc;
+use futures::Stream;
 use serde_json::Value;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::sync::Notify;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::guard::CancelOnDrop;
+use super::config::QueueConfig;
+use super::sqlite::SqliteJobStore;
 use super::state::{Admission, CancelOutcome, QueueState};
+use super::store::{JobRecord, JobStore, JobStoreError};
 use super::types::{
-    JobEvent, JobFailure, JobId, JobState, JobStatus, QueueConfig, QueueConfigError, QueueError,
-    QueueMetrics, WaitError,
+    JobEvent, JobFailure, JobId, JobSpec, JobState, JobStatus, QueueError, QueueMetrics,
+    QueueOpenError,
 };
 use crate::engine::pipeline::CancelToken;
 
-/// The work a job does: runs on a blocking thread, reports progress through its context and
-/// must stop soon after the context's cancel token is set.
-pub type JobFn = Box<dyn FnOnce(JobContext) -> Result<Value, JobFailure> + Send + 'static>;
+/// The type-erased work of a job: runs on its own thread and returns what its record keeps.
+pub(crate) type JobFn = Box<dyn FnOnce(JobContext) -> Result<Value, JobFailure> + Send + 'static>;
+
+/// Progress reaches the record at most this often (plus the last step), so a fast sampler does
+/// not turn every step into a database write.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// How often finishing jobs also delete records past the retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// A bounded, first-come-first-served job queue that runs at most `concurrency` jobs at once.
 /// Clones share the same queue.
@@ -40,6 +50,9 @@ struct Inner {
     shared: Mutex<Shared>,
     /// Woken whenever a running job ends, for [`JobQueue::drained`].
     finished: Notify,
+    store: Arc<dyn JobStore>,
+    retention: Duration,
+    last_prune: Mutex<Instant>,
 }
 
 struct Shared {
@@ -54,10 +67,19 @@ struct Live {
     job: Option<JobFn>,
     cancel: CancelToken,
     subscribers: Vec<UnboundedSender<JobEvent>>,
+    /// Entered on the job's thread, so its log lines name the job.
+    span: tracing::Span,
+    /// When progress last reached the record.
+    persisted: Option<Instant>,
 }
 
 /// A job taken out of the table, ready to run on its own thread.
-type Launch = (JobId, JobFn, CancelToken);
+struct Launch {
+    id: JobId,
+    job: JobFn,
+    cancel: CancelToken,
+    span: tracing::Span,
+}
 
 impl Shared {
     /// Sends `event` to the job's subscribers; a terminal event also removes the job's live
@@ -82,50 +104,99 @@ impl Shared {
     }
 }
 
+/// Logs a record write that failed: the live state stays right, and a job whose record lags
+/// is settled by the restart policy at the next start.
+fn logged<T>(what: &str, id: &str, r: Result<T, JobStoreError>) -> Option<T> {
+    r.map_err(|e| tracing::error!(job = id, "could not record {what}: {e}"))
+        .ok()
+}
+
 impl JobQueue {
-    /// A queue with the given limits; fails naming the setting that is out of range.
-    pub fn new(config: QueueConfig) -> Result<Self, QueueConfigError> {
+    /// A queue whose records live in a private in-memory database (tests, tools).
+    pub fn new(config: QueueConfig) -> Result<Self, QueueOpenError> {
+        Self::open(config, Arc::new(SqliteJobStore::in_memory()?))
+    }
+
+    /// A queue over durable records. Jobs that a previous process left queued or running end
+    /// as failed "server restarted" (why not re-run: see the README's "Jobs"), and records past
+    /// the retention are deleted.
+    pub fn open(config: QueueConfig, store: Arc<dyn JobStore>) -> Result<Self, QueueOpenError> {
         config.validate()?;
+        let restarted = store.fail_unfinished(&JobFailure::restarted(), Utc::now())?;
+        if !restarted.is_empty() {
+            tracing::warn!(
+                jobs = restarted.len(),
+                "jobs left queued or running by the previous run failed as 'server restarted'"
+            );
+        }
+        let retention = config.retention;
+        store.prune(Utc::now() - retention)?;
+        let last_seq = store.max_seq()?;
         Ok(JobQueue {
             inner: Arc::new(Inner {
                 shared: Mutex::new(Shared {
-                    state: QueueState::new(config),
+                    state: QueueState::new(config, last_seq),
                     live: HashMap::new(),
                 }),
                 finished: Notify::new(),
+                store,
+                retention,
+                last_prune: Mutex::new(Instant::now()),
             }),
         })
     }
 
-    /// Accepts a job, or refuses it when `max_queued` jobs are already waiting. The job starts
-    /// at once when a slot is free and nobody is waiting.
-    pub fn submit<F>(
+    /// Admits a type-erased job under `span` (see `handle.rs` for the typed front).
+    pub(crate) fn submit_erased(
         &self,
-        label: impl Into<String>,
-        owner: Option<String>,
-        job: F,
-    ) -> Result<JobId, QueueError>
-    where
-        F: FnOnce(JobContext) -> Result<Value, JobFailure> + Send + 'static,
-    {
-        let job: JobFn = Box::new(job);
-        let id = JobId::new_random();
+        id: JobId,
+        spec: JobSpec,
+        job: JobFn,
+        span: tracing::Span,
+    ) -> Result<(), QueueError> {
         let cancel = CancelToken::new();
         let launch = {
             let mut shared = self.inner.lock();
-            let admission = shared
-                .state
-                .submit(id.clone(), label.into(), owner, Instant::now())?;
+            let admission = shared.state.submit(
+                id.clone(),
+                spec.label,
+                spec.kind,
+                spec.owner,
+                Instant::now(),
+            )?;
+            let Some(status) = shared.state.status(id.as_str(), Instant::now()) else {
+                return Err(QueueError::Storage(JobStoreError::Database(
+                    "the admitted job vanished".into(),
+                )));
+            };
+            let record = JobRecord {
+                request: spec.request,
+                ..record_of(&status)
+            };
+            if let Err(e) = self.inner.store.insert(&record) {
+                shared.state.withdraw(id.as_str());
+                return Err(QueueError::Storage(e));
+            }
             let (stored, launch) = match admission {
-                Admission::Start => (None, Some((id.clone(), job, cancel.clone()))),
+                Admission::Start => (
+                    None,
+                    Some(Launch {
+                        id: id.clone(),
+                        job,
+                        cancel: cancel.clone(),
+                        span: span.clone(),
+                    }),
+                ),
                 Admission::Queued { .. } => (Some(job), None),
             };
             shared.live.insert(
-                id.clone(),
+                id,
                 Live {
                     job: stored,
                     cancel,
                     subscribers: Vec::new(),
+                    span,
+                    persisted: None,
                 },
             );
             launch
@@ -133,28 +204,50 @@ impl JobQueue {
         if let Some(l) = launch {
             launch_all(&self.inner, vec![l]);
         }
-        Ok(id)
+        Ok(())
     }
 
-    /// A snapshot of the job, while it is queued, running or recently finished.
-    pub fn status(&self, id: &str) -> Option<JobStatus> {
+    /// A snapshot of the job while it is queued, running or recently finished, from memory
+    /// only: never touches the database, so it is fine on an async thread.
+    pub fn live_status(&self, id: &str) -> Option<JobStatus> {
         self.inner.lock().state.status(id, Instant::now())
+    }
+
+    /// A snapshot of the job from memory, else from its record (finished within the
+    /// retention, or before a restart). May read the database: call it off the async threads.
+    pub fn status(&self, id: &str) -> Option<JobStatus> {
+        if let Some(s) = self.live_status(id) {
+            return Some(s);
+        }
+        self.inner.recorded(id).map(|r| r.status(Utc::now()))
     }
 
     /// The job's events from now on, preceded by its current state (`queued` with its position,
     /// or `started` and the latest `progress`, or the terminal event). The stream ends after the
-    /// terminal event. `None` for an unknown or forgotten job.
+    /// terminal event; for a job known only from its record, right after catching up. `None`
+    /// for an unknown or expired job. May read the database, like [`Self::status`].
     pub fn subscribe(&self, id: &str) -> Option<JobEvents> {
-        let mut shared = self.inner.lock();
-        let events = shared.state.catch_up(id, Instant::now())?;
         let (tx, rx) = unbounded_channel();
+        let events = {
+            let mut shared = self.inner.lock();
+            match shared.state.catch_up(id, Instant::now()) {
+                Some(events) => {
+                    // A finished job has no live entry: `tx` is dropped below and the stream
+                    // ends after catching up.
+                    if let Some(live) = shared.live.get_mut(id) {
+                        live.subscribers.push(tx.clone());
+                    }
+                    events
+                }
+                None => {
+                    drop(shared);
+                    record_catch_up(&self.inner.recorded(id)?)
+                }
+            }
+        };
         for event in events {
             // The receiver is still in hand, so the send cannot fail.
             let _ = tx.send(event);
-        }
-        // A finished job has no live entry: dropping `tx` here ends the stream after catch-up.
-        if let Some(live) = shared.live.get_mut(id) {
-            live.subscribers.push(tx);
         }
         Some(JobEvents(UnboundedReceiverStream::new(rx)))
     }
@@ -171,6 +264,7 @@ impl JobQueue {
         match shared.state.cancel(id, reason, Instant::now()) {
             CancelOutcome::Removed { event, moved } => {
                 let id = JobId::from(id);
+                self.inner.record_finish(&shared, &id);
                 let removed = shared.emit(&id, event);
                 shared.emit_moves(moved);
                 drop(shared);
@@ -187,55 +281,6 @@ impl JobQueue {
         }
     }
 
-    /// Waits for the job's result. When `timeout` passes first the job is cancelled (reason
-    /// `timeout`) and [`WaitError::Timeout`] returned, unless it finished in that very moment.
-    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Value, WaitError> {
-        let job_id = JobId::from(id);
-        let mut events = self
-            .subscribe(id)
-            .ok_or_else(|| WaitError::NotFound(job_id.clone()))?;
-        let waited = tokio::time::timeout(timeout, async {
-            while let Some(event) = events.next().await {
-                if let Some(outcome) = terminal_outcome(event) {
-                    return outcome;
-                }
-            }
-            Err(WaitError::Failed(JobFailure::internal(
-                "the job's event stream ended without an outcome",
-            )))
-        })
-        .await;
-        match waited {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                let reason = JobFailure::timeout(format!(
-                    "no result within {} s; the job was cancelled",
-                    timeout.as_secs_f64()
-                ));
-                if !self.cancel_with(id, reason) {
-                    if let Some(JobStatus {
-                        state: JobState::Done,
-                        result: Some(result),
-                        ..
-                    }) = self.status(id)
-                    {
-                        return Ok(result);
-                    }
-                }
-                Err(WaitError::Timeout {
-                    id: job_id,
-                    waited: timeout,
-                })
-            }
-        }
-    }
-
-    /// A guard that cancels the job when dropped before [`CancelOnDrop::disarm`]; hold it across
-    /// a synchronous request so a client that goes away takes its job with it.
-    pub fn guard(&self, id: &JobId) -> CancelOnDrop {
-        CancelOnDrop::new(self.clone(), id.clone())
-    }
-
     /// Counts for `/health`.
     pub fn metrics(&self) -> QueueMetrics {
         self.inner.lock().state.metrics()
@@ -249,6 +294,7 @@ impl JobQueue {
         let outcome = shared.state.shutdown(reason.clone(), Instant::now());
         let mut removed = Vec::new();
         for (id, event) in outcome.removed {
+            self.inner.record_finish(&shared, &id);
             removed.extend(shared.emit(&id, event));
         }
         if cancel_running {
@@ -291,12 +337,38 @@ impl fmt::Debug for JobQueue {
     }
 }
 
-fn terminal_outcome(event: JobEvent) -> Option<Result<Value, WaitError>> {
-    match event {
-        JobEvent::Done { result } => Some(Ok(result)),
-        JobEvent::Failed { error } => Some(Err(WaitError::Failed(error))),
-        JobEvent::Cancelled { error } => Some(Err(WaitError::Cancelled(error))),
-        _ => None,
+/// The record of a job as a status snapshot describes it (request left empty).
+fn record_of(s: &JobStatus) -> JobRecord {
+    JobRecord {
+        id: s.id.clone(),
+        owner: s.owner.clone(),
+        kind: s.kind.clone(),
+        label: s.label.clone(),
+        request: Value::Null,
+        state: s.state,
+        step: s.step,
+        total: s.total,
+        result: s.result.clone(),
+        error: s.error.clone(),
+        seq: s.seq,
+        created_at: s.created_at,
+        started_at: s.started_at,
+        finished_at: s.finished_at,
+    }
+}
+
+/// The catch-up of a job known only from its record.
+fn record_catch_up(r: &JobRecord) -> Vec<JobEvent> {
+    let failure = || r.error.clone().unwrap_or_else(JobFailure::restarted);
+    match r.state {
+        JobState::Done => vec![JobEvent::Done {
+            result: r.result.clone().unwrap_or(Value::Null),
+        }],
+        JobState::Failed => vec![JobEvent::Failed { error: failure() }],
+        JobState::Cancelled => vec![JobEvent::Cancelled { error: failure() }],
+        // Unfinished in the record but not in this process (another node's job).
+        JobState::Queued => vec![JobEvent::Queued { position: 1 }],
+        JobState::Running => vec![JobEvent::Started],
     }
 }
 
@@ -306,35 +378,100 @@ impl Inner {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The job's record, unless it finished longer ago than the retention (it may not be
+    /// pruned yet, but it is gone as far as clients are concerned).
+    fn recorded(&self, id: &str) -> Option<JobRecord> {
+        let record = logged("a read", id, self.store.get(id))??;
+        let cutoff = Utc::now() - self.retention;
+        match record.finished_at {
+            Some(at) if at < cutoff => None,
+            _ => Some(record),
+        }
+    }
+
+    /// Writes a job's terminal snapshot (called under the lock, right after the state settled).
+    fn record_finish(&self, shared: &Shared, id: &JobId) {
+        if let Some(status) = shared.state.status(id.as_str(), Instant::now()) {
+            logged("the outcome", id.as_str(), self.store.finish(&status));
+        }
+    }
+
     /// Records a job's outcome and hands back the jobs that take its slot.
     fn finish(&self, id: &JobId, outcome: Result<Value, JobFailure>) -> Vec<Launch> {
         let mut shared = self.lock();
         let Some(finished) = shared.state.finish(id.as_str(), outcome, Instant::now()) else {
             return Vec::new();
         };
+        if let Some(status) = &finished.status {
+            logged("the outcome", id.as_str(), self.store.finish(status));
+        }
         let removed = shared.emit(id, finished.event);
         shared.emit_moves(finished.moved);
         let mut launches = Vec::new();
         for next in finished.started {
+            let started_at = shared
+                .state
+                .status(next.as_str(), Instant::now())
+                .and_then(|s| s.started_at)
+                .unwrap_or_else(Utc::now);
+            if logged(
+                "the start",
+                next.as_str(),
+                self.store.claim(next.as_str(), started_at),
+            ) == Some(false)
+            {
+                tracing::warn!(job = %next, "the job's record was not queued when it started");
+            }
             shared.emit(&next, JobEvent::Started);
             let Some(live) = shared.live.get_mut(&next) else {
                 continue;
             };
             if let Some(job) = live.job.take() {
-                launches.push((next, job, live.cancel.clone()));
+                launches.push(Launch {
+                    id: next,
+                    job,
+                    cancel: live.cancel.clone(),
+                    span: live.span.clone(),
+                });
             }
         }
         drop(shared);
         drop(removed);
         self.finished.notify_waiters();
+        self.maybe_prune();
         launches
+    }
+
+    /// Deletes expired records, at most once per [`PRUNE_EVERY`].
+    fn maybe_prune(&self) {
+        {
+            let mut last = self
+                .last_prune
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.elapsed() < PRUNE_EVERY {
+                return;
+            }
+            *last = Instant::now();
+        }
+        logged(
+            "pruning",
+            "-",
+            self.store.prune(Utc::now() - self.retention),
+        );
     }
 }
 
 /// Starts each job on its own named thread. A thread that cannot be spawned fails its job, which
 /// may hand the slot to further jobs; the loop works through those too.
 fn launch_all(inner: &Arc<Inner>, mut pending: Vec<Launch>) {
-    while let Some((id, job, cancel)) = pending.pop() {
+    while let Some(Launch {
+        id,
+        job,
+        cancel,
+        span,
+    }) = pending.pop()
+    {
         let ctx = JobContext {
             inner: Arc::clone(inner),
             id: id.clone(),
@@ -343,7 +480,10 @@ fn launch_all(inner: &Arc<Inner>, mut pending: Vec<Launch>) {
         let runner = Arc::clone(inner);
         let spawned = std::thread::Builder::new()
             .name(format!("limner-job-{}", id.as_str().get(..8).unwrap_or("")))
-            .spawn(move || run_job(runner, ctx, job));
+            .spawn(move || {
+                let _entered = span.enter();
+                run_job(runner, ctx, job)
+            });
         if let Err(e) = spawned {
             let failure = JobFailure::internal(format!("could not start a job thread: {e}"));
             pending.extend(inner.finish(&id, Err(failure)));
@@ -353,15 +493,20 @@ fn launch_all(inner: &Arc<Inner>, mut pending: Vec<Launch>) {
 
 fn run_job(inner: Arc<Inner>, ctx: JobContext, job: JobFn) {
     let id = ctx.id.clone();
+    tracing::debug!("job started");
     let outcome = catch_unwind(AssertUnwindSafe(move || job(ctx))).unwrap_or_else(|panic| {
         let what = panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "no message".to_string());
-        tracing::error!(job = %id, "job panicked: {what}");
+        tracing::error!("job panicked: {what}");
         Err(JobFailure::internal(format!("the job panicked: {what}")))
     });
+    match &outcome {
+        Ok(_) => tracing::info!("job done"),
+        Err(f) => tracing::info!(kind = %f.kind, "job ended: {}", f.message),
+    }
     let next = inner.finish(&id, outcome);
     launch_all(&inner, next);
 }
@@ -380,10 +525,14 @@ impl JobContext {
         &self.id
     }
 
-    /// Reports that step `step` of `total` is done (call once per denoising step).
+    /// Reports that step `step` of `total` is done (call once per denoising step). The record
+    /// hears of it at most every [`PROGRESS_EVERY`], and always of the last step.
     pub fn progress(&self, step: usize, total: usize) {
-        let mut shared = self.inner.lock();
-        if shared.state.progress(self.id.as_str(), step, total) {
+        let persist = {
+            let mut shared = self.inner.lock();
+            if !shared.state.progress(self.id.as_str(), step, total) {
+                return;
+            }
             let elapsed_ms = shared.state.elapsed_ms(self.id.as_str(), Instant::now());
             shared.emit(
                 &self.id,
@@ -392,6 +541,25 @@ impl JobContext {
                     total,
                     elapsed_ms,
                 },
+            );
+            let Some(live) = shared.live.get_mut(&self.id) else {
+                return;
+            };
+            let due = step >= total
+                || live
+                    .persisted
+                    .is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
+            if due {
+                live.persisted = Some(Instant::now());
+            }
+            due
+        };
+        if persist {
+            // Outside the lock; the store ignores progress of a job no longer running.
+            logged(
+                "progress",
+                self.id.as_str(),
+                self.inner.store.progress(self.id.as_str(), step, total),
             );
         }
     }

@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::types::{
-    JobEvent, JobFailure, JobId, JobState, JobStatus, QueueConfig, QueueError, QueueMetrics,
-};
+use super::config::QueueConfig;
+use super::types::{JobEvent, JobFailure, JobId, JobState, JobStatus, QueueError, QueueMetrics};
 
 /// How many recent run times feed the Retry-After estimate.
 const RECENT_RUNS: usize = 20;
 
 struct JobRecord {
     label: String,
+    kind: String,
     owner: Option<String>,
     seq: u64,
     state: JobState,
@@ -66,11 +66,12 @@ pub(crate) enum CancelOutcome {
     NotActive,
 }
 
-/// What finishing a job did: its terminal event, the jobs that took the freed slot, and the new
-/// positions of those still waiting.
+/// What finishing a job did: its terminal event and final snapshot (for its record), the jobs
+/// that took the freed slot, and the new positions of those still waiting.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Finished {
     pub event: JobEvent,
+    pub status: Option<JobStatus>,
     pub started: Vec<JobId>,
     pub moved: Vec<(JobId, usize)>,
 }
@@ -100,8 +101,9 @@ pub(crate) struct QueueState {
 }
 
 impl QueueState {
-    /// `config` must already be validated.
-    pub(crate) fn new(config: QueueConfig) -> Self {
+    /// `config` must already be validated. Admission numbers continue after `last_seq` (the
+    /// highest one recorded before a restart).
+    pub(crate) fn new(config: QueueConfig, last_seq: u64) -> Self {
         QueueState {
             config,
             jobs: HashMap::new(),
@@ -109,7 +111,7 @@ impl QueueState {
             running: 0,
             finished: VecDeque::new(),
             recent_runs: VecDeque::new(),
-            next_seq: 1,
+            next_seq: last_seq + 1,
             accepting: true,
             done: 0,
             failed: 0,
@@ -125,6 +127,7 @@ impl QueueState {
         &mut self,
         id: JobId,
         label: String,
+        kind: String,
         owner: Option<String>,
         now: Instant,
     ) -> Result<Admission, QueueError> {
@@ -142,6 +145,7 @@ impl QueueState {
         }
         let mut record = JobRecord {
             label,
+            kind,
             owner,
             seq: self.next_seq,
             state: JobState::Queued,
@@ -168,6 +172,19 @@ impl QueueState {
         };
         self.jobs.insert(id, record);
         Ok(admission)
+    }
+
+    /// Takes back a job admitted a moment ago (its record could not be written): as if it had
+    /// never been submitted, except that its `seq` stays used.
+    pub(crate) fn withdraw(&mut self, id: &str) {
+        let Some(record) = self.jobs.remove(id) else {
+            return;
+        };
+        match record.state {
+            JobState::Queued => self.queue.retain(|q| q.as_str() != id),
+            JobState::Running => self.running = self.running.saturating_sub(1),
+            _ => {}
+        }
     }
 
     /// Records a finished denoising step; false when the job is not running.
@@ -240,9 +257,12 @@ impl QueueState {
         } else {
             self.positions_from(0)
         };
+        // Before pruning, which may forget it at once (a retention of 0).
+        let status = self.status(id, now);
         self.prune(now);
         Some(Finished {
             event,
+            status,
             started,
             moved,
         })
@@ -335,9 +355,7 @@ impl QueueState {
                 .jobs
                 .get(oldest)
                 .and_then(|r| r.finished)
-                .is_none_or(|(at, _)| {
-                    now.saturating_duration_since(at) > self.config.keep_finished_for
-                });
+                .is_none_or(|(at, _)| now.saturating_duration_since(at) > self.config.retention);
             if self.finished.len() <= self.config.keep_finished && !expired {
                 break;
             }
@@ -421,6 +439,7 @@ impl QueueState {
         Some(JobStatus {
             id: key.clone(),
             label: r.label.clone(),
+            kind: r.kind.clone(),
             owner: r.owner.clone(),
             state: r.state,
             seq: r.seq,

@@ -20,7 +20,7 @@ fn id(n: usize) -> JobId {
 }
 
 fn submit(s: &mut QueueState, n: usize, now: Instant) -> Result<Admission, QueueError> {
-    s.submit(id(n), format!("label {n}"), None, now)
+    s.submit(id(n), format!("label {n}"), "test".into(), None, now)
 }
 
 fn state_of(s: &QueueState, n: usize) -> JobState {
@@ -32,7 +32,7 @@ fn state_of(s: &QueueState, n: usize) -> JobState {
 #[test]
 fn first_job_takes_the_free_slot_and_the_rest_wait_in_order() {
     let now = Instant::now();
-    let mut s = QueueState::new(config(3, 1));
+    let mut s = QueueState::new(config(3, 1), 0);
     assert_eq!(submit(&mut s, 0, now), Ok(Admission::Start));
     for n in 1..=3 {
         assert_eq!(
@@ -50,7 +50,7 @@ fn first_job_takes_the_free_slot_and_the_rest_wait_in_order() {
 #[test]
 fn a_full_queue_refuses_with_a_retry_estimate_and_counts_the_refusal() {
     let now = Instant::now();
-    let mut s = QueueState::new(config(3, 1));
+    let mut s = QueueState::new(config(3, 1), 0);
     for n in 0..4 {
         assert!(submit(&mut s, n, now).is_ok());
     }
@@ -72,7 +72,7 @@ fn a_full_queue_refuses_with_a_retry_estimate_and_counts_the_refusal() {
 #[test]
 fn capacity_counts_waiting_jobs_only() {
     let now = Instant::now();
-    let mut s = QueueState::new(config(1, 2));
+    let mut s = QueueState::new(config(1, 2), 0);
     assert_eq!(submit(&mut s, 0, now), Ok(Admission::Start));
     assert_eq!(submit(&mut s, 1, now), Ok(Admission::Start));
     assert_eq!(
@@ -88,7 +88,7 @@ fn capacity_counts_waiting_jobs_only() {
 #[test]
 fn no_waiting_room_still_runs_a_job_when_idle() {
     let now = Instant::now();
-    let mut s = QueueState::new(config(0, 1));
+    let mut s = QueueState::new(config(0, 1), 0);
     assert_eq!(submit(&mut s, 0, now), Ok(Admission::Start));
     assert!(matches!(
         submit(&mut s, 1, now),
@@ -99,7 +99,7 @@ fn no_waiting_room_still_runs_a_job_when_idle() {
 #[test]
 fn finishing_hands_the_slot_to_the_front_and_moves_the_rest_up() {
     let now = Instant::now();
-    let mut s = QueueState::new(config(8, 1));
+    let mut s = QueueState::new(config(8, 1), 0);
     for n in 0..4 {
         submit(&mut s, n, now).unwrap();
     }
@@ -124,7 +124,7 @@ fn finishing_hands_the_slot_to_the_front_and_moves_the_rest_up() {
 #[test]
 fn jobs_start_in_admission_order_whatever_order_they_finish_in() {
     let now = Instant::now();
-    let mut s = QueueState::new(config(20, 3));
+    let mut s = QueueState::new(config(20, 3), 0);
     let mut started = Vec::new();
     for n in 0..12 {
         if submit(&mut s, n, now).unwrap() == Admission::Start {
@@ -150,7 +150,7 @@ fn jobs_start_in_admission_order_whatever_order_they_finish_in() {
 #[test]
 fn cancelling_a_waiting_job_removes_it_and_moves_only_those_behind() {
     let now = Instant::now();
-    let mut s = QueueState::new(config(8, 1));
+    let mut s = QueueState::new(config(8, 1), 0);
     for n in 0..5 {
         submit(&mut s, n, now).unwrap();
     }
@@ -187,7 +187,7 @@ fn cancelling_a_waiting_job_removes_it_and_moves_only_those_behind() {
 #[test]
 fn a_cancelled_running_job_ends_cancelled_with_the_first_reason() {
     let now = Instant::now();
-    let mut s = QueueState::new(config(8, 1));
+    let mut s = QueueState::new(config(8, 1), 0);
     submit(&mut s, 0, now).unwrap();
     assert_eq!(
         s.cancel(id(0).as_str(), JobFailure::timeout("waited too long"), now),
@@ -212,7 +212,7 @@ fn a_cancelled_running_job_ends_cancelled_with_the_first_reason() {
 #[test]
 fn a_result_that_beats_the_cancel_is_kept() {
     let now = Instant::now();
-    let mut s = QueueState::new(config(8, 1));
+    let mut s = QueueState::new(config(8, 1), 0);
     submit(&mut s, 0, now).unwrap();
     s.cancel(id(0).as_str(), JobFailure::cancelled("late"), now);
     let f = s.finish(id(0).as_str(), Ok(json!("painted")), now).unwrap();
@@ -223,7 +223,7 @@ fn a_result_that_beats_the_cancel_is_kept() {
 #[test]
 fn a_failure_without_a_cancel_is_failed() {
     let now = Instant::now();
-    let mut s = QueueState::new(config(8, 1));
+    let mut s = QueueState::new(config(8, 1), 0);
     submit(&mut s, 0, now).unwrap();
     let f = s
         .finish(
@@ -245,7 +245,7 @@ fn a_failure_without_a_cancel_is_failed() {
 #[test]
 fn finishing_a_job_that_is_not_running_changes_nothing() {
     let now = Instant::now();
-    let mut s = QueueState::new(config(8, 1));
+    let mut s = QueueState::new(config(8, 1), 0);
     submit(&mut s, 0, now).unwrap();
     submit(&mut s, 1, now).unwrap();
     assert!(s.finish(id(1).as_str(), Ok(json!(1)), now).is_none());
@@ -257,7 +257,7 @@ fn finishing_a_job_that_is_not_running_changes_nothing() {
 #[test]
 fn progress_is_recorded_only_while_running_and_shows_in_catch_up() {
     let now = Instant::now();
-    let mut s = QueueState::new(config(8, 1));
+    let mut s = QueueState::new(config(8, 1), 0);
     submit(&mut s, 0, now).unwrap();
     submit(&mut s, 1, now).unwrap();
     assert!(
@@ -302,10 +302,13 @@ fn progress_is_recorded_only_while_running_and_shows_in_catch_up() {
 #[test]
 fn finished_jobs_are_forgotten_beyond_the_count_limit() {
     let now = Instant::now();
-    let mut s = QueueState::new(QueueConfig {
-        keep_finished: 3,
-        ..config(8, 1)
-    });
+    let mut s = QueueState::new(
+        QueueConfig {
+            keep_finished: 3,
+            ..config(8, 1)
+        },
+        0,
+    );
     for n in 0..5 {
         submit(&mut s, n, now).unwrap();
         s.finish(id(n).as_str(), Ok(json!(n)), now).unwrap();
@@ -320,10 +323,13 @@ fn finished_jobs_are_forgotten_beyond_the_count_limit() {
 #[test]
 fn finished_jobs_are_forgotten_after_the_age_limit_but_live_ones_are_not() {
     let t0 = Instant::now();
-    let mut s = QueueState::new(QueueConfig {
-        keep_finished_for: Duration::from_secs(60),
-        ..config(8, 1)
-    });
+    let mut s = QueueState::new(
+        QueueConfig {
+            retention: Duration::from_secs(60),
+            ..config(8, 1)
+        },
+        0,
+    );
     submit(&mut s, 0, t0).unwrap();
     s.finish(id(0).as_str(), Ok(json!(0)), t0).unwrap();
     submit(&mut s, 1, t0).unwrap();
@@ -340,7 +346,7 @@ fn finished_jobs_are_forgotten_after_the_age_limit_but_live_ones_are_not() {
 #[test]
 fn retry_after_spreads_the_average_run_over_the_slots() {
     let t0 = Instant::now();
-    let mut s = QueueState::new(config(1, 2));
+    let mut s = QueueState::new(config(1, 2), 0);
     // Two runs of 10 s and 20 s: average 15 s, over 2 slots -> 7.5 -> 8 s.
     submit(&mut s, 0, t0).unwrap();
     submit(&mut s, 1, t0).unwrap();
@@ -365,7 +371,7 @@ fn retry_after_spreads_the_average_run_over_the_slots() {
 #[test]
 fn retry_after_is_at_least_one_second() {
     let now = Instant::now();
-    let mut s = QueueState::new(config(1, 1));
+    let mut s = QueueState::new(config(1, 1), 0);
     submit(&mut s, 0, now).unwrap();
     assert!(s.retry_after_secs(now) >= 1);
     s.finish(id(0).as_str(), Ok(json!(0)), now).unwrap();
@@ -379,7 +385,7 @@ fn retry_after_is_at_least_one_second() {
 #[test]
 fn shutdown_cancels_the_waiting_lists_the_running_and_refuses_new_jobs() {
     let now = Instant::now();
-    let mut s = QueueState::new(config(8, 1));
+    let mut s = QueueState::new(config(8, 1), 0);
     for n in 0..3 {
         submit(&mut s, n, now).unwrap();
     }

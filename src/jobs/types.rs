@@ -1,18 +1,17 @@
-//! The queue's vocabulary: job ids, failures, events, status snapshots, settings and errors.
+//! The queue's vocabulary: job ids, failures, events, status snapshots and errors.
 //! Everything here is plain data (serde-serializable where a client will see it) so the API layer
 //! can hand it out as JSON or Server-Sent Events without reshaping.
-
-use std::borrow::Borrow;
-use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::borrow::Borrow;
+use std::fmt;
+use std::sync::Arc;
 use thiserror::Error;
 
-use crate::engine::EngineError;
+use super::config::QueueConfigError;
+use super::store::JobStoreError;
 
 /// A job's id: a v4 uuid string. Cheap to clone; looks up by `&str` in maps.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,13 +66,23 @@ pub enum FailureKind {
     Cancelled,
     /// Cancelled because a synchronous caller stopped waiting.
     Timeout,
-    /// The job's input was refused by the code it ran (a 4xx in the API).
+    /// The job's input was refused by the code it ran (422 in the API).
     Invalid,
+    /// Something the job needs does not exist (any more), e.g. its character was deleted while
+    /// the job waited (404, as before the job).
+    NotFound,
+    /// The state of the data does not allow it (409).
+    Conflict,
     /// The job needs more memory than the engine allows (422 `too_large`); refused before it
     /// started.
     TooLarge,
     /// The engine failed (a 5xx).
     Engine,
+    /// The engine is not available (no model, still loading, failed to load: 503).
+    Unavailable,
+    /// The job was queued or running when the server stopped; it never finished and will not
+    /// (see the README's "Jobs" section for why it is not re-run).
+    Restarted,
     /// Saving or loading the job's data failed (a 5xx).
     Storage,
     /// The disk is full: the job's result could not be saved (507).
@@ -88,8 +97,12 @@ impl FailureKind {
             FailureKind::Cancelled => "cancelled",
             FailureKind::Timeout => "timeout",
             FailureKind::Invalid => "invalid",
+            FailureKind::NotFound => "not_found",
+            FailureKind::Conflict => "conflict",
             FailureKind::TooLarge => "too_large",
             FailureKind::Engine => "engine",
+            FailureKind::Unavailable => "unavailable",
+            FailureKind::Restarted => "restarted",
             FailureKind::Storage => "storage",
             FailureKind::InsufficientStorage => "insufficient_storage",
             FailureKind::Internal => "internal",
@@ -103,12 +116,15 @@ impl fmt::Display for FailureKind {
     }
 }
 
-/// A failed or cancelled job's reason, as the client sees it: `{kind, message}`.
+/// A failed or cancelled job's reason, as the client sees it: `{kind, message, field?}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Error)]
 #[error("{kind}: {message}")]
 pub struct JobFailure {
     pub kind: FailureKind,
     pub message: String,
+    /// The request field at fault, for `invalid` failures that know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 impl JobFailure {
@@ -116,7 +132,12 @@ impl JobFailure {
         JobFailure {
             kind,
             message: message.into(),
+            field: None,
         }
+    }
+    pub fn with_field(mut self, field: Option<impl Into<String>>) -> Self {
+        self.field = field.map(Into::into);
+        self
     }
     pub fn cancelled(message: impl Into<String>) -> Self {
         Self::new(FailureKind::Cancelled, message)
@@ -136,19 +157,13 @@ impl JobFailure {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(FailureKind::Internal, message)
     }
-}
-
-/// So a job closure can `?` engine calls: cancellation stays cancellation and request errors
-/// stay client errors.
-impl From<EngineError> for JobFailure {
-    fn from(e: EngineError) -> Self {
-        let kind = match &e {
-            EngineError::Cancelled => FailureKind::Cancelled,
-            EngineError::TooLarge { .. } => FailureKind::TooLarge,
-            e if e.is_client_error() => FailureKind::Invalid,
-            _ => FailureKind::Engine,
-        };
-        JobFailure::new(kind, e.to_string())
+    /// The failure every job that was queued or running when the server stopped ends with.
+    pub fn restarted() -> Self {
+        Self::new(
+            FailureKind::Restarted,
+            "server restarted: the job was queued or running when the server stopped, and did \
+             not finish; submit it again",
+        )
     }
 }
 
@@ -228,6 +243,8 @@ impl JobEvent {
 pub struct JobStatus {
     pub id: JobId,
     pub label: String,
+    /// What sort of job it is (e.g. `portrait.generate`), as given at submission.
+    pub kind: String,
     /// Who submitted it (for authorization by the API layer); never interpreted here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
@@ -272,79 +289,6 @@ pub struct QueueMetrics {
     pub accepting: bool,
 }
 
-/// How big the queue is and how many jobs run at once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct QueueConfig {
-    /// Jobs allowed to wait (running ones not counted); one more is refused as full.
-    pub max_queued: usize,
-    /// Jobs running at the same time (one per device is the default).
-    pub concurrency: usize,
-    /// Finished jobs remembered for polling: at most this many ...
-    pub keep_finished: usize,
-    /// ... and none older than this.
-    #[serde(with = "secs")]
-    pub keep_finished_for: Duration,
-}
-
-impl Default for QueueConfig {
-    fn default() -> Self {
-        QueueConfig {
-            max_queued: 8,
-            concurrency: 1,
-            keep_finished: 1000,
-            keep_finished_for: Duration::from_secs(3600),
-        }
-    }
-}
-
-pub const MAX_CONCURRENCY: usize = 64;
-pub const MAX_QUEUED: usize = 10_000;
-
-impl QueueConfig {
-    /// Checks every field against its limit.
-    pub fn validate(&self) -> Result<(), QueueConfigError> {
-        let check = |field: &'static str, value: usize, min: usize, max: usize| {
-            if (min..=max).contains(&value) {
-                Ok(())
-            } else {
-                Err(QueueConfigError {
-                    field,
-                    value,
-                    min,
-                    max,
-                })
-            }
-        };
-        check("concurrency", self.concurrency, 1, MAX_CONCURRENCY)?;
-        check("max_queued", self.max_queued, 0, MAX_QUEUED)?;
-        check("keep_finished", self.keep_finished, 1, 1_000_000)?;
-        Ok(())
-    }
-}
-
-mod secs {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_secs())
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_secs)
-    }
-}
-
-/// A queue setting out of range.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("invalid queue setting {field} = {value}: must be between {min} and {max}")]
-pub struct QueueConfigError {
-    pub field: &'static str,
-    pub value: usize,
-    pub min: usize,
-    pub max: usize,
-}
-
 /// Why a job was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum QueueError {
@@ -357,18 +301,48 @@ pub enum QueueError {
     /// The server is shutting down (maps to 503).
     #[error("the job queue is shutting down and accepts no new jobs")]
     ShuttingDown,
+    /// The job's record could not be written, so it was not accepted.
+    #[error("the job could not be recorded: {0}")]
+    Storage(JobStoreError),
 }
 
-/// Why [`super::JobQueue::wait`] returned without a result.
+/// What a submission is, for its record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    /// What sort of job it is (`portrait.generate`, `compat.txt2img`...).
+    pub kind: String,
+    /// A short human description ("portrait 1234").
+    pub label: String,
+    /// Who submitted it (for authorization by the API layer); never interpreted here.
+    pub owner: Option<String>,
+    /// The validated request as JSON, for the record (never image bytes).
+    pub request: Value,
+}
+
+impl JobSpec {
+    pub fn new(kind: impl Into<String>, label: impl Into<String>) -> Self {
+        JobSpec {
+            kind: kind.into(),
+            label: label.into(),
+            owner: None,
+            request: Value::Null,
+        }
+    }
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+    pub fn request(mut self, request: Value) -> Self {
+        self.request = request;
+        self
+    }
+}
+
+/// Why a queue could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum WaitError {
-    #[error("no job {0}")]
-    NotFound(JobId),
-    /// The wait ran out; the job has been cancelled.
-    #[error("job {id} did not finish within {} s and was cancelled", waited.as_secs_f64())]
-    Timeout { id: JobId, waited: Duration },
-    #[error("job failed: {0}")]
-    Failed(JobFailure),
-    #[error("job cancelled: {0}")]
-    Cancelled(JobFailure),
+pub enum QueueOpenError {
+    #[error(transparent)]
+    Config(#[from] QueueConfigError),
+    #[error("job records: {0}")]
+    Store(#[from] JobStoreError),
 }

@@ -1,12 +1,14 @@
-//! The portrait layer's one error enum. The HTTP layer maps it to status codes in its own table;
-//! the helpers here say which field was wrong and whether the caller (4xx) or the server (5xx) is
-//! to blame.
+//! The portrait layer's one error enum, and the one place where portrait and engine errors are
+//! classified into a [`FailureKind`]: a job's record keeps that kind, and the HTTP layer's table
+//! (`api::error`) picks the status from the same kind, so an error has one status whether it
+//! happens before a job or inside one.
 
 use thiserror::Error;
 
 use super::image_store::ImageStoreError;
 use crate::characters::StoreError;
 use crate::engine::EngineError;
+use crate::jobs::{FailureKind, JobError, JobFailure};
 
 /// Everything a portrait operation can fail with.
 #[derive(Debug, Error)]
@@ -47,39 +49,69 @@ impl PortraitError {
     pub fn field(&self) -> Option<&str> {
         match self {
             PortraitError::Validation { field, .. } => Some(field),
-            PortraitError::Engine(EngineError::InvalidInput { field, .. }) => Some(field),
-            PortraitError::Engine(EngineError::UnknownSampler { .. }) => Some("sampler"),
-            PortraitError::Engine(EngineError::UnknownModel(_)) => Some("model"),
+            PortraitError::Engine(e) => engine_field(e),
             _ => None,
+        }
+    }
+
+    /// What kind of failure this is: the record's `error.kind` and, through the API's table,
+    /// the HTTP status.
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            PortraitError::NotFound(_) => FailureKind::NotFound,
+            PortraitError::Validation { .. } => FailureKind::Invalid,
+            PortraitError::Conflict(_) => FailureKind::Conflict,
+            PortraitError::Engine(e) => engine_failure_kind(e),
+            PortraitError::Storage(_) => FailureKind::Storage,
+            PortraitError::StorageFull(_) => FailureKind::InsufficientStorage,
+            PortraitError::Cancelled => FailureKind::Cancelled,
         }
     }
 
     /// True when the request (not the server) is at fault: not found, invalid, conflict, or an
     /// engine error caused by input. Cancellation is neither; the caller knows why it cancelled.
     pub fn is_client_error(&self) -> bool {
-        match self {
-            PortraitError::NotFound(_)
-            | PortraitError::Validation { .. }
-            | PortraitError::Conflict(_) => true,
-            PortraitError::Engine(e) => e.is_client_error(),
-            PortraitError::Storage(_)
-            | PortraitError::StorageFull(_)
-            | PortraitError::Cancelled => false,
-        }
+        matches!(
+            self.failure_kind(),
+            FailureKind::NotFound
+                | FailureKind::Invalid
+                | FailureKind::Conflict
+                | FailureKind::TooLarge
+        )
     }
+}
 
-    /// A short machine-readable kind, for the API's `error_type`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            PortraitError::NotFound(_) => "not_found",
-            PortraitError::Validation { .. } => "validation",
-            PortraitError::Conflict(_) => "conflict",
-            PortraitError::Engine(e) if e.is_client_error() => "validation",
-            PortraitError::Engine(_) => "engine",
-            PortraitError::Storage(_) => "storage",
-            PortraitError::StorageFull(_) => "insufficient_storage",
-            PortraitError::Cancelled => "cancelled",
-        }
+/// The [`FailureKind`] of an engine error (the engine sits below the job queue, so its errors
+/// are classified here, next to the portrait errors that wrap them).
+pub fn engine_failure_kind(e: &EngineError) -> FailureKind {
+    match e {
+        EngineError::Cancelled => FailureKind::Cancelled,
+        EngineError::TooLarge { .. } => FailureKind::TooLarge,
+        EngineError::Unavailable(_) => FailureKind::Unavailable,
+        e if e.is_client_error() => FailureKind::Invalid,
+        _ => FailureKind::Engine,
+    }
+}
+
+/// The request field an engine error is about, in the API's spelling.
+pub fn engine_field(e: &EngineError) -> Option<&str> {
+    match e {
+        EngineError::InvalidInput { field, .. } => Some(field),
+        EngineError::UnknownSampler { .. } => Some("sampler"),
+        EngineError::UnknownModel(_) => Some("model"),
+        _ => None,
+    }
+}
+
+impl JobError for PortraitError {
+    fn failure(&self) -> JobFailure {
+        JobFailure::new(self.failure_kind(), self.to_string()).with_field(self.field())
+    }
+}
+
+impl JobError for EngineError {
+    fn failure(&self) -> JobFailure {
+        JobFailure::new(engine_failure_kind(self), self.to_string()).with_field(engine_field(self))
     }
 }
 
@@ -137,11 +169,23 @@ mod tests {
         ));
         let m = PortraitError::from(EngineError::Model("oom".into()));
         assert!(!m.is_client_error());
-        assert_eq!(m.kind(), "engine");
+        assert_eq!(m.failure_kind(), FailureKind::Engine);
         let s = PortraitError::from(StoreError::Database("disk".into()));
         assert!(!s.is_client_error());
         let n = PortraitError::from(ImageStoreError::NotFound("a.png".into()));
         assert!(n.is_client_error());
-        assert_eq!(n.kind(), "not_found");
+        assert_eq!(n.failure_kind(), FailureKind::NotFound);
+        assert_eq!(n.failure().kind, FailureKind::NotFound);
+        let u = EngineError::Unavailable("loading".into());
+        assert_eq!(u.failure().kind, FailureKind::Unavailable);
+        let f = EngineError::UnknownSampler {
+            name: "x".into(),
+            known: "euler".into(),
+        }
+        .failure();
+        assert_eq!(
+            (f.kind, f.field.as_deref()),
+            (FailureKind::Invalid, Some("sampler"))
+        );
     }
 }

@@ -18,7 +18,7 @@ mod service;
 mod templates;
 
 pub use backend::{FakeBackend, ImageBackend, NoModelBackend};
-pub use error::PortraitError;
+pub use error::{engine_failure_kind, engine_field, PortraitError};
 pub use estimate::{Estimate, SpeedBook};
 pub use image_store::{
     image_key, is_storage_full, thumbnail_key, validate_key, ImageStore, ImageStoreError,

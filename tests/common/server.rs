@@ -202,6 +202,17 @@ impl Server {
         }
     }
 
+    /// `kill -9`: no graceful shutdown, no chance to write anything more.
+    pub fn kill_hard(mut self) {
+        let mut child = self.child.take().expect("server still running");
+        let status = Command::new("kill")
+            .args(["-KILL", &child.id().to_string()])
+            .status()
+            .expect("run kill -KILL");
+        assert!(status.success(), "kill -KILL failed");
+        let _ = child.wait();
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -3,21 +3,20 @@
 //! done: the batch being painted stops denoising and is decoded from its current latents, as
 //! A1111 returns what it has) and skip (drop the current batch, go on), and the client's disconnect (cancel).
 //!
-//! The images travel back to the waiting handler through a slot, not through the job's result:
-//! the queue keeps finished results for an hour for polling, and base64 images would make that
-//! memory grow with every request.
+//! The images travel back to the waiting handler in the job's typed result; the job's record
+//! keeps only a summary (counts, the model), never the images.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::CompatState;
-use crate::api::error::{ApiError, ApiResult};
+use crate::api::error::ApiResult;
 use crate::api::AppState;
 use crate::auth::Principal;
 use crate::engine::{CancelToken, EngineError, GeneratedImage, Progress, ValidRequest};
-use crate::jobs::{JobFailure, JobId, JobStatus};
+use crate::jobs::{JobId, JobOutput, JobSpec, JobStatus};
 
 /// The most batches one A1111 request may ask for (`n_iter`).
 pub(crate) const MAX_N_ITER: usize = 16;
@@ -104,6 +103,17 @@ struct Painted {
     skipped: usize,
 }
 
+impl JobOutput for Painted {
+    fn record(&self) -> Value {
+        json!({
+            "images": self.images.len(),
+            "model": self.model,
+            "interrupted": self.interrupted,
+            "skipped_batches": self.skipped,
+        })
+    }
+}
+
 /// Queues the job and waits for it (up to the server's request timeout).
 pub(crate) async fn run(
     state: &AppState,
@@ -126,84 +136,83 @@ pub(crate) async fn run(
         skip: AtomicBool::new(false),
         batch: Mutex::new(None),
     });
-    let slot: Arc<Mutex<Option<Painted>>> = Arc::new(Mutex::new(None));
-
     let backend = state.backend.clone();
     let flags = active.clone();
-    let out = slot.clone();
     let request = job.request;
     let requested_model = request.model().map(str::to_string);
-    let id = state.jobs.submit(
+    // The record keeps what identifies the request, not the (possibly base64) init image.
+    let spec = JobSpec::new(
+        format!("compat.{}", job.kind),
         format!("compat {}", job.kind),
-        Some(owner.to_string()),
-        move |ctx| {
-            let job_cancel = ctx.cancel_token();
-            let mut painted = Painted {
-                images: Vec::new(),
-                model: String::new(),
-                interrupted: false,
-                skipped: 0,
-            };
-            for k in 0..n_iter {
-                if job_cancel.is_cancelled() {
-                    return Err(JobFailure::cancelled("cancelled"));
-                }
-                if flags.is_interrupted() {
-                    painted.interrupted = true;
-                    break;
-                }
-                let batch = request.clone().with_seeds(batch_seeds(request.seeds(), k));
-                // The engine watches this batch's own token, so a skip stops only this batch;
-                // the progress callback (once per step) forwards every reason to stop to it.
-                let batch_cancel = CancelToken::new();
-                *flags.batch.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some(batch_cancel.clone());
-                if flags.is_interrupted() {
-                    painted.interrupted = true;
-                    break;
-                }
-                let progress = {
-                    let ctx = ctx.clone();
-                    let flags = flags.clone();
-                    let job_cancel = job_cancel.clone();
-                    let batch_cancel = batch_cancel.clone();
-                    Box::new(move |p: Progress| {
-                        ctx.progress(k * p.total + p.step, n_iter * p.total);
-                        if job_cancel.is_cancelled() || flags.skip.swap(false, Ordering::SeqCst) {
-                            batch_cancel.cancel();
-                        } else if flags.is_interrupted() {
-                            batch_cancel.interrupt();
-                        }
-                    })
-                };
-                match backend.generate(batch, progress, &batch_cancel) {
-                    Ok(result) => {
-                        painted.model = result.model;
-                        painted.images.extend(result.images);
-                        if flags.is_interrupted() {
-                            painted.interrupted = true;
-                            break;
-                        }
-                    }
-                    Err(EngineError::Cancelled) if !job_cancel.is_cancelled() => {
-                        if flags.is_interrupted() {
-                            painted.interrupted = true;
-                            break;
-                        }
-                        painted.skipped += 1;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+    )
+    .owner(owner)
+    .request(json!({
+        "model": requested_model,
+        "seeds": base_seeds,
+        "n_iter": n_iter,
+    }));
+    let handle = state.jobs.submit(spec, move |ctx| {
+        let job_cancel = ctx.cancel_token();
+        let mut painted = Painted {
+            images: Vec::new(),
+            model: String::new(),
+            interrupted: false,
+            skipped: 0,
+        };
+        for k in 0..n_iter {
+            if job_cancel.is_cancelled() {
+                return Err(EngineError::Cancelled);
             }
-            let summary = json!({
-                "images": painted.images.len(),
-                "interrupted": painted.interrupted,
-                "skipped_batches": painted.skipped,
-            });
-            *out.lock().unwrap_or_else(PoisonError::into_inner) = Some(painted);
-            Ok(summary)
-        },
-    )?;
+            if flags.is_interrupted() {
+                painted.interrupted = true;
+                break;
+            }
+            let batch = request.clone().with_seeds(batch_seeds(request.seeds(), k));
+            // The engine watches this batch's own token, so a skip stops only this batch;
+            // the progress callback (once per step) forwards every reason to stop to it.
+            let batch_cancel = CancelToken::new();
+            *flags.batch.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(batch_cancel.clone());
+            if flags.is_interrupted() {
+                painted.interrupted = true;
+                break;
+            }
+            let progress = {
+                let ctx = ctx.clone();
+                let flags = flags.clone();
+                let job_cancel = job_cancel.clone();
+                let batch_cancel = batch_cancel.clone();
+                Box::new(move |p: Progress| {
+                    ctx.progress(k * p.total + p.step, n_iter * p.total);
+                    if job_cancel.is_cancelled() || flags.skip.swap(false, Ordering::SeqCst) {
+                        batch_cancel.cancel();
+                    } else if flags.is_interrupted() {
+                        batch_cancel.interrupt();
+                    }
+                })
+            };
+            match backend.generate(batch, progress, &batch_cancel) {
+                Ok(result) => {
+                    painted.model = result.model;
+                    painted.images.extend(result.images);
+                    if flags.is_interrupted() {
+                        painted.interrupted = true;
+                        break;
+                    }
+                }
+                Err(EngineError::Cancelled) if !job_cancel.is_cancelled() => {
+                    if flags.is_interrupted() {
+                        painted.interrupted = true;
+                        break;
+                    }
+                    painted.skipped += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(painted)
+    })?;
+    let id = handle.id().clone();
     let _ = active.id.set(id.clone());
     compat.active().push(active.clone());
     let _registered = Registered {
@@ -212,14 +221,9 @@ pub(crate) async fn run(
     };
     // A client that goes away drops this future, and the guard cancels its job.
     let guard = state.jobs.guard(&id);
-    let result = state.jobs.wait(id.as_str(), state.request_timeout).await;
+    let result = handle.wait(state.request_timeout).await;
     guard.disarm();
-    result?;
-    let painted = slot
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-        .ok_or_else(|| ApiError::internal("the job finished without its images"))?;
+    let painted = result?;
     // Nothing painted (interrupted before the first batch): name the model that was asked for.
     let model = if painted.model.is_empty() {
         requested_model.unwrap_or_else(|| state.backend.default_model())
@@ -251,7 +255,8 @@ pub(crate) fn visible_jobs(
         .collect();
     jobs.into_iter()
         .filter_map(|j| {
-            let status = state.jobs.status(j.id()?.as_str())?;
+            // Unanswered jobs are live, so memory has them: no database read here.
+            let status = state.jobs.live_status(j.id()?.as_str())?;
             Some((j, status))
         })
         .collect()

@@ -336,6 +336,7 @@ impl ServeConfig {
             queue: QueueConfig {
                 max_queued: l.or_default("queue_depth", number(0, MAX_QUEUED))?,
                 concurrency: l.or_default("concurrency", number(1, MAX_CONCURRENCY))?,
+                retention: l.or_default("job_retention", limner::jobs::parse_duration)?,
                 ..queue_defaults
             },
             request_timeout: Duration::from_secs(
