@@ -25,8 +25,7 @@ use super::sqlite::SqliteJobStore;
 use super::state::{Admission, CancelOutcome, QueueState};
 use super::store::{JobRecord, JobStore, JobStoreError};
 use super::types::{
-    JobEvent, JobFailure, JobId, JobSpec, JobState, JobStatus, QueueError, QueueMetrics,
-    QueueOpenError,
+    JobEvent, JobFailure, JobId, JobSpec, JobStatus, QueueError, QueueMetrics, QueueOpenError,
 };
 use crate::engine::pipeline::CancelToken;
 
@@ -171,7 +170,7 @@ impl JobQueue {
             };
             let record = JobRecord {
                 request: spec.request,
-                ..record_of(&status)
+                ..JobRecord::from_status(&status)
             };
             if let Err(e) = self.inner.store.insert(&record) {
                 shared.state.withdraw(id.as_str());
@@ -241,7 +240,7 @@ impl JobQueue {
                 }
                 None => {
                     drop(shared);
-                    record_catch_up(&self.inner.recorded(id)?)
+                    JobRecord::catch_up(&self.inner.recorded(id)?)
                 }
             }
         };
@@ -334,41 +333,6 @@ impl fmt::Debug for JobQueue {
         f.debug_struct("JobQueue")
             .field("metrics", &self.metrics())
             .finish()
-    }
-}
-
-/// The record of a job as a status snapshot describes it (request left empty).
-fn record_of(s: &JobStatus) -> JobRecord {
-    JobRecord {
-        id: s.id.clone(),
-        owner: s.owner.clone(),
-        kind: s.kind.clone(),
-        label: s.label.clone(),
-        request: Value::Null,
-        state: s.state,
-        step: s.step,
-        total: s.total,
-        result: s.result.clone(),
-        error: s.error.clone(),
-        seq: s.seq,
-        created_at: s.created_at,
-        started_at: s.started_at,
-        finished_at: s.finished_at,
-    }
-}
-
-/// The catch-up of a job known only from its record.
-fn record_catch_up(r: &JobRecord) -> Vec<JobEvent> {
-    let failure = || r.error.clone().unwrap_or_else(JobFailure::restarted);
-    match r.state {
-        JobState::Done => vec![JobEvent::Done {
-            result: r.result.clone().unwrap_or(Value::Null),
-        }],
-        JobState::Failed => vec![JobEvent::Failed { error: failure() }],
-        JobState::Cancelled => vec![JobEvent::Cancelled { error: failure() }],
-        // Unfinished in the record but not in this process (another node's job).
-        JobState::Queued => vec![JobEvent::Queued { position: 1 }],
-        JobState::Running => vec![JobEvent::Started],
     }
 }
 

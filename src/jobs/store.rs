@@ -6,19 +6,9 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use thiserror::Error;
 
-use super::types::{JobFailure, JobId, JobState, JobStatus};
-
-/// A record store failure.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum JobStoreError {
-    /// The disk is full (the API answers 507).
-    #[error("the disk is full: {0}")]
-    Full(String),
-    #[error("database error: {0}")]
-    Database(String),
-}
+pub use super::types::JobStoreError;
+use super::types::{JobEvent, JobFailure, JobId, JobState, JobStatus};
 
 pub type JobStoreResult<T> = Result<T, JobStoreError>;
 
@@ -105,4 +95,42 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// The highest `seq` recorded (0 when none), so admission order continues across restarts.
     fn max_seq(&self) -> JobStoreResult<u64>;
+}
+
+impl JobRecord {
+    /// The record of a job as a status snapshot describes it (request left empty).
+    pub(crate) fn from_status(s: &JobStatus) -> JobRecord {
+        JobRecord {
+            id: s.id.clone(),
+            owner: s.owner.clone(),
+            kind: s.kind.clone(),
+            label: s.label.clone(),
+            request: Value::Null,
+            state: s.state,
+            step: s.step,
+            total: s.total,
+            result: s.result.clone(),
+            error: s.error.clone(),
+            seq: s.seq,
+            created_at: s.created_at,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+        }
+    }
+
+    /// The catch-up of a job known only from its record.
+    pub(crate) fn catch_up(&self) -> Vec<JobEvent> {
+        let r = self;
+        let failure = || r.error.clone().unwrap_or_else(JobFailure::restarted);
+        match r.state {
+            JobState::Done => vec![JobEvent::Done {
+                result: r.result.clone().unwrap_or(Value::Null),
+            }],
+            JobState::Failed => vec![JobEvent::Failed { error: failure() }],
+            JobState::Cancelled => vec![JobEvent::Cancelled { error: failure() }],
+            // Unfinished in the record but not in this process (another node's job).
+            JobState::Queued => vec![JobEvent::Queued { position: 1 }],
+            JobState::Running => vec![JobEvent::Started],
+        }
+    }
 }

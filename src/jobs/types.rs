@@ -11,7 +11,6 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use super::config::QueueConfigError;
-use super::store::JobStoreError;
 
 /// A job's id: a v4 uuid string. Cheap to clone; looks up by `&str` in maps.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -345,4 +344,15 @@ pub enum QueueOpenError {
     Config(#[from] QueueConfigError),
     #[error("job records: {0}")]
     Store(#[from] JobStoreError),
+}
+
+/// A record store failure (here, with the other errors, so the store depends on the
+/// vocabulary and not the other way round).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum JobStoreError {
+    /// The disk is full (the API answers 507).
+    #[error("the disk is full: {0}")]
+    Full(String),
+    #[error("database error: {0}")]
+    Database(String),
 }

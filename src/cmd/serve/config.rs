@@ -336,7 +336,7 @@ impl ServeConfig {
             queue: QueueConfig {
                 max_queued: l.or_default("queue_depth", number(0, MAX_QUEUED))?,
                 concurrency: l.or_default("concurrency", number(1, MAX_CONCURRENCY))?,
-                retention: l.or_default("job_retention", limner::jobs::parse_duration)?,
+                retention: l.or_default("job_retention", retention)?,
                 ..queue_defaults
             },
             request_timeout: Duration::from_secs(
@@ -402,6 +402,17 @@ where
             .filter(|n| (min..=max).contains(n))
             .ok_or_else(|| format!("must be a whole number from {min} to {max}"))
     }
+}
+
+/// How long finished jobs stay readable: seconds or a number with s, m, h or d, up to
+/// the queue's limit.
+fn retention(v: &str) -> Result<Duration, String> {
+    let max = limner::jobs::MAX_RETENTION;
+    let d = limner::jobs::parse_duration(v)?;
+    if d > max {
+        return Err(format!("must be at most {} days", max.as_secs() / 86_400));
+    }
+    Ok(d)
 }
 
 fn switch(v: &str) -> Result<bool, String> {

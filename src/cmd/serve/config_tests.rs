@@ -148,6 +148,14 @@ fn a_bad_value_names_where_it_came_from_and_the_limit() {
             &["--max-memory", "a size (12G, 800M), none or auto"][..],
         ),
         (
+            vec![flags(&["--job-retention", "5x"])],
+            &["--job-retention", "job_retention", "unknown unit"][..],
+        ),
+        (
+            vec![env(&[("LIMNER_JOB_RETENTION", "99999d")])],
+            &["LIMNER_JOB_RETENTION", "at most 3650 days"][..],
+        ),
+        (
             vec![flags(&["--min-free-space", "2X"])],
             &["--min-free-space", "unknown size unit"][..],
         ),
@@ -237,7 +245,7 @@ fn switches_and_lists_read_as_before() {
 #[test]
 fn the_table_of_settings_is_well_formed() {
     let mut keys: Vec<&str> = SETTINGS.iter().map(|s| s.key.as_str()).collect();
-    assert_eq!(keys.len(), 19);
+    assert_eq!(keys.len(), 20);
     keys.sort();
     keys.dedup();
     assert_eq!(keys.len(), SETTINGS.len(), "keys are unique");
