@@ -402,6 +402,44 @@ async fn progress_interrupt_and_a_full_queue() {
 }
 
 #[tokio::test]
+async fn progress_shows_the_latent_preview_as_current_image() {
+    let t = slow(0);
+    let app = t.app.clone();
+    let run = tokio::spawn(async move {
+        support::post_to(
+            app,
+            "/sdapi/v1/txt2img",
+            json!({"steps": 150, "width": 128, "height": 64, "seed": 1}),
+        )
+        .await
+    });
+    t.wait_running().await;
+    // The engine sends a preview every few steps; poll until one arrived.
+    let mut preview = None;
+    for _ in 0..400 {
+        let p = t.get("/sdapi/v1/progress").await.json();
+        if let Some(img) = p["current_image"].as_str() {
+            preview = Some(img.to_string());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let png = unb64(&preview.expect("a running job shows a preview"));
+    // One pixel per latent cell: an eighth of the output's size.
+    assert_eq!(decode_image(&png).unwrap().dimensions(), (16, 8));
+    let skipped = t
+        .get("/sdapi/v1/progress?skip_current_image=true")
+        .await
+        .json();
+    assert!(skipped["current_image"].is_null(), "{skipped}");
+    assert!(skipped["state"]["sampling_step"].as_u64().unwrap() > 0);
+    let bad = t.get("/sdapi/v1/progress?skip_current_image=maybe").await;
+    assert_eq!(bad.status, 422, "{}", String::from_utf8_lossy(&bad.bytes));
+    t.post("/sdapi/v1/interrupt", json!({})).await;
+    assert_eq!(run.await.unwrap().status, 200);
+}
+
+#[tokio::test]
 async fn skip_drops_the_current_batch_and_goes_on() {
     let t = slow(0);
     let app = t.app.clone();

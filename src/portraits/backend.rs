@@ -302,7 +302,16 @@ impl ImageBackend for FakeBackend {
             if !self.step_delay.is_zero() {
                 std::thread::sleep(self.step_delay);
             }
-            progress(Progress::new(step, total, started.elapsed()));
+            let mut p = Progress::new(step, total, started.elapsed());
+            // Like the engine: a latent-sized (1/8) preview every n steps when asked.
+            if request.preview_every().is_some_and(|n| step % n == 0) {
+                p.preview = Some(RgbImage::from_pixel(
+                    (w / 8).max(1),
+                    (h / 8).max(1),
+                    Rgb([step as u8, 64, 128]),
+                ));
+            }
+            progress(p);
         }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (

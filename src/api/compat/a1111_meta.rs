@@ -17,12 +17,14 @@ use super::{from_body, image_bytes, model_title, CompatState};
 use crate::api::blocking;
 use crate::api::caller::Caller;
 use crate::api::error::ApiError;
-use crate::api::extract::ApiJson;
+use crate::api::extract::{ApiJson, ApiQuery};
 use crate::api::AppState;
 use crate::engine::infotext::InfoText;
 use crate::engine::output::read_parameters;
 use crate::engine::samplers::{known_samplers, known_schedulers};
+use crate::engine::{encode_image, ImageFormat};
 use crate::jobs::{JobState, JobStatus};
+use base64::Engine as _;
 
 type A1111Result = Result<Json<Value>, A1111Error>;
 
@@ -53,14 +55,32 @@ fn idle() -> Value {
     })
 }
 
+/// A1111's `ProgressRequest` query.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(crate) struct ProgressQuery {
+    skip_current_image: bool,
+}
+
+/// The live preview as A1111 sends `current_image`: bare base64 of a PNG. It is the engine's
+/// latent preview (one pixel per latent cell, 1/8 of the output's size), not a VAE decode.
+fn current_image(job: &super::run::ActiveJob) -> Option<String> {
+    let img = job.preview()?;
+    let png = encode_image(&img, ImageFormat::Png, None, 90).ok()?;
+    Some(base64::engine::general_purpose::STANDARD.encode(png))
+}
+
 /// `GET /sdapi/v1/progress`: the caller's running compat job (admins: anyone's), else the first
-/// waiting one, else idle. `current_image` is always null: the engine does not decode previews.
+/// waiting one, else idle. `current_image` is the running batch's latest latent preview
+/// (refreshed every few steps) unless `?skip_current_image=true`.
 pub(crate) async fn progress(
     State(state): State<AppState>,
     Extension(compat): Extension<Arc<CompatState>>,
     caller: Result<Caller, ApiError>,
+    query: Result<ApiQuery<ProgressQuery>, ApiError>,
 ) -> A1111Result {
     let Caller(caller) = caller?;
+    let ApiQuery(query) = query?;
     let jobs = visible_jobs(&state, &compat, &caller);
     let pick = jobs
         .iter()
@@ -113,7 +133,7 @@ pub(crate) async fn progress(
             "sampling_step": sampling_step,
             "sampling_steps": sampling_steps,
         },
-        "current_image": null,
+        "current_image": if query.skip_current_image { None } else { current_image(job) },
         "textinfo": textinfo,
         "current_task": job.id().map(|i| i.to_string()),
     })))

@@ -290,10 +290,15 @@ impl Common {
             hires: None,
             clip_skip,
             format: Some("png".into()),
-            preview_every: None,
+            // `/sdapi/v1/progress` shows the latest as `current_image`; the cheap latent map
+            // costs next to nothing beside a UNet step.
+            preview_every: Some(PREVIEW_EVERY),
         })
     }
 }
+
+/// Every how many steps a compat job refreshes its live preview.
+pub(crate) const PREVIEW_EVERY: usize = 2;
 
 fn note_unknown(extra: &Map<String, Value>, notes: &mut Vec<String>) {
     for key in extra.keys() {

@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use image::RgbImage;
 use serde_json::{json, Value};
 
 use super::CompatState;
@@ -35,6 +36,8 @@ pub(crate) struct ActiveJob {
     skip: AtomicBool,
     /// The token of the batch being painted, so an interrupt reaches the engine at once.
     batch: Mutex<Option<CancelToken>>,
+    /// The latest latent preview of the batch being painted (`current_image`).
+    preview: Mutex<Option<RgbImage>>,
 }
 
 impl ActiveJob {
@@ -51,6 +54,14 @@ impl ActiveJob {
 
     pub(crate) fn skip(&self) {
         self.skip.store(true, Ordering::SeqCst);
+    }
+
+    /// The latest preview, if the engine sent one yet.
+    pub(crate) fn preview(&self) -> Option<RgbImage> {
+        self.preview
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn is_interrupted(&self) -> bool {
@@ -135,6 +146,7 @@ pub(crate) async fn run(
         interrupted: AtomicBool::new(false),
         skip: AtomicBool::new(false),
         batch: Mutex::new(None),
+        preview: Mutex::new(None),
     });
     let backend = state.backend.clone();
     let flags = active.clone();
@@ -184,6 +196,9 @@ pub(crate) async fn run(
                 let batch_cancel = batch_cancel.clone();
                 Box::new(move |p: Progress| {
                     ctx.progress(k * p.total + p.step, n_iter * p.total);
+                    if let Some(img) = p.preview {
+                        *flags.preview.lock().unwrap_or_else(PoisonError::into_inner) = Some(img);
+                    }
                     if job_cancel.is_cancelled() || flags.skip.swap(false, Ordering::SeqCst) {
                         batch_cancel.cancel();
                     } else if flags.is_interrupted() {
