@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Read throughput of the HTTP API with wrk: one authenticated GET /api/characters/{id} (as the
-# character's owner, a player), GET /health and a plain 404 (the HTTP stack's floor), against a
+# character's owner, a player), a finished job's status, GET /health and a plain 404 (the HTTP stack's floor), against a
 # release build on a fresh data dir; with the server's CPU time per request.
 #   cargo build --release && benches/http_read.sh [seconds]
 # LIMNER_BIN overrides the binary; WRK_ARGS the load (default: 2 threads, 64 connections).
@@ -40,6 +40,17 @@ load() { # NAME URL [wrk args...]
   echo "server CPU per request: $(( ticks * 1000000 / $(getconf CLK_TCK) / reqs )) us; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 load "GET /api/characters/$ID (owner's bearer token)" "$BASE/api/characters/$ID" \
+  -H "Authorization: Bearer $PLAYER"
+# A finished job's status, as a client polling for its portrait reads it.
+JOB=$(curl -sf -H "Authorization: Bearer $PLAYER" -H 'Content-Type: application/json' \
+  -d '{"width":64,"height":64,"steps":2,"hires":false}' \
+  "$BASE/api/characters/$ID/portrait/generate?async=true" | sed -n 's/.*"job_id":"\([^"]*\)".*/\1/p')
+[ -n "$JOB" ] || { echo "could not submit a job" >&2; exit 1; }
+for _ in $(seq 600); do
+  curl -sf -H "Authorization: Bearer $PLAYER" "$BASE/api/jobs/$JOB" | grep -q '"state":"done"' && break
+  sleep 0.1
+done
+load "GET /api/jobs/$JOB (finished, owner's token)" "$BASE/api/jobs/$JOB" \
   -H "Authorization: Bearer $PLAYER"
 load "GET /health" "$BASE/health"
 # The floor of the HTTP stack on this machine: a JSON 404, no credentials, no database.

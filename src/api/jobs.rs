@@ -7,8 +7,10 @@ use std::convert::Infallible;
 use axum::extract::State;
 // Path rejections in the API's JSON shape.
 use super::extract::ApiPath as Path;
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
@@ -40,11 +42,12 @@ async fn visible(state: &AppState, caller: &Principal, id: &str) -> ApiResult<Jo
 /// A status as clients see it: a finished job's `result` as its endpoint answers it (for a
 /// portrait, the generate or regenerate reply, with fresh media URLs) and its `error` with the
 /// HTTP `status` a synchronous request would have got.
-async fn shown(state: &AppState, status: JobStatus) -> ApiResult<Value> {
+async fn shown(state: &AppState, mut status: JobStatus) -> ApiResult<Value> {
+    // The result is rendered on its own, so it is not copied into the snapshot's JSON first.
+    let result = status.result.take();
     let mut v = serde_json::to_value(&status).map_err(|e| ApiError::internal(e.to_string()))?;
-    if let Some(result) = status.result {
-        let (s, kind, id) = (state.clone(), status.kind, status.id);
-        v["result"] = blocking(move || Ok(render_result(&s, &kind, id.as_str(), &result))).await?;
+    if let Some(result) = result {
+        v["result"] = render_result(state, &status.kind, status.id.as_str(), &result);
     }
     if let Some(e) = &status.error {
         v["error"]["status"] = json!(status_of(e.kind).0.as_u16());
@@ -52,13 +55,28 @@ async fn shown(state: &AppState, status: JobStatus) -> ApiResult<Value> {
     Ok(v)
 }
 
+/// The status of one job. A finished job's reply is kept serialized for a few seconds, so a
+/// client polling it costs no more than a lookup (see `shown_cache`).
 pub async fn status(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
+    if let Some(body) = state.shown_jobs().get(&id, &caller) {
+        return Ok(json_body(body));
+    }
     let status = visible(&state, &caller, &id).await?;
-    Ok(Json(shown(&state, status).await?))
+    let (finished, owner) = (status.state.is_finished(), status.owner.clone());
+    let v = shown(&state, status).await?;
+    let body = Bytes::from(serde_json::to_vec(&v).map_err(|e| ApiError::internal(e.to_string()))?);
+    if finished {
+        state.shown_jobs().put(&id, owner, body.clone());
+    }
+    Ok(json_body(body))
+}
+
+fn json_body(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 pub async fn cancel(
@@ -78,17 +96,7 @@ pub async fn cancel(
 async fn event_json(state: &AppState, kind: &str, id: &str, ev: &JobEvent) -> Value {
     let mut v = serde_json::to_value(ev).unwrap_or(Value::Null);
     match ev {
-        JobEvent::Done { result } => {
-            let (s, kind, id, result) = (
-                state.clone(),
-                kind.to_string(),
-                id.to_string(),
-                result.clone(),
-            );
-            if let Ok(r) = blocking(move || Ok(render_result(&s, &kind, &id, &result))).await {
-                v["result"] = r;
-            }
-        }
+        JobEvent::Done { result } => v["result"] = render_result(state, kind, id, result),
         JobEvent::Failed { error } | JobEvent::Cancelled { error } => {
             v["error"]["status"] = json!(status_of(error.kind).0.as_u16());
         }

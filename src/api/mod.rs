@@ -16,6 +16,7 @@ mod meta;
 pub mod paging;
 mod portrait_jobs;
 mod portraits;
+mod shown_cache;
 pub mod trace;
 mod ui;
 
@@ -34,7 +35,11 @@ use crate::portraits::{ImageBackend, PortraitService};
 /// Everything a handler may use; cheap to clone. The second part watches the data
 /// directory's disk (see [`disk`]).
 #[derive(Clone)]
-pub struct AppState(Arc<Inner>, Arc<disk::DiskGuard>);
+pub struct AppState(
+    Arc<Inner>,
+    Arc<disk::DiskGuard>,
+    Arc<shown_cache::ShownCache>,
+);
 
 pub struct Inner {
     pub store: Arc<dyn CharacterStore>,
@@ -60,14 +65,21 @@ impl AppState {
     /// file); `limner serve` installs its own with [`Self::with_disk_guard`].
     pub fn new(inner: Inner) -> Self {
         let root = inner.portraits.images().local_root().map(Into::into);
+        let shown = Arc::new(shown_cache::ShownCache::new(inner.signer.ttl_secs));
         AppState(
             Arc::new(inner),
             Arc::new(disk::DiskGuard::measuring(root, 0)),
+            shown,
         )
     }
 
     pub fn with_disk_guard(self, guard: disk::DiskGuard) -> Self {
-        AppState(self.0, Arc::new(guard))
+        AppState(self.0, Arc::new(guard), self.2)
+    }
+
+    /// Finished jobs' status replies, serialized, for pollers.
+    pub(crate) fn shown_jobs(&self) -> &shown_cache::ShownCache {
+        &self.2
     }
 
     pub fn disk(&self) -> &Arc<disk::DiskGuard> {

@@ -1,8 +1,9 @@
-//! Portrait jobs' results: what the job record keeps ([`PortraitRef`]: ids and the few values
-//! the reply needs that the portrait record does not hold) and how a reply is built from it,
-//! on the async side: the synchronous handler from the typed outcome, `/api/jobs/{id}` and its
-//! events by re-reading the portrait records (media URLs are signed and expire, so a stored
-//! reply would go stale anyway).
+//! Portrait jobs' results: what the job record keeps ([`PortraitRef`]: the new portrait's
+//! history row, the one it replaced, and the few values the reply needs that those rows do not
+//! hold) and how a reply is built from it, on the async side: the synchronous handler from the
+//! typed outcome, `/api/jobs/{id}` and its events from the recorded rows. Only the media URLs
+//! are made anew (they are signed and expire, so a stored reply would go stale); building the
+//! reply reads no database, so polling a finished job costs no blocking-pool trip.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -46,6 +47,9 @@ pub(crate) struct PortraitRef {
     pub character_id: String,
     pub portrait_id: String,
     pub previous_portrait_id: Option<String>,
+    /// The history rows as they were written (what the reply shows).
+    pub record: PortraitRecord,
+    pub previous: Option<PortraitRecord>,
     pub generation_time_ms: u64,
     pub art_style: String,
     pub seed: u64,
@@ -66,6 +70,8 @@ impl PortraitJob {
             character_id: o.record.character_id.clone(),
             portrait_id: o.record.id.clone(),
             previous_portrait_id: o.previous.as_ref().map(|p| p.id.clone()),
+            record: o.record.clone(),
+            previous: o.previous.clone(),
             generation_time_ms: o.generation_time_ms,
             art_style: o.art_style.clone(),
             seed: o.seed,
@@ -75,8 +81,7 @@ impl PortraitJob {
 
     /// The synchronous reply, straight from the outcome.
     pub(crate) fn reply(&self, state: &AppState) -> Value {
-        let o = &self.outcome;
-        reply(state, &self.reference(), &o.record, o.previous.as_ref())
+        reply(state, &self.reference())
     }
 }
 
@@ -116,12 +121,8 @@ pub(crate) fn generate_reply(
 }
 
 /// The reply of a finished portrait job.
-fn reply(
-    state: &AppState,
-    r: &PortraitRef,
-    record: &PortraitRecord,
-    previous: Option<&PortraitRecord>,
-) -> Value {
+fn reply(state: &AppState, r: &PortraitRef) -> Value {
+    let (record, previous) = (&r.record, r.previous.as_ref());
     let (name, new_prompt, strength) = match &r.reply {
         ReplyKind::Generate => return generate_reply(state, record, Some(r.generation_time_ms)),
         ReplyKind::Regenerate {
@@ -157,24 +158,17 @@ fn reply(
 }
 
 /// The client-facing result of a finished job of `kind` from its recorded `result`: portrait
-/// jobs get their endpoint's reply again (re-reading the portrait records: blocking, call it on
-/// the blocking pool); other jobs' results are shown as recorded. A portrait deleted since
-/// leaves the reference as it was recorded.
+/// jobs get their endpoint's reply again, with fresh media URLs (no database read, so callers
+/// stay on the async side); other jobs' results are shown as recorded.
 pub(crate) fn render_result(state: &AppState, kind: &str, job_id: &str, result: &Value) -> Value {
     if kind != GENERATE_KIND && kind != REGENERATE_KIND {
         return result.clone();
     }
-    let Ok(r) = serde_json::from_value::<PortraitRef>(result.clone()) else {
+    // Read straight from the borrowed JSON: no copy of the recorded rows.
+    let Ok(r) = PortraitRef::deserialize(result) else {
         return result.clone();
     };
-    let Ok(record) = state.store.get_portrait(&r.portrait_id) else {
-        return result.clone();
-    };
-    let previous = r
-        .previous_portrait_id
-        .as_deref()
-        .and_then(|p| state.store.get_portrait(p).ok());
-    let mut v = reply(state, &r, &record, previous.as_ref());
+    let mut v = reply(state, &r);
     v["job_id"] = json!(job_id);
     v
 }
