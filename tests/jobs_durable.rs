@@ -121,3 +121,45 @@ fn after_kill_9_and_a_restart_every_job_answers_with_its_true_state() {
         .unwrap();
     assert!(s["seq"].as_u64().unwrap() > last_before, "{s}");
 }
+
+#[test]
+fn a_second_server_that_cannot_bind_leaves_the_running_jobs_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_no_auth(dir.path(), &["--concurrency", "1"]);
+    let c = server.client();
+    let character = create_character(&c, "Busy");
+    let running = submit_async(&c, &character, &slow_body());
+    wait_state(&c, &running, "running");
+    // Same data directory, same port: refused at the bind, before it opens the job queue.
+    let port = server.base.rsplit(':').next().unwrap().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_limner"))
+        .args([
+            "serve",
+            "--no-auth",
+            "--model",
+            "tiny-fixture",
+            "--port",
+            &port,
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot bind"), "{stderr}");
+    let s = job_status(&c, &running);
+    assert_eq!(s["state"], "running", "{s}");
+    // The record too (the first server answers from memory while the job runs).
+    let db = rusqlite::Connection::open(dir.path().join(limner::characters::DB_FILE_NAME)).unwrap();
+    let (state, error): (String, Option<String>) = db
+        .query_row(
+            "SELECT state, error FROM jobs WHERE id = ?1",
+            [&running],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(state, "running", "{error:?}");
+    assert_eq!(error, None);
+}

@@ -182,7 +182,6 @@ fn backend(
 /// Binds and serves until SIGTERM / Ctrl-C, then stops accepting, lets running jobs finish for
 /// a grace period, cancels the rest and exits.
 pub async fn serve(s: ServeConfig) -> anyhow::Result<()> {
-    let built = build(&s)?;
     let addr: SocketAddr = format!("{}:{}", s.host, s.port)
         .parse()
         .or_else(|_| {
@@ -196,6 +195,10 @@ pub async fn serve(s: ServeConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind {addr}: {e}"))?;
+    // Bound before the state is built: opening the job queue fails the unfinished jobs it finds
+    // as "server restarted", and a second `serve` that cannot get the port must not do that to
+    // the jobs of the server that has it.
+    let built = build(&s)?;
     let local = listener.local_addr()?;
     // One line scripts and tests can wait for.
     println!("limner listening on http://{local}");
