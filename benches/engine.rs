@@ -22,25 +22,17 @@ fn kernel_benches(c: &mut Criterion) {
 
 fn tiny_config() -> EngineConfig {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15/model");
-    EngineConfig {
-        models: vec![ModelSpec {
-            name: "tiny".into(),
-            source: ModelSource::Folder(dir),
-            defaults: Defaults {
-                width: 64,
-                height: 96,
-                steps: 8,
-                ..Defaults::default()
-            },
-            prediction_type: None,
-        }],
-        default_model: "tiny".into(),
-        device: "cpu".into(),
-        dtype: "f32".into(),
-        use_flash_attn: false,
-        max_memory: None,
-        max_loaded: 1,
-    }
+    EngineConfig::cpu(ModelSpec {
+        name: "tiny".into(),
+        source: ModelSource::Folder(dir),
+        defaults: Defaults {
+            width: 64,
+            height: 96,
+            steps: 8,
+            ..Defaults::default()
+        },
+        prediction_type: None,
+    })
 }
 
 fn benches(c: &mut Criterion) {

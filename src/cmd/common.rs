@@ -60,18 +60,16 @@ impl ModelArgs {
             memory_limit(self.max_memory.as_deref(), cpu).map_err(|e| anyhow::anyhow!(e))?;
         let (name, source, defaults) = self.source()?;
         let config = EngineConfig {
-            models: vec![ModelSpec {
-                name: name.clone(),
-                source,
-                defaults: defaults.clone(),
-                prediction_type: self.prediction_type.clone(),
-            }],
-            default_model: name.clone(),
             device: self.device.clone(),
             dtype: self.dtype.clone(),
             use_flash_attn: self.flash_attn,
             max_memory,
-            max_loaded: 1,
+            ..EngineConfig::cpu(ModelSpec {
+                name: name.clone(),
+                source,
+                defaults: defaults.clone(),
+                prediction_type: self.prediction_type.clone(),
+            })
         };
         Ok(ResolvedModel {
             name,

@@ -47,6 +47,22 @@ pub struct EngineConfig {
     pub max_loaded: usize,
 }
 
+impl EngineConfig {
+    /// One model on the CPU in f32, kept loaded, no memory limit: the engine of the tests and
+    /// benches; the CLI starts from it with its own device flags.
+    pub fn cpu(model: ModelSpec) -> Self {
+        EngineConfig {
+            default_model: model.name.clone(),
+            models: vec![model],
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            use_flash_attn: false,
+            max_memory: None,
+            max_loaded: 1,
+        }
+    }
+}
+
 /// What `/health` reports.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EngineState {

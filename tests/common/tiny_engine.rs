@@ -7,25 +7,17 @@ use limner::engine::{Defaults, Engine, EngineConfig, ModelSource, ModelSpec};
 
 pub fn tiny_engine() -> Engine {
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15/model");
-    let engine = Engine::spawn(EngineConfig {
-        models: vec![ModelSpec {
-            name: "tiny".into(),
-            source: ModelSource::Folder(model),
-            defaults: Defaults {
-                steps: 4,
-                width: 64,
-                height: 64,
-                ..Defaults::default()
-            },
-            prediction_type: None,
-        }],
-        default_model: "tiny".into(),
-        device: "cpu".into(),
-        dtype: "f32".into(),
-        use_flash_attn: false,
-        max_memory: None,
-        max_loaded: 1,
-    })
+    let engine = Engine::spawn(EngineConfig::cpu(ModelSpec {
+        name: "tiny".into(),
+        source: ModelSource::Folder(model),
+        defaults: Defaults {
+            steps: 4,
+            width: 64,
+            height: 64,
+            ..Defaults::default()
+        },
+        prediction_type: None,
+    }))
     .expect("the tiny engine starts");
     engine.wait_ready().expect("the tiny model loads");
     engine
