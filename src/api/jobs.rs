@@ -42,7 +42,7 @@ async fn visible(state: &AppState, caller: &Principal, id: &str) -> ApiResult<Jo
 /// A status as clients see it: a finished job's `result` as its endpoint answers it (for a
 /// portrait, the generate or regenerate reply, with fresh media URLs) and its `error` with the
 /// HTTP `status` a synchronous request would have got.
-async fn shown(state: &AppState, mut status: JobStatus) -> ApiResult<Value> {
+fn shown(state: &AppState, mut status: JobStatus) -> ApiResult<Value> {
     // The result is rendered on its own, so it is not copied into the snapshot's JSON first.
     let result = status.result.take();
     let mut v = serde_json::to_value(&status).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -67,7 +67,7 @@ pub async fn status(
     }
     let status = visible(&state, &caller, &id).await?;
     let (finished, owner) = (status.state.is_finished(), status.owner.clone());
-    let v = shown(&state, status).await?;
+    let v = shown(&state, status)?;
     let body = Bytes::from(serde_json::to_vec(&v).map_err(|e| ApiError::internal(e.to_string()))?);
     if finished {
         state.shown_jobs().put(&id, owner, body.clone());
@@ -89,11 +89,11 @@ pub async fn cancel(
         return Err(ApiError::conflict("the job has already finished"));
     }
     let status = visible(&state, &caller, &id).await?;
-    Ok(Json(shown(&state, status).await?))
+    Ok(Json(shown(&state, status)?))
 }
 
 /// An event as clients see it: `done` carries the endpoint's reply, a failure its HTTP status.
-async fn event_json(state: &AppState, kind: &str, id: &str, ev: &JobEvent) -> Value {
+fn event_json(state: &AppState, kind: &str, id: &str, ev: &JobEvent) -> Value {
     let mut v = serde_json::to_value(ev).unwrap_or(Value::Null);
     match ev {
         JobEvent::Done { result } => v["result"] = render_result(state, kind, id, result),
@@ -118,15 +118,12 @@ pub async fn events(
     let stream = blocking(move || Ok(s.jobs.subscribe(&i)))
         .await?
         .ok_or_else(|| ApiError::not_found("job"))?;
-    let events = stream.then(move |ev| {
-        let (state, kind, id) = (state.clone(), kind.clone(), id.clone());
-        async move {
-            let data = event_json(&state, &kind, &id, &ev).await;
-            let event = Event::default().event(ev.name());
-            Ok(event
-                .json_data(&data)
-                .unwrap_or_else(|_| Event::default().event("error").data("unserializable event")))
-        }
+    let events = stream.map(move |ev| {
+        let data = event_json(&state, &kind, &id, &ev);
+        let event = Event::default().event(ev.name());
+        Ok(event
+            .json_data(&data)
+            .unwrap_or_else(|_| Event::default().event("error").data("unserializable event")))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
