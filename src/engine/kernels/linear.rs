@@ -48,14 +48,13 @@ impl Kernel3 for LinearCpu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use crate::engine::kernels::seeded_randn;
 
     #[test]
     fn matches_candle_matmul() {
-        let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1.0, (37, 20), &dev).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (13, 20), &dev).unwrap();
-        let b = Tensor::randn(0f32, 1.0, 13, &dev).unwrap();
+        let x = seeded_randn(1, (37, 20), 0.0, 1.0);
+        let w = seeded_randn(2, (13, 20), 0.0, 1.0);
+        let b = seeded_randn(3, 13, 0.0, 1.0);
         let want = x
             .matmul(&w.t().unwrap())
             .unwrap()
