@@ -23,6 +23,7 @@ fn small_defaults() -> Defaults {
         sampler: "Euler a".into(),
         steps: 4,
         cfg_scale: 7.0,
+        guidance_rescale: 0.0,
         width: 64,
         height: 64,
     }

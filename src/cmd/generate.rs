@@ -31,6 +31,9 @@ pub struct Args {
     pub steps: Option<usize>,
     #[arg(long)]
     pub cfg: Option<f64>,
+    /// CFG rescale, 0-1 (diffusers' guidance_rescale; ~0.7 for v-prediction models).
+    #[arg(long)]
+    pub guidance_rescale: Option<f64>,
     /// -1 = random; image i of a batch uses seed + i.
     #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
     pub seed: i64,
@@ -80,6 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         negative_prompt: args.negative,
         steps: args.steps,
         cfg_scale: args.cfg,
+        guidance_rescale: args.guidance_rescale,
         sampler: args.sampler,
         scheduler: args.scheduler,
         seed: Some(args.seed),

@@ -16,6 +16,24 @@ pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> 
         .map_err(|e| EngineError::Model(format!("invalid JSON in {}: {e}", path.display())))
 }
 
+/// The pipeline's `model_index.json`, for the one flag the engine reads from it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ModelIndex {
+    /// SDXL pipelines: an empty negative prompt is zeros rather than an encoded "".
+    #[serde(default)]
+    pub force_zeros_for_empty_prompt: Option<bool>,
+}
+
+/// Reads `model_index.json` of a diffusers folder; a folder without one gets the defaults.
+pub(crate) fn read_model_index(dir: &Path) -> Result<ModelIndex> {
+    let path = dir.join("model_index.json");
+    if path.is_file() {
+        read_json(&path)
+    } else {
+        Ok(ModelIndex::default())
+    }
+}
+
 /// A value diffusers lets be either one number for every block or one per block.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -69,8 +87,16 @@ pub struct UNetConfig {
     pub norm_num_groups: usize,
     #[serde(default = "eps5")]
     pub norm_eps: f64,
+    /// SDXL's added conditioning: "text_time" (pooled text embedding plus the six size /
+    /// crop micro-conditioning ids). No other kind is supported.
     #[serde(default)]
     pub addition_embed_type: Option<String>,
+    /// Width of each micro-conditioning id's sinusoidal embedding (SDXL: 256).
+    #[serde(default)]
+    pub addition_time_embed_dim: Option<usize>,
+    /// Input width of the added embedding: pooled width + 6 x `addition_time_embed_dim`.
+    #[serde(default)]
+    pub projection_class_embeddings_input_dim: Option<usize>,
     #[serde(default)]
     pub mid_block_type: Option<String>,
 }
@@ -119,8 +145,27 @@ impl UNetConfig {
                 self.up_block_types.len()
             ));
         }
-        if self.addition_embed_type.is_some() {
-            return Err("SDXL-style addition embeddings are not supported yet".into());
+        match self.addition_embed_type.as_deref() {
+            None => {}
+            Some("text_time") => {
+                let (Some(t), Some(p)) = (
+                    self.addition_time_embed_dim,
+                    self.projection_class_embeddings_input_dim,
+                ) else {
+                    return Err(
+                        "addition_embed_type text_time needs addition_time_embed_dim and \
+                                projection_class_embeddings_input_dim"
+                            .into(),
+                    );
+                };
+                if t == 0 || t % 2 != 0 || p <= 6 * t {
+                    return Err(format!(
+                        "projection_class_embeddings_input_dim {p} must exceed 6 x \
+                         addition_time_embed_dim {t} (an even, non-zero width)"
+                    ));
+                }
+            }
+            Some(other) => return Err(format!("addition_embed_type '{other}' is not supported")),
         }
         for (i, t) in self.down_block_types.iter().enumerate() {
             let mirrored = &self.up_block_types[n - 1 - i];
@@ -179,6 +224,18 @@ impl UNetConfig {
 
     /// diffusers' default mid block (`UNetMidBlock2DCrossAttn`) has a transformer;
     /// `UNetMidBlock2D` has none.
+    /// SDXL's added conditioning, when the model has it: (time id width, pooled text width).
+    pub fn text_time(&self) -> Option<(usize, usize)> {
+        match (
+            self.addition_embed_type.as_deref(),
+            self.addition_time_embed_dim,
+            self.projection_class_embeddings_input_dim,
+        ) {
+            (Some("text_time"), Some(t), Some(p)) => Some((t, p - 6 * t)),
+            _ => None,
+        }
+    }
+
     pub fn mid_block_has_attention(&self) -> bool {
         self.mid_block_type
             .as_deref()
@@ -206,6 +263,9 @@ pub struct VaeConfig {
     pub use_quant_conv: bool,
     #[serde(default = "yes")]
     pub use_post_quant_conv: bool,
+    /// The VAE overflows in f16 (SDXL's): run it in f32 when the model is loaded in f16.
+    #[serde(default)]
+    pub force_upcast: bool,
 }
 
 fn three() -> usize {

@@ -6,11 +6,12 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 
+use super::conditioning::BatchConditioning;
 use super::device::{describe, dtype_name};
 use super::error::{EngineError, Result};
 use super::loading::model::{LoadOptions, StableDiffusion};
 use super::loading::model_hash::HashCache;
-use super::pipeline::{CancelToken, Progress};
+use super::pipeline::{CancelToken, Cond, Progress};
 use super::request::GenerationResult;
 use super::valid::ValidRequest;
 use super::worker::{generate_on, load_spec, EngineConfig};
@@ -102,10 +103,10 @@ impl LocalModel {
         let (h, w) = (height / scale, width / scale);
         let (neg, pos) = model.encode_pair(negative, prompt, 0, false)?;
         let guided = cfg > 1.0;
-        let context = if guided {
-            Tensor::cat(&[&neg, &pos], 0)?
-        } else {
-            pos
+        let conds = BatchConditioning::new(&neg, &pos, 1, guided)?;
+        let cond = Cond {
+            context: &conds.context,
+            added: conds.added(width, height),
         };
         let batch = if guided { 2 } else { 1 };
         let latents = Tensor::randn(
@@ -118,7 +119,7 @@ impl LocalModel {
         let mut each_ms = Vec::with_capacity(calls);
         for i in 0..calls {
             let started = Instant::now();
-            let out = model.unet_forward(&latents, 500.0, &context)?;
+            let out = model.unet_forward(&latents, 500.0, &cond)?;
             // Reading one value waits for asynchronous devices to finish.
             out.flatten_all()?.narrow(0, 0, 1)?.to_vec1::<f32>()?;
             let ms = started.elapsed().as_secs_f64() * 1000.0;

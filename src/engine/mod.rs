@@ -9,6 +9,7 @@
 
 pub(crate) mod architecture;
 pub(crate) mod cancel;
+pub(crate) mod conditioning;
 pub(crate) mod device;
 pub(crate) mod error;
 pub(crate) mod infotext;

@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Tensor};
 
+use super::conditioning::BatchConditioning;
 use super::error::{EngineError, Result};
 use super::loading::model::StableDiffusion;
-use super::models::unet::UNetInputs;
+use super::models::unet::{AddedConditioning, UNetInputs};
 use super::noise::{draw_batch, NoisePurpose, NoiseSource};
 use super::samplers::{build_sampler, img2img_start, Sampler, SamplerSpec, SchedulerConfig};
 
@@ -55,6 +56,8 @@ pub struct Job {
     pub negative_prompt: String,
     pub steps: usize,
     pub cfg_scale: f64,
+    /// diffusers' `guidance_rescale` (CFG rescale, for v-prediction models); 0 = plain CFG.
+    pub guidance_rescale: f64,
     pub sampler: SamplerSpec,
     /// Replaces the model's scheduler config (tests use the reference's exact config).
     pub scheduler_override: Option<SchedulerConfig>,
@@ -202,13 +205,13 @@ impl StableDiffusion {
             job.plain_prompt,
         )?;
         let guidance = job.cfg_scale > 1.0;
-        let one = |x: &Tensor| x.repeat((job.batch_size, 1, 1));
-        let context = if guidance {
-            Tensor::cat(&[one(&uncond)?, one(&cond)?], 0)?
-        } else {
-            one(&cond)?
-        };
+        let batch = BatchConditioning::new(&uncond, &cond, job.batch_size, guidance)?;
         ctx.timings.text_ms = ms(t);
+        let guide = Guide {
+            cfg: job.cfg_scale,
+            rescale: job.guidance_rescale,
+            guided: guidance,
+        };
 
         let scale = self.vae.config.scaling_factor;
         let (h, w) = (job.height / self.vae_scale(), job.width / self.vae_scale());
@@ -221,7 +224,7 @@ impl StableDiffusion {
             }
             Some(image) => {
                 let t = Instant::now();
-                let image = image.to_device(&self.device)?.to_dtype(self.dtype)?;
+                let image = image.to_device(&self.device)?.to_dtype(self.vae_dtype)?;
                 let posterior = self.vae.encode(&image)?;
                 let mean = posterior.mean.to_dtype(DType::F32)?;
                 let std = posterior.std.to_dtype(DType::F32)?;
@@ -232,15 +235,11 @@ impl StableDiffusion {
                 sampler.add_noise(&init, &n, first_start)?
             }
         };
-        latents = ctx.denoise(
-            latents,
-            &context,
-            sampler.as_mut(),
-            first_start,
-            job.cfg_scale,
-            0,
-            guidance,
-        )?;
+        let cond = Cond {
+            context: &batch.context,
+            added: batch.added(job.width, job.height),
+        };
+        latents = ctx.denoise(latents, &cond, sampler.as_mut(), first_start, &guide, 0)?;
 
         // Interrupted in the first pass: A1111 skips the hires pass and returns what it has.
         let second = second.filter(|_| !cancel.is_interrupted());
@@ -254,15 +253,13 @@ impl StableDiffusion {
                 &[1, self.latent_channels(), th, tw],
             )?;
             let noised = s2.add_noise(&up, &n, start)?;
-            latents = ctx.denoise(
-                noised,
-                &context,
-                s2.as_mut(),
-                start,
-                job.cfg_scale,
-                1,
-                guidance,
-            )?;
+            // SDXL's size conditioning follows the image, as A1111's hires conditioning does.
+            let s = self.vae_scale();
+            let cond = Cond {
+                context: &batch.context,
+                added: batch.added(tw * s, th * s),
+            };
+            latents = ctx.denoise(noised, &cond, s2.as_mut(), start, &guide, 1)?;
         }
 
         let t = Instant::now();
@@ -285,7 +282,7 @@ impl StableDiffusion {
     /// Decoded whole, exactly as diffusers does, when that fits the memory limit; beyond it in
     /// blended tiles of `vae_tile` cells (bounded memory).
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        let z = (latents / self.vae.config.scaling_factor)?.to_dtype(self.dtype)?;
+        let z = (latents / self.vae.config.scaling_factor)?.to_dtype(self.vae_dtype)?;
         let (b, _, h, w) = z.dims4()?;
         let s = self.vae_scale();
         let whole =
@@ -310,8 +307,8 @@ impl StableDiffusion {
     }
 
     /// One UNet evaluation, in the model's dtype, returning f32.
-    pub fn unet_forward(&self, x: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
-        self.unet_forward_cancellable(x, timestep, context, &CancelToken::new())
+    pub fn unet_forward(&self, x: &Tensor, timestep: f64, cond: &Cond) -> Result<Tensor> {
+        self.unet_forward_cancellable(x, timestep, cond, &CancelToken::new())
     }
 
     /// [`Self::unet_forward`] that gives up within one UNet block once `cancel` is set.
@@ -319,16 +316,41 @@ impl StableDiffusion {
         &self,
         x: &Tensor,
         timestep: f64,
-        context: &Tensor,
+        cond: &Cond,
         cancel: &CancelToken,
     ) -> Result<Tensor> {
         let inputs = UNetInputs {
             sample: x,
             timestep,
-            context,
+            context: cond.context,
+            added: cond.added.as_ref(),
         };
         Ok(self.unet.forward(&inputs, cancel)?.to_dtype(DType::F32)?)
     }
+}
+
+/// What one UNet call is conditioned on: the text context and, for SDXL, the added conditioning.
+pub struct Cond<'a> {
+    pub context: &'a Tensor,
+    pub added: Option<AddedConditioning>,
+}
+
+impl<'a> Cond<'a> {
+    /// Text context only (SD 1.x/2.x).
+    #[cfg(test)]
+    pub fn text(context: &'a Tensor) -> Self {
+        Self {
+            context,
+            added: None,
+        }
+    }
+}
+
+/// Classifier-free guidance settings of a pass.
+struct Guide {
+    cfg: f64,
+    rescale: f64,
+    guided: bool,
 }
 
 impl Ctx<'_> {
@@ -342,16 +364,14 @@ impl Ctx<'_> {
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn denoise(
         &mut self,
         mut latents: Tensor,
-        context: &Tensor,
+        cond: &Cond,
         sampler: &mut dyn Sampler,
         start: usize,
-        cfg: f64,
+        guide: &Guide,
         pass: usize,
-        guidance: bool,
     ) -> Result<Tensor> {
         let timesteps = sampler.timesteps().to_vec();
         let latent_one: Vec<usize> = {
@@ -370,7 +390,7 @@ impl Ctx<'_> {
             }
             let began = Instant::now();
             let x = sampler.scale_model_input(&latents, i)?;
-            let eps = match self.predict(&x, t, context, cfg, guidance) {
+            let eps = match self.predict(&x, t, cond, guide) {
                 Err(EngineError::Cancelled) if self.cancel.is_interrupted() => return Ok(latents),
                 other => other?,
             };
@@ -396,28 +416,40 @@ impl Ctx<'_> {
     }
 
     /// The guided noise prediction for one step.
-    fn predict(
-        &self,
-        x: &Tensor,
-        t: f64,
-        context: &Tensor,
-        cfg: f64,
-        guidance: bool,
-    ) -> Result<Tensor> {
-        if !guidance {
-            return self
-                .model
-                .unet_forward_cancellable(x, t, context, self.cancel);
+    fn predict(&self, x: &Tensor, t: f64, cond: &Cond, guide: &Guide) -> Result<Tensor> {
+        if !guide.guided {
+            return self.model.unet_forward_cancellable(x, t, cond, self.cancel);
         }
         let both = Tensor::cat(&[x, x], 0)?;
         let out = self
             .model
-            .unet_forward_cancellable(&both, t, context, self.cancel)?;
+            .unet_forward_cancellable(&both, t, cond, self.cancel)?;
         let b = x.dim(0)?;
         let u = out.narrow(0, 0, b)?;
         let c = out.narrow(0, b, b)?;
-        Ok((&u + ((c - &u)? * cfg)?)?)
+        guided(&u, &c, guide.cfg, guide.rescale)
     }
+}
+
+/// Classifier-free guidance `u + cfg (c - u)`, then diffusers' `rescale_noise_cfg` when
+/// `rescale` > 0: the guided output's per-sample std is pulled back toward the conditional one's
+/// (torch's unbiased std over C, H, W), which keeps v-prediction models from over-exposing.
+// TODO(guidance.rs): replaced by the samplers' shared implementation when it lands.
+fn guided(u: &Tensor, c: &Tensor, cfg: f64, rescale: f64) -> Result<Tensor> {
+    let out = (u + ((c - u)? * cfg)?)?;
+    if rescale <= 0.0 {
+        return Ok(out);
+    }
+    let std = |t: &Tensor| -> Result<Tensor> {
+        let flat = t.flatten_from(1)?;
+        let n = flat.dim(1)? as f64;
+        let mean = flat.mean_keepdim(1)?;
+        let var = (flat.broadcast_sub(&mean)?.sqr()?.sum_keepdim(1)? / (n - 1.0).max(1.0))?;
+        Ok(var.sqrt()?)
+    };
+    let ratio = (std(c)? / std(&out)?)?.unsqueeze(2)?.unsqueeze(3)?;
+    let rescaled = out.broadcast_mul(&ratio)?;
+    Ok(((rescaled * rescale)? + (out * (1.0 - rescale))?)?)
 }
 
 /// Images in [-1, 1] `[batch, 3, H, W]` -> RGB8 images, as diffusers' postprocess does.

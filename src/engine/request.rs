@@ -54,6 +54,8 @@ pub struct GenerationRequest {
     pub negative_prompt: String,
     pub steps: Option<usize>,
     pub cfg_scale: Option<f64>,
+    /// CFG rescale (diffusers' `guidance_rescale`), 0 to 1; for v-prediction models.
+    pub guidance_rescale: Option<f64>,
     pub sampler: Option<String>,
     pub scheduler: Option<String>,
     /// -1 (or absent) = random; image `i` of a batch uses `seed + i`.
@@ -79,6 +81,9 @@ pub struct Defaults {
     pub sampler: String,
     pub steps: usize,
     pub cfg_scale: f64,
+    /// CFG rescale for this model (v-prediction fine-tunes use ~0.7); 0 = off.
+    #[serde(default)]
+    pub guidance_rescale: f64,
     pub width: usize,
     pub height: usize,
 }
@@ -89,6 +94,7 @@ impl Default for Defaults {
             sampler: "Euler a".into(),
             steps: 25,
             cfg_scale: 8.0,
+            guidance_rescale: 0.0,
             width: 512,
             height: 768,
         }
@@ -139,6 +145,13 @@ impl GenerationRequest {
                 format!("must be between 1 and {MAX_STEPS}, got {steps}"),
             ));
         }
+        let guidance_rescale = check_range(
+            "guidance_rescale",
+            self.guidance_rescale.unwrap_or(defaults.guidance_rescale),
+            0.0,
+            1.0,
+            false,
+        )?;
         let cfg_scale = check_range(
             "cfg_scale",
             self.cfg_scale.unwrap_or(defaults.cfg_scale),
@@ -259,6 +272,7 @@ impl GenerationRequest {
                 negative_prompt: self.negative_prompt,
                 steps,
                 cfg_scale,
+                guidance_rescale,
                 sampler,
                 scheduler_override: None,
                 width,

@@ -47,6 +47,7 @@ fn our_unet_matches_diffusers_on_other_shapes() {
             sample: &sample,
             timestep: case["timestep"].as_f64().unwrap(),
             context: &context,
+            added: None,
         };
         let got = unet.forward(&inputs, &CancelToken::new()).expect("forward");
         assert_eq!(got.dims(), want.dims(), "{}", dir.display());

@@ -295,6 +295,7 @@ mod tests {
             sampler: "Euler a".into(),
             steps: 1,
             cfg_scale: 0.0,
+            guidance_rescale: 0.0,
             width: 512,
             height: 512,
         };

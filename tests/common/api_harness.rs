@@ -51,6 +51,7 @@ pub fn small() -> Defaults {
         sampler: "Euler a".into(),
         steps: 4,
         cfg_scale: 7.0,
+        guidance_rescale: 0.0,
         width: 64,
         height: 96,
     }

@@ -82,6 +82,7 @@ impl App {
             sampler: "Euler a".into(),
             steps: 2,
             cfg_scale: 7.0,
+            guidance_rescale: 0.0,
             width: 64,
             height: 64,
         }));

@@ -279,6 +279,8 @@ impl Common {
             negative_prompt: self.negative_prompt.clone().unwrap_or_default(),
             steps: Some(self.steps.unwrap_or(DEFAULT_STEPS)),
             cfg_scale: Some(self.cfg_scale.unwrap_or(DEFAULT_CFG)),
+            // A1111 has no CFG rescale of its own: the model's default applies.
+            guidance_rescale: None,
             sampler: Some(self.sampler().to_string()),
             scheduler,
             seed: Some(self.seed.unwrap_or(-1)),

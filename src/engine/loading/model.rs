@@ -11,15 +11,14 @@ use candle_nn::VarBuilder;
 use super::checkpoint::{self, Architecture, UNetLayout};
 use super::model_hash::HashCache;
 use super::weights::{RandomWeights, WeightBytes};
-use crate::engine::architecture::{read_json, ClipConfig, UNetConfig, VaeConfig};
+use crate::engine::architecture::{read_json, read_model_index, ClipConfig, UNetConfig, VaeConfig};
+use crate::engine::conditioning::SecondEncoder;
 use crate::engine::error::{EngineError, Result};
-use crate::engine::models::clip::{self, ClipTextModel};
+use crate::engine::models::clip::ClipTextModel;
 use crate::engine::models::unet::UNet;
 use crate::engine::models::vae::Vae;
 use crate::engine::samplers::SchedulerConfig;
-use crate::engine::text::{
-    pad_to_same_chunks, tokenize_weighted, ClipTokenizer, PadToken, PromptChunks,
-};
+use crate::engine::text::{ClipTokenizer, PadToken};
 
 /// Where a model's files are.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,12 +101,18 @@ pub struct StableDiffusion {
     pub architecture: Architecture,
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextModel,
+    /// SDXL's second text encoder (OpenCLIP-G) and tokenizer.
+    pub text_encoder_2: Option<SecondEncoder>,
+    /// An empty negative prompt is zeros, not an encoded "" (SDXL; `model_index.json`).
+    pub force_zeros_for_empty_prompt: bool,
     pub unet: UNet,
     pub unet_config: UNetConfig,
     pub vae: Vae,
     pub scheduler: SchedulerConfig,
     pub device: Device,
     pub dtype: DType,
+    /// The VAE's dtype: `dtype`, or f32 for a `force_upcast` VAE under f16.
+    pub vae_dtype: DType,
     /// First 10 hex digits of the SHA-256 of the main weight file (A1111's "Model hash").
     pub hash: Option<String>,
     pub load_seconds: f64,
@@ -235,6 +240,15 @@ pub fn hashed_file(source: &ModelSource) -> Option<PathBuf> {
     }
 }
 
+/// SDXL's VAE overflows in f16 (`force_upcast`): it runs in f32 beside an f16 UNet.
+fn vae_dtype(config: &VaeConfig, dtype: DType) -> DType {
+    if config.force_upcast && dtype == DType::F16 {
+        DType::F32
+    } else {
+        dtype
+    }
+}
+
 fn default_variant(opts: &LoadOptions) -> Option<&str> {
     match (&opts.variant, opts.dtype) {
         (Some(v), _) => Some(v.as_str()),
@@ -305,22 +319,47 @@ impl StableDiffusion {
         let unet_files = weight_files(&dir.join("unet"), variant)?;
         let vae_files = weight_files(&dir.join("vae"), variant)?;
         let te_files = weight_files(&dir.join("text_encoder"), variant)?;
-        let architecture = if clip_config.hidden_size >= 1024 {
+        let second = dir.join("text_encoder_2");
+        let architecture = if second.is_dir() || unet_config.text_time().is_some() {
+            Architecture::Sdxl
+        } else if clip_config.hidden_size >= 1024 {
             Architecture::Sd2
         } else {
             Architecture::Sd1
         };
+        let index = read_model_index(dir)?;
         let counter = WeightBytes::default();
         let vb = |files: &[PathBuf]| mmap_vb(files, opts.dtype, &opts.device, &counter);
+        let text_encoder_2 = if architecture == Architecture::Sdxl {
+            Some((
+                ClipConfig::load(&second.join("config.json"))?,
+                vb(&weight_files(&second, variant)?)?,
+                ClipTokenizer::from_dir(&dir.join("tokenizer_2"))?,
+            ))
+        } else {
+            None
+        };
         Self::assemble(
             name,
             architecture,
             tokenizer,
             Components {
                 unet: (unet_config, vb(&unet_files)?),
-                vae: (vae_config, vb(&vae_files)?),
+                vae: (
+                    vae_config.clone(),
+                    mmap_vb(
+                        &vae_files,
+                        vae_dtype(&vae_config, opts.dtype),
+                        &opts.device,
+                        &counter,
+                    )?,
+                ),
                 text_encoder: (clip_config, vb(&te_files)?),
+                text_encoder_2,
                 counter: counter.clone(),
+                force_zeros_for_empty_prompt: index
+                    .force_zeros_for_empty_prompt
+                    .unwrap_or(architecture == Architecture::Sdxl),
             },
             scheduler,
             opts,
@@ -383,9 +422,18 @@ impl StableDiffusion {
             tokenizer,
             Components {
                 unet: (unet_config, from(converted.unet)),
-                vae: (vae_config, from(converted.vae)),
+                vae: (
+                    vae_config.clone(),
+                    counter.builder(
+                        converted.vae,
+                        vae_dtype(&vae_config, opts.dtype),
+                        &opts.device,
+                    ),
+                ),
                 text_encoder: (clip_config, from(converted.text_encoder)),
+                text_encoder_2: None,
                 counter: counter.clone(),
+                force_zeros_for_empty_prompt: false,
             },
             scheduler,
             opts,
@@ -416,7 +464,9 @@ impl StableDiffusion {
                 unet: (parse_preset(preset.unet)?, vb()),
                 vae: (parse_preset(preset.vae)?, vb()),
                 text_encoder: (parse_preset(preset.text_encoder)?, vb()),
+                text_encoder_2: None,
                 counter: counter.clone(),
+                force_zeros_for_empty_prompt: false,
             },
             parse_preset(preset.scheduler)?,
             opts,
@@ -437,8 +487,28 @@ impl StableDiffusion {
         let counter = parts.counter;
         let text_encoder = ClipTextModel::new(te_vb, &clip_config)
             .map_err(|e| EngineError::Model(format!("text encoder: {e}")))?;
+        let text_encoder_2 = match parts.text_encoder_2 {
+            Some((config, vb, tokenizer)) => {
+                let encoder = ClipTextModel::new(vb, &config)
+                    .map_err(|e| EngineError::Model(format!("text encoder 2: {e}")))?;
+                if !encoder.has_projection() {
+                    return Err(EngineError::Model(
+                        "text encoder 2 has no text_projection (SDXL's pooled output)".into(),
+                    ));
+                }
+                Some(SecondEncoder { tokenizer, encoder })
+            }
+            None => None,
+        };
+        if unet_config.text_time().is_some() != text_encoder_2.is_some() {
+            return Err(EngineError::Model(
+                "the UNet's added (SDXL) conditioning and the second text encoder come together"
+                    .into(),
+            ));
+        }
         crate::engine::kernels::attention::set_flash_attn(opts.use_flash_attn);
         let unet = with_context("UNet", UNet::new(unet_vb, &unet_config))?;
+        let vae_dtype = vae_vb.dtype();
         let vae =
             Vae::new(vae_vb, vae_config).map_err(|e| EngineError::Model(format!("VAE: {e}")))?;
         Ok(Self {
@@ -446,12 +516,15 @@ impl StableDiffusion {
             architecture,
             tokenizer,
             text_encoder,
+            text_encoder_2,
+            force_zeros_for_empty_prompt: parts.force_zeros_for_empty_prompt,
             unet,
             unet_config,
             vae,
             scheduler,
             device: opts.device.clone(),
             dtype: opts.dtype,
+            vae_dtype,
             // Set by `load_with_hashes`, which knows the cache.
             hash: None,
             load_seconds: 0.0,
@@ -480,56 +553,15 @@ impl StableDiffusion {
     pub fn latent_channels(&self) -> usize {
         self.unet_config.in_channels
     }
-
-    /// Encodes one prompt's chunks into `[1, 77 * chunks, hidden]`, A1111-weighted.
-    pub fn encode_chunks(&self, chunks: &PromptChunks, clip_skip: usize) -> Result<Tensor> {
-        let mut parts = Vec::with_capacity(chunks.chunks.len());
-        for chunk in &chunks.chunks {
-            let ids = Tensor::new(chunk.ids.as_slice(), &self.device)?.unsqueeze(0)?;
-            let z = self.text_encoder.forward(&ids, clip_skip)?;
-            parts.push(clip::apply_weights(&z, &chunk.weights)?);
-        }
-        clip::concat_chunks(&parts)
-    }
-
-    /// Encodes a prompt the way diffusers does: raw text, one 77-token window.
-    pub fn encode_plain(&self, prompt: &str, clip_skip: usize) -> Result<Tensor> {
-        let ids = self
-            .tokenizer
-            .encode_padded(prompt, self.text_encoder.max_positions());
-        let ids = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
-        self.text_encoder.forward(&ids, clip_skip)
-    }
-
-    /// Encodes a (negative, positive) pair to the same length, as classifier-free guidance needs.
-    /// With `plain`, prompts are tokenized as diffusers does: no emphasis, cut at 75 tokens.
-    pub fn encode_pair(
-        &self,
-        negative: &str,
-        prompt: &str,
-        clip_skip: usize,
-        plain: bool,
-    ) -> Result<(Tensor, Tensor)> {
-        if plain {
-            return Ok((
-                self.encode_plain(negative, clip_skip)?,
-                self.encode_plain(prompt, clip_skip)?,
-            ));
-        }
-        let mut neg = tokenize_weighted(&self.tokenizer, negative);
-        let mut pos = tokenize_weighted(&self.tokenizer, prompt);
-        pad_to_same_chunks(&self.tokenizer, &mut neg, &mut pos);
-        Ok((
-            self.encode_chunks(&neg, clip_skip)?,
-            self.encode_chunks(&pos, clip_skip)?,
-        ))
-    }
 }
 
 struct Components {
     unet: (UNetConfig, VarBuilder<'static>),
     vae: (VaeConfig, VarBuilder<'static>),
     text_encoder: (ClipConfig, VarBuilder<'static>),
+    /// SDXL: the second encoder's config, weights and tokenizer.
+    text_encoder_2: Option<(ClipConfig, VarBuilder<'static>, ClipTokenizer)>,
+    force_zeros_for_empty_prompt: bool,
     /// Counts the bytes the three builders hand out.
     counter: WeightBytes,
 }

@@ -87,13 +87,35 @@ pub struct ClipTextModel {
     position_embedding: Tensor,
     layers: Vec<Layer>,
     final_layer_norm: LayerNorm,
+    /// `CLIPTextModelWithProjection`'s `text_projection` (no bias), SDXL's second encoder.
+    projection: Option<Linear>,
     max_positions: usize,
     dtype: DType,
 }
 
+/// What SDXL takes from one encoder.
+pub struct HiddenOutput {
+    /// The output of layer `layers - 1 - skip`, before the final layer norm
+    /// (`hidden_states[-(skip + 2)]` in transformers' numbering).
+    pub hidden: Tensor,
+    /// `text_projection(final_layer_norm(last layer)[eos])`, with a projection only.
+    pub pooled: Option<Tensor>,
+}
+
 impl ClipTextModel {
     /// Builds the encoder; accepts weights with or without transformers' `text_model.` prefix.
+    /// A `text_projection.weight` beside `text_model.*` is loaded as the pooled projection.
     pub fn new(vb: VarBuilder, cfg: &ClipConfig) -> Result<Self> {
+        let projection = if vb.contains_tensor("text_projection.weight") {
+            let out = vb.get_unchecked("text_projection.weight")?.dim(0)?;
+            Some(candle_nn::linear_no_bias(
+                cfg.hidden_size,
+                out,
+                vb.pp("text_projection"),
+            )?)
+        } else {
+            None
+        };
         let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
             vb.pp("text_model")
         } else {
@@ -119,6 +141,7 @@ impl ClipTextModel {
             position_embedding,
             layers,
             final_layer_norm,
+            projection,
             max_positions: cfg.max_position_embeddings,
             dtype: vb.dtype(),
         })
@@ -131,6 +154,54 @@ impl ClipTextModel {
     /// Encodes `[batch, seq]` ids. `skip` > 0 stops that many layers early (A1111's "Clip skip"
     /// minus one); the final layer norm is applied either way, as A1111 does.
     pub fn forward(&self, ids: &Tensor, skip: usize) -> Result<Tensor> {
+        let keep = self.layers.len().saturating_sub(skip).max(1);
+        let (xs, _) = self.run_layers(ids, keep, None)?;
+        Ok(self.final_layer_norm.forward(&xs)?)
+    }
+
+    /// SDXL's reading of an encoder: see [`HiddenOutput`]. The pooled output, when there is a
+    /// projection, always comes from the last layer whatever `skip` is, as in diffusers.
+    pub fn forward_hidden(&self, ids: &Tensor, skip: usize) -> Result<HiddenOutput> {
+        let n = self.layers.len();
+        // 0 is the embeddings themselves (transformers' hidden_states[0]).
+        let at = n.saturating_sub(1 + skip);
+        let Some(projection) = &self.projection else {
+            let (hidden, _) = self.run_layers(ids, at, None)?;
+            return Ok(HiddenOutput {
+                hidden,
+                pooled: None,
+            });
+        };
+        let (last, hidden) = self.run_layers(ids, n, Some(at))?;
+        let hidden = hidden.unwrap_or_else(|| last.clone());
+        let normed = self.final_layer_norm.forward(&last)?;
+        // transformers takes argmax(ids): the first end-of-text id, the largest in the vocabulary.
+        let rows = ids
+            .to_dtype(DType::U32)?
+            .to_vec2::<u32>()?
+            .iter()
+            .enumerate()
+            .map(|(b, row)| {
+                let max = row.iter().copied().max().unwrap_or(0);
+                let eos = row.iter().position(|&id| id == max).unwrap_or(0);
+                normed.get(b)?.get(eos)?.unsqueeze(0)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let pooled = projection.forward(&Tensor::cat(&rows, 0)?)?;
+        Ok(HiddenOutput {
+            hidden,
+            pooled: Some(pooled),
+        })
+    }
+
+    /// Embeds `ids` and runs the first `layers` layers; also returns the output after layer
+    /// `keep_at` when asked.
+    fn run_layers(
+        &self,
+        ids: &Tensor,
+        layers: usize,
+        keep_at: Option<usize>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (_, seq) = ids.dims2()?;
         let device = ids.device();
         let positions = self.position_embedding.narrow(0, 0, seq)?;
@@ -139,11 +210,19 @@ impl ClipTextModel {
             .forward(ids)?
             .broadcast_add(&positions)?;
         let mask = causal_mask(seq, device, self.dtype)?;
-        let keep = self.layers.len().saturating_sub(skip).max(1);
-        for layer in &self.layers[..keep] {
+        let mut kept = (keep_at == Some(0)).then(|| xs.clone());
+        for (i, layer) in self.layers[..layers].iter().enumerate() {
             xs = layer.forward(&xs, &mask)?;
+            if keep_at == Some(i + 1) {
+                kept = Some(xs.clone());
+            }
         }
-        Ok(self.final_layer_norm.forward(&xs)?)
+        Ok((xs, kept))
+    }
+
+    /// Whether this encoder has a pooled projection (SDXL's second encoder).
+    pub fn has_projection(&self) -> bool {
+        self.projection.is_some()
     }
 }
 

@@ -34,6 +34,7 @@ fn run_unet(unet: &UNet, sample: &Tensor, timestep: f64, context: &Tensor) -> Te
         sample,
         timestep,
         context,
+        added: None,
     };
     unet.forward(&inputs, &CancelToken::new())
         .expect("unet forward")

@@ -4,7 +4,7 @@
 //! The block list comes from the config, so per-block transformer depth, linear projections,
 //! blocks without attention and per-block head counts are read, not assumed: SD 1.x, SD 2.x and
 //! the tiny fixture are the same code. The forward pass takes [`UNetInputs`], so later
-//! conditioning (SDXL's added embeddings, ControlNet residuals) is a new field, not a fork.
+//! conditioning is a field, not a fork: SDXL's added `text_time` embedding is [`AddedConditioning`].
 //! Cancellation is checked after every resnet and transformer, so a cancelled job lets go of
 //! the engine within one block, not one step.
 
@@ -29,6 +29,43 @@ pub struct UNetInputs<'a> {
     pub timestep: f64,
     /// Text conditioning (B, tokens, context_dim).
     pub context: &'a Tensor,
+    /// SDXL's added conditioning; required by models that have it, refused by others.
+    pub added: Option<&'a AddedConditioning>,
+}
+
+/// SDXL's `text_time` conditioning: the pooled text embedding and the six micro-conditioning
+/// ids `[orig_h, orig_w, crop_top, crop_left, target_h, target_w]` (height first).
+#[derive(Debug, Clone)]
+pub struct AddedConditioning {
+    /// (B, pooled width): one row per sample, matching the context's batch.
+    pub text_embeds: Tensor,
+    pub time_ids: [f64; 6],
+}
+
+/// `add_time_proj` (sinusoidal features of each id) + `add_embedding` (linear, SiLU, linear).
+#[derive(Debug, Clone)]
+struct TextTimeEmbedding {
+    time_dim: usize,
+    embedding: TimestepEmbedding,
+}
+
+impl TextTimeEmbedding {
+    fn forward(&self, added: &AddedConditioning, c: &UNetConfig, dtype: DType) -> Result<Tensor> {
+        let device = added.text_embeds.device();
+        let batch = added.text_embeds.dim(0)?;
+        let ids = added
+            .time_ids
+            .iter()
+            .map(|&v| {
+                timestep_features(v, 1, self.time_dim, c.flip_sin_to_cos, c.freq_shift, device)
+            })
+            .collect::<CResult<Vec<_>>>()?;
+        let ids = Tensor::cat(&ids, 1)?.repeat((batch, 1))?;
+        let text = added.text_embeds.to_dtype(DType::F32)?;
+        Ok(self
+            .embedding
+            .forward(&Tensor::cat(&[&text, &ids], 1)?, dtype)?)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +116,7 @@ fn check(cancel: &CancelToken) -> Result<()> {
 pub struct UNet {
     conv_in: Conv2d,
     time_embedding: TimestepEmbedding,
+    text_time: Option<TextTimeEmbedding>,
     down: Vec<DownBlock>,
     mid: (ResnetBlock2D, Option<Transformer2D>, ResnetBlock2D),
     up: Vec<UpBlock>,
@@ -203,9 +241,21 @@ impl UNet {
             prev = out;
         }
 
+        let text_time = match c.text_time() {
+            Some((time_dim, pooled)) => Some(TextTimeEmbedding {
+                time_dim,
+                embedding: TimestepEmbedding::new(
+                    vb.pp("add_embedding"),
+                    pooled + 6 * time_dim,
+                    temb,
+                )?,
+            }),
+            None => None,
+        };
         Ok(Self {
             conv_in: Conv2d::same3(vb.pp("conv_in"), c.in_channels, ch[0])?,
             time_embedding: TimestepEmbedding::new(vb.pp("time_embedding"), ch[0], temb)?,
+            text_time,
             down,
             mid,
             up,
@@ -248,7 +298,29 @@ impl UNet {
             c.freq_shift,
             x.device(),
         )?;
-        let temb = self.time_embedding.forward(&t, self.dtype)?;
+        let mut temb = self.time_embedding.forward(&t, self.dtype)?;
+        match (&self.text_time, inputs.added) {
+            (Some(tt), Some(added)) => {
+                if added.text_embeds.dim(0)? != batch {
+                    return Err(EngineError::Model(format!(
+                        "{} pooled text rows for a batch of {batch}",
+                        added.text_embeds.dim(0)?
+                    )));
+                }
+                temb = (temb + tt.forward(added, c, self.dtype)?)?;
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(EngineError::Model(
+                    "this UNet needs SDXL's pooled text and size conditioning".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(EngineError::Model(
+                    "this UNet takes no added (SDXL) conditioning".into(),
+                ))
+            }
+        }
         // Every resnet takes silu(temb); compute it once.
         let temb = candle_nn::ops::silu(&temb)?;
 
