@@ -58,7 +58,12 @@ impl Server {
     /// "listening" line (and the admin token line when auth is on and the database was empty)
     /// and for the engine to be ready.
     pub fn start(data_dir: &Path, args: &[&str]) -> Server {
-        let mut server = Self::spawn(data_dir, args);
+        Self::start_model(data_dir, "tiny-fixture", args)
+    }
+
+    /// [`Self::start`] with another weights.toml model (e.g. "tiny-sdxl").
+    pub fn start_model(data_dir: &Path, model: &str, args: &[&str]) -> Server {
+        let mut server = Self::spawn(data_dir, model, args);
         let first = server
             .next_line(PATIENCE)
             .unwrap_or_else(|| server.fail("the server printed no 'listening' line"));
@@ -86,10 +91,10 @@ impl Server {
         Self::start(data_dir, &all)
     }
 
-    fn spawn(data_dir: &Path, args: &[&str]) -> Server {
+    fn spawn(data_dir: &Path, model: &str, args: &[&str]) -> Server {
         let mut cmd = limner_command();
         cmd.arg("serve")
-            .args(["--model", "tiny-fixture", "--port", "0", "--data-dir"])
+            .args(["--model", model, "--port", "0", "--data-dir"])
             .arg(data_dir)
             .args(args)
             .stdin(Stdio::null())
