@@ -31,6 +31,8 @@ mod valid;
 pub(crate) mod worker;
 
 #[cfg(test)]
+mod conditioning_tests;
+#[cfg(test)]
 mod facade_tests;
 #[cfg(test)]
 mod parity_tests;
