@@ -256,9 +256,11 @@ pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
 }
 
 /// Top-level keys that carry no weights the diffusers pipeline uses: the training noise
-/// schedule, EMA copies, loss-function parameters.
+/// schedule (SGM checkpoints such as SDXL-Turbo store theirs as `denoiser.sigmas`), EMA copies,
+/// loss-function parameters.
 fn is_ignored(key: &str) -> bool {
-    const EXACT: [&str; 16] = [
+    const EXACT: [&str; 17] = [
+        "denoiser.sigmas",
         "betas",
         "alphas_cumprod",
         "alphas_cumprod_prev",

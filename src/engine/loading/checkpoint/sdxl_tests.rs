@@ -108,7 +108,7 @@ fn sdxl_layout_is_inferred_from_the_checkpoint_keys() {
     let tensors = load_tensors(&single_file()).expect("loads");
     let inferred = infer_unet_layout(tensors.iter().map(|(k, t)| (k.as_str(), t.dims())));
     let expected = layout();
-    assert_eq!(expected.down_has_attention[0], false, "SDXL's first block");
+    assert!(!expected.down_has_attention[0], "SDXL's first block");
     assert_eq!(inferred, Some(expected));
 }
 
@@ -195,7 +195,7 @@ fn write_raw(path: &Path, entries: &[(&str, &str, &[usize], &[u8])]) {
         data.extend_from_slice(bytes);
     }
     let mut header = serde_json::Value::Object(header).to_string().into_bytes();
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     let mut file = (header.len() as u64).to_le_bytes().to_vec();
@@ -245,6 +245,11 @@ fn v_prediction_markers_are_reported_not_unknown() {
     let mut tensors = load_tensors(&single_file()).expect("loads");
     let empty = Tensor::zeros(0, DType::F32, &Device::Cpu).expect("empty");
     tensors.insert("v_pred".into(), empty.clone());
+    // SGM's training schedule buffer (SDXL-Turbo has it): no weight, not unknown either.
+    tensors.insert(
+        "denoiser.sigmas".into(),
+        Tensor::ones(1000, DType::F32, &Device::Cpu).expect("ones"),
+    );
     let path = dir.path().join("vpred.safetensors");
     candle_core::safetensors::save(&tensors, &path).expect("save");
     let converted = load_single_file(&path, &layout()).expect("converts");
@@ -357,8 +362,7 @@ fn vae_files_in_every_layout_give_the_diffusers_vae() {
 fn files_that_are_no_vae_are_refused_by_the_vae_loader() {
     let dir = tempfile::tempdir().expect("tempdir");
     let err = load_vae_file(&fixture("model/text_encoder/model.safetensors"))
-        .err()
-        .expect("must fail")
+        .expect_err("must fail")
         .to_string();
     assert!(
         err.contains("no VAE weights found") && err.contains("model.safetensors"),
@@ -370,16 +374,14 @@ fn files_that_are_no_vae_are_refused_by_the_vae_loader() {
         .filter(|(k, _)| k.starts_with("decoder."))
         .collect();
     let err = save_and_load_vae(dir.path(), "decoder.safetensors", &decoder_only)
-        .err()
-        .expect("must fail")
+        .expect_err("must fail")
         .to_string();
     assert!(err.contains("no encoder weights"), "{err}");
 
     let mut mixed = ldm_vae(false);
     mixed.extend(load("model/vae/diffusion_pytorch_model.safetensors"));
     let err = save_and_load_vae(dir.path(), "mixed.safetensors", &mixed)
-        .err()
-        .expect("must fail")
+        .expect_err("must fail")
         .to_string();
     assert!(err.contains("mixes LDM"), "{err}");
 
@@ -530,4 +532,32 @@ fn sdxl_g_conversion_keeps_every_layer_and_transposes_the_projection() {
         values(&projection.t().expect("t").contiguous().expect("contiguous"))
     );
     assert!(!te2.keys().any(|k| k.contains("logit_scale")));
+}
+
+#[test]
+fn sdxl_clip_l_converts_with_or_without_text_model() {
+    let bare: HashMap<String, Tensor> = load_tensors(&single_file())
+        .expect("loads")
+        .into_iter()
+        .map(|(k, t)| {
+            (
+                k.replacen(".transformer.text_model.", ".transformer.", 1),
+                t,
+            )
+        })
+        .collect();
+    assert!(!bare
+        .keys()
+        .any(|k| k.contains("text_model.") && k.contains("embedders.0")));
+    let converted = convert(bare, &layout()).expect("converts");
+    assert!(
+        converted.unknown_keys.is_empty(),
+        "{:?}",
+        converted.unknown_keys
+    );
+    assert_same(
+        "text_encoder",
+        &text_encoder_file("model/text_encoder/model.safetensors", false),
+        &converted.text_encoder,
+    );
 }
