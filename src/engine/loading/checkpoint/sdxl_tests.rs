@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::tests::{assert_same, layout_from_config, refusal, values};
+use super::tests::{assert_same, assert_unet_and_vae_match, layout_from_config, refusal, values};
 use super::*;
 use crate::engine::architecture::{ClipConfig, UNetConfig, VaeConfig};
 use crate::engine::samplers::SchedulerConfig;
@@ -72,16 +72,7 @@ fn sdxl_single_file_equals_the_diffusers_folder() {
         converted.unknown_keys
     );
     assert_eq!(converted.prediction, PredictionMarkers::default());
-    assert_same(
-        "unet",
-        &load("model/unet/diffusion_pytorch_model.safetensors"),
-        &converted.unet,
-    );
-    assert_same(
-        "vae",
-        &load("model/vae/diffusion_pytorch_model.safetensors"),
-        &converted.vae,
-    );
+    assert_unet_and_vae_match(&fixture("model"), &converted);
     assert_same(
         "text_encoder",
         &text_encoder_file("model/text_encoder/model.safetensors", false),

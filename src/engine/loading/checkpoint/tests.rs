@@ -84,6 +84,17 @@ pub(super) fn assert_same(
     assert!(extra.is_empty(), "{component}: unexpected names {extra:?}");
 }
 
+/// The converted UNet and VAE equal the `unet/` and `vae/` weights of the diffusers folder `model`.
+pub(super) fn assert_unet_and_vae_match(model: &Path, converted: &Converted) {
+    for (component, got) in [("unet", &converted.unet), ("vae", &converted.vae)] {
+        let file = model
+            .join(component)
+            .join("diffusion_pytorch_model.safetensors");
+        let expected = candle_core::safetensors::load(file, &Device::Cpu).expect("fixture loads");
+        assert_same(component, &expected, got);
+    }
+}
+
 #[test]
 fn fixture_single_file_equals_the_diffusers_folder() {
     let converted = load_single_file(
@@ -97,16 +108,7 @@ fn fixture_single_file_equals_the_diffusers_folder() {
         "{:?}",
         converted.unknown_keys
     );
-    assert_same(
-        "unet",
-        &load("model/unet/diffusion_pytorch_model.safetensors"),
-        &converted.unet,
-    );
-    assert_same(
-        "vae",
-        &load("model/vae/diffusion_pytorch_model.safetensors"),
-        &converted.vae,
-    );
+    assert_unet_and_vae_match(&fixture("model"), &converted);
     assert_same(
         "text_encoder",
         &load("model/text_encoder/model.safetensors"),
