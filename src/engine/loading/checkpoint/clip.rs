@@ -367,4 +367,21 @@ mod tests {
         assert!(err.to_string().contains("in_proj_bias"), "{err}");
         Ok(())
     }
+
+    #[test]
+    fn sdxl_g_takes_an_already_linear_projection_as_it_is() -> Result<()> {
+        let dev = Device::Cpu;
+        let linear = Tensor::randn(0f32, 1., (3, 4), &dev)?;
+        let te = convert_sdxl_g(vec![
+            ("text_projection.weight".into(), linear.clone()),
+            ("ln_final.bias".into(), Tensor::zeros(4, DType::F32, &dev)?),
+        ])?;
+        assert_eq!(
+            values(&te.tensors["text_projection.weight"]),
+            values(&linear)
+        );
+        assert!(te.tensors.contains_key("text_model.final_layer_norm.bias"));
+        assert_eq!(te.layers, 0);
+        Ok(())
+    }
 }
