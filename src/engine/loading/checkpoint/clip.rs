@@ -1,7 +1,11 @@
-//! Text-encoder names: SD1's Hugging Face CLIP (`cond_stage_model.transformer.*`) and SD2's
-//! OpenCLIP (`cond_stage_model.model.*`) -> the names of a diffusers `text_encoder/model.safetensors`
-//! as our fixture carries them: `embeddings.*`, `encoder.layers.N.*`, `final_layer_norm.*`,
-//! without a `text_model.` prefix.
+//! Text-encoder names: SD1's Hugging Face CLIP (`cond_stage_model.transformer.*`), SD2's
+//! OpenCLIP (`cond_stage_model.model.*`) and SDXL's pair (`conditioner.embedders.0.transformer.*`,
+//! `conditioner.embedders.1.model.*`) -> the names of the diffusers files.
+//!
+//! Naming convention of the output: a `CLIPTextModel` (SD1, SD2, SDXL's first encoder) has the
+//! names of transformers 5's `text_encoder/model.safetensors` (`embeddings.*`, `encoder.layers.N.*`,
+//! `final_layer_norm.*`, no `text_model.` prefix); SDXL's `CLIPTextModelWithProjection` has those
+//! of `text_encoder_2/model.safetensors` (`text_model.*` plus `text_projection.weight`).
 
 use std::collections::HashMap;
 
@@ -13,6 +17,10 @@ use crate::engine::error::{EngineError, Result};
 pub(crate) const SD1_PREFIX: &str = "cond_stage_model.transformer.";
 /// SD2 text-encoder keys start with this (OpenCLIP names below it).
 pub(crate) const SD2_PREFIX: &str = "cond_stage_model.model.";
+/// SDXL's first text encoder (CLIP ViT-L, Hugging Face names below it, like SD1's).
+pub(crate) const SDXL_L_PREFIX: &str = "conditioner.embedders.0.transformer.";
+/// SDXL's second text encoder (OpenCLIP ViT-bigG names below it, like SD2's).
+pub(crate) const SDXL_G_PREFIX: &str = "conditioner.embedders.1.model.";
 
 /// A converted text encoder: the diffusers-named tensors, its number of layers, and the
 /// stripped keys that did not map.
@@ -50,18 +58,88 @@ pub(crate) fn convert_sd1(tensors: Vec<(String, Tensor)>) -> TextEncoder {
 /// (followed by the final layer norm), so the last residual block is dropped and the encoder
 /// reports one layer fewer than the checkpoint holds.
 pub(crate) fn convert_sd2(tensors: Vec<(String, Tensor)>) -> Result<TextEncoder> {
-    let blocks = super::block_count(
-        tensors.iter().map(|(k, _)| k.as_str()),
-        "transformer.resblocks.",
-    );
+    let blocks = resblock_count(&tensors);
     if blocks < 2 {
         return Err(EngineError::Model(format!(
             "OpenCLIP text encoder ({SD2_PREFIX}transformer.resblocks.*) has {blocks} blocks; \
              SD2 needs at least 2 because it uses the penultimate one"
         )));
     }
-    let dropped = blocks - 1;
+    let open_clip = convert_open_clip(tensors, SD2_PREFIX, Some(blocks - 1))?;
+    Ok(TextEncoder {
+        tensors: open_clip.tensors,
+        layers: blocks - 1,
+        unknown: open_clip.unknown,
+    })
+}
+
+/// SDXL's second encoder (OpenCLIP ViT-bigG) -> transformers `CLIPTextModelWithProjection`
+/// names, as its diffusers `text_encoder_2/model.safetensors` has them: everything under
+/// `text_model.`, plus `text_projection.weight`. Unlike SD2 every layer is kept: SDXL reads the
+/// penultimate hidden state for the context but the last one (after the final norm) for the
+/// pooled output.
+pub(crate) fn convert_sdxl_g(tensors: Vec<(String, Tensor)>) -> Result<TextEncoder> {
+    let layers = resblock_count(&tensors);
+    let open_clip = convert_open_clip(tensors, SDXL_G_PREFIX, None)?;
+    let mut out: HashMap<String, Tensor> = open_clip
+        .tensors
+        .into_iter()
+        .map(|(k, t)| (format!("text_model.{k}"), t))
+        .collect();
+    match open_clip.projection {
+        // OpenCLIP computes `x @ text_projection` ([width, proj]); a linear layer stores the
+        // transpose ([proj, width]). Square projections (bigG's 1280 x 1280) show no difference
+        // in shape, so the key's form decides, as in diffusers and ComfyUI.
+        Some((Projection::Matrix, p)) => {
+            out.insert("text_projection.weight".into(), p.t()?.contiguous()?);
+        }
+        Some((Projection::Linear, p)) => {
+            out.insert("text_projection.weight".into(), p);
+        }
+        None => {
+            return Err(EngineError::Model(format!(
+                "SDXL checkpoint lacks {SDXL_G_PREFIX}text_projection, which the pooled text \
+                 embedding needs"
+            )))
+        }
+    }
+    Ok(TextEncoder {
+        tensors: out,
+        layers,
+        unknown: open_clip.unknown,
+    })
+}
+
+/// How many `transformer.resblocks.N` an OpenCLIP encoder holds.
+fn resblock_count(tensors: &[(String, Tensor)]) -> usize {
+    super::block_count(
+        tensors.iter().map(|(k, _)| k.as_str()),
+        "transformer.resblocks.",
+    )
+}
+
+/// The form `text_projection` was stored in: OpenCLIP's matrix, or an already linear weight.
+enum Projection {
+    Matrix,
+    Linear,
+}
+
+struct OpenClip {
+    /// Hugging Face CLIP text-model names, without the `text_model.` prefix.
+    tensors: HashMap<String, Tensor>,
+    projection: Option<(Projection, Tensor)>,
+    unknown: Vec<String>,
+}
+
+/// OpenCLIP text-tower names (keys with `origin` stripped) -> Hugging Face CLIP names, splitting
+/// the fused q/k/v projections. Block `skip` (if any) is left out.
+fn convert_open_clip(
+    tensors: Vec<(String, Tensor)>,
+    origin: &str,
+    skip: Option<usize>,
+) -> Result<OpenClip> {
     let mut out = HashMap::with_capacity(tensors.len());
+    let mut projection = None;
     let mut unknown = Vec::new();
     for (key, tensor) in tensors {
         let parts: Vec<&str> = key.split('.').collect();
@@ -69,14 +147,23 @@ pub(crate) fn convert_sd2(tensors: Vec<(String, Tensor)>) -> Result<TextEncoder>
             ["token_embedding", leaf] => format!("embeddings.token_embedding.{leaf}"),
             ["positional_embedding"] => "embeddings.position_embedding.weight".to_string(),
             ["ln_final", leaf] => format!("final_layer_norm.{leaf}"),
-            // Used for CLIP's image-text similarity, never for conditioning.
-            ["text_projection" | "logit_scale" | "attn_mask"] => continue,
+            ["text_projection"] => {
+                projection = Some((Projection::Matrix, tensor));
+                continue;
+            }
+            ["text_projection", "weight"] => {
+                projection = Some((Projection::Linear, tensor));
+                continue;
+            }
+            // The image-text similarity temperature and the causal mask buffer: never weights
+            // of the text model.
+            ["logit_scale" | "attn_mask"] => continue,
             ["transformer", "resblocks", n, rest @ ..] => {
                 let Ok(n) = n.parse::<usize>() else {
                     unknown.push(key);
                     continue;
                 };
-                if n == dropped {
+                if Some(n) == skip {
                     continue;
                 }
                 let layer = format!("encoder.layers.{n}");
@@ -89,7 +176,7 @@ pub(crate) fn convert_sd2(tensors: Vec<(String, Tensor)>) -> Result<TextEncoder>
                         };
                         for (proj, part) in ["q_proj", "k_proj", "v_proj"]
                             .into_iter()
-                            .zip(split_qkv(&tensor, &key)?)
+                            .zip(split_qkv(&tensor, origin, &key)?)
                         {
                             out.insert(format!("{layer}.self_attn.{proj}.{leaf}"), part);
                         }
@@ -111,9 +198,9 @@ pub(crate) fn convert_sd2(tensors: Vec<(String, Tensor)>) -> Result<TextEncoder>
         };
         out.insert(name, tensor);
     }
-    Ok(TextEncoder {
+    Ok(OpenClip {
         tensors: out,
-        layers: dropped,
+        projection,
         unknown,
     })
 }
@@ -132,11 +219,11 @@ fn resblock(rest: &[&str]) -> Option<String> {
 }
 
 /// Splits a fused `[3C, ...]` projection into its q, k and v thirds along dim 0.
-fn split_qkv(fused: &Tensor, key: &str) -> Result<[Tensor; 3]> {
+fn split_qkv(fused: &Tensor, origin: &str, key: &str) -> Result<[Tensor; 3]> {
     let rows = fused.dims().first().copied().unwrap_or(0);
     if rows == 0 || rows % 3 != 0 {
         return Err(EngineError::Model(format!(
-            "{SD2_PREFIX}{key} has shape {:?}; its first dimension must be 3 x width",
+            "{origin}{key} has shape {:?}; its first dimension must be 3 x width",
             fused.dims()
         )));
     }
@@ -278,6 +365,23 @@ mod tests {
         }
         let err = convert_sd2(tensors).err().expect("must fail");
         assert!(err.to_string().contains("in_proj_bias"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn sdxl_g_takes_an_already_linear_projection_as_it_is() -> Result<()> {
+        let dev = Device::Cpu;
+        let linear = Tensor::randn(0f32, 1., (3, 4), &dev)?;
+        let te = convert_sdxl_g(vec![
+            ("text_projection.weight".into(), linear.clone()),
+            ("ln_final.bias".into(), Tensor::zeros(4, DType::F32, &dev)?),
+        ])?;
+        assert_eq!(
+            values(&te.tensors["text_projection.weight"]),
+            values(&linear)
+        );
+        assert!(te.tensors.contains_key("text_model.final_layer_norm.bias"));
+        assert_eq!(te.layers, 0);
         Ok(())
     }
 }

@@ -1,7 +1,8 @@
-//! Single-file checkpoints (the original LDM layout that AUTOMATIC1111 and Civitai use):
+//! Single-file checkpoints (the original LDM / SGM layouts that AUTOMATIC1111 and Civitai use):
 //! loads a `.safetensors` file safely, detects SD1 / SD2 / SDXL from its keys, and renames its
-//! UNet, VAE and text encoder to the diffusers layout so the rest of the engine loads every model
-//! the same way (`VarBuilder::from_tensors` over diffusers names).
+//! UNet, VAE and text encoders to the diffusers layout so the rest of the engine loads every model
+//! the same way (`VarBuilder::from_tensors` over diffusers names). Standalone VAE files (the
+//! `--vae` override) are read by [`load_vae_file`].
 //!
 //! Pickled checkpoints (`.ckpt`, `.pt`, ...) are refused: unpickling can run arbitrary code.
 //! The renaming follows the behaviour of diffusers' single-file conversion; names in the
@@ -9,25 +10,30 @@
 //! silently dropped, so the caller can warn.
 
 mod clip;
+mod file;
 mod unet;
 mod vae;
+mod vae_file;
 
+#[cfg(test)]
+mod sdxl_tests;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Read;
 use std::path::Path;
 
-use candle_core::safetensors::{Load, MmapedSafetensors};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::error::{EngineError, Result};
 
-#[cfg(test)]
+// Not called by the model loader yet: single files without a config folder, and `--vae`.
+#[cfg_attr(not(test), allow(unused_imports))]
 pub use unet::infer_unet_layout;
+#[cfg_attr(not(test), allow(unused_imports))]
+pub use vae_file::load_vae_file;
 
 /// The model family of a single-file checkpoint, as told by its text-encoder keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -37,7 +43,8 @@ pub enum Architecture {
     Sd1,
     /// Stable Diffusion 2.x: OpenCLIP ViT-H text encoder (`cond_stage_model.model.*`).
     Sd2,
-    /// SDXL: two text encoders under `conditioner.embedders.*`.
+    /// SDXL base and its fine-tunes: CLIP ViT-L (`conditioner.embedders.0.transformer.*`) and
+    /// OpenCLIP ViT-bigG (`conditioner.embedders.1.model.*`).
     Sdxl,
 }
 
@@ -103,27 +110,73 @@ pub struct Converted {
     /// `AutoencoderKL` names; empty when the checkpoint carries no VAE.
     pub vae: HashMap<String, Tensor>,
     /// CLIP text-model names as in `text_encoder/model.safetensors`: `embeddings.*`,
-    /// `encoder.layers.N.*`, `final_layer_norm.*` (no `text_model.` prefix).
+    /// `encoder.layers.N.*`, `final_layer_norm.*` (no `text_model.` prefix). For SDXL this is
+    /// CLIP ViT-L.
     pub text_encoder: HashMap<String, Tensor>,
-    /// SDXL's second text encoder; `None` for SD1 and SD2.
-    #[cfg_attr(not(test), allow(dead_code))] // kept for SDXL, not loaded yet
+    /// SDXL's second text encoder (OpenCLIP ViT-bigG) with `CLIPTextModelWithProjection` names
+    /// as in `text_encoder_2/model.safetensors`: `text_model.embeddings.*`,
+    /// `text_model.encoder.layers.N.*`, `text_model.final_layer_norm.*` and
+    /// `text_projection.weight`. `None` for SD1 and SD2.
+    #[cfg_attr(not(test), allow(dead_code))] // wired in by the SDXL model loader
     pub text_encoder_2: Option<HashMap<String, Tensor>>,
-    /// Encoder layers in `text_encoder` (`num_hidden_layers`). For SD2 this is one fewer than
-    /// the checkpoint holds: SD2 conditions on the penultimate layer, whose successor is dropped.
+    /// Encoder layers in `text_encoder`, for its config's `num_hidden_layers`. SD1 and SDXL: all
+    /// the checkpoint holds. SD2: one fewer, since SD2 conditions on the penultimate layer and
+    /// its successor is dropped.
     pub text_encoder_layers: Option<usize>,
+    /// Encoder layers in `text_encoder_2` (all the checkpoint holds: SDXL takes the context from
+    /// the penultimate layer but the pooled output from the last); `None` without one.
+    #[cfg_attr(not(test), allow(dead_code))] // wired in by the SDXL model loader
+    pub text_encoder_2_layers: Option<usize>,
+    /// The v-prediction markers the checkpoint carries.
+    #[cfg_attr(not(test), allow(dead_code))] // wired in by the SDXL model loader
+    pub prediction: PredictionMarkers,
     /// Checkpoint keys that fit no known layout (sorted); the caller decides whether to warn.
     #[cfg_attr(not(test), allow(dead_code))]
     pub unknown_keys: Vec<String>,
 }
 
-const SDXL_PREFIX: &str = "conditioner.embedders.";
+/// Marker key of v-prediction checkpoints (NoobAI-style SDXL fine-tunes).
+pub(crate) const V_PRED_KEY: &str = "v_pred";
+/// Marker key of zero-terminal-SNR training (`rescale_betas_zero_snr`).
+pub(crate) const ZTSNR_KEY: &str = "ztsnr";
 
-/// Tells SD1, SD2 and SDXL apart by their text-encoder keys.
+/// What a checkpoint says about its noise prediction through empty marker tensors, the keys
+/// A1111 and ComfyUI read: `v_pred` (the UNet predicts v, not epsilon) and `ztsnr` (it was
+/// trained with zero-terminal-SNR betas). Both absent means nothing is said: an epsilon model,
+/// unless a config says otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PredictionMarkers {
+    pub v_pred: bool,
+    pub ztsnr: bool,
+}
+
+impl PredictionMarkers {
+    /// Reads the markers from a checkpoint's (full) keys.
+    pub fn from_keys<'a>(keys: impl IntoIterator<Item = &'a str>) -> Self {
+        keys.into_iter()
+            .fold(PredictionMarkers::default(), |found, key| {
+                PredictionMarkers {
+                    v_pred: found.v_pred || key == V_PRED_KEY,
+                    ztsnr: found.ztsnr || key == ZTSNR_KEY,
+                }
+            })
+    }
+}
+
+const SDXL_PREFIX: &str = "conditioner.embedders.";
+/// The SDXL refiner's only text encoder (OpenCLIP ViT-bigG as embedder 0).
+const SDXL_REFINER_PREFIX: &str = "conditioner.embedders.0.model.";
+
+/// Tells SD1, SD2 and SDXL apart by their text-encoder keys. The SDXL refiner, whose only text
+/// encoder is OpenCLIP ViT-bigG at `conditioner.embedders.0.model.*`, is refused: it cannot make
+/// an image on its own.
 pub fn detect_architecture<'a>(keys: impl IntoIterator<Item = &'a str>) -> Result<Architecture> {
-    let (mut sd1, mut sd2, mut sdxl) = (false, false, false);
+    let (mut sd1, mut sd2, mut sdxl, mut sdxl_g, mut refiner) = (false, false, false, false, false);
     let mut seen: Vec<String> = Vec::new();
     for key in keys {
         sdxl |= key.starts_with(SDXL_PREFIX);
+        sdxl_g |= key.starts_with(clip::SDXL_G_PREFIX);
+        refiner |= key.starts_with(SDXL_REFINER_PREFIX);
         sd2 |= key.starts_with(clip::SD2_PREFIX);
         sd1 |= key.starts_with(clip::SD1_PREFIX);
         // Remember a few distinct top-level groups for the error message.
@@ -132,12 +185,28 @@ pub fn detect_architecture<'a>(keys: impl IntoIterator<Item = &'a str>) -> Resul
             seen.push(group);
         }
     }
+    seen.sort();
+    let groups = if seen.is_empty() {
+        "none".to_string()
+    } else {
+        seen.join(", ")
+    };
     match (sdxl, sd2, sd1) {
-        (true, _, _) => Ok(Architecture::Sdxl),
+        (true, _, _) if sdxl_g => Ok(Architecture::Sdxl),
+        (true, _, _) if refiner => Err(EngineError::Model(format!(
+            "the checkpoint is an SDXL refiner checkpoint (its only text encoder is \
+             {SDXL_REFINER_PREFIX}*); limner runs base models (SDXL base and its fine-tunes, \
+             SD 1.x, SD 2.x): load the base model instead"
+        ))),
+        (true, _, _) => Err(EngineError::Model(format!(
+            "the checkpoint has {SDXL_PREFIX}* keys but neither SDXL base's text encoders \
+             ({}*, {}*) nor the refiner's; found key groups: {groups}",
+            clip::SDXL_L_PREFIX,
+            clip::SDXL_G_PREFIX,
+        ))),
         (_, true, _) => Ok(Architecture::Sd2),
         (_, _, true) => Ok(Architecture::Sd1),
         _ => {
-            seen.sort();
             let hint = if seen.iter().any(|g| {
                 g.starts_with("down_blocks") || g.starts_with("text_model") || g == "encoder.layers"
             }) {
@@ -147,15 +216,10 @@ pub fn detect_architecture<'a>(keys: impl IntoIterator<Item = &'a str>) -> Resul
             };
             Err(EngineError::Model(format!(
                 "cannot tell the architecture: no text encoder keys ({}, {} or {}); found key \
-                 groups: {}{hint}",
+                 groups: {groups}{hint}",
                 clip::SD1_PREFIX,
                 clip::SD2_PREFIX,
                 SDXL_PREFIX,
-                if seen.is_empty() {
-                    "none".to_string()
-                } else {
-                    seen.join(", ")
-                },
             )))
         }
     }
@@ -166,9 +230,6 @@ pub fn detect_architecture<'a>(keys: impl IntoIterator<Item = &'a str>) -> Resul
 pub fn load_single_file(path: &Path, layout: &UNetLayout) -> Result<Converted> {
     convert(load_tensors(path)?, layout)
 }
-
-/// Extensions of PyTorch pickle files.
-const PICKLE_EXTENSIONS: [&str; 6] = ["ckpt", "pt", "pth", "bin", "pkl", "pickle"];
 
 /// Highest `N + 1` over keys `{head}N.*`, or 0 when there are none: how many numbered
 /// blocks (layers, up blocks, ...) a checkpoint holds under `head`.
@@ -186,92 +247,20 @@ fn block_count<'a>(keys: impl IntoIterator<Item = &'a str>, head: &str) -> usize
         .unwrap_or(0)
 }
 
-fn pickle_refusal(path: &Path) -> EngineError {
-    EngineError::Model(format!(
-        "{}: pickled checkpoints (.ckpt) are not supported because loading them can run \
-         arbitrary code; convert it to .safetensors first on a machine where you trust the file \
-         (e.g. in Python: `safetensors.torch.save_file(torch.load(path, weights_only=True)\
-         [\"state_dict\"], \"model.safetensors\")`)",
-        path.display()
-    ))
-}
-
 /// Reads every tensor of a `.safetensors` file onto the CPU, in its stored dtype, under its
 /// original names. Refuses pickles by extension and by content, and names the file and the
-/// problem for missing, truncated or corrupt files.
+/// problem for missing, truncated or corrupt files. Empty tensors and the prediction markers
+/// ([`PredictionMarkers`]) load whatever their dtype, as empty tensors.
 pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let extension = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase());
-    if extension.is_some_and(|e| PICKLE_EXTENSIONS.contains(&e.as_str())) {
-        return Err(pickle_refusal(path));
-    }
-    check_safetensors_header(path)?;
-    let corrupt = |e: candle_core::Error| {
-        EngineError::Model(format!(
-            "{}: truncated or corrupt safetensors file: {e}",
-            path.display()
-        ))
-    };
-    // SAFETY: the mapping is only read while this function runs, and every tensor is copied
-    // into its own CPU buffer by `load` before the map is dropped. The remaining risk (another
-    // process truncating the file meanwhile) is the one every mmap-based loader accepts.
-    let file = unsafe { MmapedSafetensors::new(path) }.map_err(corrupt)?;
-    let mut tensors = HashMap::new();
-    for (name, view) in file.tensors() {
-        let tensor = view
-            .load(&Device::Cpu)
-            .map_err(|e| EngineError::Model(format!("{}: tensor {name}: {e}", path.display())))?;
-        tensors.insert(name, tensor);
-    }
-    Ok(tensors)
-}
-
-/// Looks at the first bytes: a safetensors file starts with a little-endian u64 header length
-/// and a JSON object; PyTorch files start with a zip (`PK`) or pickle (`0x80`) signature.
-fn check_safetensors_header(path: &Path) -> Result<()> {
-    let name = path.display();
-    let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            EngineError::Model(format!("single-file checkpoint {name} not found"))
-        }
-        _ => EngineError::Model(format!("cannot open {name}: {e}")),
-    })?;
-    let size = file
-        .metadata()
-        .map_err(|e| EngineError::Model(format!("cannot read {name}: {e}")))?
-        .len();
-    let mut head = Vec::with_capacity(9);
-    file.by_ref()
-        .take(9)
-        .read_to_end(&mut head)
-        .map_err(|e| EngineError::Model(format!("cannot read {name}: {e}")))?;
-    if head.starts_with(b"PK\x03\x04") || head.first() == Some(&0x80) {
-        return Err(pickle_refusal(path));
-    }
-    let Some((len_bytes, rest)) = head.split_first_chunk::<8>() else {
-        return Err(EngineError::Model(format!(
-            "{name} is not a safetensors file: only {size} bytes long"
-        )));
-    };
-    let header_len = u64::from_le_bytes(*len_bytes);
-    if rest.first() != Some(&b'{') {
-        return Err(EngineError::Model(format!(
-            "{name} is not a safetensors file (it does not start with a JSON header)"
-        )));
-    }
-    if header_len > size - 8 {
-        return Err(EngineError::Model(format!(
-            "{name} is truncated: its header alone claims {header_len} bytes but the file has {size}"
-        )));
-    }
-    Ok(())
+    file::load(path, "single-file checkpoint")
 }
 
 /// Top-level keys that carry no weights the diffusers pipeline uses: the training noise
-/// schedule, EMA copies, loss-function parameters.
+/// schedule (SGM checkpoints such as SDXL-Turbo store theirs as `denoiser.sigmas`), EMA copies,
+/// loss-function parameters.
 fn is_ignored(key: &str) -> bool {
-    const EXACT: [&str; 16] = [
+    const EXACT: [&str; 17] = [
+        "denoiser.sigmas",
         "betas",
         "alphas_cumprod",
         "alphas_cumprod_prev",
@@ -294,15 +283,31 @@ fn is_ignored(key: &str) -> bool {
         || key.starts_with("first_stage_model.loss.")
 }
 
+/// Keys of SDXL-shaped checkpoints trained for an EDM noise schedule (Playground v2.5's
+/// `edm_mean`/`edm_std`, CosXL's `edm_vpred.*`); run as DDPM models they give noise.
+fn is_edm_marker(key: &str) -> bool {
+    matches!(key, "edm_mean" | "edm_std") || key.starts_with("edm_vpred.")
+}
+
+/// Where each text encoder of a family lives in a checkpoint.
+fn text_prefixes(architecture: Architecture) -> (&'static str, Option<&'static str>) {
+    match architecture {
+        Architecture::Sd1 => (clip::SD1_PREFIX, None),
+        Architecture::Sd2 => (clip::SD2_PREFIX, None),
+        Architecture::Sdxl => (clip::SDXL_L_PREFIX, Some(clip::SDXL_G_PREFIX)),
+    }
+}
+
 /// Renames an original-layout checkpoint (full keys, as loaded by [`load_tensors`]) to diffusers
-/// names, checking the UNet against `layout`.
+/// names, checking the UNet against `layout`. SDXL base checkpoints (the SGM layout) give both
+/// text encoders; the prediction markers are reported, never as unknown keys.
 pub fn convert(tensors: HashMap<String, Tensor>, layout: &UNetLayout) -> Result<Converted> {
     let architecture = detect_architecture(tensors.keys().map(String::as_str))?;
-    if architecture == Architecture::Sdxl {
-        return Err(EngineError::Model(
-            "SDXL single-file checkpoints are not supported yet; use the diffusers folder layout"
-                .to_string(),
-        ));
+    if let Some(key) = tensors.keys().find(|k| is_edm_marker(k)) {
+        return Err(EngineError::Model(format!(
+            "the checkpoint carries `{key}`: it was trained for an EDM noise schedule \
+             (Playground v2.5, CosXL), which limner does not run"
+        )));
     }
     if !tensors.keys().any(|k| k.starts_with(unet::PREFIX)) {
         return Err(EngineError::Model(format!(
@@ -311,14 +316,13 @@ pub fn convert(tensors: HashMap<String, Tensor>, layout: &UNetLayout) -> Result<
         )));
     }
     unet::check_block_counts(tensors.keys().map(String::as_str), layout)?;
+    let prediction = PredictionMarkers::from_keys(tensors.keys().map(String::as_str));
 
-    let text_prefix = match architecture {
-        Architecture::Sd2 => clip::SD2_PREFIX,
-        _ => clip::SD1_PREFIX,
-    };
+    let (text_prefix, text_2_prefix) = text_prefixes(architecture);
     let mut unet = HashMap::new();
     let mut vae_parts = Vec::new();
     let mut text_parts = Vec::new();
+    let mut text_2_parts = Vec::new();
     let mut unknown_keys = Vec::new();
     for (key, tensor) in tensors {
         if let Some(rest) = key.strip_prefix(unet::PREFIX) {
@@ -334,7 +338,9 @@ pub fn convert(tensors: HashMap<String, Tensor>, layout: &UNetLayout) -> Result<
             }
         } else if let Some(rest) = key.strip_prefix(text_prefix) {
             text_parts.push((rest.to_string(), tensor));
-        } else if !is_ignored(&key) {
+        } else if let Some(rest) = text_2_prefix.and_then(|p| key.strip_prefix(p)) {
+            text_2_parts.push((rest.to_string(), tensor));
+        } else if !is_ignored(&key) && !file::MARKER_KEYS.contains(&key.as_str()) {
             unknown_keys.push(key);
         }
     }
@@ -346,6 +352,11 @@ pub fn convert(tensors: HashMap<String, Tensor>, layout: &UNetLayout) -> Result<
             .into_iter()
             .map(|k| format!("{}{k}", vae::PREFIX)),
     );
+    if text_parts.is_empty() {
+        return Err(EngineError::Model(format!(
+            "the {architecture} checkpoint has no {text_prefix}* text encoder"
+        )));
+    }
     let text = match architecture {
         Architecture::Sd2 => clip::convert_sd2(text_parts)?,
         _ => clip::convert_sd1(text_parts),
@@ -355,14 +366,25 @@ pub fn convert(tensors: HashMap<String, Tensor>, layout: &UNetLayout) -> Result<
             .into_iter()
             .map(|k| format!("{text_prefix}{k}")),
     );
+    let text_2 = match text_2_prefix {
+        Some(prefix) => {
+            let text_2 = clip::convert_sdxl_g(text_2_parts)?;
+            unknown_keys.extend(text_2.unknown.into_iter().map(|k| format!("{prefix}{k}")));
+            Some((text_2.tensors, text_2.layers))
+        }
+        None => None,
+    };
     unknown_keys.sort();
+    let (text_encoder_2, text_encoder_2_layers) = text_2.unzip();
     Ok(Converted {
         architecture,
         unet,
         vae,
         text_encoder: text.tensors,
-        text_encoder_2: None,
+        text_encoder_2,
         text_encoder_layers: Some(text.layers),
+        text_encoder_2_layers,
+        prediction,
         unknown_keys,
     })
 }

@@ -1,5 +1,5 @@
 //! Checks against the tiny-sd15 fixture: its single file, converted here, must equal the diffusers
-//! folder that diffusers itself wrote for the same weights.
+//! folder that diffusers itself wrote for the same weights. SDXL's are in `sdxl_tests`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,12 @@ fn fixture(rel: &str) -> PathBuf {
 
 /// The layout as the fixture's own `unet/config.json` states it.
 fn fixture_layout() -> UNetLayout {
-    let text = std::fs::read_to_string(fixture("model/unet/config.json")).expect("config.json");
+    layout_from_config(&fixture("model/unet/config.json"))
+}
+
+/// The layout a diffusers `unet/config.json` states.
+pub(super) fn layout_from_config(path: &Path) -> UNetLayout {
+    let text = std::fs::read_to_string(path).expect("config.json");
     let config: serde_json::Value = serde_json::from_str(&text).expect("valid json");
     let numbers = |v: &serde_json::Value| -> Vec<usize> {
         v.as_array()
@@ -46,7 +51,7 @@ fn load(rel: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture(rel), &Device::Cpu).expect("fixture loads")
 }
 
-fn values(t: &Tensor) -> Vec<f32> {
+pub(super) fn values(t: &Tensor) -> Vec<f32> {
     t.to_dtype(DType::F32)
         .and_then(|t| t.flatten_all())
         .and_then(|t| t.to_vec1())
@@ -55,7 +60,7 @@ fn values(t: &Tensor) -> Vec<f32> {
 
 /// Every tensor of the diffusers file is in `converted` with the same shape and values, and
 /// `converted` holds nothing more.
-fn assert_same(
+pub(super) fn assert_same(
     component: &str,
     expected: &HashMap<String, Tensor>,
     converted: &HashMap<String, Tensor>,
@@ -79,6 +84,17 @@ fn assert_same(
     assert!(extra.is_empty(), "{component}: unexpected names {extra:?}");
 }
 
+/// The converted UNet and VAE equal the `unet/` and `vae/` weights of the diffusers folder `model`.
+pub(super) fn assert_unet_and_vae_match(model: &Path, converted: &Converted) {
+    for (component, got) in [("unet", &converted.unet), ("vae", &converted.vae)] {
+        let file = model
+            .join(component)
+            .join("diffusion_pytorch_model.safetensors");
+        let expected = candle_core::safetensors::load(file, &Device::Cpu).expect("fixture loads");
+        assert_same(component, &expected, got);
+    }
+}
+
 #[test]
 fn fixture_single_file_equals_the_diffusers_folder() {
     let converted = load_single_file(
@@ -92,16 +108,7 @@ fn fixture_single_file_equals_the_diffusers_folder() {
         "{:?}",
         converted.unknown_keys
     );
-    assert_same(
-        "unet",
-        &load("model/unet/diffusion_pytorch_model.safetensors"),
-        &converted.unet,
-    );
-    assert_same(
-        "vae",
-        &load("model/vae/diffusion_pytorch_model.safetensors"),
-        &converted.vae,
-    );
+    assert_unet_and_vae_match(&fixture("model"), &converted);
     assert_same(
         "text_encoder",
         &load("model/text_encoder/model.safetensors"),
@@ -225,23 +232,7 @@ fn detection_reads_the_text_encoder_keys() {
     assert!(err.to_string().contains("diffusers folder"), "{err}");
 }
 
-#[test]
-fn sdxl_is_detected_but_refused_for_now() {
-    let dev = Device::Cpu;
-    let mut tensors = HashMap::new();
-    tensors.insert(
-        "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight".to_string(),
-        Tensor::zeros(4, DType::F32, &dev).expect("zeros"),
-    );
-    let err = convert(tensors, &fixture_layout())
-        .err()
-        .expect("must fail");
-    assert!(err
-        .to_string()
-        .contains("SDXL single-file checkpoints are not supported yet"));
-}
-
-fn refusal(path: &Path) -> String {
+pub(super) fn refusal(path: &Path) -> String {
     match load_tensors(path) {
         Ok(_) => panic!("{} must be refused", path.display()),
         Err(e @ EngineError::Model(_)) => e.to_string(),

@@ -7,9 +7,7 @@
 //! (`.0.op`), except the last block. `output_blocks` hold `layers_per_block + 1` entries per up
 //! block (resnet `.0`, attention `.1`, and the upsampler `.1.conv` or `.2.conv` on the last entry).
 
-#[cfg(test)]
-use std::collections::BTreeSet;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use candle_core::Tensor;
 
@@ -27,7 +25,7 @@ pub(crate) fn map_key(key: &str, layers_per_block: usize) -> Option<String> {
     match parts.as_slice() {
         ["time_embed", "0", leaf] => Some(format!("time_embedding.linear_1.{leaf}")),
         ["time_embed", "2", leaf] => Some(format!("time_embedding.linear_2.{leaf}")),
-        // SDXL's pooled-text/size embedding; kept so SDXL support can build on this module.
+        // SDXL's `text_time` embedding of the pooled text and the size conditioning.
         ["label_emb", "0", "0", leaf] => Some(format!("add_embedding.linear_1.{leaf}")),
         ["label_emb", "0", "2", leaf] => Some(format!("add_embedding.linear_2.{leaf}")),
         ["out", "0", leaf] => Some(format!("conv_norm_out.{leaf}")),
@@ -191,8 +189,9 @@ pub(crate) fn check_layout(unet: &HashMap<String, Tensor>, layout: &UNetLayout) 
 
 /// Best-effort guess of the UNet layout from checkpoint keys and shapes (full keys, with the
 /// `model.diffusion_model.` prefix), for when no config folder is given. `None` when the keys do
-/// not form a consistent LDM UNet.
-#[cfg(test)]
+/// not form a consistent LDM UNet. SDXL's SGM keys are the same LDM names: its first down block
+/// without attention and its deeper transformers (`transformer_blocks.K`) need nothing apart.
+#[cfg_attr(not(test), allow(dead_code))] // for single files without a config folder
 pub fn infer_unet_layout<'a>(
     shapes: impl IntoIterator<Item = (&'a str, &'a [usize])>,
 ) -> Option<UNetLayout> {

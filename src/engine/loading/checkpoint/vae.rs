@@ -36,7 +36,7 @@ pub(crate) fn convert(
 
 /// `[C_out, C_in, 1, 1]` conv weight -> `[C_out, C_in]` linear weight; anything else unchanged
 /// (some converted checkpoints already store them 2-D, and biases are 1-D).
-fn squeeze_1x1(tensor: Tensor) -> Result<Tensor> {
+pub(crate) fn squeeze_1x1(tensor: Tensor) -> Result<Tensor> {
     match *tensor.dims() {
         [out, inp, 1, 1] => Ok(tensor.reshape((out, inp))?),
         _ => Ok(tensor),
