@@ -85,8 +85,14 @@ fn sdxl_portraits_regenerate_and_a1111_hires_work_end_to_end() {
         images.push(bytes);
     }
     // The same request on the same model paints the same image; the other model another one.
-    assert_eq!(images[0], images[2], "SDXL after SD 1.5 must repaint exactly");
-    assert_ne!(images[0], images[1], "the SD 1.5 model paints another image");
+    assert_eq!(
+        images[0], images[2],
+        "SDXL after SD 1.5 must repaint exactly"
+    );
+    assert_ne!(
+        images[0], images[1],
+        "the SD 1.5 model paints another image"
+    );
 }
 
 #[test]

@@ -323,6 +323,10 @@ pub struct ClipConfig {
     pub hidden_act: ClipActivation,
     #[serde(default = "eps5")]
     pub layer_norm_eps: f64,
+    /// Width of `text_projection` (transformers writes it for every CLIP config; only weights
+    /// that have a projection use it).
+    #[serde(default)]
+    pub projection_dim: Option<usize>,
 }
 
 fn seventy_seven() -> usize {

@@ -390,6 +390,7 @@ impl LoadOptions {
             vae_tile,
             max_memory: config.max_memory,
             prediction_type: None,
+            vae: None,
         })
     }
 }

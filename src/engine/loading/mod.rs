@@ -5,4 +5,6 @@
 pub mod checkpoint;
 pub mod model;
 pub mod model_hash;
+#[cfg(test)]
+mod vae_override_tests;
 mod weights;

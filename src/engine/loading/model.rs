@@ -72,6 +72,8 @@ pub struct LoadOptions {
     /// Overrides the scheduler's prediction type ("epsilon" / "v_prediction"), for single files
     /// whose type cannot be read from the weights.
     pub prediction_type: Option<String>,
+    /// A VAE file that replaces the model's own (None = the model's).
+    pub vae: Option<PathBuf>,
 }
 
 /// Tile side (latent cells) for VAE decodes too large for the memory limit: 512 px on the CPU,
@@ -91,6 +93,7 @@ impl LoadOptions {
             vae_tile: Some(64),
             max_memory: None,
             prediction_type: None,
+            vae: None,
         }
     }
 }
@@ -128,6 +131,8 @@ struct Preset {
     unet: &'static str,
     vae: &'static str,
     text_encoder: &'static str,
+    /// SDXL's second encoder (its tokenizer pads with `!`).
+    text_encoder_2: Option<&'static str>,
     scheduler: &'static str,
     pad: &'static str,
 }
@@ -136,6 +141,7 @@ const SD15: Preset = Preset {
     unet: include_str!("../presets/sd15/unet.json"),
     vae: include_str!("../presets/sd15/vae.json"),
     text_encoder: include_str!("../presets/sd15/text_encoder.json"),
+    text_encoder_2: None,
     scheduler: include_str!("../presets/sd15/scheduler.json"),
     pad: "<|endoftext|>",
 };
@@ -144,9 +150,73 @@ const SD21: Preset = Preset {
     unet: include_str!("../presets/sd21/unet.json"),
     vae: include_str!("../presets/sd21/vae.json"),
     text_encoder: include_str!("../presets/sd21/text_encoder.json"),
+    text_encoder_2: None,
     scheduler: include_str!("../presets/sd21/scheduler.json"),
     pad: "!",
 };
+
+const SDXL: Preset = Preset {
+    unet: include_str!("../presets/sdxl/unet.json"),
+    vae: include_str!("../presets/sdxl/vae.json"),
+    text_encoder: include_str!("../presets/sdxl/text_encoder.json"),
+    text_encoder_2: Some(include_str!("../presets/sdxl/text_encoder_2.json")),
+    scheduler: include_str!("../presets/sdxl/scheduler.json"),
+    pad: "<|endoftext|>",
+};
+
+/// The built-in CLIP vocabulary with `pad` as its padding token.
+fn preset_tokenizer(pad: &str) -> Result<ClipTokenizer> {
+    ClipTokenizer::from_bytes(CLIP_VOCAB, CLIP_MERGES, PadToken::Token(pad.to_string()))
+}
+
+/// A component's configs, from a diffusers folder describing the model or else the preset.
+struct Configs {
+    unet: UNetConfig,
+    vae: VaeConfig,
+    text_encoder: ClipConfig,
+    tokenizer: ClipTokenizer,
+    /// SDXL: the second encoder's config and tokenizer.
+    text_encoder_2: Option<(ClipConfig, ClipTokenizer)>,
+    scheduler: SchedulerConfig,
+    force_zeros_for_empty_prompt: bool,
+}
+
+impl Configs {
+    fn from_preset(preset: &Preset) -> Result<Self> {
+        Ok(Self {
+            unet: parse_preset(preset.unet)?,
+            vae: parse_preset(preset.vae)?,
+            text_encoder: parse_preset(preset.text_encoder)?,
+            tokenizer: preset_tokenizer(preset.pad)?,
+            text_encoder_2: match preset.text_encoder_2 {
+                Some(te2) => Some((parse_preset(te2)?, preset_tokenizer("!")?)),
+                None => None,
+            },
+            scheduler: parse_preset(preset.scheduler)?,
+            force_zeros_for_empty_prompt: preset.text_encoder_2.is_some(),
+        })
+    }
+
+    fn from_dir(dir: &Path, sdxl: bool) -> Result<Self> {
+        let index = read_model_index(dir)?;
+        Ok(Self {
+            unet: UNetConfig::load(&dir.join("unet/config.json"))?,
+            vae: VaeConfig::load(&dir.join("vae/config.json"))?,
+            text_encoder: ClipConfig::load(&dir.join("text_encoder/config.json"))?,
+            tokenizer: ClipTokenizer::from_dir(&dir.join("tokenizer"))?,
+            text_encoder_2: if sdxl {
+                Some((
+                    ClipConfig::load(&dir.join("text_encoder_2/config.json"))?,
+                    ClipTokenizer::from_dir(&dir.join("tokenizer_2"))?,
+                ))
+            } else {
+                None
+            },
+            scheduler: read_json(&dir.join("scheduler/scheduler_config.json"))?,
+            force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt.unwrap_or(sdxl),
+        })
+    }
+}
 
 const CLIP_VOCAB: &[u8] = include_bytes!("../presets/clip/vocab.json");
 const CLIP_MERGES: &[u8] = include_bytes!("../presets/clip/merges.txt");
@@ -238,6 +308,38 @@ pub fn hashed_file(source: &ModelSource) -> Option<PathBuf> {
         ModelSource::SingleFile { file, .. } => Some(file.clone()),
         ModelSource::Random(_) => None,
     }
+}
+
+/// The weights of a VAE override (`--vae`, weights.toml `vae`, A1111's `sd_vae`): a VAE file in
+/// the LDM or diffusers layout.
+fn override_vae(
+    path: &Path,
+    config: &VaeConfig,
+    opts: &LoadOptions,
+    counter: &WeightBytes,
+) -> Result<VarBuilder<'static>> {
+    let weights = checkpoint::load_vae_file(path)?;
+    Ok(counter.builder(weights, vae_dtype(config, opts.dtype), &opts.device))
+}
+
+/// A single file's VAE: the override when one is set, else the one baked into the checkpoint.
+fn vae_weights(
+    baked: HashMap<String, Tensor>,
+    config: &VaeConfig,
+    opts: &LoadOptions,
+    counter: &WeightBytes,
+    file: &Path,
+) -> Result<VarBuilder<'static>> {
+    if let Some(path) = &opts.vae {
+        return override_vae(path, config, opts, counter);
+    }
+    if baked.is_empty() {
+        return Err(EngineError::Model(format!(
+            "{} has no VAE baked in; choose one with --vae (or `vae = ...` in weights.toml)",
+            file.display()
+        )));
+    }
+    Ok(counter.builder(baked, vae_dtype(config, opts.dtype), &opts.device))
 }
 
 /// SDXL's VAE overflows in f16 (`force_upcast`): it runs in f32 beside an f16 UNet.
@@ -347,12 +449,15 @@ impl StableDiffusion {
                 unet: (unet_config, vb(&unet_files)?),
                 vae: (
                     vae_config.clone(),
-                    mmap_vb(
-                        &vae_files,
-                        vae_dtype(&vae_config, opts.dtype),
-                        &opts.device,
-                        &counter,
-                    )?,
+                    match &opts.vae {
+                        Some(path) => override_vae(path, &vae_config, opts, &counter)?,
+                        None => mmap_vb(
+                            &vae_files,
+                            vae_dtype(&vae_config, opts.dtype),
+                            &opts.device,
+                            &counter,
+                        )?,
+                    },
                 ),
                 text_encoder: (clip_config, vb(&te_files)?),
                 text_encoder_2,
@@ -373,69 +478,67 @@ impl StableDiffusion {
         opts: &LoadOptions,
     ) -> Result<Self> {
         let tensors = checkpoint::load_tensors(file)?;
-        let architecture = checkpoint::detect_architecture(tensors.keys().map(|k| k.as_str()))?;
-        let preset = match architecture {
-            Architecture::Sd1 => &SD15,
-            Architecture::Sd2 => &SD21,
-            Architecture::Sdxl => {
+        let architecture = checkpoint::detect_architecture(tensors.keys().map(|k| k.as_str()))
+            .map_err(|e| EngineError::Model(format!("{}: {e}", file.display())))?;
+        let sdxl = architecture == Architecture::Sdxl;
+        let mut c = match config {
+            Some(dir) => Configs::from_dir(dir, sdxl)?,
+            None => Configs::from_preset(match architecture {
+                Architecture::Sd1 => &SD15,
+                Architecture::Sd2 => &SD21,
+                Architecture::Sdxl => &SDXL,
+            })?,
+        };
+        let layout = UNetLayout::from_block_types(
+            c.unet.block_out_channels.clone(),
+            c.unet.layers_per_block,
+            &c.unet.down_block_types,
+            &c.unet.up_block_types,
+        );
+        let converted = checkpoint::convert(tensors, &layout)?;
+        if let Some(layers) = converted.text_encoder_layers {
+            c.text_encoder.num_hidden_layers = layers;
+        }
+        // A v-prediction checkpoint says so (NoobAI-style `v_pred`, with `ztsnr` for zero
+        // terminal SNR), as A1111 and ComfyUI read it.
+        if converted.prediction.v_pred {
+            c.scheduler.prediction_type = "v_prediction".into();
+        }
+        if converted.prediction.ztsnr {
+            c.scheduler.rescale_betas_zero_snr = true;
+            c.scheduler.timestep_spacing = Some("trailing".into());
+        }
+        let counter = WeightBytes::default();
+        let from = |map: HashMap<String, Tensor>| counter.builder(map, opts.dtype, &opts.device);
+        let text_encoder_2 = match (c.text_encoder_2, converted.text_encoder_2) {
+            (Some((mut config, tokenizer)), Some(weights)) => {
+                if let Some(layers) = converted.text_encoder_2_layers {
+                    config.num_hidden_layers = layers;
+                }
+                Some((config, from(weights), tokenizer))
+            }
+            (None, None) => None,
+            _ => {
                 return Err(EngineError::Model(format!(
-                    "{} is an SDXL checkpoint; SDXL is not supported yet",
+                    "{}: the checkpoint and its --config disagree on SDXL's second text encoder",
                     file.display()
                 )))
             }
         };
-        let (unet_config, vae_config, mut clip_config, scheduler, tokenizer) = match config {
-            Some(dir) => (
-                UNetConfig::load(&dir.join("unet/config.json"))?,
-                VaeConfig::load(&dir.join("vae/config.json"))?,
-                ClipConfig::load(&dir.join("text_encoder/config.json"))?,
-                read_json::<SchedulerConfig>(&dir.join("scheduler/scheduler_config.json"))?,
-                ClipTokenizer::from_dir(&dir.join("tokenizer"))?,
-            ),
-            None => (
-                parse_preset(preset.unet)?,
-                parse_preset(preset.vae)?,
-                parse_preset(preset.text_encoder)?,
-                parse_preset(preset.scheduler)?,
-                ClipTokenizer::from_bytes(
-                    CLIP_VOCAB,
-                    CLIP_MERGES,
-                    PadToken::Token(preset.pad.to_string()),
-                )?,
-            ),
-        };
-        let layout = UNetLayout::from_block_types(
-            unet_config.block_out_channels.clone(),
-            unet_config.layers_per_block,
-            &unet_config.down_block_types,
-            &unet_config.up_block_types,
-        );
-        let converted = checkpoint::convert(tensors, &layout)?;
-        if let Some(layers) = converted.text_encoder_layers {
-            clip_config.num_hidden_layers = layers;
-        }
-        let counter = WeightBytes::default();
-        let from = |map: HashMap<String, Tensor>| counter.builder(map, opts.dtype, &opts.device);
+        let vae = vae_weights(converted.vae, &c.vae, opts, &counter, file)?;
         Self::assemble(
             name,
             architecture,
-            tokenizer,
+            c.tokenizer,
             Components {
-                unet: (unet_config, from(converted.unet)),
-                vae: (
-                    vae_config.clone(),
-                    counter.builder(
-                        converted.vae,
-                        vae_dtype(&vae_config, opts.dtype),
-                        &opts.device,
-                    ),
-                ),
-                text_encoder: (clip_config, from(converted.text_encoder)),
-                text_encoder_2: None,
+                unet: (c.unet, from(converted.unet)),
+                vae: (c.vae, vae),
+                text_encoder: (c.text_encoder, from(converted.text_encoder)),
+                text_encoder_2,
                 counter: counter.clone(),
-                force_zeros_for_empty_prompt: false,
+                force_zeros_for_empty_prompt: c.force_zeros_for_empty_prompt,
             },
-            scheduler,
+            c.scheduler,
             opts,
         )
     }
@@ -444,31 +547,37 @@ impl StableDiffusion {
         let (preset, architecture) = match arch {
             "sd15" | "sd1" => (&SD15, Architecture::Sd1),
             "sd21" | "sd2" => (&SD21, Architecture::Sd2),
+            "sdxl" => (&SDXL, Architecture::Sdxl),
             other => {
                 return Err(EngineError::invalid(
                     "model",
                     format!(
-                        "unknown random architecture '{other}'; use random:sd15 or random:sd21"
+                        "unknown random architecture '{other}'; use random:sd15, random:sd21 \
+                         or random:sdxl"
                     ),
                 ))
             }
         };
+        let c = Configs::from_preset(preset)?;
         // Plain tensors, not a VarMap: autograd Vars would keep every forward graph alive.
         let counter = WeightBytes::default();
-        let vb = || counter.builder(RandomWeights, opts.dtype, &opts.device);
+        let vb = |dtype| counter.builder(RandomWeights, dtype, &opts.device);
+        let vae_dtype = vae_dtype(&c.vae, opts.dtype);
         Self::assemble(
             name,
             architecture,
-            ClipTokenizer::from_bytes(CLIP_VOCAB, CLIP_MERGES, PadToken::Token(preset.pad.into()))?,
+            c.tokenizer,
             Components {
-                unet: (parse_preset(preset.unet)?, vb()),
-                vae: (parse_preset(preset.vae)?, vb()),
-                text_encoder: (parse_preset(preset.text_encoder)?, vb()),
-                text_encoder_2: None,
+                unet: (c.unet, vb(opts.dtype)),
+                vae: (c.vae, vb(vae_dtype)),
+                text_encoder: (c.text_encoder, vb(opts.dtype)),
+                text_encoder_2: c
+                    .text_encoder_2
+                    .map(|(config, tokenizer)| (config, vb(opts.dtype), tokenizer)),
                 counter: counter.clone(),
-                force_zeros_for_empty_prompt: false,
+                force_zeros_for_empty_prompt: c.force_zeros_for_empty_prompt,
             },
-            parse_preset(preset.scheduler)?,
+            c.scheduler,
             opts,
         )
     }

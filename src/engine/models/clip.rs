@@ -107,7 +107,11 @@ impl ClipTextModel {
     /// A `text_projection.weight` beside `text_model.*` is loaded as the pooled projection.
     pub fn new(vb: VarBuilder, cfg: &ClipConfig) -> Result<Self> {
         let projection = if vb.contains_tensor("text_projection.weight") {
-            let out = vb.get_unchecked("text_projection.weight")?.dim(0)?;
+            // The stored shape, else the config's (random weights have no stored shapes).
+            let out = match vb.get_unchecked("text_projection.weight") {
+                Ok(t) => t.dim(0)?,
+                Err(_) => cfg.projection_dim.unwrap_or(cfg.hidden_size),
+            };
             Some(candle_nn::linear_no_bias(
                 cfg.hidden_size,
                 out,

@@ -29,10 +29,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::error::{EngineError, Result};
 
-// Not called by the model loader yet: single files without a config folder, and `--vae`.
+// Not called by the model loader: single files without a config folder use the presets.
 #[cfg_attr(not(test), allow(unused_imports))]
 pub use unet::infer_unet_layout;
-#[cfg_attr(not(test), allow(unused_imports))]
 pub use vae_file::load_vae_file;
 
 /// The model family of a single-file checkpoint, as told by its text-encoder keys.
@@ -117,7 +116,6 @@ pub struct Converted {
     /// as in `text_encoder_2/model.safetensors`: `text_model.embeddings.*`,
     /// `text_model.encoder.layers.N.*`, `text_model.final_layer_norm.*` and
     /// `text_projection.weight`. `None` for SD1 and SD2.
-    #[cfg_attr(not(test), allow(dead_code))] // wired in by the SDXL model loader
     pub text_encoder_2: Option<HashMap<String, Tensor>>,
     /// Encoder layers in `text_encoder`, for its config's `num_hidden_layers`. SD1 and SDXL: all
     /// the checkpoint holds. SD2: one fewer, since SD2 conditions on the penultimate layer and
@@ -125,10 +123,8 @@ pub struct Converted {
     pub text_encoder_layers: Option<usize>,
     /// Encoder layers in `text_encoder_2` (all the checkpoint holds: SDXL takes the context from
     /// the penultimate layer but the pooled output from the last); `None` without one.
-    #[cfg_attr(not(test), allow(dead_code))] // wired in by the SDXL model loader
     pub text_encoder_2_layers: Option<usize>,
     /// The v-prediction markers the checkpoint carries.
-    #[cfg_attr(not(test), allow(dead_code))] // wired in by the SDXL model loader
     pub prediction: PredictionMarkers,
     /// Checkpoint keys that fit no known layout (sorted); the caller decides whether to warn.
     #[cfg_attr(not(test), allow(dead_code))]

@@ -43,7 +43,6 @@ fn layout_of(key: &str) -> Option<Layout> {
 /// (`encoder.*`, `decoder.*`, `quant_conv.*`, `post_quant_conv.*`), in their stored dtype on the
 /// CPU. Pickles are refused as for checkpoints. A full checkpoint works too: its
 /// `first_stage_model.*` (the baked-in VAE) is taken and the rest left alone.
-#[cfg_attr(not(test), allow(dead_code))] // the `--vae` override is wired in by the model loader
 pub fn load_vae_file(path: &Path) -> Result<HashMap<String, Tensor>> {
     let tensors = super::file::load(path, "VAE file")?;
     let (vae, unknown) = convert_vae_file(tensors)
