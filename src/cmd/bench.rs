@@ -11,7 +11,8 @@ use super::common::ModelArgs;
 /// Arguments of `limner bench`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A weights.toml name, a path, or random:sd15 / random:sd21 (full-size, random weights).
+    /// A weights.toml name, a path, or random:sd15 / random:sd21 / random:sdxl (full-size,
+    /// random weights).
     #[command(flatten)]
     pub model: ModelArgs,
     #[arg(long, default_value_t = 512)]

@@ -11,7 +11,8 @@ use limner::portraits::DeviceClass;
 #[derive(clap::Args, Clone)]
 pub struct ModelArgs {
     /// A model name from weights.toml, a diffusers folder, a .safetensors checkpoint, or
-    /// random:sd15 / random:sd21 (full-size architecture, random weights; for benchmarks).
+    /// random:sd15 / random:sd21 / random:sdxl (full-size architecture, random weights; for
+    /// benchmarks).
     #[arg(long, env = "LIMNER_MODEL")]
     pub model: String,
     /// For a single-file checkpoint: a diffusers folder describing its architecture.
