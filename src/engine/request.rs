@@ -469,6 +469,20 @@ mod tests {
             ),
             (
                 GenerationRequest {
+                    guidance_rescale: Some(1.5),
+                    ..req()
+                },
+                "guidance_rescale",
+            ),
+            (
+                GenerationRequest {
+                    guidance_rescale: Some(-0.1),
+                    ..req()
+                },
+                "guidance_rescale",
+            ),
+            (
+                GenerationRequest {
                     batch_size: Some(0),
                     ..req()
                 },

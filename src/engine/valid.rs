@@ -57,6 +57,10 @@ impl ValidRequest {
     pub fn cfg_scale(&self) -> f64 {
         self.job.cfg_scale
     }
+    /// CFG rescale (0 = off).
+    pub fn guidance_rescale(&self) -> f64 {
+        self.job.guidance_rescale
+    }
     /// The sampler as A1111 names it ("DPM++ 2M Karras").
     pub fn sampler_name(&self) -> String {
         self.job.sampler.display_name()

@@ -95,6 +95,8 @@ pub struct GenerateOptions {
     pub model: Option<String>,
     pub steps: Option<usize>,
     pub cfg_scale: Option<f64>,
+    /// CFG rescale 0-1 (for v-prediction models); default: the model's.
+    pub guidance_rescale: Option<f64>,
     pub sampler: Option<String>,
     pub scheduler: Option<String>,
     /// -1 or absent = random.
