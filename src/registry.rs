@@ -180,6 +180,8 @@ pub struct ResolvedModel {
     pub location: ModelLocation,
     /// The registry entry when resolved by name (defaults, architecture hint).
     pub entry: Option<ModelEntry>,
+    /// The entry's `vae`, found on disk.
+    pub vae: Option<PathBuf>,
 }
 
 /// The repo's `weights.toml`, compiled in: the registry when no file is given or found.
@@ -368,10 +370,21 @@ impl Registry {
     pub fn resolve(&self, name_or_path: &str, models_dir: &Path) -> Result<ResolvedModel> {
         if let Some(entry) = self.models.get(name_or_path) {
             let location = self.locate_entry(name_or_path, entry, models_dir)?;
+            let vae = match &entry.vae {
+                Some(v) => Some(self.resolve_vae(v, models_dir).map_err(|e| match e {
+                    RegistryError::BadPath { path, message } => RegistryError::BadPath {
+                        path,
+                        message: format!("the vae of model '{name_or_path}': {message}"),
+                    },
+                    other => other,
+                })?),
+                None => None,
+            };
             return Ok(ResolvedModel {
                 name: name_or_path.to_string(),
                 location,
                 entry: Some(entry.clone()),
+                vae,
             });
         }
         let path = Path::new(name_or_path);
@@ -395,6 +408,23 @@ impl Registry {
             name,
             location,
             entry: None,
+            vae: None,
+        })
+    }
+
+    /// A VAE given by `weights.toml` or `--vae`: a file name in `MODELS_DIR/vae/` (with or
+    /// without `.safetensors`), else a `.safetensors` path (relative to this file's folder).
+    pub fn resolve_vae(&self, value: &str, models_dir: &Path) -> Result<PathBuf> {
+        let dir = models_dir.join(crate::engine::VAE_DIR);
+        let found = crate::engine::scan_vae_dir(&dir);
+        crate::engine::locate_vae(&found, value, &self.base_dir).ok_or_else(|| {
+            RegistryError::BadPath {
+                path: PathBuf::from(value),
+                message: format!(
+                    "no such VAE: neither a .safetensors file in {} nor a .safetensors path",
+                    dir.display()
+                ),
+            }
         })
     }
 
@@ -523,6 +553,13 @@ impl ResolvedModel {
                 config: config.clone(),
             },
         }
+    }
+
+    /// The entry's `[scheduler] prediction_type`, if it gives one.
+    pub fn prediction_type(&self) -> Option<String> {
+        self.entry
+            .as_ref()
+            .and_then(|e| e.scheduler.prediction_type.clone())
     }
 
     /// The entry's defaults over the regeneration guide's portrait defaults (512x768, 25 steps, CFG 8, Euler a).

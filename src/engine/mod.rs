@@ -27,6 +27,7 @@ pub(crate) mod samplers;
 pub(crate) mod text;
 mod tiled;
 mod valid;
+pub(crate) mod vae;
 pub(crate) mod worker;
 
 #[cfg(test)]
@@ -51,5 +52,8 @@ pub use output::{
 };
 pub use pipeline::{HiresPass, Progress, Timings};
 pub use request::{Defaults, GeneratedImage, GenerationRequest, GenerationResult, HiresRequest};
+pub use vae::{
+    find_vae, locate_vae, match_vae_name, scan_vae_dir, VaeChoice, VaeFile, VAE_DIR,
+};
 pub use valid::{PassPlan, ValidRequest};
 pub use worker::{Engine, EngineConfig, EngineState, ModelSpec};

@@ -73,6 +73,9 @@ pub struct LoadOptions {
     /// Overrides the scheduler's prediction type ("epsilon" / "v_prediction"), for single files
     /// whose type cannot be read from the weights.
     pub prediction_type: Option<String>,
+    /// A VAE safetensors file (LDM or diffusers names) to decode and encode with instead of
+    /// the model's own (`weights.toml` `vae`, `--vae`, A1111's `sd_vae`); None = the model's.
+    pub vae: Option<std::path::PathBuf>,
 }
 
 /// Tile side (latent cells) for VAE decodes too large for the memory limit: 512 px on the CPU,
@@ -92,6 +95,7 @@ impl LoadOptions {
             vae_tile: Some(64),
             max_memory: None,
             prediction_type: None,
+            vae: None,
         }
     }
 }
