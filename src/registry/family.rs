@@ -11,7 +11,7 @@ use super::Architecture;
 /// `score_9, ...`, Illustrious' and NoobAI's danbooru quality tags). Picks the
 /// `prompts/families/<family>.toml` tags of portrait prompts; families without a file keep the
 /// style's own template.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     Sd1,
