@@ -504,3 +504,39 @@ pub(crate) fn generate_on(
         timings: out.timings,
     })
 }
+
+#[cfg(test)]
+mod vae_tests {
+    use super::*;
+
+    #[test]
+    fn a_request_picks_the_configured_the_baked_or_a_named_vae() {
+        let spec = ModelSpec {
+            name: "m".into(),
+            source: ModelSource::Folder(PathBuf::from("m")),
+            defaults: Defaults::default(),
+            prediction_type: None,
+            vae: Some(PathBuf::from("/models/vae/fix.safetensors")),
+        };
+        let vaes = vec![VaeFile {
+            name: "mse.safetensors".into(),
+            path: PathBuf::from("/models/vae/mse.safetensors"),
+        }];
+        assert_eq!(
+            chosen_vae(&spec, &VaeChoice::Automatic, &vaes).unwrap(),
+            spec.vae
+        );
+        assert_eq!(chosen_vae(&spec, &VaeChoice::Baked, &vaes).unwrap(), None);
+        assert_eq!(
+            chosen_vae(&spec, &VaeChoice::Named("MSE".into()), &vaes).unwrap(),
+            Some(PathBuf::from("/models/vae/mse.safetensors"))
+        );
+        match chosen_vae(&spec, &VaeChoice::Named("gone".into()), &vaes) {
+            Err(EngineError::InvalidInput { field, message }) => {
+                assert_eq!(field, "vae");
+                assert!(message.contains("mse.safetensors"), "{message}");
+            }
+            other => panic!("expected a vae input error, got {other:?}"),
+        }
+    }
+}

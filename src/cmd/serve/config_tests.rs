@@ -245,7 +245,7 @@ fn switches_and_lists_read_as_before() {
 #[test]
 fn the_table_of_settings_is_well_formed() {
     let mut keys: Vec<&str> = SETTINGS.iter().map(|s| s.key.as_str()).collect();
-    assert_eq!(keys.len(), 20);
+    assert_eq!(keys.len(), 22);
     keys.sort();
     keys.dedup();
     assert_eq!(keys.len(), SETTINGS.len(), "keys are unique");
@@ -287,4 +287,27 @@ fn the_readme_table_lists_every_setting() {
         }
     }
     assert_eq!(rows.len(), SETTINGS.len(), "one row per setting: {rows:#?}");
+}
+
+#[test]
+fn vae_and_style_architecture_follow_the_precedence() {
+    let c = resolve(&[flags(&[]), env(&[]), file("")]).unwrap();
+    assert_eq!(c.vae, None);
+    assert_eq!(c.style_architecture, limner::registry::Architecture::Sd1);
+    let c = resolve(&[
+        flags(&["--vae", "sdxl-vae-fp16-fix.safetensors"]),
+        env(&[
+            ("LIMNER_VAE", "other.safetensors"),
+            ("LIMNER_STYLE_ARCHITECTURE", "SDXL"),
+        ]),
+        file("vae = \"third.safetensors\"\nstyle_architecture = \"sd2\""),
+    ])
+    .unwrap();
+    assert_eq!(c.vae.as_deref(), Some("sdxl-vae-fp16-fix.safetensors"));
+    assert_eq!(c.style_architecture, limner::registry::Architecture::Sdxl);
+    let e = resolve(&[flags(&["--style-architecture", "sd3"])]).unwrap_err();
+    assert!(
+        e.contains("--style-architecture") && e.contains("sd1, sd2, sdxl, sd-turbo, sdxl-turbo"),
+        "{e}"
+    );
 }
