@@ -63,7 +63,10 @@ async fn sd_vae_lists_sets_and_overrides() {
              "filename": "vae-ft-mse-840000.safetensors"}
         ])
     );
-    assert_eq!(t.get("/sdapi/v1/options").await.json()["sd_vae"], "Automatic");
+    assert_eq!(
+        t.get("/sdapi/v1/options").await.json()["sd_vae"],
+        "Automatic"
+    );
     txt2img(&t, json!({"steps": 1, "width": 64, "height": 64})).await;
     assert_eq!(last_vae(&t), VaeChoice::Automatic);
 
@@ -114,7 +117,10 @@ async fn sd_vae_lists_sets_and_overrides() {
         .post("/sdapi/v1/options", json!({"sd_vae": "Automatic"}))
         .await;
     assert_eq!(r.status, 200);
-    assert_eq!(t.get("/sdapi/v1/options").await.json()["sd_vae"], "Automatic");
+    assert_eq!(
+        t.get("/sdapi/v1/options").await.json()["sd_vae"],
+        "Automatic"
+    );
 }
 
 #[tokio::test]
@@ -122,7 +128,10 @@ async fn unknown_vaes_are_422_naming_the_field_and_change_nothing() {
     let t = app();
     let calls = t.backend.calls();
     for (body, loc) in [
-        (json!({"sd_vae": "nope.safetensors"}), json!(["body", "sd_vae"])),
+        (
+            json!({"sd_vae": "nope.safetensors"}),
+            json!(["body", "sd_vae"]),
+        ),
         (json!({"sd_vae": "old-vae.pt"}), json!(["body", "sd_vae"])),
         (json!({"sd_vae": 3}), json!(["body", "sd_vae"])),
         // Both options are checked before either is set.
@@ -143,7 +152,10 @@ async fn unknown_vaes_are_422_naming_the_field_and_change_nothing() {
         }
     }
     let o = t.get("/sdapi/v1/options").await.json();
-    assert_eq!((o["sd_vae"].as_str(), o["sd_model_checkpoint"].as_str()), (Some("Automatic"), Some("dreamshaper-8")));
+    assert_eq!(
+        (o["sd_vae"].as_str(), o["sd_model_checkpoint"].as_str()),
+        (Some("Automatic"), Some("dreamshaper-8"))
+    );
     for sd_vae in [json!("nope"), json!(false)] {
         let r = t
             .post(
@@ -170,7 +182,10 @@ async fn the_checkpoint_switches_between_sd15_and_sdxl() {
         .iter()
         .map(|m| m["model_name"].as_str().unwrap())
         .collect();
-    assert!(names.contains(&"dreamshaper-8") && names.contains(&"illustrious-xl"), "{names:?}");
+    assert!(
+        names.contains(&"dreamshaper-8") && names.contains(&"illustrious-xl"),
+        "{names:?}"
+    );
 
     // No size given: each model's own defaults (A1111's 512x512 API default is not ours to
     // pick for the native size, so sizes are asked for explicitly here).
@@ -190,7 +205,10 @@ async fn the_checkpoint_switches_between_sd15_and_sdxl() {
     )
     .await;
     assert_eq!(info(&sd15)["sd_model_name"], "dreamshaper-8");
-    assert_eq!(t.backend.last_request().unwrap().model(), Some("dreamshaper-8"));
+    assert_eq!(
+        t.backend.last_request().unwrap().model(),
+        Some("dreamshaper-8")
+    );
 
     // The option switches every later request, to SDXL and back.
     for model in ["illustrious-xl", "dreamshaper-8", "illustrious-xl"] {
@@ -221,10 +239,18 @@ async fn openai_paints_sdxl_at_its_native_sizes() {
         ("auto", (832, 1216)),
     ] {
         let r = t.post("/v1/images/generations", generate(size)).await;
-        assert_eq!(r.status, 200, "{size}: {}", String::from_utf8_lossy(&r.bytes));
+        assert_eq!(
+            r.status,
+            200,
+            "{size}: {}",
+            String::from_utf8_lossy(&r.bytes)
+        );
         let bytes = unb64(r.json()["data"][0]["b64_json"].as_str().unwrap());
         assert_eq!(decode_image(&bytes).unwrap().dimensions(), want, "{size}");
-        assert_eq!(t.backend.last_request().unwrap().model(), Some("illustrious-xl"));
+        assert_eq!(
+            t.backend.last_request().unwrap().model(),
+            Some("illustrious-xl")
+        );
     }
     // The SD 1.5 model gets 1024x1024 too (its limits are the engine's, as before), and
     // sizes past them are refused for both.
@@ -243,7 +269,12 @@ async fn openai_paints_sdxl_at_its_native_sizes() {
                 json!({"prompt": "x", "model": model, "size": "4096x4096"}),
             )
             .await;
-        assert_eq!(r.status, 400, "{model}: {}", String::from_utf8_lossy(&r.bytes));
+        assert_eq!(
+            r.status,
+            400,
+            "{model}: {}",
+            String::from_utf8_lossy(&r.bytes)
+        );
         assert_eq!(r.json()["error"]["param"], "size", "{model}");
     }
 }

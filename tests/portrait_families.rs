@@ -94,8 +94,14 @@ fn one_character_three_families_three_prompts() {
 
     // SD 1.5: the style template exactly as before (A1111 quality tags, no family tags).
     let sd15 = prepare(&s, "sd15", "anime");
-    assert!(sd15.prompt().starts_with(&anime.quality), "{}", sd15.prompt());
-    assert!(sd15.prompt().contains("anime style, character portrait of Garrick"));
+    assert!(
+        sd15.prompt().starts_with(&anime.quality),
+        "{}",
+        sd15.prompt()
+    );
+    assert!(sd15
+        .prompt()
+        .contains("anime style, character portrait of Garrick"));
     assert!(!sd15.prompt().contains("score_9"), "{}", sd15.prompt());
     assert_eq!(sd15.negative_prompt(), anime.negative_prompt);
     // Plain SDXL has no family file: the same prompt as SD 1.5.
@@ -122,11 +128,25 @@ fn one_character_three_families_three_prompts() {
         "{}",
         pony.prompt()
     );
-    assert!(pony.prompt().contains("anime style, character portrait of Garrick"));
+    assert!(pony
+        .prompt()
+        .contains("anime style, character portrait of Garrick"));
     assert!(!pony.prompt().contains("masterpiece"), "{}", pony.prompt());
     let n = tags(pony.negative_prompt());
-    assert_eq!(n[..5], ["score_4", "score_5", "score_6", "source_pony", "source_furry"]);
-    assert!(n.contains(&"bad hands"), "the style's negatives follow: {n:?}");
+    assert_eq!(
+        n[..5],
+        [
+            "score_4",
+            "score_5",
+            "score_6",
+            "source_pony",
+            "source_furry"
+        ]
+    );
+    assert!(
+        n.contains(&"bad hands"),
+        "the style's negatives follow: {n:?}"
+    );
 
     // Illustrious: its quality tags, danbooru's 1boy for a male character, then the framing.
     let illu = prepare(&s, "illu", "anime");
@@ -167,11 +187,17 @@ fn a_style_without_family_tags_still_gets_the_family_quality_tags() {
     let s = setup();
     // "default" has no [styles] entry in pony.toml: just the score ladder.
     let pony = prepare(&s, "pony", "default");
-    assert!(pony.prompt().starts_with("score_9, score_8_up"), "{}", pony.prompt());
+    assert!(
+        pony.prompt().starts_with("score_9, score_8_up"),
+        "{}",
+        pony.prompt()
+    );
     assert!(!pony.prompt().contains("source_"), "{}", pony.prompt());
     let realistic = prepare(&s, "illu", "realistic");
     assert!(
-        realistic.prompt().contains("newest, 1boy, realistic, photorealistic"),
+        realistic
+            .prompt()
+            .contains("newest, 1boy, realistic, photorealistic"),
         "{}",
         realistic.prompt()
     );

@@ -26,8 +26,8 @@ pub(crate) mod request;
 pub(crate) mod samplers;
 pub(crate) mod text;
 mod tiled;
-mod valid;
 pub(crate) mod vae;
+mod valid;
 pub(crate) mod worker;
 
 #[cfg(test)]
@@ -52,8 +52,6 @@ pub use output::{
 };
 pub use pipeline::{HiresPass, Progress, Timings};
 pub use request::{Defaults, GeneratedImage, GenerationRequest, GenerationResult, HiresRequest};
-pub use vae::{
-    find_vae, locate_vae, match_vae_name, scan_vae_dir, VaeChoice, VaeFile, VAE_DIR,
-};
+pub use vae::{find_vae, locate_vae, match_vae_name, scan_vae_dir, VaeChoice, VaeFile, VAE_DIR};
 pub use valid::{PassPlan, ValidRequest};
 pub use worker::{Engine, EngineConfig, EngineState, ModelSpec};

@@ -150,7 +150,11 @@ mod tests {
         let vaes = scan_vae_dir(dir.path());
         let names: Vec<&str> = vaes.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names, ["a.safetensors", "b-vae.safetensors"]);
-        for wanted in ["b-vae.safetensors", "B-VAE", "models/vae/b-vae.safetensors [abc]"] {
+        for wanted in [
+            "b-vae.safetensors",
+            "B-VAE",
+            "models/vae/b-vae.safetensors [abc]",
+        ] {
             assert_eq!(
                 find_vae(&vaes, wanted).map(|v| v.name.as_str()),
                 Some("b-vae.safetensors"),

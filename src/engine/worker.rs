@@ -3,8 +3,8 @@
 //! outside this thread ever touches a tensor.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;

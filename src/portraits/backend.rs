@@ -13,7 +13,7 @@ use image::{Rgb, RgbImage};
 
 use crate::engine::{
     match_vae_name, CancelToken, Defaults, Engine, EngineError, EngineState, GeneratedImage,
-    GenerationResult, ModelHash, Progress, Timings, ValidRequest, VaeChoice,
+    GenerationResult, ModelHash, Progress, Timings, VaeChoice, ValidRequest,
 };
 
 /// Something that paints validated requests.

@@ -72,7 +72,10 @@ impl FamilyTags {
         let family = Family::parse(family).ok_or_else(|| {
             invalid(
                 1,
-                format!("'{family}' is not a model family; family files are named after one of {}", known()),
+                format!(
+                    "'{family}' is not a model family; family files are named after one of {}",
+                    known()
+                ),
             )
         })?;
         let mut tags: FamilyTags = toml::from_str(text).map_err(|e| {
@@ -85,8 +88,13 @@ impl FamilyTags {
             .chain(tags.gender.values())
         {
             if let Some(i) = value.find(['{', '}']) {
-                let line = text.find(value.as_str()).map_or(1, |o| line_of(text, o + i));
-                return Err(invalid(line, "placeholders are only allowed in style templates".into()));
+                let line = text
+                    .find(value.as_str())
+                    .map_or(1, |o| line_of(text, o + i));
+                return Err(invalid(
+                    line,
+                    "placeholders are only allowed in style templates".into(),
+                ));
             }
         }
         tags.styles = std::mem::take(&mut tags.styles)

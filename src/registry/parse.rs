@@ -300,11 +300,7 @@ fn parse_defaults(model: &str, arch: Architecture, v: &toml::Value) -> Result<Mo
     if sampler.as_deref().is_some_and(|s| s.trim().is_empty()) {
         return Err(invalid(model, "defaults.sampler", "must not be empty"));
     }
-    let max_steps = if arch.is_turbo() {
-        4
-    } else {
-        150
-    };
+    let max_steps = if arch.is_turbo() { 4 } else { 150 };
     let steps = get_int(model, "defaults.steps", t, "steps", 1, max_steps)?.map(|s| s as usize);
     let cfg_scale = match t.get("cfg_scale") {
         None => None,
@@ -318,11 +314,7 @@ fn parse_defaults(model: &str, arch: Architecture, v: &toml::Value) -> Result<Mo
             ))
         }
     };
-    let max_cfg = if arch.is_turbo() {
-        1.0
-    } else {
-        30.0
-    };
+    let max_cfg = if arch.is_turbo() { 1.0 } else { 30.0 };
     if let Some(c) = cfg_scale {
         if !(0.0..=max_cfg).contains(&c) {
             return Err(invalid(

@@ -480,17 +480,26 @@ fn the_repo_sdxl_models_and_their_portrait_defaults() {
         (ill.architecture, ill.family),
         (Architecture::Sdxl, Family::Illustrious)
     );
-    assert_eq!((ill.defaults.width, ill.defaults.height), (Some(832), Some(1216)));
+    assert_eq!(
+        (ill.defaults.width, ill.defaults.height),
+        (Some(832), Some(1216))
+    );
     assert_eq!(ill.defaults.hires_fix, Some(false));
     let real = reg.get("realvis-xl-5").unwrap();
-    assert_eq!((real.defaults.width, real.defaults.height), (Some(832), Some(1216)));
+    assert_eq!(
+        (real.defaults.width, real.defaults.height),
+        (Some(832), Some(1216))
+    );
     let turbo = reg.get("sdxl-turbo").unwrap();
     assert_eq!(turbo.architecture, Architecture::SdxlTurbo);
     assert_eq!(
         (turbo.defaults.steps, turbo.defaults.cfg_scale),
         (Some(1), Some(0.0))
     );
-    assert_eq!(turbo.scheduler.timestep_spacing.as_deref(), Some("trailing"));
+    assert_eq!(
+        turbo.scheduler.timestep_spacing.as_deref(),
+        Some("trailing")
+    );
     // Every hub entry is pinned to a commit or names its branch; SDXL ones to a commit.
     for name in ["illustrious-xl", "realvis-xl-5", "sdxl-turbo"] {
         let ModelSource::Hub { revision, .. } = &reg.get(name).unwrap().source else {
@@ -510,15 +519,30 @@ fn a_style_goes_to_the_preferred_architecture_then_falls_back() {
     let pick = |style, prefer, served: &dyn Fn(&str) -> bool| {
         reg.style_model(style, prefer, served).map(|m| m.0)
     };
-    assert_eq!(pick("fantasy", Architecture::Sd1, &all), Some("dreamshaper-8"));
-    assert_eq!(pick("Anime", Architecture::Sdxl, &all), Some("illustrious-xl"));
-    assert_eq!(pick("realistic", Architecture::Sdxl, &all), Some("realvis-xl-5"));
+    assert_eq!(
+        pick("fantasy", Architecture::Sd1, &all),
+        Some("dreamshaper-8")
+    );
+    assert_eq!(
+        pick("Anime", Architecture::Sdxl, &all),
+        Some("illustrious-xl")
+    );
+    assert_eq!(
+        pick("realistic", Architecture::Sdxl, &all),
+        Some("realvis-xl-5")
+    );
     // Only SDXL models served: they take the styles whatever the preference.
     let only_xl = |n: &str| n.ends_with("-xl") || n.starts_with("realvis");
-    assert_eq!(pick("cartoon", Architecture::Sd1, &only_xl), Some("illustrious-xl"));
+    assert_eq!(
+        pick("cartoon", Architecture::Sd1, &only_xl),
+        Some("illustrious-xl")
+    );
     // Only SD 1.5 models served: SDXL preferred still falls back to them.
     let only_sd1 = |n: &str| n == "dreamshaper-8";
-    assert_eq!(pick("fantasy", Architecture::Sdxl, &only_sd1), Some("dreamshaper-8"));
+    assert_eq!(
+        pick("fantasy", Architecture::Sdxl, &only_sd1),
+        Some("dreamshaper-8")
+    );
     assert_eq!(pick("realistic", Architecture::Sdxl, &only_sd1), None);
     assert!(reg.styles().contains(&"photo"));
     // The same style twice within one architecture is still refused, across them allowed.

@@ -19,7 +19,7 @@ use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::ApiJson;
 use crate::api::AppState;
 use crate::engine::infotext::{limner_version, InfoText, VERSION_KEY};
-use crate::engine::{decode_image, EngineError, GenerationRequest, ValidRequest, VaeChoice};
+use crate::engine::{decode_image, EngineError, GenerationRequest, VaeChoice, ValidRequest};
 
 /// The model a compat request runs on: `override_settings.sd_model_checkpoint` if given (it
 /// must be served), else the `sd_model_checkpoint` option, else the backend's default.

@@ -172,7 +172,11 @@ impl Common {
 
     /// The VAE named in `override_settings.sd_vae`, if any (a non-string is a 422).
     pub(crate) fn vae_override(&self) -> Result<Option<&str>, ApiError> {
-        match self.override_settings.as_ref().and_then(|o| o.get("sd_vae")) {
+        match self
+            .override_settings
+            .as_ref()
+            .and_then(|o| o.get("sd_vae"))
+        {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.as_str())),
             Some(_) => Err(ApiError::validation(

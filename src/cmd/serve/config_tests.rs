@@ -339,11 +339,16 @@ fn served_models_get_the_weights_toml_vae_unless_vae_is_given() {
     let own = specs(&config(&[])).unwrap();
     assert_eq!(own[0].vae, Some(models.join("vae/own.safetensors")));
     assert_eq!(own[0].prediction_type.as_deref(), Some("v_prediction"));
-    assert_eq!((own[1].vae.clone(), own[1].prediction_type.clone()), (None, None));
+    assert_eq!(
+        (own[1].vae.clone(), own[1].prediction_type.clone()),
+        (None, None)
+    );
     let forced = specs(&config(&["--vae", "forced.safetensors"])).unwrap();
     assert!(forced
         .iter()
         .all(|s| s.vae == Some(models.join("vae/forced.safetensors"))));
-    let e = specs(&config(&["--vae", "missing"])).unwrap_err().to_string();
+    let e = specs(&config(&["--vae", "missing"]))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--vae") && e.contains("missing"), "{e}");
 }
