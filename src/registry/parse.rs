@@ -47,6 +47,18 @@ fn get_str(model: &str, field: &str, t: &toml::Table, key: &str) -> Result<Optio
     }
 }
 
+fn get_bool(model: &str, field: &str, t: &toml::Table, key: &str) -> Result<Option<bool>> {
+    match t.get(key) {
+        None => Ok(None),
+        Some(toml::Value::Boolean(b)) => Ok(Some(*b)),
+        Some(v) => Err(invalid(
+            model,
+            field,
+            format!("expected true or false, found {}", type_name(v)),
+        )),
+    }
+}
+
 fn get_str_list(
     model: &str,
     field: &str,
@@ -338,17 +350,7 @@ fn parse_defaults(model: &str, arch: Architecture, v: &toml::Value) -> Result<Mo
     };
     let width = side("width")?;
     let height = side("height")?;
-    let hires_fix = match t.get("hires_fix") {
-        None => None,
-        Some(toml::Value::Boolean(b)) => Some(*b),
-        Some(v) => {
-            return Err(invalid(
-                model,
-                "defaults.hires_fix",
-                format!("expected true or false, found {}", type_name(v)),
-            ))
-        }
-    };
+    let hires_fix = get_bool(model, "defaults.hires_fix", t, "hires_fix")?;
     Ok(ModelDefaults {
         sampler,
         steps,
@@ -548,17 +550,12 @@ fn parse_scheduler(model: &str, v: &toml::Value) -> Result<SchedulerOverrides> {
     };
     let prediction_type = one_of("prediction_type", &SchedulerOverrides::PREDICTION_TYPES)?;
     let timestep_spacing = one_of("timestep_spacing", &SchedulerOverrides::TIMESTEP_SPACINGS)?;
-    let rescale_betas_zero_snr = match t.get("rescale_betas_zero_snr") {
-        None => None,
-        Some(toml::Value::Boolean(b)) => Some(*b),
-        Some(v) => {
-            return Err(invalid(
-                model,
-                "scheduler.rescale_betas_zero_snr",
-                format!("expected true or false, found {}", type_name(v)),
-            ))
-        }
-    };
+    let rescale_betas_zero_snr = get_bool(
+        model,
+        "scheduler.rescale_betas_zero_snr",
+        t,
+        "rescale_betas_zero_snr",
+    )?;
     Ok(SchedulerOverrides {
         prediction_type,
         rescale_betas_zero_snr,

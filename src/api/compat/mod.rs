@@ -38,12 +38,33 @@ pub(crate) struct CompatState {
     /// A1111's `sd_model_checkpoint` option, per user (one player's client switching models
     /// must not switch everyone's): the model their later compat requests use when they name
     /// none. Absent = the backend's default model.
-    checkpoint: RwLock<HashMap<String, String>>,
+    checkpoint: PerUser,
     /// A1111's `sd_vae` option, per user like the checkpoint: "Automatic", "None" or a VAE
     /// file name the backend lists. Absent = "Automatic".
-    vae: RwLock<HashMap<String, String>>,
+    vae: PerUser,
     /// Compat jobs submitted and not yet answered, oldest first.
     active: Mutex<Vec<Arc<ActiveJob>>>,
+}
+
+/// One A1111 option's value per user.
+#[derive(Default)]
+struct PerUser(RwLock<HashMap<String, String>>);
+
+impl PerUser {
+    fn get(&self, user: &str) -> Option<String> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(user)
+            .cloned()
+    }
+
+    fn set(&self, user: &str, value: String) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(user.to_string(), value);
+    }
 }
 
 impl CompatState {
@@ -54,33 +75,20 @@ impl CompatState {
     /// The model `user`'s compat requests use by default: their `sd_model_checkpoint` option
     /// if it is still served, else the backend's default.
     pub(crate) fn default_model(&self, backend: &dyn ImageBackend, user: &str) -> String {
-        let chosen = self
-            .checkpoint
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.checkpoint
             .get(user)
-            .cloned();
-        chosen
             .filter(|m| backend.model_names().contains(m))
             .unwrap_or_else(|| backend.default_model())
     }
 
     pub(crate) fn set_checkpoint(&self, user: &str, model: String) {
-        self.checkpoint
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(user.to_string(), model);
+        self.checkpoint.set(user, model);
     }
 
     /// `user`'s `sd_vae` option: the VAE they chose if it is still listed, else "Automatic".
     pub(crate) fn vae(&self, backend: &dyn ImageBackend, user: &str) -> String {
-        let chosen = self
-            .vae
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.vae
             .get(user)
-            .cloned();
-        chosen
             .filter(|v| match VaeChoice::parse(v) {
                 VaeChoice::Named(n) => backend.vae_names().contains(&n),
                 _ => true,
@@ -89,10 +97,7 @@ impl CompatState {
     }
 
     pub(crate) fn set_vae(&self, user: &str, vae: String) {
-        self.vae
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(user.to_string(), vae);
+        self.vae.set(user, vae);
     }
 }
 
