@@ -32,6 +32,7 @@ fn tiny_config() -> EngineConfig {
             ..Defaults::default()
         },
         prediction_type: None,
+        vae: None,
     })
 }
 

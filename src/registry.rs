@@ -14,8 +14,10 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::engine::EngineError;
+pub use family::{Family, SchedulerOverrides};
 use parse::{invalid, is_pickle, is_safetensors, parse_entry};
 
+mod family;
 mod parse;
 
 /// The file `limner pull` writes into a model's folder once every file is in place.
@@ -62,7 +64,7 @@ type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 /// The model family; the loader still reads the real shape from the model's own files, this
 /// says what the entry is meant to be (and lets defaults be checked against it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Architecture {
     Sd1,
@@ -70,14 +72,17 @@ pub enum Architecture {
     Sdxl,
     /// SD 2.1-shaped, distilled for 1-4 steps without classifier-free guidance.
     SdTurbo,
+    /// SDXL-shaped, distilled the same way (SDXL-Turbo: 512x512, 1-4 steps, no CFG).
+    SdxlTurbo,
 }
 
 impl Architecture {
-    pub const ALL: [Architecture; 4] = [
+    pub const ALL: [Architecture; 5] = [
         Architecture::Sd1,
         Architecture::Sd2,
         Architecture::Sdxl,
         Architecture::SdTurbo,
+        Architecture::SdxlTurbo,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,7 +91,13 @@ impl Architecture {
             Architecture::Sd2 => "sd2",
             Architecture::Sdxl => "sdxl",
             Architecture::SdTurbo => "sd-turbo",
+            Architecture::SdxlTurbo => "sdxl-turbo",
         }
+    }
+
+    /// Distilled for 1-4 steps without guidance (the defaults are checked against that).
+    pub fn is_turbo(self) -> bool {
+        matches!(self, Architecture::SdTurbo | Architecture::SdxlTurbo)
     }
 }
 
@@ -133,10 +144,18 @@ pub struct ModelDefaults {
 pub struct ModelEntry {
     pub description: String,
     pub architecture: Architecture,
-    /// Art styles this model serves, lowercased (each style belongs to at most one model).
+    /// Art styles this model serves, lowercased (each style belongs to at most one model of
+    /// each architecture; see [`Registry::style_model`]).
     pub styles: Vec<String>,
     pub source: ModelSource,
     pub defaults: ModelDefaults,
+    /// The prompt family (the architecture's when the entry names none).
+    pub family: Family,
+    /// `vae = "..."`: the VAE to decode with instead of the checkpoint's own: a file name in
+    /// `MODELS_DIR/vae/` or a path (relative to the folder of `weights.toml`).
+    pub vae: Option<String>,
+    /// `[models.NAME.scheduler]`.
+    pub scheduler: SchedulerOverrides,
     /// Expected sha256 (lowercase hex) of hub files, checked by `limner pull`.
     pub sha256: BTreeMap<String, String>,
 }
@@ -161,6 +180,8 @@ pub struct ResolvedModel {
     pub location: ModelLocation,
     /// The registry entry when resolved by name (defaults, architecture hint).
     pub entry: Option<ModelEntry>,
+    /// The entry's `vae`, found on disk.
+    pub vae: Option<PathBuf>,
 }
 
 /// The repo's `weights.toml`, compiled in: the registry when no file is given or found.
@@ -225,15 +246,20 @@ impl Registry {
                 models.insert(name.clone(), parse_entry(name, entry)?);
             }
         }
-        // Each style maps to one model, so "realistic -> which checkpoint" is never ambiguous.
-        let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
+        // Each style maps to one model per architecture, so "realistic -> which checkpoint" is
+        // never ambiguous once the preferred architecture is known.
+        let mut owner: BTreeMap<(&str, Architecture), &str> = BTreeMap::new();
         for (name, entry) in &models {
             for style in &entry.styles {
-                if let Some(first) = owner.insert(style, name) {
+                if let Some(first) = owner.insert((style, entry.architecture), name) {
                     return Err(invalid(
                         name,
                         "styles",
-                        format!("style '{style}' is already served by model '{first}'"),
+                        format!(
+                            "style '{style}' is already served by the {} model '{first}' \
+                             (each style has one model per architecture)",
+                            entry.architecture
+                        ),
                     ));
                 }
             }
@@ -283,13 +309,46 @@ impl Registry {
         }
     }
 
-    /// The model that serves an art style (case-insensitive).
+    /// The model that serves an art style (case-insensitive), preferring the SD 1.5 ones (the
+    /// default of `limner serve --style-architecture`).
     pub fn model_for_style(&self, style: &str) -> Option<(&str, &ModelEntry)> {
+        self.style_model(style, Architecture::Sd1, |_| true)
+    }
+
+    /// The model that paints `style` (case-insensitive) among those `served` accepts: the one
+    /// of architecture `prefer` claiming it, else the first claiming it in
+    /// [`Architecture::ALL`] order (so serving only SDXL models still maps every style).
+    pub fn style_model(
+        &self,
+        style: &str,
+        prefer: Architecture,
+        served: impl Fn(&str) -> bool,
+    ) -> Option<(&str, &ModelEntry)> {
         let style = style.trim().to_lowercase();
+        let rank = |a: Architecture| {
+            if a == prefer {
+                0
+            } else {
+                1 + Architecture::ALL.iter().position(|x| *x == a).unwrap_or(0)
+            }
+        };
         self.models
             .iter()
-            .find(|(_, e)| e.styles.contains(&style))
+            .filter(|(n, e)| e.styles.contains(&style) && served(n))
+            .min_by_key(|(_, e)| rank(e.architecture))
             .map(|(n, e)| (n.as_str(), e))
+    }
+
+    /// Every style some model claims, sorted.
+    pub fn styles(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = self
+            .models
+            .values()
+            .flat_map(|e| e.styles.iter().map(String::as_str))
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
     }
 
     /// Where `limner pull` puts a hub model: `models_dir/NAME/`, mirroring the repo's files.
@@ -311,10 +370,21 @@ impl Registry {
     pub fn resolve(&self, name_or_path: &str, models_dir: &Path) -> Result<ResolvedModel> {
         if let Some(entry) = self.models.get(name_or_path) {
             let location = self.locate_entry(name_or_path, entry, models_dir)?;
+            let vae = match &entry.vae {
+                Some(v) => Some(self.resolve_vae(v, models_dir).map_err(|e| match e {
+                    RegistryError::BadPath { path, message } => RegistryError::BadPath {
+                        path,
+                        message: format!("the vae of model '{name_or_path}': {message}"),
+                    },
+                    other => other,
+                })?),
+                None => None,
+            };
             return Ok(ResolvedModel {
                 name: name_or_path.to_string(),
                 location,
                 entry: Some(entry.clone()),
+                vae,
             });
         }
         let path = Path::new(name_or_path);
@@ -338,6 +408,23 @@ impl Registry {
             name,
             location,
             entry: None,
+            vae: None,
+        })
+    }
+
+    /// A VAE given by `weights.toml` or `--vae`: a file name in `MODELS_DIR/vae/` (with or
+    /// without `.safetensors`), else a `.safetensors` path (relative to this file's folder).
+    pub fn resolve_vae(&self, value: &str, models_dir: &Path) -> Result<PathBuf> {
+        let dir = models_dir.join(crate::engine::VAE_DIR);
+        let found = crate::engine::scan_vae_dir(&dir);
+        crate::engine::locate_vae(&found, value, &self.base_dir).ok_or_else(|| {
+            RegistryError::BadPath {
+                path: PathBuf::from(value),
+                message: format!(
+                    "no such VAE: neither a .safetensors file in {} nor a .safetensors path",
+                    dir.display()
+                ),
+            }
         })
     }
 
@@ -466,6 +553,13 @@ impl ResolvedModel {
                 config: config.clone(),
             },
         }
+    }
+
+    /// The entry's `[scheduler] prediction_type`, if it gives one.
+    pub fn prediction_type(&self) -> Option<String> {
+        self.entry
+            .as_ref()
+            .and_then(|e| e.scheduler.prediction_type.clone())
     }
 
     /// The entry's defaults over the regeneration guide's portrait defaults (512x768, 25 steps, CFG 8, Euler a).

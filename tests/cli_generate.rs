@@ -112,3 +112,34 @@ fn bench_prints_one_json_object() {
     assert_eq!(v["device"], "cpu");
     assert!(v["unet_ms_per_step"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn generate_takes_a_vae_by_path_and_refuses_a_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("v.png");
+    let own_vae = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny-sd15/model/vae/diffusion_pytorch_model.safetensors");
+    let run = |vae: &str| {
+        Command::new(env!("CARGO_BIN_EXE_limner"))
+            .args(["generate", "--model", &fixture(), "--device", "cpu"])
+            .args(["--prompt", "a bard", "--steps", "2", "--seed", "1"])
+            .args(["--width", "64", "--height", "64", "--vae", vae])
+            .args(["--models-dir"])
+            .arg(dir.path())
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let ok = run(&own_vae.display().to_string());
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(out.is_file());
+    let missing = run("no-such-vae");
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("no-such-vae") && err.contains("vae"), "{err}");
+}

@@ -488,7 +488,7 @@ async fn options_set_the_default_checkpoint() {
     let r = t
         .post(
             "/sdapi/v1/options",
-            json!({"sd_model_checkpoint": "other.safetensors [0123456789]", "sd_vae": "x"}),
+            json!({"sd_model_checkpoint": "other.safetensors [0123456789]", "sd_vae": "Automatic"}),
         )
         .await;
     assert_eq!(r.status, 200);

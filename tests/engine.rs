@@ -35,6 +35,7 @@ fn spec(name: &str, source: ModelSource) -> ModelSpec {
         source,
         defaults: small_defaults(),
         prediction_type: None,
+        vae: None,
     }
 }
 
@@ -47,6 +48,7 @@ fn engine_with(models: Vec<ModelSpec>, default: &str) -> Engine {
         use_flash_attn: false,
         max_memory: None,
         max_loaded: 2,
+        vaes: Vec::new(),
     })
     .unwrap()
 }

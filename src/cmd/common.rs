@@ -38,9 +38,23 @@ pub struct ModelArgs {
     /// memory) or "none".
     #[arg(long, env = "LIMNER_MAX_MEMORY")]
     pub max_memory: Option<String>,
-    /// Override the prediction type ("epsilon" or "v_prediction"), e.g. for SD 2.x single files.
+    /// Override the prediction type ("epsilon" or "v_prediction"), e.g. for SD 2.x single files
+    /// (default: the weights.toml entry's `[scheduler] prediction_type`, else the model's own).
     #[arg(long)]
     pub prediction_type: Option<String>,
+    /// Decode with this VAE instead of the model's own: a file name in MODELS_DIR/vae/ or a
+    /// .safetensors path (default: the weights.toml entry's `vae`).
+    #[arg(long, env = "LIMNER_VAE")]
+    pub vae: Option<String>,
+}
+
+/// What [`ModelArgs::source`] found.
+struct Chosen {
+    name: String,
+    source: ModelSource,
+    defaults: Defaults,
+    prediction_type: Option<String>,
+    vae: Option<PathBuf>,
 }
 
 pub struct ResolvedModel {
@@ -59,7 +73,13 @@ impl ModelArgs {
         let cpu = DeviceClass::from_spec(&self.device) == DeviceClass::Cpu;
         let max_memory =
             memory_limit(self.max_memory.as_deref(), cpu).map_err(|e| anyhow::anyhow!(e))?;
-        let (name, source, defaults) = self.source()?;
+        let Chosen {
+            name,
+            source,
+            defaults,
+            prediction_type,
+            vae,
+        } = self.source()?;
         let config = EngineConfig {
             device: self.device.clone(),
             dtype: self.dtype.clone(),
@@ -69,7 +89,8 @@ impl ModelArgs {
                 name: name.clone(),
                 source,
                 defaults: defaults.clone(),
-                prediction_type: self.prediction_type.clone(),
+                prediction_type: self.prediction_type.clone().or(prediction_type),
+                vae,
             })
         };
         Ok(ResolvedModel {
@@ -80,15 +101,21 @@ impl ModelArgs {
     }
 
     /// `random:ARCH`, else a weights.toml name, else a path to a folder or checkpoint.
-    fn source(&self) -> anyhow::Result<(String, ModelSource, Defaults)> {
-        if let Some(arch) = self.model.strip_prefix("random:") {
-            return Ok((
-                self.model.clone(),
-                ModelSource::Random(arch.to_string()),
-                Defaults::default(),
-            ));
-        }
+    fn source(&self) -> anyhow::Result<Chosen> {
         let registry = super::locations::registry_for(self.weights.as_deref())?;
+        let vae = match &self.vae {
+            Some(v) => Some(registry.resolve_vae(v, &self.models_dir)?),
+            None => None,
+        };
+        if let Some(arch) = self.model.strip_prefix("random:") {
+            return Ok(Chosen {
+                name: self.model.clone(),
+                source: ModelSource::Random(arch.to_string()),
+                defaults: Defaults::default(),
+                prediction_type: None,
+                vae,
+            });
+        }
         let resolved = registry.resolve(&self.model, &self.models_dir)?;
         let source = match resolved.source() {
             // --config applies to a checkpoint given by path.
@@ -98,6 +125,12 @@ impl ModelArgs {
             },
             other => other,
         };
-        Ok((resolved.name.clone(), source, resolved.defaults()))
+        Ok(Chosen {
+            name: resolved.name.clone(),
+            source,
+            defaults: resolved.defaults(),
+            prediction_type: resolved.prediction_type(),
+            vae: vae.or(resolved.vae),
+        })
     }
 }

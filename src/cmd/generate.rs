@@ -92,6 +92,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         batch_size: Some(args.batch),
         init_image,
         denoising_strength: args.strength,
+        // The model's VAE: the weights.toml entry's or --vae (set on the model spec).
+        vae: None,
         hires: args.hires.then(|| HiresRequest {
             scale: args.hr_scale,
             second_pass_steps: args.hr_steps,

@@ -34,13 +34,23 @@ fn model_specs(
     s: &ServeConfig,
     registry: &Registry,
 ) -> anyhow::Result<Option<(String, Vec<ModelSpec>)>> {
+    // --vae is checked once, up front: a typo stops the server instead of every model.
+    let forced_vae = match &s.vae {
+        Some(v) => Some(
+            registry
+                .resolve_vae(v, &s.models_dir)
+                .map_err(|e| anyhow::anyhow!("--vae (vae, LIMNER_VAE): {e}"))?,
+        ),
+        None => None,
+    };
     let spec = |name: &str| -> anyhow::Result<ModelSpec> {
         let r = registry.resolve(name, &s.models_dir)?;
         Ok(ModelSpec {
             name: r.name.clone(),
             source: r.source(),
             defaults: r.defaults(),
-            prediction_type: None,
+            prediction_type: r.prediction_type(),
+            vae: forced_vae.clone().or(r.vae),
         })
     };
     let mut specs: Vec<ModelSpec> = vec![];
@@ -152,7 +162,7 @@ fn backend(
         return Ok((Arc::new(NoModelBackend::new(hint)), StyleModels::new()));
     };
     let served: Vec<String> = specs.iter().map(|m| m.name.clone()).collect();
-    let mut styles = StyleModels::from_registry(registry, &served);
+    let mut styles = StyleModels::from_registry(registry, &served, s.style_architecture);
     // Defaults that finish on this device: the regeneration guide's on a GPU, cheaper on a CPU.
     for spec in &mut specs {
         let entry_hires = registry.get(&spec.name).and_then(|e| e.defaults.hires_fix);
@@ -172,6 +182,7 @@ fn backend(
         )
         .map_err(|e| anyhow::anyhow!(e))?,
         max_loaded: s.max_loaded,
+        vaes: limner::engine::scan_vae_dir(&s.models_dir.join(limner::engine::VAE_DIR)),
     };
     // Model hashes (A1111's `[hash]` titles) are cached in the data dir, computed in the background.
     let hashes = Arc::new(limner::engine::HashCache::open(&s.data_dir));

@@ -27,6 +27,7 @@ fn tiny() -> Engine {
             ..Defaults::default()
         },
         prediction_type: None,
+        vae: None,
     }))
     .expect("the tiny engine starts");
     engine.wait_ready().expect("the tiny model loads");

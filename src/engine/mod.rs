@@ -27,6 +27,7 @@ pub(crate) mod request;
 pub(crate) mod samplers;
 pub(crate) mod text;
 mod tiled;
+pub(crate) mod vae;
 mod valid;
 pub(crate) mod worker;
 
@@ -54,5 +55,6 @@ pub use output::{
 };
 pub use pipeline::{HiresPass, Progress, Timings};
 pub use request::{Defaults, GeneratedImage, GenerationRequest, GenerationResult, HiresRequest};
+pub use vae::{find_vae, locate_vae, match_vae_name, scan_vae_dir, VaeChoice, VaeFile, VAE_DIR};
 pub use valid::{PassPlan, ValidRequest};
 pub use worker::{Engine, EngineConfig, EngineState, ModelSpec};

@@ -73,6 +73,9 @@ pub struct GenerationRequest {
     pub format: Option<String>,
     /// Attach a latent preview to every n-th progress call ([`super::Progress::preview`]).
     pub preview_every: Option<usize>,
+    /// A1111's `sd_vae`: "Automatic" (or absent) = the model's configured VAE, "None" = the
+    /// checkpoint's own, else a VAE file name the server lists ([`super::VaeChoice`]).
+    pub vae: Option<String>,
 }
 
 /// Per-model defaults, from weights.toml (the regeneration guide's portrait defaults otherwise).
@@ -266,6 +269,7 @@ impl GenerationRequest {
             }
         });
         Ok(ValidRequest {
+            vae: super::vae::VaeChoice::parse(self.vae.as_deref().unwrap_or("")),
             model: self.model,
             job: Job {
                 prompt: self.prompt,

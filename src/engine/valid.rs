@@ -9,6 +9,7 @@ use super::error::Result;
 use super::output::ImageFormat;
 use super::pipeline::{HiresPass, Job};
 use super::samplers::img2img_start;
+use super::vae::VaeChoice;
 
 /// A request that passed validation; everything the engine thread needs but the model.
 #[derive(Debug, Clone)]
@@ -20,6 +21,8 @@ pub struct ValidRequest {
     pub(super) init_image: Option<RgbImage>,
     pub(super) seeds: Vec<u64>,
     pub(super) format: ImageFormat,
+    /// The VAE to decode with.
+    pub(super) vae: VaeChoice,
 }
 
 /// One denoising pass of a request: the progress calls it makes and the latent-upscaled size
@@ -44,6 +47,10 @@ impl ValidRequest {
     /// The model asked for (`None` = the engine's default model).
     pub fn model(&self) -> Option<&str> {
         self.model.as_deref()
+    }
+    /// The VAE asked for.
+    pub fn vae(&self) -> &VaeChoice {
+        &self.vae
     }
     pub fn prompt(&self) -> &str {
         &self.job.prompt

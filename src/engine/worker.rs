@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -19,6 +20,7 @@ use super::loading::model_hash::{HashCache, ModelHash};
 use super::noise::{NoiseSource, SeededNoise};
 use super::pipeline::{from_rgb_image, to_rgb_images, CancelToken, Progress};
 use super::request::{Defaults, GeneratedImage, GenerationResult, ValidRequest};
+use super::vae::{find_vae, VaeChoice, VaeFile};
 
 /// A model the engine may load, by name.
 #[derive(Debug, Clone)]
@@ -28,6 +30,9 @@ pub struct ModelSpec {
     pub defaults: Defaults,
     /// Overrides the scheduler's prediction type (e.g. "v_prediction" for an SD 2.x single file).
     pub prediction_type: Option<String>,
+    /// The VAE file this model decodes with unless a request picks another (`weights.toml`
+    /// `vae`, `--vae`); None = the checkpoint's own.
+    pub vae: Option<PathBuf>,
 }
 
 /// How the engine starts.
@@ -43,8 +48,11 @@ pub struct EngineConfig {
     pub use_flash_attn: bool,
     /// Refuse jobs whose estimated peak memory is over this many bytes (None = no limit).
     pub max_memory: Option<u64>,
-    /// How many models stay loaded at once; the least recently used is dropped first.
+    /// How many models stay loaded at once; the least recently used is dropped first. A
+    /// model loaded with two VAEs counts twice.
     pub max_loaded: usize,
+    /// The VAE files requests may name (A1111's `sd_vae`): `MODELS_DIR/vae/*.safetensors`.
+    pub vaes: Vec<VaeFile>,
 }
 
 impl EngineConfig {
@@ -59,6 +67,7 @@ impl EngineConfig {
             use_flash_attn: false,
             max_memory: None,
             max_loaded: 1,
+            vaes: Vec::new(),
         }
     }
 }
@@ -97,6 +106,7 @@ pub struct Engine {
     models: Arc<Vec<ModelSpec>>,
     default_model: String,
     hashes: Arc<HashCache>,
+    vaes: Arc<Vec<VaeFile>>,
 }
 
 impl Engine {
@@ -121,6 +131,7 @@ impl Engine {
             models: Arc::new(config.models.clone()),
             default_model: config.default_model.clone(),
             hashes: hashes.clone(),
+            vaes: Arc::new(config.vaes.clone()),
         };
         thread::Builder::new()
             .name("limner-engine".into())
@@ -166,6 +177,11 @@ impl Engine {
     pub fn model_hash(&self, name: &str) -> Option<ModelHash> {
         let spec = self.models.iter().find(|m| m.name == name)?;
         self.hashes.cached_or_schedule(&hashed_file(&spec.source)?)
+    }
+
+    /// The VAE files requests may name, by file name.
+    pub fn vae_names(&self) -> Vec<String> {
+        self.vaes.iter().map(|v| v.name.clone()).collect()
     }
 
     /// The model used when a request names none.
@@ -227,38 +243,89 @@ fn set_state(state: &(Mutex<EngineState>, Condvar), new: EngineState) {
     state.1.notify_all();
 }
 
-/// Loaded models, least recently used first.
+/// Loaded models, least recently used first, keyed by model name and VAE file (switching a
+/// model's VAE loads it again with that VAE).
 struct Loaded {
-    models: Vec<(String, StableDiffusion)>,
+    models: Vec<(LoadedKey, StableDiffusion)>,
     max: usize,
     hashes: Arc<HashCache>,
 }
 
+type LoadedKey = (String, Option<PathBuf>);
+
 impl Loaded {
-    fn get(&mut self, spec: &ModelSpec, opts: &LoadOptions) -> Result<&StableDiffusion> {
-        if let Some(i) = self.models.iter().position(|(n, _)| *n == spec.name) {
+    fn get(
+        &mut self,
+        spec: &ModelSpec,
+        vae: Option<PathBuf>,
+        opts: &LoadOptions,
+    ) -> Result<&StableDiffusion> {
+        let key = (spec.name.clone(), vae);
+        if let Some(i) = self.models.iter().position(|(k, _)| *k == key) {
             let entry = self.models.remove(i);
             self.models.push(entry);
         } else {
             while self.models.len() >= self.max.max(1) {
-                let (name, _) = self.models.remove(0);
+                let ((name, _), _) = self.models.remove(0);
                 tracing::info!(model = name, "unloading least recently used model");
             }
-            let model = load_spec(spec, opts, &self.hashes)?;
-            self.models.push((spec.name.clone(), model));
+            let model = load_with_vae(spec, key.1.clone(), opts, &self.hashes)?;
+            self.models.push((key, model));
         }
         Ok(&self.models[self.models.len() - 1].1)
     }
 }
 
-/// Loads one model of the configuration with `opts` (its prediction type from the spec).
+/// The VAE file `choice` means for `spec`: its configured one, the checkpoint's own (None), or
+/// a served VAE file by name (an unknown name is a `vae` input error).
+pub(crate) fn chosen_vae(
+    spec: &ModelSpec,
+    choice: &VaeChoice,
+    vaes: &[VaeFile],
+) -> Result<Option<PathBuf>> {
+    match choice {
+        VaeChoice::Automatic => Ok(spec.vae.clone()),
+        VaeChoice::Baked => Ok(None),
+        VaeChoice::Named(name) => match find_vae(vaes, name) {
+            Some(v) => Ok(Some(v.path.clone())),
+            None => {
+                let known: Vec<&str> = vaes.iter().map(|v| v.name.as_str()).collect();
+                Err(EngineError::invalid(
+                    "vae",
+                    format!(
+                        "unknown VAE {name:?}; use Automatic, None or one of: {}",
+                        if known.is_empty() {
+                            "(no VAE files in the models folder's vae/)".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ))
+            }
+        },
+    }
+}
+
+/// Loads one model of the configuration with `opts` (its prediction type and VAE from the
+/// spec).
 pub(crate) fn load_spec(
     spec: &ModelSpec,
     opts: &LoadOptions,
     hashes: &HashCache,
 ) -> Result<StableDiffusion> {
+    load_with_vae(spec, spec.vae.clone(), opts, hashes)
+}
+
+/// [`load_spec`] with the VAE file `vae` (None = the checkpoint's own).
+fn load_with_vae(
+    spec: &ModelSpec,
+    vae: Option<PathBuf>,
+    opts: &LoadOptions,
+    hashes: &HashCache,
+) -> Result<StableDiffusion> {
     let mut opts = opts.clone();
     opts.prediction_type = spec.prediction_type.clone();
+    opts.vae = vae;
     StableDiffusion::load_with_hashes(&spec.name, &spec.source, &opts, hashes)
 }
 
@@ -291,7 +358,8 @@ fn engine_main(
         hashes,
     };
     let first = catch_unwind(AssertUnwindSafe(|| {
-        loaded.get(&specs[&config.default_model], &opts).map(|_| ())
+        let spec = &specs[&config.default_model];
+        loaded.get(spec, spec.vae.clone(), &opts).map(|_| ())
     }));
     match first {
         Ok(Ok(())) => set_state(&state, EngineState::Ready),
@@ -356,7 +424,8 @@ fn serve_one(
         let spec = specs
             .get(&name)
             .ok_or_else(|| EngineError::UnknownModel(name.clone()))?;
-        let model = loaded.get(spec, opts)?;
+        let vae = chosen_vae(spec, &request.vae, &config.vaes)?;
+        let model = loaded.get(spec, vae, opts)?;
         let out = generate_on(model, request, progress, cancel)?;
         tracing::info!(ms = out.timings.total_ms.round(), "painted");
         Ok(out)
@@ -390,6 +459,7 @@ impl LoadOptions {
             vae_tile,
             max_memory: config.max_memory,
             prediction_type: None,
+            // Per model: set from the spec (or the request) when each model is loaded.
             vae: None,
         })
     }
@@ -433,4 +503,40 @@ pub(crate) fn generate_on(
         sampler: job.sampler.display_name(),
         timings: out.timings,
     })
+}
+
+#[cfg(test)]
+mod vae_tests {
+    use super::*;
+
+    #[test]
+    fn a_request_picks_the_configured_the_baked_or_a_named_vae() {
+        let spec = ModelSpec {
+            name: "m".into(),
+            source: ModelSource::Folder(PathBuf::from("m")),
+            defaults: Defaults::default(),
+            prediction_type: None,
+            vae: Some(PathBuf::from("/models/vae/fix.safetensors")),
+        };
+        let vaes = vec![VaeFile {
+            name: "mse.safetensors".into(),
+            path: PathBuf::from("/models/vae/mse.safetensors"),
+        }];
+        assert_eq!(
+            chosen_vae(&spec, &VaeChoice::Automatic, &vaes).unwrap(),
+            spec.vae
+        );
+        assert_eq!(chosen_vae(&spec, &VaeChoice::Baked, &vaes).unwrap(), None);
+        assert_eq!(
+            chosen_vae(&spec, &VaeChoice::Named("MSE".into()), &vaes).unwrap(),
+            Some(PathBuf::from("/models/vae/mse.safetensors"))
+        );
+        match chosen_vae(&spec, &VaeChoice::Named("gone".into()), &vaes) {
+            Err(EngineError::InvalidInput { field, message }) => {
+                assert_eq!(field, "vae");
+                assert!(message.contains("mse.safetensors"), "{message}");
+            }
+            other => panic!("expected a vae input error, got {other:?}"),
+        }
+    }
 }

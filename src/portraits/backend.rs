@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use image::{Rgb, RgbImage};
 
 use crate::engine::{
-    CancelToken, Defaults, Engine, EngineError, EngineState, GeneratedImage, GenerationResult,
-    ModelHash, Progress, Timings, ValidRequest,
+    match_vae_name, CancelToken, Defaults, Engine, EngineError, EngineState, GeneratedImage,
+    GenerationResult, ModelHash, Progress, Timings, VaeChoice, ValidRequest,
 };
 
 /// Something that paints validated requests.
@@ -33,6 +33,10 @@ pub trait ImageBackend: Send + Sync + 'static {
     /// The hash of `model`'s weight file (A1111's `sha256` / `shorthash`) if it is known
     /// already; never waits for one to be computed.
     fn model_hash(&self, model: &str) -> Option<ModelHash>;
+    /// The VAE files requests may name (A1111's `sd_vae`), by file name.
+    fn vae_names(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl ImageBackend for Engine {
@@ -63,6 +67,10 @@ impl ImageBackend for Engine {
 
     fn model_hash(&self, model: &str) -> Option<ModelHash> {
         Engine::model_hash(self, model)
+    }
+
+    fn vae_names(&self) -> Vec<String> {
+        Engine::vae_names(self)
     }
 }
 
@@ -118,6 +126,8 @@ pub struct FakeBackend {
     /// Model name -> hash, for the models given one.
     hashes: Vec<(String, ModelHash)>,
     default_model: String,
+    /// The VAE file names it accepts, as the engine's `MODELS_DIR/vae/` listing.
+    vaes: Vec<String>,
     step_delay: Duration,
     failure: Mutex<Option<String>>,
     state: Mutex<EngineState>,
@@ -139,6 +149,7 @@ impl FakeBackend {
             models: vec![("fake-model".into(), Defaults::default())],
             hashes: Vec::new(),
             default_model: "fake-model".into(),
+            vaes: Vec::new(),
             step_delay: Duration::ZERO,
             failure: Mutex::new(None),
             state: Mutex::new(EngineState::Ready),
@@ -185,6 +196,12 @@ impl FakeBackend {
                 sha256: sha256.to_ascii_lowercase(),
             },
         ));
+        self
+    }
+
+    /// Accepts the VAE file `name` (`x.safetensors`), as if it were in `MODELS_DIR/vae/`.
+    pub fn with_vae(mut self, name: &str) -> Self {
+        self.vaes.push(name.to_string());
         self
     }
 
@@ -284,6 +301,12 @@ impl ImageBackend for FakeBackend {
             .model()
             .map_or_else(|| self.default_model.clone(), str::to_string);
         self.model_defaults(&model)?;
+        // Like the engine: a VAE name it does not list is refused before painting.
+        if let VaeChoice::Named(name) = request.vae() {
+            if match_vae_name(self.vaes.iter().map(String::as_str), name).is_none() {
+                return Err(EngineError::invalid("vae", format!("unknown VAE {name:?}")));
+            }
+        }
         if let Some(why) = self
             .failure
             .lock()
@@ -369,6 +392,10 @@ impl ImageBackend for FakeBackend {
             .iter()
             .find(|(n, _)| n == model)
             .map(|(_, h)| h.clone())
+    }
+
+    fn vae_names(&self) -> Vec<String> {
+        self.vaes.clone()
     }
 }
 

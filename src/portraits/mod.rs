@@ -10,6 +10,7 @@
 mod backend;
 mod error;
 mod estimate;
+mod families;
 mod image_store;
 mod legacy_files;
 mod options;
@@ -20,6 +21,7 @@ mod templates;
 pub use backend::{FakeBackend, ImageBackend, NoModelBackend};
 pub use error::{engine_failure_kind, engine_field, PortraitError};
 pub use estimate::{Estimate, SpeedBook};
+pub use families::{FamilyTags, FAMILIES_DIR};
 pub use image_store::{
     image_key, is_storage_full, thumbnail_key, validate_key, ImageStore, ImageStoreError,
     LocalImageStore, MAX_KEY_LEN,

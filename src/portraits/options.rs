@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::characters::PortraitRecord;
 use crate::engine::{Defaults, ValidRequest};
-use crate::registry::Registry;
+use crate::registry::{Architecture, Family, Registry};
 
 /// The regeneration guide's regeneration strength range and default (`denoisingStrength`).
 pub const MIN_REGENERATE_STRENGTH: f64 = 0.1;
@@ -215,6 +215,7 @@ pub struct PortraitOutcome {
 pub struct StyleModels {
     styles: BTreeMap<String, String>,
     hires_fix: BTreeMap<String, bool>,
+    families: BTreeMap<String, Family>,
 }
 
 impl StyleModels {
@@ -222,26 +223,40 @@ impl StyleModels {
         Self::default()
     }
 
-    /// Every `styles = [...]` of `weights.toml` and every model's `hires_fix` default, for the
-    /// models in `served` (the ones the engine was started with); styles of other models fall
-    /// back to the default model.
-    pub fn from_registry(registry: &Registry, served: &[String]) -> Self {
+    /// Every `styles = [...]` of `weights.toml`, every model's `hires_fix` default and prompt
+    /// family, for the models in `served` (the ones the engine was started with). A style
+    /// goes to its served model of architecture `prefer`, else to another architecture's
+    /// ([`Registry::style_model`]); styles no served model claims fall back to the default
+    /// model.
+    pub fn from_registry(registry: &Registry, served: &[String], prefer: Architecture) -> Self {
         let mut m = Self::new();
-        for (name, entry) in registry.models() {
-            if !served.contains(name) {
-                continue;
+        let is_served = |n: &str| served.iter().any(|s| s == n);
+        for style in registry.styles() {
+            if let Some((owner, _)) = registry.style_model(style, prefer, is_served) {
+                m.styles.insert(style.to_string(), owner.to_string());
             }
-            for style in &entry.styles {
-                // Registry::model_for_style is the authority on which model owns a style.
-                if let Some((owner, _)) = registry.model_for_style(style) {
-                    m.styles.insert(style.to_lowercase(), owner.to_string());
-                }
+        }
+        for (name, entry) in registry.models() {
+            if !is_served(name) {
+                continue;
             }
             if let Some(h) = entry.defaults.hires_fix {
                 m.hires_fix.insert(name.clone(), h);
             }
+            m.families.insert(name.clone(), entry.family);
         }
         m
+    }
+
+    /// Gives `model` a prompt family.
+    pub fn with_family(mut self, model: &str, family: Family) -> Self {
+        self.families.insert(model.to_string(), family);
+        self
+    }
+
+    /// The prompt family of `model`, when the registry knows it (a bare path does not).
+    pub fn family(&self, model: &str) -> Option<Family> {
+        self.families.get(model).copied()
     }
 
     /// Maps `style` (case-insensitive) to `model`.
@@ -325,7 +340,7 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("weights.toml");
         let reg = Registry::load(&path).unwrap();
         let all: Vec<String> = reg.names().map(str::to_string).collect();
-        let m = StyleModels::from_registry(&reg, &all);
+        let m = StyleModels::from_registry(&reg, &all, Architecture::Sd1);
         let realistic = m.model_for("Realistic").unwrap();
         let fantasy = m.model_for("fantasy").unwrap();
         assert_ne!(realistic, fantasy);
@@ -336,8 +351,18 @@ mod tests {
         );
         assert_eq!(m.model_for("no-such-style"), None);
         // Only served models take styles.
-        let only_fantasy = StyleModels::from_registry(&reg, &[fantasy.to_string()]);
+        let only_fantasy =
+            StyleModels::from_registry(&reg, &[fantasy.to_string()], Architecture::Sd1);
         assert_eq!(only_fantasy.model_for("fantasy"), Some(fantasy));
         assert_eq!(only_fantasy.model_for("realistic"), None);
+        // The SD 1.5 map stays the default; SDXL preferred moves every style to SDXL models,
+        // with their families.
+        assert_eq!(m.model_for("fantasy"), Some("dreamshaper-8"));
+        assert_eq!(m.family("dreamshaper-8"), Some(Family::Sd1));
+        let xl = StyleModels::from_registry(&reg, &all, Architecture::Sdxl);
+        assert_eq!(xl.model_for("anime"), Some("illustrious-xl"));
+        assert_eq!(xl.model_for("realistic"), Some("realvis-xl-5"));
+        assert_eq!(xl.family("illustrious-xl"), Some(Family::Illustrious));
+        assert_eq!(xl.hires_fix("illustrious-xl"), Some(false));
     }
 }

@@ -163,15 +163,28 @@ impl PortraitService {
             .unwrap_or_else(|| self.inner.backend.default_model()))
     }
 
-    /// The final prompt and negative prompt for a profile.
+    /// The final prompt and negative prompt for a profile (or, for estimates, none) painted
+    /// by `model`: the style's template, with the tags of the model's prompt family where it
+    /// has a `prompts/families/` file (Pony, Illustrious, NoobAI).
     fn prompts(
+        &self,
+        model: &str,
         template: &PortraitTemplate,
-        profile: &CharacterProfile,
+        profile: Option<&CharacterProfile>,
         additions: &[Option<&str>],
         extra_negative: Option<&str>,
     ) -> (String, String) {
         let extra = join_parts(additions.iter().flatten());
-        let subject = build_prompt(profile, Some(&extra));
+        let subject = profile.map_or_else(String::new, |p| build_prompt(p, Some(&extra)));
+        let family = self
+            .inner
+            .styles
+            .family(model)
+            .and_then(|f| self.inner.templates.family(f));
+        if let Some(tags) = family {
+            let gender = profile.map(|p| p.gender.as_str());
+            return tags.render(template, gender, &subject, extra_negative);
+        }
         let prompt = template.render(&subject);
         let negative = join_parts([
             template.negative_prompt.as_str(),
@@ -302,13 +315,14 @@ impl PortraitService {
         let style = template.style.clone();
         let model = self.pick_model(opts.model.as_deref(), None, &style, template)?;
         let (prompt, negative) = match profile {
-            Some(profile) => Self::prompts(
+            Some(_) => self.prompts(
+                &model,
                 template,
                 profile,
                 &[opts.custom_prompt_additions.as_deref()],
                 opts.negative_prompt.as_deref(),
             ),
-            None => (template.render(""), template.negative_prompt.clone()),
+            None => self.prompts(&model, template, None, &[], None),
         };
         let hires = opts
             .hires
@@ -413,9 +427,10 @@ impl PortraitService {
             None
         };
         let model = self.pick_model(opts.model.as_deref(), inherited, &style, template)?;
-        let (prompt, negative) = Self::prompts(
+        let (prompt, negative) = self.prompts(
+            &model,
             template,
-            profile,
+            Some(profile),
             &[Some(new_prompt), opts.custom_prompt_additions.as_deref()],
             opts.negative_prompt.as_deref(),
         );

@@ -21,7 +21,9 @@ use thiserror::Error;
 use toml::Spanned;
 
 use super::error::PortraitError;
+use super::families::{embedded_families, load_families, FamilyTags};
 use super::prompt::join_parts;
+use crate::registry::Family;
 
 /// The style used when a request names none; its file (`default.toml`) must exist.
 pub const DEFAULT_STYLE: &str = "default";
@@ -206,22 +208,33 @@ impl PortraitTemplate {
     /// whitespace normalised. `subject` is inserted verbatim (it is never re-scanned for
     /// placeholders).
     pub fn render(&self, subject: &str) -> String {
+        self.render_with_quality(subject, &self.quality)
+    }
+
+    /// [`Self::render`] with other quality tags (a model family's), put where `{quality}` is,
+    /// or first when the template has no `{quality}`.
+    pub fn render_with_quality(&self, subject: &str, quality: &str) -> String {
         let mut s = String::new();
+        if !self.segments.contains(&Segment::Quality) {
+            s.push_str(quality);
+            s.push_str(", ");
+        }
         for seg in &self.segments {
             match seg {
                 Segment::Text(t) => s.push_str(t),
                 Segment::Subject => s.push_str(subject),
-                Segment::Quality => s.push_str(&self.quality),
+                Segment::Quality => s.push_str(quality),
             }
         }
         join_parts([s])
     }
 }
 
-/// Every art style's template, by style name.
+/// Every art style's template, by style name, and the model families' tags.
 #[derive(Debug, Clone)]
 pub struct PortraitTemplates {
     by_style: BTreeMap<String, PortraitTemplate>,
+    families: BTreeMap<Family, FamilyTags>,
 }
 
 fn normalize_style(style: &str) -> String {
@@ -277,7 +290,10 @@ impl PortraitTemplates {
                 dir: dir.to_path_buf(),
             });
         }
-        Ok(Self { by_style })
+        Ok(Self {
+            by_style,
+            families: load_families(dir)?,
+        })
     }
 
     /// The templates compiled into the binary (the repo's `prompts/` folder at build time).
@@ -289,7 +305,23 @@ impl PortraitTemplates {
                 PortraitTemplate::parse(style, &file, text)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self::from_templates(templates))
+        Ok(Self::from_templates(templates).with_families(embedded_families()?))
+    }
+
+    /// Replaces the model families' tags.
+    pub fn with_families(mut self, families: BTreeMap<Family, FamilyTags>) -> Self {
+        self.families = families;
+        self
+    }
+
+    /// The tags of `family`, if it has a file.
+    pub fn family(&self, family: Family) -> Option<&FamilyTags> {
+        self.families.get(&family)
+    }
+
+    /// The families with tags, sorted.
+    pub fn families(&self) -> Vec<Family> {
+        self.families.keys().copied().collect()
     }
 
     /// Builds the set from already parsed templates (tests, embedded defaults).
@@ -299,6 +331,7 @@ impl PortraitTemplates {
                 .into_iter()
                 .map(|t| (normalize_style(&t.style), t))
                 .collect(),
+            families: BTreeMap::new(),
         }
     }
 
@@ -360,6 +393,14 @@ mod tests {
             assert_eq!(a.negative_prompt, b.negative_prompt, "{style}");
             assert_eq!(a.model, b.model, "{style}");
         }
+        assert_eq!(embedded.families(), folder.families());
+        for family in folder.families() {
+            assert_eq!(embedded.family(family), folder.family(family), "{family}");
+        }
+        assert_eq!(
+            folder.families(),
+            [Family::Pony, Family::Illustrious, Family::Noobai]
+        );
     }
 
     #[test]

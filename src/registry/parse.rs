@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{Architecture, ModelDefaults, ModelEntry, ModelSource, RegistryError, Result};
+use super::{
+    Architecture, Family, ModelDefaults, ModelEntry, ModelSource, RegistryError, Result,
+    SchedulerOverrides,
+};
 
 pub(super) fn invalid(model: &str, field: &str, message: impl Into<String>) -> RegistryError {
     RegistryError::Invalid {
@@ -40,6 +43,18 @@ fn get_str(model: &str, field: &str, t: &toml::Table, key: &str) -> Result<Optio
             model,
             field,
             format!("expected a string, found {}", type_name(v)),
+        )),
+    }
+}
+
+fn get_bool(model: &str, field: &str, t: &toml::Table, key: &str) -> Result<Option<bool>> {
+    match t.get(key) {
+        None => Ok(None),
+        Some(toml::Value::Boolean(b)) => Ok(Some(*b)),
+        Some(v) => Err(invalid(
+            model,
+            field,
+            format!("expected true or false, found {}", type_name(v)),
         )),
     }
 }
@@ -297,11 +312,7 @@ fn parse_defaults(model: &str, arch: Architecture, v: &toml::Value) -> Result<Mo
     if sampler.as_deref().is_some_and(|s| s.trim().is_empty()) {
         return Err(invalid(model, "defaults.sampler", "must not be empty"));
     }
-    let max_steps = if arch == Architecture::SdTurbo {
-        4
-    } else {
-        150
-    };
+    let max_steps = if arch.is_turbo() { 4 } else { 150 };
     let steps = get_int(model, "defaults.steps", t, "steps", 1, max_steps)?.map(|s| s as usize);
     let cfg_scale = match t.get("cfg_scale") {
         None => None,
@@ -315,11 +326,7 @@ fn parse_defaults(model: &str, arch: Architecture, v: &toml::Value) -> Result<Mo
             ))
         }
     };
-    let max_cfg = if arch == Architecture::SdTurbo {
-        1.0
-    } else {
-        30.0
-    };
+    let max_cfg = if arch.is_turbo() { 1.0 } else { 30.0 };
     if let Some(c) = cfg_scale {
         if !(0.0..=max_cfg).contains(&c) {
             return Err(invalid(
@@ -343,17 +350,7 @@ fn parse_defaults(model: &str, arch: Architecture, v: &toml::Value) -> Result<Mo
     };
     let width = side("width")?;
     let height = side("height")?;
-    let hires_fix = match t.get("hires_fix") {
-        None => None,
-        Some(toml::Value::Boolean(b)) => Some(*b),
-        Some(v) => {
-            return Err(invalid(
-                model,
-                "defaults.hires_fix",
-                format!("expected true or false, found {}", type_name(v)),
-            ))
-        }
-    };
+    let hires_fix = get_bool(model, "defaults.hires_fix", t, "hires_fix")?;
     Ok(ModelDefaults {
         sampler,
         steps,
@@ -384,6 +381,9 @@ pub(super) fn parse_entry(model: &str, v: &toml::Value) -> Result<ModelEntry> {
             "source",
             "defaults",
             "sha256",
+            "family",
+            "vae",
+            "scheduler",
         ],
     )?;
     let description = get_str(model, "description", t, "description")?.unwrap_or_default();
@@ -391,7 +391,7 @@ pub(super) fn parse_entry(model: &str, v: &toml::Value) -> Result<ModelEntry> {
         invalid(
             model,
             "architecture",
-            "required: one of sd1, sd2, sdxl, sd-turbo",
+            format!("required: one of {}", arch_names()),
         )
     })?;
     let architecture = Architecture::ALL
@@ -401,7 +401,7 @@ pub(super) fn parse_entry(model: &str, v: &toml::Value) -> Result<ModelEntry> {
             invalid(
                 model,
                 "architecture",
-                format!("'{arch_name}' is not one of sd1, sd2, sdxl, sd-turbo"),
+                format!("'{arch_name}' is not one of {}", arch_names()),
             )
         })?;
     let mut styles = Vec::new();
@@ -453,6 +453,18 @@ pub(super) fn parse_entry(model: &str, v: &toml::Value) -> Result<ModelEntry> {
             sha256.insert(file.clone(), hex);
         }
     }
+    let family = match get_str(model, "family", t, "family")? {
+        None => Family::of(architecture),
+        Some(name) => parse_family(model, architecture, &name)?,
+    };
+    let vae = get_str(model, "vae", t, "vae")?;
+    if let Some(v) = &vae {
+        check_vae(model, v)?;
+    }
+    let scheduler = match t.get("scheduler") {
+        Some(v) => parse_scheduler(model, v)?,
+        None => SchedulerOverrides::default(),
+    };
     Ok(ModelEntry {
         description,
         architecture,
@@ -460,5 +472,93 @@ pub(super) fn parse_entry(model: &str, v: &toml::Value) -> Result<ModelEntry> {
         source,
         defaults,
         sha256,
+        family,
+        vae,
+        scheduler,
+    })
+}
+
+fn arch_names() -> String {
+    Architecture::ALL.map(Architecture::as_str).join(", ")
+}
+
+fn parse_family(model: &str, arch: Architecture, name: &str) -> Result<Family> {
+    let names = Family::ALL.map(Family::as_str).join(", ");
+    let family = Family::parse(name)
+        .ok_or_else(|| invalid(model, "family", format!("'{name}' is not one of {names}")))?;
+    if !family.fits(arch) {
+        return Err(invalid(
+            model,
+            "family",
+            format!("a {arch} model cannot be of the {family} family"),
+        ));
+    }
+    Ok(family)
+}
+
+/// A VAE is a `.safetensors` file like the checkpoints (never a pickle).
+fn check_vae(model: &str, vae: &str) -> Result<()> {
+    let p = Path::new(vae.trim());
+    if vae.trim().is_empty() {
+        return Err(invalid(model, "vae", "must not be empty"));
+    }
+    if is_pickle(p) {
+        return Err(invalid(
+            model,
+            "vae",
+            "pickled VAEs (.pt/.ckpt/.bin) can run code when loaded and are refused; convert it to .safetensors",
+        ));
+    }
+    if p.extension().is_some() && !is_safetensors(p) {
+        return Err(invalid(
+            model,
+            "vae",
+            format!("'{vae}' must be a .safetensors file (or a name in MODELS_DIR/vae/)"),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_scheduler(model: &str, v: &toml::Value) -> Result<SchedulerOverrides> {
+    let t = v.as_table().ok_or_else(|| {
+        invalid(
+            model,
+            "scheduler",
+            format!("expected a table, found {}", type_name(v)),
+        )
+    })?;
+    check_keys(
+        model,
+        "scheduler.",
+        t,
+        &[
+            "prediction_type",
+            "rescale_betas_zero_snr",
+            "timestep_spacing",
+        ],
+    )?;
+    let one_of = |key: &str, allowed: &[&str]| -> Result<Option<String>> {
+        let field = format!("scheduler.{key}");
+        match get_str(model, &field, t, key)? {
+            Some(v) if !allowed.contains(&v.as_str()) => Err(invalid(
+                model,
+                &field,
+                format!("'{v}' is not one of {}", allowed.join(", ")),
+            )),
+            other => Ok(other),
+        }
+    };
+    let prediction_type = one_of("prediction_type", &SchedulerOverrides::PREDICTION_TYPES)?;
+    let timestep_spacing = one_of("timestep_spacing", &SchedulerOverrides::TIMESTEP_SPACINGS)?;
+    let rescale_betas_zero_snr = get_bool(
+        model,
+        "scheduler.rescale_betas_zero_snr",
+        t,
+        "rescale_betas_zero_snr",
+    )?;
+    Ok(SchedulerOverrides {
+        prediction_type,
+        rescale_betas_zero_snr,
+        timestep_spacing,
     })
 }

@@ -28,6 +28,9 @@ fn repo_weights_toml_is_valid() {
         "realistic-vision-5",
         "sd-turbo",
         "tiny-fixture",
+        "illustrious-xl",
+        "realvis-xl-5",
+        "sdxl-turbo",
     ] {
         assert!(reg.get(name).is_some(), "{name} missing");
     }
@@ -37,6 +40,12 @@ fn repo_weights_toml_is_valid() {
     assert!(turbo.defaults.steps.is_some_and(|s| (1..=4).contains(&s)));
     for (name, entry) in reg.models() {
         if let ModelSource::Hub { files, .. } = &entry.source {
+            if !files.iter().any(|f| f == "model_index.json") {
+                // A single-file entry: one checkpoint, nothing else to load.
+                assert_eq!(files.len(), 1, "{name}: {files:?}");
+                assert!(files[0].ends_with(".safetensors"), "{name}");
+                continue;
+            }
             // Every diffusers hub entry lists what a pipeline needs to load.
             for needed in [
                 "model_index.json",
@@ -342,7 +351,48 @@ fn errors_name_the_model_and_field() {
             styles = ["Fantasy"]
             source = { path = "y" }"#
                 .into(),
-            "style 'fantasy' is already served by model 'a'",
+            "style 'fantasy' is already served by the sd1 model 'a'",
+        ),
+        (
+            model_a("sdxl", "family = \"ponyy\"\nsource = { path = \"x\" }"),
+            "model 'a': invalid family: 'ponyy' is not one of sd1, sd2, sdxl, pony",
+        ),
+        (
+            model_a("sd1", "family = \"pony\"\nsource = { path = \"x\" }"),
+            "invalid family: a sd1 model cannot be of the pony family",
+        ),
+        (
+            model_a("sdxl", "vae = \"vae.pt\"\nsource = { path = \"x\" }"),
+            "invalid vae: pickled",
+        ),
+        (
+            model_a("sdxl", "vae = \"vae.onnx\"\nsource = { path = \"x\" }"),
+            "invalid vae: 'vae.onnx' must be a .safetensors file",
+        ),
+        (
+            model_a(
+                "sdxl",
+                "source = { path = \"x\" }\n[models.a.scheduler]\nprediction_type = \"v-pred\"",
+            ),
+            "invalid scheduler.prediction_type: 'v-pred' is not one of epsilon, v_prediction",
+        ),
+        (
+            model_a(
+                "sdxl",
+                "source = { path = \"x\" }\n[models.a.scheduler]\nztsnr = true",
+            ),
+            "invalid scheduler.ztsnr: unknown key",
+        ),
+        (
+            model_a(
+                "sdxl",
+                "source = { path = \"x\" }\n[models.a.scheduler]\nrescale_betas_zero_snr = 1",
+            ),
+            "invalid scheduler.rescale_betas_zero_snr: expected true or false",
+        ),
+        (
+            with_default("sdxl-turbo", "steps = 8"),
+            "invalid defaults.steps: 8 is outside 1..=4",
         ),
         (
             from_hub(
@@ -382,4 +432,126 @@ fn load_reports_missing_file() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("/nonexistent/weights.toml"), "{err}");
+}
+
+#[test]
+fn sdxl_entries_carry_family_vae_and_scheduler_overrides() {
+    let text = r#"
+        [models.noob]
+        architecture = "sdxl"
+        family = "NoobAI"
+        vae = "sdxl-vae-fp16-fix.safetensors"
+        source = { hub = "a/b", revision = "main", files = ["noob.safetensors"] }
+        [models.noob.scheduler]
+        prediction_type = "v_prediction"
+        rescale_betas_zero_snr = true
+        timestep_spacing = "trailing"
+        [models.plain]
+        architecture = "sd1"
+        source = { path = "x" }
+        [models.turbo]
+        architecture = "sdxl-turbo"
+        source = { path = "y" }
+    "#;
+    let reg = Registry::from_str(text).unwrap();
+    let noob = reg.get("noob").unwrap();
+    assert_eq!(noob.family, Family::Noobai);
+    assert_eq!(noob.vae.as_deref(), Some("sdxl-vae-fp16-fix.safetensors"));
+    assert_eq!(
+        noob.scheduler,
+        SchedulerOverrides {
+            prediction_type: Some("v_prediction".into()),
+            rescale_betas_zero_snr: Some(true),
+            timestep_spacing: Some("trailing".into()),
+        }
+    );
+    // Without a `family` the architecture decides; without the rest nothing is overridden.
+    let plain = reg.get("plain").unwrap();
+    assert_eq!((plain.family, plain.vae.clone()), (Family::Sd1, None));
+    assert!(plain.scheduler.is_empty());
+    assert_eq!(reg.get("turbo").unwrap().family, Family::Sdxl);
+}
+
+#[test]
+fn the_repo_sdxl_models_and_their_portrait_defaults() {
+    let reg = repo_registry();
+    let ill = reg.get("illustrious-xl").unwrap();
+    assert_eq!(
+        (ill.architecture, ill.family),
+        (Architecture::Sdxl, Family::Illustrious)
+    );
+    assert_eq!(
+        (ill.defaults.width, ill.defaults.height),
+        (Some(832), Some(1216))
+    );
+    assert_eq!(ill.defaults.hires_fix, Some(false));
+    let real = reg.get("realvis-xl-5").unwrap();
+    assert_eq!(
+        (real.defaults.width, real.defaults.height),
+        (Some(832), Some(1216))
+    );
+    let turbo = reg.get("sdxl-turbo").unwrap();
+    assert_eq!(turbo.architecture, Architecture::SdxlTurbo);
+    assert_eq!(
+        (turbo.defaults.steps, turbo.defaults.cfg_scale),
+        (Some(1), Some(0.0))
+    );
+    assert_eq!(
+        turbo.scheduler.timestep_spacing.as_deref(),
+        Some("trailing")
+    );
+    // Every hub entry is pinned to a commit or names its branch; SDXL ones to a commit.
+    for name in ["illustrious-xl", "realvis-xl-5", "sdxl-turbo"] {
+        let ModelSource::Hub { revision, .. } = &reg.get(name).unwrap().source else {
+            panic!("{name} is not a hub model")
+        };
+        assert!(
+            revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit()),
+            "{name}: {revision}"
+        );
+    }
+}
+
+#[test]
+fn a_style_goes_to_the_preferred_architecture_then_falls_back() {
+    let reg = repo_registry();
+    let all = |_: &str| true;
+    let pick = |style, prefer, served: &dyn Fn(&str) -> bool| {
+        reg.style_model(style, prefer, served).map(|m| m.0)
+    };
+    assert_eq!(
+        pick("fantasy", Architecture::Sd1, &all),
+        Some("dreamshaper-8")
+    );
+    assert_eq!(
+        pick("Anime", Architecture::Sdxl, &all),
+        Some("illustrious-xl")
+    );
+    assert_eq!(
+        pick("realistic", Architecture::Sdxl, &all),
+        Some("realvis-xl-5")
+    );
+    // Only SDXL models served: they take the styles whatever the preference.
+    let only_xl = |n: &str| n.ends_with("-xl") || n.starts_with("realvis");
+    assert_eq!(
+        pick("cartoon", Architecture::Sd1, &only_xl),
+        Some("illustrious-xl")
+    );
+    // Only SD 1.5 models served: SDXL preferred still falls back to them.
+    let only_sd1 = |n: &str| n == "dreamshaper-8";
+    assert_eq!(
+        pick("fantasy", Architecture::Sdxl, &only_sd1),
+        Some("dreamshaper-8")
+    );
+    assert_eq!(pick("realistic", Architecture::Sdxl, &only_sd1), None);
+    assert!(reg.styles().contains(&"photo"));
+    // The same style twice within one architecture is still refused, across them allowed.
+    let two = |arch_b: &str| {
+        Registry::from_str(&format!(
+            "[models.a]\narchitecture = \"sd1\"\nstyles = [\"x\"]\nsource = {{ path = \"a\" }}\n\
+             [models.b]\narchitecture = \"{arch_b}\"\nstyles = [\"x\"]\nsource = {{ path = \"b\" }}"
+        ))
+    };
+    assert!(two("sdxl").is_ok());
+    assert!(two("sd1").is_err());
 }

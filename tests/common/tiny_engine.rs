@@ -17,6 +17,7 @@ pub fn tiny_engine() -> Engine {
             ..Defaults::default()
         },
         prediction_type: None,
+        vae: None,
     }))
     .expect("the tiny engine starts");
     engine.wait_ready().expect("the tiny model loads");

@@ -12,14 +12,14 @@ use serde_json::{json, Value};
 use super::a1111_request::{crop_and_resize, Common, Img2ImgBody, Txt2ImgBody};
 use super::errors::A1111Error;
 use super::run::{self, CompatJob, CompatOutput};
-use super::{from_body, image_bytes, resolve_model, to_base64, CompatState};
+use super::{from_body, image_bytes, resolve_model, resolve_vae, to_base64, CompatState};
 use crate::api::blocking;
 use crate::api::caller::Caller;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::ApiJson;
 use crate::api::AppState;
 use crate::engine::infotext::{limner_version, InfoText, VERSION_KEY};
-use crate::engine::{decode_image, EngineError, GenerationRequest, ValidRequest};
+use crate::engine::{decode_image, EngineError, GenerationRequest, VaeChoice, ValidRequest};
 
 /// The model a compat request runs on: `override_settings.sd_model_checkpoint` if given (it
 /// must be served), else the `sd_model_checkpoint` option, else the backend's default.
@@ -73,6 +73,8 @@ struct Summary {
     height: usize,
     batch_size: usize,
     clip_skip: usize,
+    /// The VAE file picked by name (`sd_vae_name`), if any.
+    vae: Option<String>,
 }
 
 impl Summary {
@@ -87,6 +89,10 @@ impl Summary {
             height: v.height(),
             batch_size: v.batch_size(),
             clip_skip: v.clip_skip(),
+            vae: match v.vae() {
+                VaeChoice::Named(n) => Some(n.clone()),
+                _ => None,
+            },
         }
     }
 }
@@ -142,7 +148,7 @@ fn info_json(
         "face_restoration_model": null,
         "sd_model_name": out.model,
         "sd_model_hash": first.as_ref().and_then(|i| i.model_hash.clone()),
-        "sd_vae_name": null,
+        "sd_vae_name": s.vae,
         "sd_vae_hash": null,
         "seed_resize_from_w": common.seed_resize_from_w.unwrap_or(-1),
         "seed_resize_from_h": common.seed_resize_from_h.unwrap_or(-1),
@@ -255,7 +261,7 @@ fn open<B: Body>(
     let ApiJson(body) = body?;
     let mut body: B = from_body(body)?;
     body.fill_defaults();
-    let (req, notes) = body.to_request()?;
+    let (mut req, notes) = body.to_request()?;
     let model = pick_model(
         state,
         compat,
@@ -263,6 +269,11 @@ fn open<B: Body>(
         body.common().checkpoint(),
         "override_settings.sd_model_checkpoint",
     )?;
+    // `override_settings.sd_vae`, else the caller's `sd_vae` option.
+    req.vae = Some(match body.common().vae_override()? {
+        Some(v) => resolve_vae(&*state.backend, v, "override_settings.sd_vae")?,
+        None => compat.vae(&*state.backend, &caller.user),
+    });
     Ok(Opened {
         user: caller.user,
         body,

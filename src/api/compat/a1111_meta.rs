@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use super::a1111::pick_model;
 use super::errors::A1111Error;
 use super::run::visible_jobs;
-use super::{from_body, image_bytes, model_title, CompatState};
+use super::{from_body, image_bytes, model_title, resolve_vae, CompatState};
 use crate::api::blocking;
 use crate::api::caller::Caller;
 use crate::api::error::ApiError;
@@ -253,12 +253,30 @@ pub(crate) async fn get_options(
         "return_grid": false,
         "enable_pnginfo": true,
         "img2img_fix_steps": false,
-        "sd_vae": "Automatic",
+        "sd_vae": compat.vae(backend, &caller.user),
     })))
 }
 
+/// `GET /sdapi/v1/sd-vae`: the VAE files of the models folder's `vae/` (A1111's `models/VAE`),
+/// the names `sd_vae` accepts besides "Automatic" and "None".
+pub(crate) async fn sd_vae(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+) -> A1111Result {
+    caller?;
+    let list: Vec<Value> = state
+        .backend
+        .vae_names()
+        .into_iter()
+        .map(|name| json!({"model_name": name, "filename": name}))
+        .collect();
+    Ok(Json(Value::Array(list)))
+}
+
 /// `POST /sdapi/v1/options`: `sd_model_checkpoint` (a title or name `sd-models` lists, a file
-/// name, or a model hash) becomes the caller's default model; other options are accepted and ignored.
+/// name, or a model hash) becomes the caller's default model and `sd_vae` ("Automatic", "None"
+/// or a name `sd-vae` lists) their VAE; both are checked before either is set. Other options
+/// are accepted and ignored.
 pub(crate) async fn set_options(
     State(state): State<AppState>,
     Extension(compat): Extension<Arc<CompatState>>,
@@ -267,6 +285,7 @@ pub(crate) async fn set_options(
 ) -> A1111Result {
     let Caller(caller) = caller?;
     let ApiJson(options) = body?;
+    let mut checkpoint = None;
     if let Some(value) = options.get("sd_model_checkpoint") {
         let wanted = value
             .as_str()
@@ -278,7 +297,24 @@ pub(crate) async fn set_options(
             Some(wanted),
             "sd_model_checkpoint",
         )?;
+        checkpoint = Some(model);
+    }
+    let vae = match options.get("sd_vae") {
+        None => None,
+        Some(Value::String(v)) => Some(resolve_vae(&*state.backend, v, "sd_vae")?),
+        Some(_) => {
+            return Err(ApiError::validation(
+                "sd_vae",
+                "must be a string: Automatic, None or a VAE file name",
+            )
+            .into())
+        }
+    };
+    if let Some(model) = checkpoint {
         compat.set_checkpoint(&caller.user, model);
+    }
+    if let Some(vae) = vae {
+        compat.set_vae(&caller.user, vae);
     }
     Ok(Json(Value::Null))
 }

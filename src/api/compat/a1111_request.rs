@@ -170,6 +170,22 @@ impl Common {
             .filter(|s| !s.is_empty())
     }
 
+    /// The VAE named in `override_settings.sd_vae`, if any (a non-string is a 422).
+    pub(crate) fn vae_override(&self) -> Result<Option<&str>, ApiError> {
+        match self
+            .override_settings
+            .as_ref()
+            .and_then(|o| o.get("sd_vae"))
+        {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(ApiError::validation(
+                "override_settings.sd_vae",
+                "must be a string: Automatic, None or a VAE file name",
+            )),
+        }
+    }
+
     /// The sampler A1111 would use: `sampler_name`, else `sampler_index`, else "Euler".
     pub(crate) fn sampler(&self) -> &str {
         set(&self.sampler_name)
@@ -257,7 +273,8 @@ impl Common {
         let mut clip_skip = None;
         for (key, value) in self.override_settings.iter().flatten() {
             match key.as_str() {
-                "sd_model_checkpoint" => {}
+                // Both are applied by the caller, which knows the served models and VAEs.
+                "sd_model_checkpoint" | "sd_vae" => {}
                 "CLIP_stop_at_last_layers" => match value.as_u64() {
                     Some(n) => clip_skip = Some(n as usize),
                     None => {
@@ -295,6 +312,7 @@ impl Common {
             // `/sdapi/v1/progress` shows the latest as `current_image`; the cheap latent map
             // costs next to nothing beside a UNet step.
             preview_every: Some(PREVIEW_EVERY),
+            vae: None,
         })
     }
 }

@@ -33,7 +33,7 @@ fn unknown_and_unsupported_fields_are_noted_not_refused() {
     let b = txt(json!({
         "restore_faces": true, "tiling": false, "styles": ["cinematic"],
         "controlnet_units": [], "scheduler": "Exponential", "eta": 0.5,
-        "override_settings": {"sd_vae": "x.pt", "CLIP_stop_at_last_layers": 2},
+        "override_settings": {"sd_vae": "x.pt", "CLIP_stop_at_last_layers": 2, "sd_hypernetwork": "h"},
         "alwayson_scripts": {"ADetailer": {"args": [true]}}
     }));
     let (r, notes) = b.to_request().unwrap();
@@ -43,12 +43,15 @@ fn unknown_and_unsupported_fields_are_noted_not_refused() {
         "styles",
         "controlnet_units",
         "eta",
-        "override_settings.sd_vae",
+        "override_settings.sd_hypernetwork",
         "ADetailer",
     ] {
         assert!(all.contains(field), "{field} missing from {all}");
     }
     assert!(!all.contains("tiling"), "{all}");
+    // sd_vae is applied (checked against the served VAEs by the caller), not noted.
+    assert!(!all.contains("sd_vae"), "{all}");
+    assert_eq!(b.common.vae_override().unwrap(), Some("x.pt"));
     // A1111's schedule types are all implemented, so the scheduler is passed on, not noted.
     assert!(!all.contains("scheduler"), "{all}");
     assert_eq!(r.scheduler.as_deref(), Some("Exponential"));

@@ -28,6 +28,7 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use super::AppState;
+use crate::engine::{match_vae_name, VaeChoice};
 use crate::portraits::ImageBackend;
 use run::ActiveJob;
 
@@ -37,9 +38,33 @@ pub(crate) struct CompatState {
     /// A1111's `sd_model_checkpoint` option, per user (one player's client switching models
     /// must not switch everyone's): the model their later compat requests use when they name
     /// none. Absent = the backend's default model.
-    checkpoint: RwLock<HashMap<String, String>>,
+    checkpoint: PerUser,
+    /// A1111's `sd_vae` option, per user like the checkpoint: "Automatic", "None" or a VAE
+    /// file name the backend lists. Absent = "Automatic".
+    vae: PerUser,
     /// Compat jobs submitted and not yet answered, oldest first.
     active: Mutex<Vec<Arc<ActiveJob>>>,
+}
+
+/// One A1111 option's value per user.
+#[derive(Default)]
+struct PerUser(RwLock<HashMap<String, String>>);
+
+impl PerUser {
+    fn get(&self, user: &str) -> Option<String> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(user)
+            .cloned()
+    }
+
+    fn set(&self, user: &str, value: String) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(user.to_string(), value);
+    }
 }
 
 impl CompatState {
@@ -50,22 +75,61 @@ impl CompatState {
     /// The model `user`'s compat requests use by default: their `sd_model_checkpoint` option
     /// if it is still served, else the backend's default.
     pub(crate) fn default_model(&self, backend: &dyn ImageBackend, user: &str) -> String {
-        let chosen = self
-            .checkpoint
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.checkpoint
             .get(user)
-            .cloned();
-        chosen
             .filter(|m| backend.model_names().contains(m))
             .unwrap_or_else(|| backend.default_model())
     }
 
     pub(crate) fn set_checkpoint(&self, user: &str, model: String) {
-        self.checkpoint
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(user.to_string(), model);
+        self.checkpoint.set(user, model);
+    }
+
+    /// `user`'s `sd_vae` option: the VAE they chose if it is still listed, else "Automatic".
+    pub(crate) fn vae(&self, backend: &dyn ImageBackend, user: &str) -> String {
+        self.vae
+            .get(user)
+            .filter(|v| match VaeChoice::parse(v) {
+                VaeChoice::Named(n) => backend.vae_names().contains(&n),
+                _ => true,
+            })
+            .unwrap_or_else(|| VaeChoice::Automatic.as_option().to_string())
+    }
+
+    pub(crate) fn set_vae(&self, user: &str, vae: String) {
+        self.vae.set(user, vae);
+    }
+}
+
+/// A1111's `sd_vae` value made canonical: "Automatic", "None" (the checkpoint's own VAE) or the
+/// name of a VAE file the backend lists (matched as [`match_vae_name`] does); anything else
+/// is a 422 naming `field`.
+pub(crate) fn resolve_vae(
+    backend: &dyn ImageBackend,
+    wanted: &str,
+    field: &str,
+) -> Result<String, ApiError> {
+    match VaeChoice::parse(wanted) {
+        VaeChoice::Named(name) => {
+            let known = backend.vae_names();
+            match_vae_name(known.iter().map(String::as_str), &name)
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    ApiError::validation(
+                        field,
+                        format!(
+                            "unknown VAE {name:?}; use Automatic, None or a VAE file of the \
+                             models folder's vae/ (listed by /sdapi/v1/sd-vae): {}",
+                            if known.is_empty() {
+                                "none there".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    )
+                })
+        }
+        other => Ok(other.as_option().to_string()),
     }
 }
 
@@ -97,7 +161,7 @@ pub(crate) fn routes() -> Router<AppState> {
             "/sdapi/v1/refresh-checkpoints",
             post(a1111_meta::refresh_checkpoints),
         )
-        .route("/sdapi/v1/sd-vae", get(a1111_meta::empty_list))
+        .route("/sdapi/v1/sd-vae", get(a1111_meta::sd_vae))
         .route("/sdapi/v1/loras", get(a1111_meta::empty_list))
         .route("/sdapi/v1/hypernetworks", get(a1111_meta::empty_list))
         .route("/sdapi/v1/face-restorers", get(a1111_meta::empty_list))

@@ -163,6 +163,8 @@ pub(crate) async fn generations(
         height: size.map(|s| s.1),
         batch_size: Some(n),
         format: Some(body.output_format.clone().unwrap_or_else(|| "png".into())),
+        // The caller's A1111 `sd_vae` option applies here too, like their checkpoint.
+        vae: Some(compat.vae(&*state.backend, &caller.user)),
         ..Default::default()
     };
     let valid = validate(&state, &model, req).map_err(|e| match e.field.as_deref() {

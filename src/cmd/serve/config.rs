@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Arg, ArgAction, ArgMatches};
 use limner::auth::is_loopback_bind;
 use limner::jobs::{QueueConfig, MAX_CONCURRENCY, MAX_QUEUED};
+use limner::registry::Architecture;
 use serde::Deserialize;
 
 use crate::cmd::locations::Lookup;
@@ -276,6 +277,10 @@ pub struct ServeConfig {
     pub model: Option<String>,
     /// `None`: every pulled model.
     pub models: Option<Vec<String>>,
+    /// `None`: each model's own VAE (its weights.toml `vae`, else the checkpoint's).
+    pub vae: Option<String>,
+    /// The architecture whose models paint the art styles.
+    pub style_architecture: Architecture,
     /// `None`: the built-in `weights.toml`.
     pub weights: Option<PathBuf>,
     pub models_dir: PathBuf,
@@ -318,6 +323,8 @@ impl ServeConfig {
             port: l.or_default("port", number(0, u16::MAX))?,
             model: l.get("model", text)?,
             models: l.get("models", list)?,
+            vae: l.get("vae", text)?,
+            style_architecture: l.or_default("style_architecture", architecture)?,
             weights: l
                 .get("weights", path)?
                 .or_else(|| lookup.weights(&data_dir)),
@@ -413,6 +420,17 @@ fn retention(v: &str) -> Result<Duration, String> {
         return Err(format!("must be at most {} days", max.as_secs() / 86_400));
     }
     Ok(d)
+}
+
+fn architecture(v: &str) -> Result<Architecture, String> {
+    let v = v.to_ascii_lowercase();
+    Architecture::ALL
+        .into_iter()
+        .find(|a| a.as_str() == v)
+        .ok_or_else(|| {
+            let all: Vec<&str> = Architecture::ALL.iter().map(|a| a.as_str()).collect();
+            format!("must be one of {}", all.join(", "))
+        })
 }
 
 fn switch(v: &str) -> Result<bool, String> {

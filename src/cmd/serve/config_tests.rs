@@ -245,7 +245,7 @@ fn switches_and_lists_read_as_before() {
 #[test]
 fn the_table_of_settings_is_well_formed() {
     let mut keys: Vec<&str> = SETTINGS.iter().map(|s| s.key.as_str()).collect();
-    assert_eq!(keys.len(), 20);
+    assert_eq!(keys.len(), 22);
     keys.sort();
     keys.dedup();
     assert_eq!(keys.len(), SETTINGS.len(), "keys are unique");
@@ -287,4 +287,68 @@ fn the_readme_table_lists_every_setting() {
         }
     }
     assert_eq!(rows.len(), SETTINGS.len(), "one row per setting: {rows:#?}");
+}
+
+#[test]
+fn vae_and_style_architecture_follow_the_precedence() {
+    let c = resolve(&[flags(&[]), env(&[]), file("")]).unwrap();
+    assert_eq!(c.vae, None);
+    assert_eq!(c.style_architecture, limner::registry::Architecture::Sd1);
+    let c = resolve(&[
+        flags(&["--vae", "sdxl-vae-fp16-fix.safetensors"]),
+        env(&[
+            ("LIMNER_VAE", "other.safetensors"),
+            ("LIMNER_STYLE_ARCHITECTURE", "SDXL"),
+        ]),
+        file("vae = \"third.safetensors\"\nstyle_architecture = \"sd2\""),
+    ])
+    .unwrap();
+    assert_eq!(c.vae.as_deref(), Some("sdxl-vae-fp16-fix.safetensors"));
+    assert_eq!(c.style_architecture, limner::registry::Architecture::Sdxl);
+    let e = resolve(&[flags(&["--style-architecture", "sd3"])]).unwrap_err();
+    assert!(
+        e.contains("--style-architecture") && e.contains("sd1, sd2, sdxl, sd-turbo, sdxl-turbo"),
+        "{e}"
+    );
+}
+
+#[test]
+fn served_models_get_the_weights_toml_vae_unless_vae_is_given() {
+    let root = tempfile::tempdir().unwrap();
+    let models = root.path().join("models");
+    std::fs::create_dir_all(models.join("vae")).unwrap();
+    for f in ["own.safetensors", "forced.safetensors"] {
+        std::fs::write(models.join("vae").join(f), b"x").unwrap();
+    }
+    let tiny = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15/model");
+    let registry = limner::registry::Registry::from_str(&format!(
+        "[models.m]\narchitecture = \"sd1\"\nvae = \"own\"\nsource = {{ path = {:?} }}\n\
+         [models.m.scheduler]\nprediction_type = \"v_prediction\"\n\
+         [models.plain]\narchitecture = \"sd1\"\nsource = {{ path = {:?} }}\n",
+        tiny.display().to_string(),
+        tiny.display().to_string(),
+    ))
+    .unwrap();
+    let models_flag = models.display().to_string();
+    let config = |extra: &[&str]| {
+        let mut args = vec!["--models-dir", models_flag.as_str(), "--models", "m,plain"];
+        args.extend_from_slice(extra);
+        resolve(&[flags(&args)]).unwrap()
+    };
+    let specs = |c: &ServeConfig| super::model_specs(c, &registry).map(|s| s.unwrap().1);
+    let own = specs(&config(&[])).unwrap();
+    assert_eq!(own[0].vae, Some(models.join("vae/own.safetensors")));
+    assert_eq!(own[0].prediction_type.as_deref(), Some("v_prediction"));
+    assert_eq!(
+        (own[1].vae.clone(), own[1].prediction_type.clone()),
+        (None, None)
+    );
+    let forced = specs(&config(&["--vae", "forced.safetensors"])).unwrap();
+    assert!(forced
+        .iter()
+        .all(|s| s.vae == Some(models.join("vae/forced.safetensors"))));
+    let e = specs(&config(&["--vae", "missing"]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--vae") && e.contains("missing"), "{e}");
 }

@@ -72,7 +72,8 @@ pub struct LoadOptions {
     /// Overrides the scheduler's prediction type ("epsilon" / "v_prediction"), for single files
     /// whose type cannot be read from the weights.
     pub prediction_type: Option<String>,
-    /// A VAE file that replaces the model's own (None = the model's).
+    /// A VAE safetensors file (LDM or diffusers names) to decode and encode with instead of
+    /// the model's own (`weights.toml` `vae`, `--vae`, A1111's `sd_vae`); None = the model's.
     pub vae: Option<PathBuf>,
 }
 
