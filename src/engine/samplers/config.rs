@@ -86,6 +86,10 @@ pub(crate) enum Spacing {
     Trailing,
 }
 
+/// The noise level of the last training timestep under zero-terminal-SNR betas (see
+/// `SchedulerConfig::alphas_cumprod`).
+pub(crate) const ZERO_SNR_SIGMA_MAX: f64 = 4096.0;
+
 /// Largest training schedule we accept; real models use 1000.
 const MAX_TRAIN_TIMESTEPS: usize = 100_000;
 
@@ -203,7 +207,11 @@ impl SchedulerConfig {
     }
 
     /// Cumulative products of `1 - beta`. With zero-SNR rescaling the last one is 0, which gives
-    /// an infinite sigma; sigma-based samplers ask for diffusers' stand-in `2^-24` instead.
+    /// an infinite sigma; sigma-based samplers ask for a finite stand-in instead. diffusers puts
+    /// `2^-24` there, whose sigma `sqrt(2^24 - 1)` its float32 arithmetic gives as exactly 4096
+    /// (the float64 value, 4095.99988, rounds to the float32 below it). At that noise level the
+    /// first step cancels numbers of size ~4096 x the noise, so one float32 ulp of sigma_max
+    /// moves the result by ~1e-3; the stand-in here is `1 / (1 + 4096²)`, whose sigma is 4096.
     pub(crate) fn alphas_cumprod(&self, finite_last_sigma: bool) -> Result<Vec<f64>> {
         let mut acc = 1.0;
         let mut out: Vec<f64> = self
@@ -216,7 +224,7 @@ impl SchedulerConfig {
             .collect();
         if finite_last_sigma && self.rescale_betas_zero_snr {
             if let Some(last) = out.last_mut() {
-                *last = 2f64.powi(-24);
+                *last = 1.0 / (1.0 + ZERO_SNR_SIGMA_MAX * ZERO_SNR_SIGMA_MAX);
             }
         }
         Ok(out)
@@ -400,7 +408,9 @@ mod tests {
         let ac_plain = plain.alphas_cumprod(false).unwrap();
         assert!(ac[999].abs() < 1e-12);
         assert!((ac[0] - ac_plain[0]).abs() < 1e-12);
-        assert_eq!(c.alphas_cumprod(true).unwrap()[999], 2f64.powi(-24));
+        let stand_in = c.alphas_cumprod(true).unwrap()[999];
+        assert!((stand_in - 2f64.powi(-24)).abs() < 1e-14, "{stand_in}");
+        assert_eq!(((1.0 - stand_in) / stand_in).sqrt() as f32, 4096.0);
     }
 
     #[test]
