@@ -126,10 +126,7 @@ mod tests {
         let u = Tensor::new(&[[0.3f32, -1.7, 2.25], [0.01, 5.5, -0.4]], &dev).unwrap();
         let c = Tensor::new(&[[1.1f32, 0.2, -0.9], [0.7, 4.0, 0.33]], &dev).unwrap();
         let plain = (&u + ((&c - &u).unwrap() * 7.5).unwrap()).unwrap();
-        assert_eq!(
-            values(&guided(&u, &c, 7.5, 0.0).unwrap()),
-            values(&plain)
-        );
+        assert_eq!(values(&guided(&u, &c, 7.5, 0.0).unwrap()), values(&plain));
     }
 
     #[test]

@@ -470,7 +470,10 @@ mod tests {
         assert!(z.rescale_betas_zero_snr);
         assert_eq!(z.spacing(Spacing::Leading).unwrap(), Spacing::Trailing);
         // The rest of the model's schedule is kept.
-        assert_eq!((z.beta_start, z.steps_offset), (base.beta_start, base.steps_offset));
+        assert_eq!(
+            (z.beta_start, z.steps_offset),
+            (base.beta_start, base.steps_offset)
+        );
         let last = z.alphas_cumprod(true).unwrap()[999];
         assert_eq!(((1.0 - last) / last).sqrt() as f32, 4096.0);
     }

@@ -61,7 +61,10 @@ pub(crate) fn x0_at_sigma(
             let s = sigma as f32;
             let s2 = s * s + 1.0;
             let c_out = -s / s2.sqrt();
-            lin(&[(model_output, f64::from(c_out)), (sample, f64::from(1.0 / s2))])
+            lin(&[
+                (model_output, f64::from(c_out)),
+                (sample, f64::from(1.0 / s2)),
+            ])
         }
         Prediction::Sample => Ok(model_output.clone()),
     }

@@ -18,8 +18,8 @@ fn cases() -> Vec<Value> {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/sampler-schedules/reference.json"
     );
-    let doc: Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("reference.json")).expect("JSON");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("reference.json"))
+        .expect("JSON");
     doc["zero_snr"].as_array().expect("zero_snr cases").clone()
 }
 
@@ -57,8 +57,7 @@ fn label(case: &Value) -> String {
 /// Our sampler's loop for one case; returns the final latents.
 fn run(case: &Value) -> Vec<f64> {
     let spec = parse_sampler(case["sampler"].as_str().unwrap(), None).unwrap();
-    let config: SchedulerConfig =
-        serde_json::from_value(case["scheduler_config"].clone()).unwrap();
+    let config: SchedulerConfig = serde_json::from_value(case["scheduler_config"].clone()).unwrap();
     let steps = case["steps"].as_u64().unwrap() as usize;
     let shape: Vec<usize> = floats(&case["shape"]).iter().map(|d| *d as usize).collect();
     let mut s = build_sampler(&spec, &config, steps).unwrap();
@@ -95,7 +94,11 @@ fn timesteps_sigmas_and_init_noise_match_diffusers() {
         let want = floats(&case["timesteps"]);
         assert_eq!(s.timesteps().len(), want.len(), "{what}");
         for (g, w) in s.timesteps().iter().zip(&want) {
-            assert!((g - w).abs() < 1e-3, "{what}: {:?} vs {want:?}", s.timesteps());
+            assert!(
+                (g - w).abs() < 1e-3,
+                "{what}: {:?} vs {want:?}",
+                s.timesteps()
+            );
         }
         let init = case["init_noise_sigma"].as_f64().unwrap();
         assert!(
@@ -108,7 +111,9 @@ fn timesteps_sigmas_and_init_noise_match_diffusers() {
         };
         let scheduler = spec.scheduler;
         let ours = match case["scheduler"].as_str().unwrap() {
-            "EulerDiscreteScheduler" | "EulerAncestralDiscreteScheduler" | "LMSDiscreteScheduler" => {
+            "EulerDiscreteScheduler"
+            | "EulerAncestralDiscreteScheduler"
+            | "LMSDiscreteScheduler" => {
                 sigma_schedule(&config, Spacing::Trailing, steps, scheduler, true).unwrap()
             }
             "DPMSolverMultistepScheduler" | "UniPCMultistepScheduler" => {
@@ -147,9 +152,13 @@ fn denoising_loops_reproduce_diffusers_latents() {
         // how much (perturbed model outputs, an exactly computed schedule). Only Heun, which
         // averages a slope taken at the noisy first step over a step of ~4090, has a floor
         // above 1e-6.
-        let floor = case["rounding_floor"].as_f64().unwrap() + case["schedule_floor"].as_f64().unwrap();
+        let floor =
+            case["rounding_floor"].as_f64().unwrap() + case["schedule_floor"].as_f64().unwrap();
         let tol = 1e-5 + 4.0 * floor;
-        eprintln!("{}: relative max abs diff {diff:e} (tolerance {tol:e})", label(&case));
+        eprintln!(
+            "{}: relative max abs diff {diff:e} (tolerance {tol:e})",
+            label(&case)
+        );
         assert!(got.iter().all(|v| v.is_finite()), "{}", label(&case));
         if diff >= tol {
             failures.push(format!("{}: {diff:e} >= {tol:e}", label(&case)));
@@ -172,7 +181,10 @@ fn ddim_refuses_epsilon_models_at_zero_snr() {
     let err = build_sampler(&spec, &config, 10).err().expect("must fail");
     let text = err.to_string();
     assert!(err.is_client_error(), "{text}");
-    assert!(text.contains("DDIM") && text.contains("v_prediction"), "{text}");
+    assert!(
+        text.contains("DDIM") && text.contains("v_prediction"),
+        "{text}"
+    );
     // Leading spacing never visits the last timestep, so it stays usable.
     let leading = SchedulerConfig {
         timestep_spacing: Some("leading".into()),
