@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::config::Spacing;
 use super::names::SchedulerKind;
 use super::schedule::{multistep_schedule, sigma_schedule};
-use super::test_support::sd;
+use super::test_support::{floats, sd};
 use super::*;
 
 fn cases() -> Vec<Value> {
@@ -21,14 +21,6 @@ fn cases() -> Vec<Value> {
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("reference.json"))
         .expect("JSON");
     doc["zero_snr"].as_array().expect("zero_snr cases").clone()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_f64().expect("number"))
-        .collect()
 }
 
 fn tensor(v: &Value, shape: &[usize]) -> Tensor {
