@@ -12,6 +12,7 @@ pub(crate) mod cancel;
 pub(crate) mod conditioning;
 pub(crate) mod device;
 pub(crate) mod error;
+pub(crate) mod guidance;
 pub(crate) mod infotext;
 pub(crate) mod kernel_cases;
 pub(crate) mod kernels;

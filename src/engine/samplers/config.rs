@@ -86,6 +86,10 @@ pub(crate) enum Spacing {
     Trailing,
 }
 
+/// The noise level of the last training timestep under zero-terminal-SNR betas (see
+/// `SchedulerConfig::alphas_cumprod`).
+pub(crate) const ZERO_SNR_SIGMA_MAX: f64 = 4096.0;
+
 /// Largest training schedule we accept; real models use 1000.
 const MAX_TRAIN_TIMESTEPS: usize = 100_000;
 
@@ -105,6 +109,27 @@ impl SchedulerConfig {
         let text = std::fs::read_to_string(path)
             .map_err(|e| EngineError::Model(format!("{}: {e}", path.display())))?;
         Self::from_json(&text)
+    }
+
+    /// Marks the model as a v-prediction model, as a single-file checkpoint's empty marker
+    /// tensors say (`v_pred`, and `ztsnr` for zero-terminal-SNR training; A1111 and ComfyUI
+    /// read the same keys). With `ztsnr` the betas are rescaled to zero terminal SNR and the
+    /// timesteps spaced "trailing", which is what diffusers configs of such models (NoobAI's)
+    /// say: a run must start at the last training timestep, the one with no signal left, or
+    /// the images come out washed-out grey. A1111 (k-diffusion's uniform schedule, linear in t
+    /// from 999 to 0) and ComfyUI ("normal" likewise; "simple" is exactly trailing) start there
+    /// too; SDXL's own "leading" spacing would start at 876 (8 steps). Without `ztsnr` only
+    /// the prediction type changes (v-prediction models with ordinary betas, SD 2.x-style).
+    /// (A1111 and ComfyUI put the finite stand-in for the last alpha at 4.9e-8, sigma ~4519;
+    /// this follows diffusers' 2^-24, sigma 4096.)
+    // The single-file loader is its caller; until it is wired there only tests call it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn apply_v_prediction(&mut self, ztsnr: bool) {
+        self.prediction_type = "v_prediction".to_string();
+        if ztsnr {
+            self.rescale_betas_zero_snr = true;
+            self.timestep_spacing = Some("trailing".to_string());
+        }
     }
 
     pub(crate) fn prediction(&self) -> Result<Prediction> {
@@ -203,7 +228,11 @@ impl SchedulerConfig {
     }
 
     /// Cumulative products of `1 - beta`. With zero-SNR rescaling the last one is 0, which gives
-    /// an infinite sigma; sigma-based samplers ask for diffusers' stand-in `2^-24` instead.
+    /// an infinite sigma; sigma-based samplers ask for a finite stand-in instead. diffusers puts
+    /// `2^-24` there, whose sigma `sqrt(2^24 - 1)` its float32 arithmetic gives as exactly 4096
+    /// (the float64 value, 4095.99988, rounds to the float32 below it). At that noise level the
+    /// first step cancels numbers of size ~4096 x the noise, so one float32 ulp of sigma_max
+    /// moves the result by ~1e-3; the stand-in here is `1 / (1 + 4096²)`, whose sigma is 4096.
     pub(crate) fn alphas_cumprod(&self, finite_last_sigma: bool) -> Result<Vec<f64>> {
         let mut acc = 1.0;
         let mut out: Vec<f64> = self
@@ -216,7 +245,7 @@ impl SchedulerConfig {
             .collect();
         if finite_last_sigma && self.rescale_betas_zero_snr {
             if let Some(last) = out.last_mut() {
-                *last = 2f64.powi(-24);
+                *last = 1.0 / (1.0 + ZERO_SNR_SIGMA_MAX * ZERO_SNR_SIGMA_MAX);
             }
         }
         Ok(out)
@@ -400,7 +429,53 @@ mod tests {
         let ac_plain = plain.alphas_cumprod(false).unwrap();
         assert!(ac[999].abs() < 1e-12);
         assert!((ac[0] - ac_plain[0]).abs() < 1e-12);
-        assert_eq!(c.alphas_cumprod(true).unwrap()[999], 2f64.powi(-24));
+        let stand_in = c.alphas_cumprod(true).unwrap()[999];
+        assert!((stand_in - 2f64.powi(-24)).abs() < 1e-14, "{stand_in}");
+        assert_eq!(((1.0 - stand_in) / stand_in).sqrt() as f32, 4096.0);
+    }
+
+    #[test]
+    fn reads_a_noobai_style_v_prediction_config() {
+        let c = SchedulerConfig::from_json(
+            r#"{"_class_name": "EulerDiscreteScheduler", "beta_schedule": "scaled_linear",
+                "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "v_prediction",
+                "rescale_betas_zero_snr": true, "timestep_spacing": "trailing",
+                "steps_offset": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(c.prediction().unwrap(), Prediction::Velocity);
+        assert!(c.rescale_betas_zero_snr);
+        assert_eq!(c.spacing(Spacing::Leading).unwrap(), Spacing::Trailing);
+    }
+
+    #[test]
+    fn checkpoint_markers_set_v_prediction_and_zero_snr() {
+        // SDXL base's config, as a single-file SDXL checkpoint gets it.
+        let base = SchedulerConfig {
+            beta_schedule: "scaled_linear".into(),
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            steps_offset: 1,
+            timestep_spacing: Some("leading".into()),
+            ..Default::default()
+        };
+        let mut v = base.clone();
+        v.apply_v_prediction(false);
+        assert_eq!(v.prediction().unwrap(), Prediction::Velocity);
+        assert!(!v.rescale_betas_zero_snr);
+        assert_eq!(v.timestep_spacing.as_deref(), Some("leading"));
+        let mut z = base.clone();
+        z.apply_v_prediction(true);
+        assert_eq!(z.prediction().unwrap(), Prediction::Velocity);
+        assert!(z.rescale_betas_zero_snr);
+        assert_eq!(z.spacing(Spacing::Leading).unwrap(), Spacing::Trailing);
+        // The rest of the model's schedule is kept.
+        assert_eq!(
+            (z.beta_start, z.steps_offset),
+            (base.beta_start, base.steps_offset)
+        );
+        let last = z.alphas_cumprod(true).unwrap()[999];
+        assert_eq!(((1.0 - last) / last).sqrt() as f32, 4096.0);
     }
 
     #[test]

@@ -41,6 +41,21 @@ impl DdimSampler {
                 format!("timestep {t} falls outside the {n} training timesteps"),
             ));
         }
+        let prediction = config.prediction()?;
+        // Zero-SNR betas make the last cumulative alpha exactly 0: there the sample is pure
+        // noise and a noise prediction says nothing about the image (diffusers divides by 0).
+        if prediction == Prediction::Epsilon {
+            if let Some(t) = ts.iter().find(|t| alphas_cumprod[**t as usize] <= 0.0) {
+                return Err(EngineError::invalid(
+                    "sampler",
+                    format!(
+                        "DDIM cannot run an epsilon-prediction model at timestep {t}, where \
+                         zero-terminal-SNR betas leave no signal; use a v_prediction model, \
+                         leading spacing, or another sampler"
+                    ),
+                ));
+            }
+        }
         // Timesteps were checked to lie in 0..n above.
         let levels = ts
             .iter()
@@ -49,7 +64,6 @@ impl DdimSampler {
                 Level::AlphaSigma(a.sqrt(), (1.0 - a).sqrt())
             })
             .collect();
-        let prediction = config.prediction()?;
         let rule = Ddim {
             final_alpha_cumprod: if config.set_alpha_to_one {
                 1.0

@@ -23,13 +23,20 @@ impl EulerSampler {
     }
 }
 
-/// `(sigma_up, sigma_down)` for an ancestral step from `from` to `to`.
+/// `(sigma_up, sigma_down)` for an ancestral step from `from` to `to`, in float32 with
+/// diffusers' formulas: next to a zero-SNR sigma_max (4096) `to² - up²` cancels almost all its
+/// digits, and diffusers' float32 result (8 trailing steps: 0.04622 where the exact value is
+/// 0.04627) is what its images are made with. Over 2..40 steps the float32 formula gives
+/// diffusers' sigma_down exactly at most steps (torch's float32 sqrt is not correctly rounded,
+/// which accounts for the rest); float64 misses the first one by a median 1.5e-4 (relative)
+/// and up to 56%.
 pub(crate) fn ancestral_sigmas(from: f64, to: f64) -> (f64, f64) {
+    let (from, to) = (from as f32, to as f32);
     let up = (to * to * (from * from - to * to) / (from * from))
         .max(0.0)
         .sqrt();
     let down = (to * to - up * up).max(0.0).sqrt();
-    (up, down)
+    (f64::from(up), f64::from(down))
 }
 
 impl Update for Euler {

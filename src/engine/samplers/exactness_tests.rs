@@ -2,7 +2,8 @@
 //! sample `x0` (it returns the true eps, or the true v, of the noised sample), each step keeps
 //! the sample on the noising path `add_noise(x0, eps, next step)` and the run ends at `x0`.
 //! Checked for every sampler and schedule, with epsilon and v prediction, from the start and
-//! from an img2img start.
+//! from an img2img start, and for v prediction with zero-terminal-SNR betas and trailing
+//! spacing (NoobAI-style SDXL), where the run starts at sigma 4096.
 
 use candle_core::{Device, Tensor};
 
@@ -30,18 +31,39 @@ fn a_perfect_denoiser_is_followed_exactly() {
     let (x0v, epsv) = (0.45f64, -0.9f64);
     let x0 = Tensor::new(&[x0v as f32], &dev).unwrap();
     let eps = Tensor::new(&[epsv as f32], &dev).unwrap();
-    for prediction in ["epsilon", "v_prediction"] {
+    for (prediction, zero_snr) in [
+        ("epsilon", false),
+        ("v_prediction", false),
+        ("v_prediction", true),
+    ] {
         let config = SchedulerConfig {
             // DDIM's last step then goes to alpha 1 (x0) instead of alphas_cumprod[0].
             set_alpha_to_one: true,
             prediction_type: prediction.into(),
+            rescale_betas_zero_snr: zero_snr,
+            timestep_spacing: zero_snr.then(|| "trailing".to_string()),
             ..sd()
         };
         for kind in SamplerKind::ALL {
             for scheduler in SchedulerKind::ALL {
                 let spec = SamplerSpec::new(kind, scheduler);
-                for (steps, t_start) in [(12, 0), (20, 9)] {
+                // DDIM steps back by 1000 // steps whatever the spacing (as diffusers does), so
+                // trailing runs stay on the timesteps only for step counts dividing 1000.
+                let runs = if zero_snr {
+                    [(8, 0), (20, 9)]
+                } else {
+                    [(12, 0), (20, 9)]
+                };
+                for (steps, t_start) in runs {
                     let mut s = build_sampler(&spec, &config, steps).unwrap();
+                    // The two-evaluation samplers (Heun, DPM2, DPM++ SDE, Restart) take their
+                    // first second slope at the float32-rounded intermediate sample and apply
+                    // it over the whole step down from 4096: rounding of ~2e-4 there comes back
+                    // ~|dt| / sigma_1 (hundreds of) times larger, in diffusers' Heun as in ours
+                    // (zero_snr_tests measures it), so the property holds only up to that.
+                    if zero_snr && s.order() > 1 {
+                        continue;
+                    }
                     let start = s.start_index(t_start);
                     let mut x = s.add_noise(&x0, &eps, start).unwrap();
                     let n = s.timesteps().len();
@@ -49,12 +71,13 @@ fn a_perfect_denoiser_is_followed_exactly() {
                         // The true eps of the current sample, and its v.
                         let (a, sn) = coefficients_at(s.as_ref(), i);
                         let eps_true = (scalar_at(&x) - a * x0v) / sn;
-                        let sigma = sn / a;
-                        let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+                        // v = alpha*eps - sigma*x0 in variance-preserving terms (finite where
+                        // zero-SNR betas leave DDIM's alpha at exactly 0).
+                        let norm = a.hypot(sn);
                         let target = if prediction == "epsilon" {
                             eps_true
                         } else {
-                            alpha * eps_true - sigma * alpha * x0v
+                            (a * eps_true - sn * x0v) / norm
                         };
                         let out = Tensor::new(&[target as f32], &dev).unwrap();
                         // Ancestral noise of zero keeps the test deterministic.
@@ -66,7 +89,7 @@ fn a_perfect_denoiser_is_followed_exactly() {
                             let tol = 1e-4 * (1.0 + want.abs());
                             assert!(
                                 (got - want).abs() < tol,
-                                "{spec} {prediction} step {i}: {got} vs {want}"
+                                "{spec} {prediction} zero-SNR {zero_snr} step {i}: {got} vs {want}"
                             );
                         }
                     }
@@ -80,7 +103,7 @@ fn a_perfect_denoiser_is_followed_exactly() {
                     };
                     assert!(
                         (got - x0v).abs() < tol,
-                        "{spec} {prediction} {steps}: ended at {got}"
+                        "{spec} {prediction} zero-SNR {zero_snr} {steps}: ended at {got}"
                     );
                 }
             }

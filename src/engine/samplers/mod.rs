@@ -34,6 +34,8 @@ mod parity_tests;
 mod schedule_parity_tests;
 #[cfg(test)]
 mod test_support;
+#[cfg(test)]
+mod zero_snr_tests;
 
 use candle_core::Tensor;
 

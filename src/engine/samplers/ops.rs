@@ -57,8 +57,14 @@ pub(crate) fn x0_at_sigma(
     match prediction {
         Prediction::Epsilon => lin(&[(sample, 1.0), (model_output, -sigma)]),
         Prediction::Velocity => {
-            let s2 = sigma * sigma + 1.0;
-            lin(&[(model_output, -sigma / s2.sqrt()), (sample, 1.0 / s2)])
+            // diffusers' `c_out`, `c_skip` in float32: at sigma 4096, `sigma² + 1` is 2^24 there.
+            let s = sigma as f32;
+            let s2 = s * s + 1.0;
+            let c_out = -s / s2.sqrt();
+            lin(&[
+                (model_output, f64::from(c_out)),
+                (sample, f64::from(1.0 / s2)),
+            ])
         }
         Prediction::Sample => Ok(model_output.clone()),
     }

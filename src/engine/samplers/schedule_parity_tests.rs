@@ -11,7 +11,7 @@ use super::kplan::{ancestral, plan, Method};
 use super::names::SchedulerKind;
 use super::noise_schedules::{a1111_sigmas, train_sigmas, TrainSigmas};
 use super::schedule::{multistep_schedule, sigma_schedule};
-use super::test_support::sd;
+use super::test_support::{floats, sd};
 use super::*;
 
 fn reference() -> Value {
@@ -20,14 +20,6 @@ fn reference() -> Value {
         "/tests/fixtures/sampler-schedules/reference.json"
     );
     serde_json::from_str(&std::fs::read_to_string(path).expect("reference.json")).expect("JSON")
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_f64().expect("number"))
-        .collect()
 }
 
 fn sd15(spacing: Option<&str>) -> SchedulerConfig {

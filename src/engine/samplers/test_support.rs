@@ -1,6 +1,8 @@
-//! What the samplers' unit tests share: SD 1.x's scheduler config, scalar tensors, setups.
+//! What the samplers' unit tests share: SD 1.x's scheduler config, scalar tensors, setups,
+//! reference numbers.
 
 use candle_core::{Device, Tensor};
+use serde_json::Value;
 
 use super::config::SchedulerConfig;
 use super::names::SchedulerKind;
@@ -34,4 +36,13 @@ pub(crate) fn setup(config: &SchedulerConfig, steps: usize) -> Setup<'_> {
         steps,
         scheduler: SchedulerKind::Automatic,
     }
+}
+
+/// A JSON array of numbers (reference data).
+pub(crate) fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
 }
