@@ -31,7 +31,7 @@ fn tiny_config() -> EngineConfig {
             steps: 8,
             ..Defaults::default()
         },
-        prediction_type: None,
+        schedule: Default::default(),
         vae: None,
     })
 }

@@ -555,11 +555,16 @@ impl ResolvedModel {
         }
     }
 
-    /// The entry's `[scheduler] prediction_type`, if it gives one.
-    pub fn prediction_type(&self) -> Option<String> {
-        self.entry
-            .as_ref()
-            .and_then(|e| e.scheduler.prediction_type.clone())
+    /// The entry's `[scheduler]` keys (prediction type, zero-terminal SNR, spacing), if any.
+    pub fn schedule(&self) -> crate::engine::ScheduleOverride {
+        match &self.entry {
+            Some(e) => crate::engine::ScheduleOverride {
+                prediction_type: e.scheduler.prediction_type.clone(),
+                rescale_betas_zero_snr: e.scheduler.rescale_betas_zero_snr,
+                timestep_spacing: e.scheduler.timestep_spacing.clone(),
+            },
+            None => Default::default(),
+        }
     }
 
     /// The entry's defaults over the regeneration guide's portrait defaults (512x768, 25 steps, CFG 8, Euler a).

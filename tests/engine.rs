@@ -34,7 +34,7 @@ fn spec(name: &str, source: ModelSource) -> ModelSpec {
         name: name.into(),
         source,
         defaults: small_defaults(),
-        prediction_type: None,
+        schedule: Default::default(),
         vae: None,
     }
 }

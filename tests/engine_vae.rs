@@ -35,7 +35,7 @@ fn engine(models_dir: &Path) -> Engine {
                 height: 64,
                 ..Defaults::default()
             },
-            prediction_type: None,
+            schedule: Default::default(),
             vae: Some(vae_dir.join("tiny-vae.safetensors")),
         })
     })

@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use limner::engine::{memory_limit, Defaults, EngineConfig, ModelSource, ModelSpec};
+use limner::engine::{
+    memory_limit, Defaults, EngineConfig, ModelSource, ModelSpec, ScheduleOverride,
+};
 use limner::portraits::DeviceClass;
 
 /// Model selection flags.
@@ -42,6 +44,11 @@ pub struct ModelArgs {
     /// (default: the weights.toml entry's `[scheduler] prediction_type`, else the model's own).
     #[arg(long)]
     pub prediction_type: Option<String>,
+    /// The model was trained with zero-terminal-SNR betas (NoobAI-style v-prediction): rescale
+    /// the betas and space timesteps "trailing" (default: the weights.toml entry's
+    /// `[scheduler]`, else the model's own).
+    #[arg(long)]
+    pub zero_terminal_snr: bool,
     /// Decode with this VAE instead of the model's own: a file name in MODELS_DIR/vae/ or a
     /// .safetensors path (default: the weights.toml entry's `vae`).
     #[arg(long, env = "LIMNER_VAE")]
@@ -53,7 +60,7 @@ struct Chosen {
     name: String,
     source: ModelSource,
     defaults: Defaults,
-    prediction_type: Option<String>,
+    schedule: ScheduleOverride,
     vae: Option<PathBuf>,
 }
 
@@ -77,9 +84,16 @@ impl ModelArgs {
             name,
             source,
             defaults,
-            prediction_type,
+            mut schedule,
             vae,
         } = self.source()?;
+        if let Some(p) = &self.prediction_type {
+            schedule.prediction_type = Some(p.clone());
+        }
+        if self.zero_terminal_snr {
+            schedule.rescale_betas_zero_snr = Some(true);
+            schedule.timestep_spacing = Some("trailing".into());
+        }
         let config = EngineConfig {
             device: self.device.clone(),
             dtype: self.dtype.clone(),
@@ -89,7 +103,7 @@ impl ModelArgs {
                 name: name.clone(),
                 source,
                 defaults: defaults.clone(),
-                prediction_type: self.prediction_type.clone().or(prediction_type),
+                schedule,
                 vae,
             })
         };
@@ -112,7 +126,7 @@ impl ModelArgs {
                 name: self.model.clone(),
                 source: ModelSource::Random(arch.to_string()),
                 defaults: Defaults::default(),
-                prediction_type: None,
+                schedule: ScheduleOverride::default(),
                 vae,
             });
         }
@@ -129,7 +143,7 @@ impl ModelArgs {
             name: resolved.name.clone(),
             source,
             defaults: resolved.defaults(),
-            prediction_type: resolved.prediction_type(),
+            schedule: resolved.schedule(),
             vae: vae.or(resolved.vae),
         })
     }

@@ -49,7 +49,7 @@ fn model_specs(
             name: r.name.clone(),
             source: r.source(),
             defaults: r.defaults(),
-            prediction_type: r.prediction_type(),
+            schedule: r.schedule(),
             vae: forced_vae.clone().or(r.vae),
         })
     };

@@ -26,7 +26,7 @@ fn tiny() -> Engine {
             height: 96,
             ..Defaults::default()
         },
-        prediction_type: None,
+        schedule: Default::default(),
         vae: None,
     }))
     .expect("the tiny engine starts");

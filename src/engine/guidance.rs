@@ -13,8 +13,6 @@ use super::error::{EngineError, Result};
 ///
 /// `rescale` 0 is plain guidance, bit for bit. `rescale` must lie in [0, 1]. A sample whose
 /// guided output is constant (std 0) is left as it is rather than divided by zero.
-// The pipeline's denoising loop is its caller; until it is wired there only tests call it.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn guided(uncond: &Tensor, cond: &Tensor, cfg: f64, rescale: f64) -> Result<Tensor> {
     if !(0.0..=1.0).contains(&rescale) {
         return Err(EngineError::invalid(
@@ -45,7 +43,6 @@ pub(crate) fn guided(uncond: &Tensor, cond: &Tensor, cfg: f64, rescale: f64) -> 
 
 /// Unbiased standard deviation of each sample (axis 0) over the rest, accumulated in f64 as
 /// torch accumulates a float32 std on the CPU, rounded to f32.
-#[cfg_attr(not(test), allow(dead_code))]
 fn per_sample_std(t: &Tensor) -> Result<Tensor> {
     let flat = t.to_dtype(DType::F64)?.flatten_from(1)?;
     let n = flat.dim(1)?;

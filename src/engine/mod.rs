@@ -56,6 +56,7 @@ pub use output::{
 };
 pub use pipeline::{HiresPass, Progress, Timings};
 pub use request::{Defaults, GeneratedImage, GenerationRequest, GenerationResult, HiresRequest};
+pub use samplers::ScheduleOverride;
 pub use vae::{find_vae, locate_vae, match_vae_name, scan_vae_dir, VaeChoice, VaeFile, VAE_DIR};
 pub use valid::{PassPlan, ValidRequest};
 pub use worker::{Engine, EngineConfig, EngineState, ModelSpec};

@@ -24,7 +24,7 @@ use serde_json::Value;
 fn fixture_dirs() -> Vec<PathBuf> {
     match std::env::var_os("LIMNER_PARITY_FIXTURE") {
         Some(dir) => vec![PathBuf::from(dir)],
-        None => ["tiny-sd15", "tiny-sdxl"]
+        None => ["tiny-sd15", "tiny-sdxl", "tiny-sdxl-vpred"]
             .iter()
             .map(|name| {
                 Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -7,6 +7,7 @@ use candle_core::{DType, Tensor};
 
 use super::conditioning::BatchConditioning;
 use super::error::{EngineError, Result};
+use super::guidance::guided;
 use super::loading::model::StableDiffusion;
 use super::models::unet::{AddedConditioning, UNetInputs};
 use super::noise::{draw_batch, NoisePurpose, NoiseSource};
@@ -429,27 +430,6 @@ impl Ctx<'_> {
         let c = out.narrow(0, b, b)?;
         guided(&u, &c, guide.cfg, guide.rescale)
     }
-}
-
-/// Classifier-free guidance `u + cfg (c - u)`, then diffusers' `rescale_noise_cfg` when
-/// `rescale` > 0: the guided output's per-sample std is pulled back toward the conditional one's
-/// (torch's unbiased std over C, H, W), which keeps v-prediction models from over-exposing.
-// TODO(guidance.rs): replaced by the samplers' shared implementation when it lands.
-fn guided(u: &Tensor, c: &Tensor, cfg: f64, rescale: f64) -> Result<Tensor> {
-    let out = (u + ((c - u)? * cfg)?)?;
-    if rescale <= 0.0 {
-        return Ok(out);
-    }
-    let std = |t: &Tensor| -> Result<Tensor> {
-        let flat = t.flatten_from(1)?;
-        let n = flat.dim(1)? as f64;
-        let mean = flat.mean_keepdim(1)?;
-        let var = (flat.broadcast_sub(&mean)?.sqr()?.sum_keepdim(1)? / (n - 1.0).max(1.0))?;
-        Ok(var.sqrt()?)
-    };
-    let ratio = (std(c)? / std(&out)?)?.unsqueeze(2)?.unsqueeze(3)?;
-    let rescaled = out.broadcast_mul(&ratio)?;
-    Ok(((rescaled * rescale)? + (out * (1.0 - rescale))?)?)
 }
 
 /// Images in [-1, 1] `[batch, 3, H, W]` -> RGB8 images, as diffusers' postprocess does.

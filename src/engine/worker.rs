@@ -20,6 +20,7 @@ use super::loading::model_hash::{HashCache, ModelHash};
 use super::noise::{NoiseSource, SeededNoise};
 use super::pipeline::{from_rgb_image, to_rgb_images, CancelToken, Progress};
 use super::request::{Defaults, GeneratedImage, GenerationResult, ValidRequest};
+use super::samplers::ScheduleOverride;
 use super::vae::{find_vae, VaeChoice, VaeFile};
 
 /// A model the engine may load, by name.
@@ -28,8 +29,8 @@ pub struct ModelSpec {
     pub name: String,
     pub source: ModelSource,
     pub defaults: Defaults,
-    /// Overrides the scheduler's prediction type (e.g. "v_prediction" for an SD 2.x single file).
-    pub prediction_type: Option<String>,
+    /// Schedule settings over the model's own (e.g. v-prediction for an SD 2.x single file).
+    pub schedule: ScheduleOverride,
     /// The VAE file this model decodes with unless a request picks another (`weights.toml`
     /// `vae`, `--vae`); None = the checkpoint's own.
     pub vae: Option<PathBuf>,
@@ -324,7 +325,7 @@ fn load_with_vae(
     hashes: &HashCache,
 ) -> Result<StableDiffusion> {
     let mut opts = opts.clone();
-    opts.prediction_type = spec.prediction_type.clone();
+    opts.schedule = spec.schedule.clone();
     opts.vae = vae;
     StableDiffusion::load_with_hashes(&spec.name, &spec.source, &opts, hashes)
 }
@@ -458,7 +459,7 @@ impl LoadOptions {
             use_flash_attn: config.use_flash_attn,
             vae_tile,
             max_memory: config.max_memory,
-            prediction_type: None,
+            schedule: ScheduleOverride::default(),
             // Per model: set from the spec (or the request) when each model is loaded.
             vae: None,
         })
@@ -515,7 +516,7 @@ mod vae_tests {
             name: "m".into(),
             source: ModelSource::Folder(PathBuf::from("m")),
             defaults: Defaults::default(),
-            prediction_type: None,
+            schedule: ScheduleOverride::default(),
             vae: Some(PathBuf::from("/models/vae/fix.safetensors")),
         };
         let vaes = vec![VaeFile {

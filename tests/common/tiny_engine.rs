@@ -16,7 +16,7 @@ pub fn tiny_engine() -> Engine {
             height: 64,
             ..Defaults::default()
         },
-        prediction_type: None,
+        schedule: Default::default(),
         vae: None,
     }))
     .expect("the tiny engine starts");

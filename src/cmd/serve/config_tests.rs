@@ -323,7 +323,7 @@ fn served_models_get_the_weights_toml_vae_unless_vae_is_given() {
     let tiny = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15/model");
     let registry = limner::registry::Registry::from_str(&format!(
         "[models.m]\narchitecture = \"sd1\"\nvae = \"own\"\nsource = {{ path = {:?} }}\n\
-         [models.m.scheduler]\nprediction_type = \"v_prediction\"\n\
+         [models.m.scheduler]\nprediction_type = \"v_prediction\"\nrescale_betas_zero_snr = true\n\
          [models.plain]\narchitecture = \"sd1\"\nsource = {{ path = {:?} }}\n",
         tiny.display().to_string(),
         tiny.display().to_string(),
@@ -338,10 +338,14 @@ fn served_models_get_the_weights_toml_vae_unless_vae_is_given() {
     let specs = |c: &ServeConfig| super::model_specs(c, &registry).map(|s| s.unwrap().1);
     let own = specs(&config(&[])).unwrap();
     assert_eq!(own[0].vae, Some(models.join("vae/own.safetensors")));
-    assert_eq!(own[0].prediction_type.as_deref(), Some("v_prediction"));
     assert_eq!(
-        (own[1].vae.clone(), own[1].prediction_type.clone()),
-        (None, None)
+        own[0].schedule.prediction_type.as_deref(),
+        Some("v_prediction")
+    );
+    assert_eq!(own[0].schedule.rescale_betas_zero_snr, Some(true));
+    assert_eq!(
+        (own[1].vae.clone(), own[1].schedule.clone()),
+        (None, Default::default())
     );
     let forced = specs(&config(&["--vae", "forced.safetensors"])).unwrap();
     assert!(forced

@@ -3,8 +3,8 @@
 //! folders or single-file checkpoints (converted to diffusers names), onto one device.
 
 pub mod checkpoint;
+#[cfg(test)]
+mod load_tests;
 pub mod model;
 pub mod model_hash;
-#[cfg(test)]
-mod vae_override_tests;
 mod weights;

@@ -17,7 +17,7 @@ use crate::engine::error::{EngineError, Result};
 use crate::engine::models::clip::ClipTextModel;
 use crate::engine::models::unet::UNet;
 use crate::engine::models::vae::Vae;
-use crate::engine::samplers::SchedulerConfig;
+use crate::engine::samplers::{ScheduleOverride, SchedulerConfig};
 use crate::engine::text::{ClipTokenizer, PadToken};
 
 /// Where a model's files are.
@@ -69,9 +69,9 @@ pub struct LoadOptions {
     /// Jobs whose estimated peak memory is over this many bytes are refused before they start
     /// (None = no limit). See [`crate::engine::memory`].
     pub max_memory: Option<u64>,
-    /// Overrides the scheduler's prediction type ("epsilon" / "v_prediction"), for single files
-    /// whose type cannot be read from the weights.
-    pub prediction_type: Option<String>,
+    /// Schedule settings over the model's own (prediction type, zero-terminal SNR, spacing),
+    /// for checkpoints whose training cannot be read from the weights.
+    pub schedule: ScheduleOverride,
     /// A VAE safetensors file (LDM or diffusers names) to decode and encode with instead of
     /// the model's own (`weights.toml` `vae`, `--vae`, A1111's `sd_vae`); None = the model's.
     pub vae: Option<PathBuf>,
@@ -93,7 +93,7 @@ impl LoadOptions {
             use_flash_attn: false,
             vae_tile: Some(64),
             max_memory: None,
-            prediction_type: None,
+            schedule: ScheduleOverride::default(),
             vae: None,
         }
     }
@@ -384,9 +384,7 @@ impl StableDiffusion {
             }
             ModelSource::Random(arch) => Self::random(name, arch, opts)?,
         };
-        if let Some(p) = &opts.prediction_type {
-            model.scheduler.prediction_type = p.clone();
-        }
+        model.scheduler.apply_override(&opts.schedule);
         model.hash = hashed_file(source).and_then(|file| match hashes.hash(&file) {
             Ok(h) => Some(h.short().to_string()),
             Err(e) => {
@@ -503,11 +501,7 @@ impl StableDiffusion {
         // A v-prediction checkpoint says so (NoobAI-style `v_pred`, with `ztsnr` for zero
         // terminal SNR), as A1111 and ComfyUI read it.
         if converted.prediction.v_pred {
-            c.scheduler.prediction_type = "v_prediction".into();
-        }
-        if converted.prediction.ztsnr {
-            c.scheduler.rescale_betas_zero_snr = true;
-            c.scheduler.timestep_spacing = Some("trailing".into());
+            c.scheduler.apply_v_prediction(converted.prediction.ztsnr);
         }
         let counter = WeightBytes::default();
         let from = |map: HashMap<String, Tensor>| counter.builder(map, opts.dtype, &opts.device);

@@ -93,6 +93,18 @@ pub(crate) const ZERO_SNR_SIGMA_MAX: f64 = 4096.0;
 /// Largest training schedule we accept; real models use 1000.
 const MAX_TRAIN_TIMESTEPS: usize = 100_000;
 
+/// Schedule settings a user gives over the model's own `scheduler_config.json` (weights.toml's
+/// `[models.NAME.scheduler]`, `--prediction-type`, `--zero-terminal-snr`), for checkpoints that
+/// do not say how they were trained. None = the model's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScheduleOverride {
+    /// "epsilon" | "v_prediction".
+    pub prediction_type: Option<String>,
+    pub rescale_betas_zero_snr: Option<bool>,
+    /// "linspace" | "leading" | "trailing".
+    pub timestep_spacing: Option<String>,
+}
+
 impl SchedulerConfig {
     /// Parses a diffusers scheduler config. Python's `json.dumps` writes `-Infinity` for
     /// DPM-Solver's default `lambda_min_clipped`, which strict JSON rejects, so such tokens are
@@ -122,13 +134,24 @@ impl SchedulerConfig {
     /// the prediction type changes (v-prediction models with ordinary betas, SD 2.x-style).
     /// (A1111 and ComfyUI put the finite stand-in for the last alpha at 4.9e-8, sigma ~4519;
     /// this follows diffusers' 2^-24, sigma 4096.)
-    // The single-file loader is its caller; until it is wired there only tests call it.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn apply_v_prediction(&mut self, ztsnr: bool) {
         self.prediction_type = "v_prediction".to_string();
         if ztsnr {
             self.rescale_betas_zero_snr = true;
             self.timestep_spacing = Some("trailing".to_string());
+        }
+    }
+
+    /// Applies what the user set over what the model's files say.
+    pub(crate) fn apply_override(&mut self, o: &ScheduleOverride) {
+        if let Some(p) = &o.prediction_type {
+            self.prediction_type = p.clone();
+        }
+        if let Some(z) = o.rescale_betas_zero_snr {
+            self.rescale_betas_zero_snr = z;
+        }
+        if let Some(s) = &o.timestep_spacing {
+            self.timestep_spacing = Some(s.clone());
         }
     }
 

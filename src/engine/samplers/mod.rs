@@ -43,7 +43,7 @@ use super::error::{EngineError, Result};
 
 #[cfg(test)]
 pub use config::python_json_to_strict;
-pub use config::SchedulerConfig;
+pub use config::{ScheduleOverride, SchedulerConfig};
 #[cfg(test)]
 pub use names::SchedulerKind;
 pub use names::{known_samplers, known_schedulers, parse_sampler, SamplerKind, SamplerSpec};

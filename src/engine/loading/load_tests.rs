@@ -1,5 +1,6 @@
-//! The VAE override (`LoadOptions::vae`): it replaces a folder's VAE and a single file's baked
-//! one, and a checkpoint without a VAE asks for it by name.
+//! Loading what a model's files say: the VAE override (`LoadOptions::vae`) replaces a folder's
+//! VAE and a single file's baked one, a checkpoint without a VAE asks for it by name, and a
+//! single file's v-prediction markers set its schedule.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -97,4 +98,40 @@ fn a_checkpoint_without_a_vae_needs_one_and_takes_the_override() {
     )
     .unwrap();
     assert!(crate::engine::kernels::max_abs_diff(&decode(&model), &decode(&whole)) < 1e-5);
+}
+
+#[test]
+fn v_prediction_markers_set_the_schedule_of_a_single_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let full = fixture("tiny-sdxl/single-file/tiny-sdxl.safetensors");
+    let config = Some(fixture("tiny-sdxl/model"));
+    let load = |file: PathBuf| {
+        let source = ModelSource::SingleFile {
+            file,
+            config: config.clone(),
+        };
+        StableDiffusion::load("m", &source, &LoadOptions::cpu())
+            .unwrap()
+            .scheduler
+    };
+    let plain = load(full.clone());
+    assert_eq!(plain.prediction_type, "epsilon");
+    assert!(!plain.rescale_betas_zero_snr);
+
+    let mut weights = candle_core::safetensors::load(&full, &Device::Cpu).unwrap();
+    let marker = Tensor::zeros(0, candle_core::DType::F32, &Device::Cpu).unwrap();
+    weights.insert("v_pred".into(), marker.clone());
+    let vpred = tmp.path().join("vpred.safetensors");
+    candle_core::safetensors::save(&weights, &vpred).unwrap();
+    let s = load(vpred);
+    assert_eq!(s.prediction_type, "v_prediction");
+    assert!(!s.rescale_betas_zero_snr, "v_pred alone keeps the betas");
+
+    weights.insert("ztsnr".into(), marker);
+    let ztsnr = tmp.path().join("ztsnr.safetensors");
+    candle_core::safetensors::save(&weights, &ztsnr).unwrap();
+    let s = load(ztsnr);
+    assert_eq!(s.prediction_type, "v_prediction");
+    assert!(s.rescale_betas_zero_snr);
+    assert_eq!(s.timestep_spacing.as_deref(), Some("trailing"));
 }
