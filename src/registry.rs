@@ -95,6 +95,16 @@ impl Architecture {
         }
     }
 
+    /// Pixels of the resolution the family was trained at: below it images fall apart, so a
+    /// CPU's cheaper portrait defaults never shrink a model under it.
+    pub fn native_pixels(self) -> usize {
+        match self {
+            Architecture::Sd1 | Architecture::SdTurbo | Architecture::SdxlTurbo => 512 * 512,
+            Architecture::Sd2 => 768 * 768,
+            Architecture::Sdxl => 1024 * 1024,
+        }
+    }
+
     /// Distilled for 1-4 steps without guidance (the defaults are checked against that).
     pub fn is_turbo(self) -> bool {
         matches!(self, Architecture::SdTurbo | Architecture::SdxlTurbo)

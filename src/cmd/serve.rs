@@ -165,8 +165,10 @@ fn backend(
     let mut styles = StyleModels::from_registry(registry, &served, s.style_architecture);
     // Defaults that finish on this device: the regeneration guide's on a GPU, cheaper on a CPU.
     for spec in &mut specs {
-        let entry_hires = registry.get(&spec.name).and_then(|e| e.defaults.hires_fix);
-        let (defaults, hires) = device_defaults(spec.defaults.clone(), entry_hires, device);
+        let entry = registry.get(&spec.name);
+        let entry_hires = entry.and_then(|e| e.defaults.hires_fix);
+        let native = entry.map_or(0, |e| e.architecture.native_pixels());
+        let (defaults, hires) = device_defaults(spec.defaults.clone(), entry_hires, device, native);
         spec.defaults = defaults;
         styles = styles.with_hires_fix(&spec.name, hires);
     }

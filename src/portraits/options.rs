@@ -49,8 +49,10 @@ impl DeviceClass {
     }
 }
 
-/// On a CPU, portraits default to at most this many pixels (512x512's), keeping the model's
-/// aspect ratio: an SD 1.5 step at 512x512 takes ~15 s on 2 cores, at 1024x1536 minutes.
+/// On a CPU, portraits default to at most this many pixels (512x512's), or the model's training
+/// resolution when that is larger (SDXL's 1024x1024: at half its size SDXL paints broken
+/// anatomy, so it keeps 832x1216 and costs minutes per step), keeping the model's aspect ratio:
+/// an SD 1.5 step at 512x512 takes ~15 s on 2 cores, at 1024x1536 minutes.
 pub const CPU_MAX_PIXELS: usize = 512 * 512;
 /// ... and at most this many steps (Euler a converges well before the regeneration guide's 25).
 pub const CPU_MAX_STEPS: usize = 20;
@@ -64,6 +66,7 @@ pub fn device_defaults(
     model: Defaults,
     hires: Option<bool>,
     device: DeviceClass,
+    native_pixels: usize,
 ) -> (Defaults, bool) {
     if device == DeviceClass::Gpu {
         return (model, hires.unwrap_or(true));
@@ -71,8 +74,9 @@ pub fn device_defaults(
     let mut d = model;
     d.steps = d.steps.min(CPU_MAX_STEPS);
     let pixels = d.width * d.height;
-    if pixels > CPU_MAX_PIXELS {
-        let scale = (CPU_MAX_PIXELS as f64 / pixels as f64).sqrt();
+    let cap = CPU_MAX_PIXELS.max(native_pixels);
+    if pixels > cap {
+        let scale = (cap as f64 / pixels as f64).sqrt();
         // Multiples of 8 (the latent grid), rounded down so the area stays under the cap.
         let side = |v: usize| (((v as f64 * scale) as usize) / 8 * 8).max(64);
         d.width = side(d.width);
@@ -290,11 +294,11 @@ mod tests {
     #[test]
     fn a_gpu_keeps_the_regeneration_guide_and_a_cpu_gets_defaults_that_finish() {
         let guide = Defaults::default();
-        let (gpu, gpu_hires) = device_defaults(guide.clone(), None, DeviceClass::Gpu);
+        let (gpu, gpu_hires) = device_defaults(guide.clone(), None, DeviceClass::Gpu, SD1);
         assert_eq!((gpu.clone(), gpu_hires), (guide.clone(), true));
         assert_eq!((gpu.width, gpu.height, gpu.steps), (512, 768, 25));
 
-        let (cpu, cpu_hires) = device_defaults(guide.clone(), Some(true), DeviceClass::Cpu);
+        let (cpu, cpu_hires) = device_defaults(guide.clone(), Some(true), DeviceClass::Cpu, SD1);
         assert!(!cpu_hires);
         assert!(cpu.width * cpu.height <= CPU_MAX_PIXELS, "{cpu:?}");
         assert!(cpu.steps <= CPU_MAX_STEPS && cpu.steps < guide.steps);
@@ -317,9 +321,34 @@ mod tests {
             height: 512,
         };
         assert_eq!(
-            device_defaults(turbo.clone(), Some(false), DeviceClass::Cpu),
+            device_defaults(turbo.clone(), Some(false), DeviceClass::Cpu, SD1),
             (turbo, false)
         );
+    }
+
+    const SD1: usize = 512 * 512;
+
+    #[test]
+    fn a_cpu_never_shrinks_a_model_below_its_training_resolution() {
+        let sdxl = Defaults {
+            steps: 28,
+            width: 832,
+            height: 1216,
+            ..Defaults::default()
+        };
+        let (cpu, hires) =
+            device_defaults(sdxl.clone(), Some(false), DeviceClass::Cpu, 1024 * 1024);
+        assert_eq!((cpu.width, cpu.height, hires), (832, 1216, false));
+        assert_eq!(cpu.steps, CPU_MAX_STEPS);
+        // Bigger than SDXL's own area (a hires-sized default) still comes down to it.
+        let huge = Defaults {
+            width: 1536,
+            height: 2304,
+            ..sdxl
+        };
+        let (cpu, _) = device_defaults(huge, None, DeviceClass::Cpu, 1024 * 1024);
+        assert!(cpu.width * cpu.height <= 1024 * 1024, "{cpu:?}");
+        assert!(cpu.width * cpu.height > CPU_MAX_PIXELS, "{cpu:?}");
     }
 
     #[test]
