@@ -7,4 +7,5 @@ pub mod checkpoint;
 mod load_tests;
 pub mod model;
 pub mod model_hash;
+mod presets;
 mod weights;
