@@ -31,12 +31,6 @@ impl Conditioning {
     }
 }
 
-/// SDXL's second encoder and its tokenizer (which pads with `!`, id 0).
-pub struct SecondEncoder {
-    pub tokenizer: ClipTokenizer,
-    pub encoder: ClipTextModel,
-}
-
 /// A batch's conditioning as the UNet takes it: rows `[negatives..., positives...]` under CFG,
 /// else the positives.
 pub struct BatchConditioning {

@@ -16,8 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::prompt::{clean_parts, join_parts};
-use super::templates::{PortraitTemplate, TemplateError};
+use super::template_error::TemplateError;
 use crate::registry::Family;
 
 /// The folder under the templates folder that holds the family files.
@@ -107,46 +106,6 @@ impl FamilyTags {
             .collect();
         Ok((family, tags))
     }
-
-    /// The prompt and negative prompt of `template` for this family: the style's framing with
-    /// this family's quality, style and gender tags in place of `{quality}`, and this family's
-    /// negative tags, then the style's and `extra_negative`, each tag once.
-    pub fn render(
-        &self,
-        template: &PortraitTemplate,
-        gender: Option<&str>,
-        subject: &str,
-        extra_negative: Option<&str>,
-    ) -> (String, String) {
-        let style = self.styles.get(&template.style).map(String::as_str);
-        let gender = gender.and_then(|g| self.gender.get(&g.trim().to_lowercase()));
-        let quality = join_parts([
-            self.quality.as_str(),
-            gender.map_or("", String::as_str),
-            style.unwrap_or(""),
-        ]);
-        let prompt = template.render_with_quality(subject, &quality);
-        let negative = unique_tags([
-            self.negative_prompt.as_str(),
-            template.negative_prompt.as_str(),
-            extra_negative.unwrap_or(""),
-        ]);
-        (prompt, negative)
-    }
-}
-
-/// `join_parts`, keeping only the first of tags that repeat (any case).
-fn unique_tags<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for part in parts {
-        for tag in clean_parts(part) {
-            if seen.insert(tag.to_lowercase()) {
-                out.push(tag);
-            }
-        }
-    }
-    out.join(", ")
 }
 
 /// The family files of `dir/families/` (none when that folder does not exist).

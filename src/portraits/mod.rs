@@ -16,6 +16,7 @@ mod legacy_files;
 mod options;
 mod prompt;
 mod service;
+mod template_error;
 mod templates;
 
 pub use backend::{FakeBackend, ImageBackend, NoModelBackend};

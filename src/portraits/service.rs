@@ -183,7 +183,7 @@ impl PortraitService {
             .and_then(|f| self.inner.templates.family(f));
         if let Some(tags) = family {
             let gender = profile.map(|p| p.gender.as_str());
-            return tags.render(template, gender, &subject, extra_negative);
+            return template.render_for_family(tags, gender, &subject, extra_negative);
         }
         let prompt = template.render(&subject);
         let negative = join_parts([

@@ -17,12 +17,12 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use thiserror::Error;
 use toml::Spanned;
 
 use super::error::PortraitError;
 use super::families::{embedded_families, load_families, FamilyTags};
-use super::prompt::join_parts;
+use super::prompt::{clean_parts, join_parts};
+pub use super::template_error::TemplateError;
 use crate::registry::Family;
 
 /// The style used when a request names none; its file (`default.toml`) must exist.
@@ -37,22 +37,6 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("fantasy", include_str!("../../prompts/fantasy.toml")),
     ("realistic", include_str!("../../prompts/realistic.toml")),
 ];
-
-/// A template directory that cannot be used.
-#[derive(Debug, Error)]
-pub enum TemplateError {
-    #[error("cannot read prompt templates at {}: {message}", path.display())]
-    Io { path: PathBuf, message: String },
-    /// A file is invalid; `line` is 1-based.
-    #[error("{}:{line}: {message}", file.display())]
-    Invalid {
-        file: PathBuf,
-        line: usize,
-        message: String,
-    },
-    #[error("no {DEFAULT_STYLE}.toml in prompt templates folder {}", dir.display())]
-    MissingDefault { dir: PathBuf },
-}
 
 #[derive(Debug, Clone, PartialEq)]
 enum Segment {
@@ -228,6 +212,32 @@ impl PortraitTemplate {
         }
         join_parts([s])
     }
+
+    /// The prompt and negative prompt of this template for the model family `tags`: the style's framing with
+    /// this family's quality, style and gender tags in place of `{quality}`, and this family's
+    /// negative tags, then the style's and `extra_negative`, each tag once.
+    pub fn render_for_family(
+        &self,
+        tags: &FamilyTags,
+        gender: Option<&str>,
+        subject: &str,
+        extra_negative: Option<&str>,
+    ) -> (String, String) {
+        let style = tags.styles.get(&self.style).map(String::as_str);
+        let gender = gender.and_then(|g| tags.gender.get(&g.trim().to_lowercase()));
+        let quality = join_parts([
+            tags.quality.as_str(),
+            gender.map_or("", String::as_str),
+            style.unwrap_or(""),
+        ]);
+        let prompt = self.render_with_quality(subject, &quality);
+        let negative = unique_tags([
+            tags.negative_prompt.as_str(),
+            self.negative_prompt.as_str(),
+            extra_negative.unwrap_or(""),
+        ]);
+        (prompt, negative)
+    }
 }
 
 /// Every art style's template, by style name, and the model families' tags.
@@ -354,6 +364,20 @@ impl PortraitTemplates {
                 ),
             })
     }
+}
+
+/// `join_parts`, keeping only the first of tags that repeat (any case).
+fn unique_tags<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for part in parts {
+        for tag in clean_parts(part) {
+            if seen.insert(tag.to_lowercase()) {
+                out.push(tag);
+            }
+        }
+    }
+    out.join(", ")
 }
 
 #[cfg(test)]

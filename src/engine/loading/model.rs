@@ -13,9 +13,9 @@ use super::model_hash::HashCache;
 use super::presets::{Configs, SD15, SD21, SDXL};
 use super::weights::{RandomWeights, WeightBytes};
 use crate::engine::architecture::{read_json, read_model_index, ClipConfig, UNetConfig, VaeConfig};
-use crate::engine::conditioning::SecondEncoder;
+
 use crate::engine::error::{EngineError, Result};
-use crate::engine::models::clip::ClipTextModel;
+use crate::engine::models::clip::{ClipTextModel, SecondEncoder};
 use crate::engine::models::unet::UNet;
 use crate::engine::models::vae::Vae;
 use crate::engine::samplers::{ScheduleOverride, SchedulerConfig};

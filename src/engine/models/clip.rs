@@ -7,6 +7,7 @@ use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, Var
 
 use crate::engine::architecture::{ClipActivation, ClipConfig};
 use crate::engine::error::Result;
+use crate::engine::text::ClipTokenizer;
 
 struct Attention {
     q: Linear,
@@ -91,6 +92,12 @@ pub struct ClipTextModel {
     projection: Option<Linear>,
     max_positions: usize,
     dtype: DType,
+}
+
+/// SDXL's second encoder and its tokenizer (which pads with `!`, id 0).
+pub struct SecondEncoder {
+    pub tokenizer: ClipTokenizer,
+    pub encoder: ClipTextModel,
 }
 
 /// What SDXL takes from one encoder.
