@@ -14,7 +14,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::engine::EngineError;
-pub use family::{Family, SchedulerOverrides};
+pub use family::{Architecture, Family, SchedulerOverrides};
 use parse::{invalid, is_pickle, is_safetensors, parse_entry};
 
 mod family;
@@ -61,61 +61,6 @@ impl From<RegistryError> for EngineError {
 }
 
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
-
-/// The model family; the loader still reads the real shape from the model's own files, this
-/// says what the entry is meant to be (and lets defaults be checked against it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Architecture {
-    Sd1,
-    Sd2,
-    Sdxl,
-    /// SD 2.1-shaped, distilled for 1-4 steps without classifier-free guidance.
-    SdTurbo,
-    /// SDXL-shaped, distilled the same way (SDXL-Turbo: 512x512, 1-4 steps, no CFG).
-    SdxlTurbo,
-}
-
-impl Architecture {
-    pub const ALL: [Architecture; 5] = [
-        Architecture::Sd1,
-        Architecture::Sd2,
-        Architecture::Sdxl,
-        Architecture::SdTurbo,
-        Architecture::SdxlTurbo,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Architecture::Sd1 => "sd1",
-            Architecture::Sd2 => "sd2",
-            Architecture::Sdxl => "sdxl",
-            Architecture::SdTurbo => "sd-turbo",
-            Architecture::SdxlTurbo => "sdxl-turbo",
-        }
-    }
-
-    /// Pixels of the resolution the family was trained at: below it images fall apart, so a
-    /// CPU's cheaper portrait defaults never shrink a model under it.
-    pub fn native_pixels(self) -> usize {
-        match self {
-            Architecture::Sd1 | Architecture::SdTurbo | Architecture::SdxlTurbo => 512 * 512,
-            Architecture::Sd2 => 768 * 768,
-            Architecture::Sdxl => 1024 * 1024,
-        }
-    }
-
-    /// Distilled for 1-4 steps without guidance (the defaults are checked against that).
-    pub fn is_turbo(self) -> bool {
-        matches!(self, Architecture::SdTurbo | Architecture::SdxlTurbo)
-    }
-}
-
-impl std::fmt::Display for Architecture {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Where a model's files come from. Relative paths are relative to the folder holding
 /// `weights.toml`.

@@ -38,6 +38,19 @@ pub enum PortraitError {
 }
 
 impl PortraitError {
+    /// Renames the engine's `denoising_strength` to the API field of a regeneration.
+    pub(super) fn for_regenerate(self) -> PortraitError {
+        match self {
+            PortraitError::Validation { field, message } if field == "denoising_strength" => {
+                PortraitError::Validation {
+                    field: "denoisingStrength".into(),
+                    message,
+                }
+            }
+            other => other,
+        }
+    }
+
     pub(crate) fn validation(field: &str, message: impl Into<String>) -> Self {
         PortraitError::Validation {
             field: field.to_string(),

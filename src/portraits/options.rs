@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::error::PortraitError;
 use crate::characters::PortraitRecord;
 use crate::engine::{Defaults, ValidRequest};
 use crate::registry::{Architecture, Family, Registry};
@@ -47,6 +48,18 @@ impl DeviceClass {
             DeviceClass::Gpu => "gpu",
         }
     }
+}
+
+/// Refuses free text (prompt additions, a negative prompt) over [`MAX_ADDITIONS_CHARS`].
+pub(super) fn check_text(field: &str, text: Option<&str>) -> Result<(), PortraitError> {
+    let n = text.map_or(0, |t| t.chars().count());
+    if n > MAX_ADDITIONS_CHARS {
+        return Err(PortraitError::validation(
+            field,
+            format!("at most {MAX_ADDITIONS_CHARS} characters, got {n}"),
+        ));
+    }
+    Ok(())
 }
 
 /// On a CPU, portraits default to at most this many pixels (512x512's), or the model's training

@@ -17,9 +17,8 @@ use super::error::PortraitError;
 use super::estimate::{passes, SpeedBook};
 use super::image_store::{image_key, thumbnail_key, ImageStore, ImageStoreError};
 use super::options::{
-    GenerateOptions, Method, PortraitOutcome, PreparedPortrait, StyleModels,
-    DEFAULT_REGENERATE_STRENGTH, MAX_ADDITIONS_CHARS, MAX_REGENERATE_STRENGTH,
-    MIN_REGENERATE_STRENGTH,
+    check_text, GenerateOptions, Method, PortraitOutcome, PreparedPortrait, StyleModels,
+    DEFAULT_REGENERATE_STRENGTH, MAX_REGENERATE_STRENGTH, MIN_REGENERATE_STRENGTH,
 };
 use super::prompt::{build_prompt, join_parts};
 use super::templates::{PortraitTemplate, PortraitTemplates, DEFAULT_STYLE};
@@ -53,30 +52,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct PortraitService {
     inner: Arc<Inner>,
-}
-
-fn check_text(field: &str, text: Option<&str>) -> Result<(), PortraitError> {
-    let n = text.map_or(0, |t| t.chars().count());
-    if n > MAX_ADDITIONS_CHARS {
-        return Err(PortraitError::validation(
-            field,
-            format!("at most {MAX_ADDITIONS_CHARS} characters, got {n}"),
-        ));
-    }
-    Ok(())
-}
-
-/// Renames the engine's `denoising_strength` to the API field of a regeneration.
-fn regenerate_field(e: PortraitError) -> PortraitError {
-    match e {
-        PortraitError::Validation { field, message } if field == "denoising_strength" => {
-            PortraitError::Validation {
-                field: "denoisingStrength".into(),
-                message,
-            }
-        }
-        other => other,
-    }
 }
 
 fn non_empty(s: Option<&str>) -> Option<&str> {
@@ -437,7 +412,9 @@ impl PortraitService {
         let mut req = self.base_request(&model, prompt, negative, &opts);
         req.init_image = Some(init);
         req.denoising_strength = Some(strength);
-        let request = self.validate(&model, req).map_err(regenerate_field)?;
+        let request = self
+            .validate(&model, req)
+            .map_err(PortraitError::for_regenerate)?;
         Self::prepared(
             &profile.id,
             request,
@@ -446,7 +423,7 @@ impl PortraitService {
             model,
             Some(source),
         )
-        .map_err(regenerate_field)
+        .map_err(PortraitError::for_regenerate)
     }
 
     /// Paints a prepared portrait (blocking), stores the image and its thumbnail, and records it
