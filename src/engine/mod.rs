@@ -22,6 +22,8 @@ pub(crate) mod memory;
 pub(crate) mod models;
 pub(crate) mod noise;
 pub(crate) mod output;
+#[doc(hidden)]
+pub mod parity;
 pub(crate) mod pipeline;
 mod preview;
 pub(crate) mod request;
@@ -36,8 +38,6 @@ pub(crate) mod worker;
 mod conditioning_tests;
 #[cfg(test)]
 mod facade_tests;
-#[cfg(test)]
-mod parity_tests;
 #[cfg(test)]
 mod tokenizer_reference_tests;
 #[cfg(test)]

@@ -338,7 +338,6 @@ pub struct Cond<'a> {
 
 impl<'a> Cond<'a> {
     /// Text context only (SD 1.x/2.x).
-    #[cfg(test)]
     pub fn text(context: &'a Tensor) -> Self {
         Self {
             context,

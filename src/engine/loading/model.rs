@@ -85,7 +85,6 @@ pub fn default_vae_tile(device: &Device) -> Option<usize> {
 }
 
 impl LoadOptions {
-    #[cfg(test)]
     pub fn cpu() -> Self {
         Self {
             device: Device::Cpu,
@@ -267,7 +266,6 @@ fn default_variant(opts: &LoadOptions) -> Option<&str> {
 impl StableDiffusion {
     /// Loads every component. Errors name the file or tensor at fault. The model hash is
     /// computed without a persistent cache; the server uses [`StableDiffusion::load_with_hashes`].
-    #[cfg(test)]
     pub fn load(name: &str, source: &ModelSource, opts: &LoadOptions) -> Result<Self> {
         Self::load_with_hashes(name, source, opts, &HashCache::in_memory())
     }

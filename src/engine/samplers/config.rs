@@ -334,7 +334,6 @@ fn rescale_zero_terminal_snr(betas: &[f64]) -> Vec<f64> {
 /// Rewrites the non-standard tokens Python's `json` module emits (`NaN`, `Infinity`,
 /// `-Infinity`) to `null`, leaving string contents alone, so serde_json can read diffusers'
 /// config files and reference data.
-#[cfg(test)]
 pub fn python_json_to_strict(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;

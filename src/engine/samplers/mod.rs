@@ -41,7 +41,6 @@ use candle_core::Tensor;
 
 use super::error::{EngineError, Result};
 
-#[cfg(test)]
 pub use config::python_json_to_strict;
 pub use config::{ScheduleOverride, SchedulerConfig};
 #[cfg(test)]

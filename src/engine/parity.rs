@@ -1,6 +1,8 @@
-//! Parity with diffusers: runs every case of a reference fixture (default
-//! `tests/fixtures/tiny-sd15`, or the directory in `LIMNER_PARITY_FIXTURE`) against the engine,
-//! loading the model from its diffusers folder and again from each single-file checkpoint.
+//! Parity with diffusers: runs every case of a reference fixture (default the committed
+//! `tests/fixtures/tiny-sd15`, `tiny-sdxl` and `tiny-sdxl-vpred`, or the directory in
+//! `LIMNER_PARITY_FIXTURE`, of either family) against the engine, loading the model from its
+//! diffusers folder and again from each single-file checkpoint. `tests/parity.rs` runs it; it
+//! is compiled into the library (hidden from its docs) because it drives engine internals.
 //! Nothing here names a fixture-specific value: the cases, tensors and tolerances come from
 //! `cases.json`, `reference.safetensors` and the contract (components 1e-3 relative; pipelines
 //! 2e-2 max / 2e-3 mean absolute error on the decoded image).
@@ -20,8 +22,8 @@ use crate::engine::EngineError;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
-/// The fixtures to check: `LIMNER_PARITY_FIXTURE` (any family), else both committed ones.
-fn fixture_dirs() -> Vec<PathBuf> {
+/// The fixtures to check: `LIMNER_PARITY_FIXTURE` (any family), else the committed ones.
+pub fn fixture_dirs() -> Vec<PathBuf> {
     match std::env::var_os("LIMNER_PARITY_FIXTURE") {
         Some(dir) => vec![PathBuf::from(dir)],
         None => ["tiny-sd15", "tiny-sdxl", "tiny-sdxl-vpred"]
@@ -390,8 +392,8 @@ fn sdxl_text_checks(
     checks
 }
 
-#[test]
-fn tokenizer_ids_match_reference() {
+/// Every tokenizer case of every fixture gives the reference ids (both tokenizers for SDXL).
+pub fn tokenizer_ids_match_reference() {
     for dir in fixture_dirs() {
         let fx = Fixture::load(dir);
         let cases = fx.cases["tokenizer"].as_array().expect("tokenizer cases");
@@ -422,8 +424,8 @@ fn tokenizer_ids_match_reference() {
     }
 }
 
-#[test]
-fn every_case_matches_diffusers_for_every_model_source() {
+/// Every case of every fixture matches diffusers, from the folder and from each single file.
+pub fn every_case_matches_diffusers_for_every_model_source() {
     let mut failures = vec![];
     for dir in fixture_dirs() {
         let fx = Fixture::load(dir);
