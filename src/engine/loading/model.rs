@@ -12,7 +12,7 @@ use super::checkpoint::{self, Architecture, UNetLayout};
 use super::model_hash::HashCache;
 use super::presets::{Configs, SD15, SD21, SDXL};
 use super::weights::{RandomWeights, WeightBytes};
-use crate::engine::architecture::{read_json, read_model_index, ClipConfig, UNetConfig, VaeConfig};
+use crate::engine::architecture::{ClipConfig, UNetConfig, VaeConfig};
 
 use crate::engine::error::{EngineError, Result};
 use crate::engine::models::clip::{ClipTextModel, SecondEncoder};
@@ -313,60 +313,48 @@ impl StableDiffusion {
             )));
         }
         let variant = default_variant(opts);
-        let unet_config = UNetConfig::load(&dir.join("unet/config.json"))?;
-        let vae_config = VaeConfig::load(&dir.join("vae/config.json"))?;
-        let clip_config = ClipConfig::load(&dir.join("text_encoder/config.json"))?;
-        let scheduler: SchedulerConfig = read_json(&dir.join("scheduler/scheduler_config.json"))?;
-        let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
+        let c = Configs::from_dir(dir)?;
         let unet_files = weight_files(&dir.join("unet"), variant)?;
         let vae_files = weight_files(&dir.join("vae"), variant)?;
         let te_files = weight_files(&dir.join("text_encoder"), variant)?;
-        let second = dir.join("text_encoder_2");
-        let architecture = if second.is_dir() || unet_config.text_time().is_some() {
+        let architecture = if c.text_encoder_2.is_some() {
             Architecture::Sdxl
-        } else if clip_config.hidden_size >= 1024 {
+        } else if c.text_encoder.hidden_size >= 1024 {
             Architecture::Sd2
         } else {
             Architecture::Sd1
         };
-        let index = read_model_index(dir)?;
         let counter = WeightBytes::default();
         let vb = |files: &[PathBuf]| mmap_vb(files, opts.dtype, &opts.device, &counter);
-        let text_encoder_2 = if architecture == Architecture::Sdxl {
-            Some((
-                ClipConfig::load(&second.join("config.json"))?,
-                vb(&weight_files(&second, variant)?)?,
-                ClipTokenizer::from_dir(&dir.join("tokenizer_2"))?,
-            ))
-        } else {
-            None
+        let text_encoder_2 = match c.text_encoder_2 {
+            Some((config, tokenizer)) => {
+                let files = weight_files(&dir.join("text_encoder_2"), variant)?;
+                Some((config, vb(&files)?, tokenizer))
+            }
+            None => None,
+        };
+        let vae = match &opts.vae {
+            Some(path) => override_vae(path, &c.vae, opts, &counter)?,
+            None => mmap_vb(
+                &vae_files,
+                vae_dtype(&c.vae, opts.dtype),
+                &opts.device,
+                &counter,
+            )?,
         };
         Self::assemble(
             name,
             architecture,
-            tokenizer,
+            c.tokenizer,
             Components {
-                unet: (unet_config, vb(&unet_files)?),
-                vae: (
-                    vae_config.clone(),
-                    match &opts.vae {
-                        Some(path) => override_vae(path, &vae_config, opts, &counter)?,
-                        None => mmap_vb(
-                            &vae_files,
-                            vae_dtype(&vae_config, opts.dtype),
-                            &opts.device,
-                            &counter,
-                        )?,
-                    },
-                ),
-                text_encoder: (clip_config, vb(&te_files)?),
+                unet: (c.unet, vb(&unet_files)?),
+                vae: (c.vae, vae),
+                text_encoder: (c.text_encoder, vb(&te_files)?),
                 text_encoder_2,
                 counter: counter.clone(),
-                force_zeros_for_empty_prompt: index
-                    .force_zeros_for_empty_prompt
-                    .unwrap_or(architecture == Architecture::Sdxl),
+                force_zeros_for_empty_prompt: c.force_zeros_for_empty_prompt,
             },
-            scheduler,
+            c.scheduler,
             opts,
         )
     }
@@ -380,9 +368,8 @@ impl StableDiffusion {
         let tensors = checkpoint::load_tensors(file)?;
         let architecture = checkpoint::detect_architecture(tensors.keys().map(|k| k.as_str()))
             .map_err(|e| EngineError::Model(format!("{}: {e}", file.display())))?;
-        let sdxl = architecture == Architecture::Sdxl;
         let mut c = match config {
-            Some(dir) => Configs::from_dir(dir, sdxl)?,
+            Some(dir) => Configs::from_dir(dir)?,
             None => Configs::from_preset(match architecture {
                 Architecture::Sd1 => &SD15,
                 Architecture::Sd2 => &SD21,

@@ -79,10 +79,14 @@ impl Configs {
         })
     }
 
-    pub(super) fn from_dir(dir: &Path, sdxl: bool) -> Result<Self> {
+    /// An SDXL folder is one with a second text encoder, or whose UNet takes SDXL's added
+    /// conditioning (then a missing `text_encoder_2/` is an error naming it).
+    pub(super) fn from_dir(dir: &Path) -> Result<Self> {
         let index = read_model_index(dir)?;
+        let unet = UNetConfig::load(&dir.join("unet/config.json"))?;
+        let sdxl = dir.join("text_encoder_2").is_dir() || unet.text_time().is_some();
         Ok(Self {
-            unet: UNetConfig::load(&dir.join("unet/config.json"))?,
+            unet,
             vae: VaeConfig::load(&dir.join("vae/config.json"))?,
             text_encoder: ClipConfig::load(&dir.join("text_encoder/config.json"))?,
             tokenizer: ClipTokenizer::from_dir(&dir.join("tokenizer"))?,
