@@ -291,7 +291,12 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
     if writes(&method, req.uri().path()) {
         let d = disk.clone();
         match tokio::task::spawn_blocking(move || d.check_write()).await {
-            Ok(Err(refused)) => return refused.into_response(),
+            Ok(Err(refused)) => {
+                // Read the body before answering: a reply sent while the client is still
+                // sending can reach it as a closed connection instead of a 507.
+                let _ = axum::body::to_bytes(req.into_body(), super::MAX_BODY_BYTES).await;
+                return refused.into_response();
+            }
             Ok(Ok(())) => {}
             Err(e) => return ApiError::internal(e.to_string()).into_response(),
         }
