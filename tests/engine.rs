@@ -49,6 +49,8 @@ fn engine_with(models: Vec<ModelSpec>, default: &str) -> Engine {
         max_memory: None,
         max_loaded: 2,
         vaes: Vec::new(),
+        loras_dir: None,
+        embeddings_dir: None,
     })
     .unwrap()
 }

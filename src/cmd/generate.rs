@@ -103,6 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         clip_skip: Some(args.clip_skip),
         format: Some(format.extension().to_string()),
         preview_every: None,
+        ..Default::default()
     }
     .validate(&resolved.defaults)?;
 

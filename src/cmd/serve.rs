@@ -185,6 +185,8 @@ fn backend(
         .map_err(|e| anyhow::anyhow!(e))?,
         max_loaded: s.max_loaded,
         vaes: limner::engine::scan_vae_dir(&s.models_dir.join(limner::engine::VAE_DIR)),
+        loras_dir: Some(s.models_dir.join(limner::engine::LORA_DIR)),
+        embeddings_dir: Some(s.models_dir.join(limner::engine::EMBEDDING_DIR)),
     };
     // Model hashes (A1111's `[hash]` titles) are cached in the data dir, computed in the background.
     let hashes = Arc::new(limner::engine::HashCache::open(&s.data_dir));

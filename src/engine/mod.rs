@@ -20,6 +20,7 @@ pub(crate) mod loading;
 mod local;
 pub(crate) mod memory;
 pub(crate) mod models;
+pub(crate) mod networks;
 pub(crate) mod noise;
 pub(crate) mod output;
 #[doc(hidden)]
@@ -51,6 +52,10 @@ pub use loading::model::ModelSource;
 pub use loading::model_hash::{sha256_file, HashCache, ModelHash};
 pub use local::{LocalModel, UnetTimings};
 pub use memory::{parse_size, resolve_limit as memory_limit};
+pub use networks::{
+    find_network, scan_network_dir, LoraRef, NetworkFile, EMBEDDING_DIR, LORA_DIR, MAX_LORAS,
+    MAX_LORA_WEIGHT,
+};
 pub use output::{
     decode_image, encode_image, read_parameters, read_png_parameters, thumbnail, ImageFormat,
 };

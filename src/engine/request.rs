@@ -76,6 +76,12 @@ pub struct GenerationRequest {
     /// A1111's `sd_vae`: "Automatic" (or absent) = the model's configured VAE, "None" = the
     /// checkpoint's own, else a VAE file name the server lists ([`super::VaeChoice`]).
     pub vae: Option<String>,
+    /// LoRAs to apply besides the `<lora:name:weight>` tags in the prompts (the portrait API's
+    /// `loras`, a character's pinned LoRAs). Files of [`super::LORA_DIR`] by name.
+    pub loras: Vec<super::LoraRef>,
+    /// Embeddings the caller requires (a character's pinned ones): each must be a file of
+    /// [`super::EMBEDDING_DIR`]. Prompts use embeddings by name without listing them here.
+    pub embeddings: Vec<String>,
 }
 
 /// Per-model defaults, from weights.toml (the regeneration guide's portrait defaults otherwise).

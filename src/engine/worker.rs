@@ -54,6 +54,10 @@ pub struct EngineConfig {
     pub max_loaded: usize,
     /// The VAE files requests may name (A1111's `sd_vae`): `MODELS_DIR/vae/*.safetensors`.
     pub vaes: Vec<VaeFile>,
+    /// Where LoRA files live (`MODELS_DIR/loras/`, rescanned by `refresh-loras`); None = none.
+    pub loras_dir: Option<PathBuf>,
+    /// Where textual-inversion embeddings live (`MODELS_DIR/embeddings/`); None = none.
+    pub embeddings_dir: Option<PathBuf>,
 }
 
 impl EngineConfig {
@@ -69,6 +73,8 @@ impl EngineConfig {
             max_memory: None,
             max_loaded: 1,
             vaes: Vec::new(),
+            loras_dir: None,
+            embeddings_dir: None,
         }
     }
 }

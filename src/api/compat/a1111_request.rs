@@ -313,6 +313,9 @@ impl Common {
             // costs next to nothing beside a UNet step.
             preview_every: Some(PREVIEW_EVERY),
             vae: None,
+            // A1111 names LoRAs only as `<lora:name:w>` tags, which stay in the prompt.
+            loras: Vec::new(),
+            embeddings: Vec::new(),
         })
     }
 }
