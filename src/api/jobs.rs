@@ -21,7 +21,7 @@ use super::error::{status_of, ApiError, ApiResult};
 use super::portrait_jobs::render_result;
 use super::AppState;
 use crate::auth::Principal;
-use crate::jobs::{JobEvent, JobStatus};
+use crate::jobs::{JobEvent, JobState, JobStatus};
 
 /// The job if `caller` may see it: from memory when it is live or recent (no blocking hop),
 /// else from its record on the blocking pool.
@@ -41,11 +41,17 @@ async fn visible(state: &AppState, caller: &Principal, id: &str) -> ApiResult<Jo
 
 /// A status as clients see it: a finished job's `result` as its endpoint answers it (for a
 /// portrait, the generate or regenerate reply, with fresh media URLs) and its `error` with the
-/// HTTP `status` a synchronous request would have got.
+/// HTTP `status` a synchronous request would have got; a running job's latest `preview` (the
+/// `preview` event's fields), so a client that polls sees the picture form too.
 fn shown(state: &AppState, mut status: JobStatus) -> ApiResult<Value> {
     // The result is rendered on its own, so it is not copied into the snapshot's JSON first.
     let result = status.result.take();
     let mut v = serde_json::to_value(&status).map_err(|e| ApiError::internal(e.to_string()))?;
+    if status.state == JobState::Running {
+        if let Some(p) = state.jobs.preview(status.id.as_str()) {
+            v["preview"] = serde_json::to_value(&*p).unwrap_or(Value::Null);
+        }
+    }
     if let Some(result) = result {
         v["result"] = render_result(state, &status.kind, status.id.as_str(), &result);
     }
@@ -105,9 +111,12 @@ fn event_json(state: &AppState, kind: &str, id: &str, ev: &JobEvent) -> Value {
     v
 }
 
-/// `queued` (with position), `started`, `progress` (step, total, elapsed_ms), then one of
-/// `done` (with the portrait), `failed` or `cancelled`; the stream ends after that. A job that
-/// finished before (also before a restart) answers its terminal event at once.
+/// `queued` (with position), `started`, `progress` (step, total, elapsed_ms) and `preview`
+/// (step, total, width, height, image: a `data:` URL), then one of `done` (with the portrait),
+/// `failed` or `cancelled`; the stream ends after that. Previews are not history: a subscriber
+/// gets the latest one when it joins, then each newer one it has time to read (a slow reader
+/// skips to the newest; the engine never waits for it). A job that finished before (also
+/// before a restart) answers its terminal event at once.
 pub async fn events(
     State(state): State<AppState>,
     Caller(caller): Caller,

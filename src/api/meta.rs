@@ -328,7 +328,7 @@ pub async fn openapi() -> Json<Value> {
     add(
         "/api/jobs/{id}",
         "get",
-        "Job status: queue position, step i/N, result or error",
+        "Job status: queue position, step i/N, the latest preview while running, result or error",
         "jobs",
         vec![id.clone()],
     );
@@ -342,7 +342,7 @@ pub async fn openapi() -> Json<Value> {
     add(
         "/api/jobs/{id}/events",
         "get",
-        "Server-Sent Events of a job's progress",
+        "Server-Sent Events of a job: queued, started, progress, preview (a small data: URL image), then done, failed or cancelled",
         "jobs",
         vec![id],
     );

@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 mod invites;
 mod jobs;
+pub mod live;
 mod media;
 mod meta;
 pub mod paging;
@@ -33,12 +34,14 @@ use crate::jobs::JobQueue;
 use crate::portraits::{ImageBackend, PortraitService};
 
 /// Everything a handler may use; cheap to clone. The second part watches the data
-/// directory's disk (see [`disk`]).
+/// directory's disk (see [`disk`]); the last is every how many steps jobs ask for a live
+/// preview (`None`: never; see [`live`]).
 #[derive(Clone)]
 pub struct AppState(
     Arc<Inner>,
     Arc<disk::DiskGuard>,
     Arc<shown_cache::ShownCache>,
+    Option<usize>,
 );
 
 pub struct Inner {
@@ -70,11 +73,22 @@ impl AppState {
             Arc::new(inner),
             Arc::new(disk::DiskGuard::measuring(root, 0)),
             shown,
+            Some(live::DEFAULT_PREVIEW_EVERY),
         )
     }
 
     pub fn with_disk_guard(self, guard: disk::DiskGuard) -> Self {
-        AppState(self.0, Arc::new(guard), self.2)
+        AppState(self.0, Arc::new(guard), self.2, self.3)
+    }
+
+    /// Jobs ask for a live preview every `n` steps; 0 turns previews off (`--preview-every`).
+    pub fn with_preview_every(self, n: usize) -> Self {
+        AppState(self.0, self.1, self.2, (n > 0).then_some(n))
+    }
+
+    /// Every how many steps jobs ask the engine for a live preview (`None`: never).
+    pub fn preview_every(&self) -> Option<usize> {
+        self.3
     }
 
     /// Finished jobs' status replies, serialized, for pollers.

@@ -111,10 +111,9 @@ async fn run_job(
             "parameters": prepared.parameters(),
         }));
     let s = state.clone();
+    let prepared = prepared.with_preview_every(state.preview_every());
     let handle = state.jobs.submit(spec, move |ctx| {
-        let progress_ctx = ctx.clone();
-        let progress =
-            Box::new(move |p: crate::engine::Progress| progress_ctx.progress(p.step, p.total));
+        let progress = super::live::reporter(ctx.clone());
         let outcome = s
             .portraits
             .run(prepared, progress, &ctx.cancel_token())

@@ -145,7 +145,8 @@ pub fn build(s: &ServeConfig) -> anyhow::Result<Built> {
         signer,
         request_timeout: s.request_timeout,
     })
-    .with_disk_guard(DiskGuard::with_reserve(&s.data_dir, s.min_free_space));
+    .with_disk_guard(DiskGuard::with_reserve(&s.data_dir, s.min_free_space))
+    .with_preview_every(s.preview_every);
     Ok(Built { state, admin_token })
 }
 

@@ -119,6 +119,12 @@ impl ValidRequest {
     pub fn preview_every(&self) -> Option<usize> {
         self.job.preview_every
     }
+    /// The same request with previews every `n` steps (`None` or 0: none); the server's
+    /// setting, applied when the job is queued.
+    pub fn with_preview_every(mut self, n: Option<usize>) -> Self {
+        self.job.preview_every = n.filter(|&n| n > 0);
+        self
+    }
 
     /// The denoising passes with the engine's step counts (those of the progress calls).
     pub fn passes(&self) -> Result<Vec<PassPlan>> {

@@ -26,6 +26,6 @@ pub use queue::{JobContext, JobEvents, JobQueue};
 pub use sqlite::SqliteJobStore;
 pub use store::{JobRecord, JobStore, JobStoreError, JobStoreResult};
 pub use types::{
-    FailureKind, JobEvent, JobFailure, JobId, JobSpec, JobState, JobStatus, QueueError,
+    FailureKind, JobEvent, JobFailure, JobId, JobPreview, JobSpec, JobState, JobStatus, QueueError,
     QueueMetrics, QueueOpenError,
 };

@@ -17,15 +17,16 @@ use chrono::Utc;
 use futures::Stream;
 use serde_json::Value;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
-use tokio::sync::Notify;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio::sync::{watch, Notify};
+use tokio_stream::wrappers::{UnboundedReceiverStream, WatchStream};
 
 use super::config::QueueConfig;
 use super::sqlite::SqliteJobStore;
 use super::state::{Admission, CancelOutcome, QueueState};
 use super::store::{JobRecord, JobStore, JobStoreError};
 use super::types::{
-    JobEvent, JobFailure, JobId, JobSpec, JobStatus, QueueError, QueueMetrics, QueueOpenError,
+    JobEvent, JobFailure, JobId, JobPreview, JobSpec, JobStatus, QueueError, QueueMetrics,
+    QueueOpenError,
 };
 use crate::engine::pipeline::CancelToken;
 
@@ -66,6 +67,9 @@ struct Live {
     job: Option<JobFn>,
     cancel: CancelToken,
     subscribers: Vec<UnboundedSender<JobEvent>>,
+    /// The latest preview. A watch, not the subscribers' queues: it holds one value, so a slow
+    /// reader skips to the newest preview instead of piling images up, and the job never waits.
+    preview: watch::Sender<Option<Arc<JobPreview>>>,
     /// Entered on the job's thread, so its log lines name the job.
     span: tracing::Span,
     /// When progress last reached the record.
@@ -194,6 +198,7 @@ impl JobQueue {
                     job: stored,
                     cancel,
                     subscribers: Vec::new(),
+                    preview: watch::Sender::new(None),
                     span,
                     persisted: None,
                 },
@@ -221,12 +226,20 @@ impl JobQueue {
         self.inner.recorded(id).map(|r| r.status(Utc::now()))
     }
 
+    /// The running job's latest preview, from memory (none once it finished: the result
+    /// replaces it).
+    pub fn preview(&self, id: &str) -> Option<Arc<JobPreview>> {
+        self.inner.lock().live.get(id)?.preview.borrow().clone()
+    }
+
     /// The job's events from now on, preceded by its current state (`queued` with its position,
-    /// or `started` and the latest `progress`, or the terminal event). The stream ends after the
-    /// terminal event; for a job known only from its record, right after catching up. `None`
-    /// for an unknown or expired job. May read the database, like [`Self::status`].
+    /// or `started` and the latest `progress` and `preview`, or the terminal event). The stream
+    /// ends after the terminal event; for a job known only from its record, right after
+    /// catching up. `None` for an unknown or expired job. May read the database, like
+    /// [`Self::status`].
     pub fn subscribe(&self, id: &str) -> Option<JobEvents> {
         let (tx, rx) = unbounded_channel();
+        let mut previews = None;
         let events = {
             let mut shared = self.inner.lock();
             match shared.state.catch_up(id, Instant::now()) {
@@ -235,6 +248,12 @@ impl JobQueue {
                     // ends after catching up.
                     if let Some(live) = shared.live.get_mut(id) {
                         live.subscribers.push(tx.clone());
+                        let mut latest = live.preview.subscribe();
+                        // A late subscriber gets the latest preview once, then the new ones.
+                        if latest.borrow().is_some() {
+                            latest.mark_changed();
+                        }
+                        previews = Some(WatchStream::from_changes(latest));
                     }
                     events
                 }
@@ -248,7 +267,11 @@ impl JobQueue {
             // The receiver is still in hand, so the send cannot fail.
             let _ = tx.send(event);
         }
-        Some(JobEvents(UnboundedReceiverStream::new(rx)))
+        Some(JobEvents {
+            events: UnboundedReceiverStream::new(rx),
+            previews,
+            ended: false,
+        })
     }
 
     /// Cancels the job on request: a waiting job is removed and never runs; a running job's
@@ -528,6 +551,15 @@ impl JobContext {
         }
     }
 
+    /// Publishes a preview of the running job, replacing the previous one. Costs a lock and a
+    /// pointer swap, whoever is (or is not) reading: subscribers pick it up at their own pace.
+    pub fn preview(&self, preview: JobPreview) {
+        let shared = self.inner.lock();
+        if let Some(live) = shared.live.get(&self.id) {
+            live.preview.send_replace(Some(Arc::new(preview)));
+        }
+    }
+
     /// The token the engine checks before every step; set when the job is cancelled.
     pub fn cancel_token(&self) -> CancelToken {
         self.cancel.clone()
@@ -547,14 +579,39 @@ impl fmt::Debug for JobContext {
     }
 }
 
-/// A job's events, in order, ending after the terminal one.
-pub struct JobEvents(UnboundedReceiverStream<JobEvent>);
+/// A job's events, in order, ending after the terminal one. Previews come from the job's watch:
+/// only the newest one not yet read, ahead of the queued events (so a preview painted before the
+/// end always precedes the terminal event).
+pub struct JobEvents {
+    events: UnboundedReceiverStream<JobEvent>,
+    /// `None` for a job that had finished when subscribed, or once its watch closed.
+    previews: Option<WatchStream<Option<Arc<JobPreview>>>>,
+    ended: bool,
+}
 
 impl Stream for JobEvents {
     type Item = JobEvent;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<JobEvent>> {
-        Pin::new(&mut self.0).poll_next(cx)
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        while let Some(previews) = self.previews.as_mut() {
+            match Pin::new(previews).poll_next(cx) {
+                Poll::Ready(Some(Some(p))) => return Poll::Ready(Some(JobEvent::Preview(p))),
+                Poll::Ready(Some(None)) => continue,
+                Poll::Ready(None) => self.previews = None,
+                Poll::Pending => break,
+            }
+        }
+        let next = Pin::new(&mut self.events).poll_next(cx);
+        if let Poll::Ready(Some(ev)) = &next {
+            if ev.is_terminal() {
+                self.ended = true;
+                self.previews = None;
+            }
+        }
+        next
     }
 }
 

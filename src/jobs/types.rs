@@ -204,6 +204,9 @@ pub enum JobEvent {
         total: usize,
         elapsed_ms: u64,
     },
+    /// A live preview of the picture as it stands. Only the latest counts: a subscriber that
+    /// reads slowly skips older ones (see [`super::JobEvents`]).
+    Preview(#[serde(serialize_with = "shared_preview")] Arc<JobPreview>),
     Done {
         result: Value,
     },
@@ -223,6 +226,7 @@ impl JobEvent {
             JobEvent::Queued { .. } => "queued",
             JobEvent::Started => "started",
             JobEvent::Progress { .. } => "progress",
+            JobEvent::Preview(_) => "preview",
             JobEvent::Done { .. } => "done",
             JobEvent::Failed { .. } => "failed",
             JobEvent::Cancelled { .. } => "cancelled",
@@ -235,6 +239,24 @@ impl JobEvent {
             JobEvent::Done { .. } | JobEvent::Failed { .. } | JobEvent::Cancelled { .. }
         )
     }
+}
+
+/// A running job's latest preview, already encoded by the code that ran the job (the queue never
+/// looks inside the image). Kept in memory only, never in the job's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobPreview {
+    /// The step (of `total`) the preview shows.
+    pub step: usize,
+    pub total: usize,
+    pub width: u32,
+    pub height: u32,
+    /// A `data:` URL (`data:image/png;base64,...` or `data:image/jpeg;base64,...`).
+    pub image: String,
+}
+
+// By hand, like `JobId`: serde's `Arc` support sits behind its `rc` feature.
+fn shared_preview<S: serde::Serializer>(p: &Arc<JobPreview>, s: S) -> Result<S::Ok, S::Error> {
+    p.as_ref().serialize(s)
 }
 
 /// A snapshot of one job for `GET /api/jobs/{id}`.

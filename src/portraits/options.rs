@@ -164,6 +164,11 @@ pub struct PreparedPortrait {
 }
 
 impl PreparedPortrait {
+    /// The same portrait with live previews every `n` steps (`None`: none).
+    pub fn with_preview_every(mut self, n: Option<usize>) -> Self {
+        self.request = self.request.with_preview_every(n);
+        self
+    }
     pub fn character_id(&self) -> &str {
         &self.character_id
     }

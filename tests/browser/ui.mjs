@@ -142,8 +142,14 @@ try {
   check((await page.textContent('#estimate')).includes('known after the first portrait'),
     `a fresh server has no measurement yet: ${await page.textContent('#estimate')}`);
 
-  step('generate: the progress bar moves and the portrait loads');
+  step('generate: the progress bar moves, a live preview shows in the frame, then the portrait loads');
   await page.evaluate(() => {
+    // Every src the portrait frame shows, in order: each change's old value, then the current.
+    window.__frameOld = [];
+    const frame = document.getElementById('portrait');
+    new MutationObserver((ms) => { for (const m of ms) window.__frameOld.push(m.oldValue); })
+      .observe(frame, { attributes: true, attributeFilter: ['src'], attributeOldValue: true });
+    window.__frames = () => [...window.__frameOld.slice(1), frame.getAttribute('src')];
     window.__progress = [];
     const bar = document.getElementById('gen-progress');
     const text = document.getElementById('gen-progress-text');
@@ -152,8 +158,16 @@ try {
     new MutationObserver(record).observe(text, { childList: true, characterData: true, subtree: true });
   });
   await page.click('#generate');
-  await imageLoaded(page, '#portrait');
   await page.waitForFunction(() => document.getElementById('gen-message').textContent.includes('Portrait ready'));
+  await imageLoaded(page, '#portrait');
+  const frames = await page.evaluate(() => window.__frames());
+  console.log(`[ui] frame srcs: ${JSON.stringify(frames.map((f) => (f || '').slice(0, 40)))}`);
+  const firstPreview = frames.findIndex((f) => /^data:image\/(png|jpeg);base64,/.test(f || ''));
+  const finalSrc = frames[frames.length - 1] || '';
+  check(firstPreview >= 0, `the frame never showed a live preview: ${JSON.stringify(frames.map((f) => (f || '').slice(0, 40)))}`);
+  check(finalSrc.includes('/api/media/images/'), `the frame does not end on the painted portrait: ${finalSrc.slice(0, 60)}`);
+  check(firstPreview < frames.length - 1, 'the preview did not come before the final image');
+  check(!(await page.getAttribute('#portrait', 'data-preview')), 'the finished portrait is still marked as a preview');
   const seen = await page.evaluate(() => window.__progress);
   console.log(`[ui] progress seen: ${JSON.stringify(seen.slice(0, 12))}`);
   const moving = seen.some((p) => {

@@ -33,6 +33,8 @@ pub struct Opts {
     pub step_delay: Duration,
     pub queue: usize,
     pub timeout: Duration,
+    /// The server's `--preview-every` (0: off).
+    pub preview_every: usize,
 }
 
 impl Default for Opts {
@@ -42,6 +44,7 @@ impl Default for Opts {
             step_delay: Duration::ZERO,
             queue: 8,
             timeout: Duration::from_secs(30),
+            preview_every: limner::api::live::DEFAULT_PREVIEW_EVERY,
         }
     }
 }
@@ -92,7 +95,8 @@ pub fn harness(o: Opts) -> Harness {
         tokens: tokens.clone(),
         signer: UrlSigner::new(vec![3; 32], 3600),
         request_timeout: o.timeout,
-    });
+    })
+    .with_preview_every(o.preview_every);
     Harness {
         router: app(state),
         backend,

@@ -309,9 +309,9 @@ impl Common {
             hires: None,
             clip_skip,
             format: Some("png".into()),
-            // `/sdapi/v1/progress` shows the latest as `current_image`; the cheap latent map
-            // costs next to nothing beside a UNet step.
-            preview_every: Some(PREVIEW_EVERY),
+            // The server's `--preview-every` applies when the job is queued (`compat::run`);
+            // `/sdapi/v1/progress` shows the latest as `current_image`.
+            preview_every: None,
             vae: None,
             // A1111 names LoRAs only as `<lora:name:w>` tags, which stay in the prompt.
             loras: Vec::new(),
@@ -319,9 +319,6 @@ impl Common {
         })
     }
 }
-
-/// Every how many steps a compat job refreshes its live preview.
-pub(crate) const PREVIEW_EVERY: usize = 2;
 
 fn note_unknown(extra: &Map<String, Value>, notes: &mut Vec<String>) {
     for key in extra.keys() {

@@ -150,7 +150,8 @@ pub(crate) async fn run(
     });
     let backend = state.backend.clone();
     let flags = active.clone();
-    let request = job.request;
+    // The server's preview cadence, for `current_image`.
+    let request = job.request.with_preview_every(state.preview_every());
     let requested_model = request.model().map(str::to_string);
     // The record keeps what identifies the request, not the (possibly base64) init image.
     let spec = JobSpec::new(

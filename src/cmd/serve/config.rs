@@ -71,6 +71,7 @@ pub static SETTINGS: LazyLock<Vec<Setting>> = LazyLock::new(|| {
 const MAX_LOADED: usize = 64;
 const MAX_TIMEOUT_SECS: u64 = 86_400;
 const MAX_URL_TTL_SECS: u64 = 365 * 86_400;
+const MAX_PREVIEW_EVERY: usize = 1000;
 
 fn find(key: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.key == key)
@@ -294,6 +295,8 @@ pub struct ServeConfig {
     pub max_loaded: usize,
     pub queue: QueueConfig,
     pub request_timeout: Duration,
+    /// Steps between live previews; 0 = none.
+    pub preview_every: usize,
     pub media_url_ttl: u64,
     pub no_auth: bool,
     /// Bytes; 0 = only a really full disk refuses writes.
@@ -349,6 +352,7 @@ impl ServeConfig {
             request_timeout: Duration::from_secs(
                 l.or_default("request_timeout", number(1, MAX_TIMEOUT_SECS))?,
             ),
+            preview_every: l.or_default("preview_every", number(0, MAX_PREVIEW_EVERY))?,
             media_url_ttl: l.or_default("media_url_ttl", number(1, MAX_URL_TTL_SECS))?,
             no_auth: l.or_default("no_auth", switch)?,
             min_free_space: l.or_default("min_free_space", free_space)?,

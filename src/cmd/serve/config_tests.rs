@@ -99,6 +99,8 @@ fn the_defaults_are_the_documented_ones() {
     assert_eq!(c.media_url_ttl, 3600);
     assert!(!c.no_auth && !c.flash_attn);
     assert_eq!(c.min_free_space, 0);
+    // The table's default is the one a state built without the setting (tests) uses.
+    assert_eq!(c.preview_every, limner::api::live::DEFAULT_PREVIEW_EVERY);
     assert_eq!((c.model, c.models), (None, None));
     // Paths come from the lookup: per-user outside a checkout, built-in files.
     let user = dir.path().join("user");
@@ -355,4 +357,24 @@ fn served_models_get_the_weights_toml_vae_unless_vae_is_given() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("--vae") && e.contains("missing"), "{e}");
+}
+
+#[test]
+fn preview_every_comes_from_every_layer_and_names_its_limit() {
+    let c = resolve(&[flags(&[]), env(&[]), file("preview_every = 5")]).unwrap();
+    assert_eq!(c.preview_every, 5);
+    let c = resolve(&[
+        flags(&[]),
+        env(&[("LIMNER_PREVIEW_EVERY", "0")]),
+        file("preview_every = 5"),
+    ])
+    .unwrap();
+    assert_eq!(c.preview_every, 0, "0 turns previews off");
+    let c = resolve(&[flags(&["--preview-every", "3"]), env(&[]), file("")]).unwrap();
+    assert_eq!(c.preview_every, 3);
+    let e = resolve(&[flags(&["--preview-every", "1001"]), env(&[]), file("")]).unwrap_err();
+    assert!(
+        e.contains("preview_every") && e.contains("0 to 1000"),
+        "{e}"
+    );
 }

@@ -13,6 +13,7 @@ const state = {
   id: null, // the saved character, once there is one
   name: '',
   currentPortraitId: null,
+  shownPortrait: null, // the portrait record in the frame (a live preview may cover it)
   paintedFrom: null, // form values the current portrait was painted from (null: unknown)
   jobId: null,
   busy: false,
@@ -170,6 +171,8 @@ function setBusy(busy) {
 function showPortrait(p) {
   const img = $('portrait');
   state.currentPortraitId = p ? p.id : null;
+  state.shownPortrait = p;
+  delete img.dataset.preview;
   if (p) {
     img.src = p.portrait_url;
     img.alt = `Portrait of ${state.name || 'the character'}`;
@@ -182,6 +185,17 @@ function showPortrait(p) {
   $('placeholder').hidden = !!p;
   $('generate').textContent = p ? 'Regenerate' : 'Generate portrait';
   $('variation').disabled = state.busy || !p;
+}
+
+/** A running job's live preview in the portrait frame; the finished portrait replaces it. */
+function showPreview(ev) {
+  if (!ev.image) return;
+  const img = $('portrait');
+  img.src = ev.image;
+  img.alt = `Preview of the portrait being painted: step ${ev.step} of ${ev.total}`;
+  img.dataset.preview = String(ev.step);
+  img.hidden = false;
+  $('placeholder').hidden = true;
 }
 
 function renderHistory(list) {
@@ -287,7 +301,7 @@ async function runJob(submit, doneText) {
   try {
     end = await followJob(accepted.job_id, (ev) => {
       if (ev.type !== 'failed' && ev.type !== 'cancelled') showProgress(describe(ev));
-    });
+    }, { onPreview: showPreview });
   } catch (e) {
     end = { type: 'failed', error: { message: messageOf(e) } };
   }
@@ -304,6 +318,8 @@ async function runJob(submit, doneText) {
     }
   } else {
     $('progress-box').hidden = true;
+    // No new portrait: the frame goes back from the preview to the one it showed before.
+    if ($('portrait').dataset.preview) showPortrait(state.shownPortrait);
     if (end.type === 'timeout') cancelJob(accepted.job_id).catch(() => {});
     const quiet = end.type === 'cancelled' && end.error?.kind !== 'timeout';
     setMessage(failureText(end), quiet ? 'info' : 'error');

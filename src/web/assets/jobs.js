@@ -1,6 +1,7 @@
 // Following a generation job: its Server-Sent Events read with fetch() (EventSource cannot send
 // the Authorization header), falling back to polling `GET /api/jobs/{id}` when the stream drops,
-// plus the wording of every state for the progress displays.
+// plus the wording of every state for the progress displays. Live previews go to their own
+// callback: they are pictures, not states.
 
 import { ApiError, api, authHeaders, enc, errorFrom } from './api.js';
 
@@ -37,10 +38,17 @@ function statusToEvent(s) {
   }
 }
 
-async function pollJob(jobId, onEvent, signal) {
+async function pollJob(jobId, onEvent, onPreview, signal) {
+  let shown = null;
   for (;;) {
     if (signal?.aborted) throw new DOMException('aborted', 'AbortError');
-    const ev = statusToEvent(await api.get(`/api/jobs/${enc(jobId)}`, { signal }));
+    const s = await api.get(`/api/jobs/${enc(jobId)}`, { signal });
+    // A running job's status carries its latest preview (the `preview` event's fields).
+    if (s.preview && s.preview.step !== shown) {
+      shown = s.preview.step;
+      onPreview?.({ type: 'preview', ...s.preview });
+    }
+    const ev = statusToEvent(s);
     onEvent(ev);
     if (TERMINAL.has(ev.type)) return ev;
     await new Promise((r) => setTimeout(r, 1000));
@@ -48,10 +56,11 @@ async function pollJob(jobId, onEvent, signal) {
 }
 
 /**
- * Calls `onEvent` for every event of the job until it ends; resolves to the terminal event
- * (`done`, `failed`, `cancelled`, or `timeout` when the server went silent for `idleMs`).
+ * Calls `onEvent` for every event of the job until it ends, and `onPreview` for each live
+ * preview (`{step, total, width, height, image}`, `image` a data: URL); resolves to the terminal
+ * event (`done`, `failed`, `cancelled`, or `timeout` when the server went silent for `idleMs`).
  */
-export async function followJob(jobId, onEvent, { signal, idleMs = 60000 } = {}) {
+export async function followJob(jobId, onEvent, { signal, idleMs = 60000, onPreview } = {}) {
   const ctrl = new AbortController();
   signal?.addEventListener('abort', () => ctrl.abort(), { once: true });
   let timer = null;
@@ -80,6 +89,10 @@ export async function followJob(jobId, onEvent, { signal, idleMs = 60000 } = {})
         const ev = parseBlock(buf.slice(0, i));
         buf = buf.slice(i + 2);
         if (!ev) continue;
+        if (ev.type === 'preview') {
+          onPreview?.(ev);
+          continue;
+        }
         onEvent(ev);
         if (TERMINAL.has(ev.type)) {
           ctrl.abort();
@@ -97,7 +110,7 @@ export async function followJob(jobId, onEvent, { signal, idleMs = 60000 } = {})
   } finally {
     clearTimeout(timer);
   }
-  return pollJob(jobId, onEvent, signal);
+  return pollJob(jobId, onEvent, onPreview, signal);
 }
 
 /** Cancels a job; a job that already finished is not an error here. */
