@@ -94,7 +94,7 @@ async fn the_event_stream_carries_previews_before_done() {
     });
     let job = submit(
         &h,
-        json!({"regenerate": true, "steps": 12, "width": 256, "height": 384}),
+        json!({"regenerate": true, "steps": 12, "width": 256, "height": 384, "hires": false}),
     )
     .await;
     let sse = h.get(&format!("/api/jobs/{job}/events")).await;
@@ -140,7 +140,7 @@ async fn a_running_job_shows_its_latest_preview_and_a_late_subscriber_gets_it_on
     });
     let job = submit(
         &h,
-        json!({"regenerate": true, "steps": 40, "width": 64, "height": 96}),
+        json!({"regenerate": true, "steps": 40, "width": 64, "height": 96, "hires": false}),
     )
     .await;
     let running = poll_until(&h, &job, |s| s["preview"]["step"].as_u64() >= Some(4)).await;
