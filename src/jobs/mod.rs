@@ -4,12 +4,15 @@
 //! record of every job (SQLite) so its id answers after a restart, for a configurable retention.
 //!
 //! It knows nothing about images, characters or HTTP: a job is a closure that gets a
-//! [`JobContext`] (progress reporter and cancel token) and returns its caller's own
+//! [`JobContext`] (progress and preview reporter, cancel token; a preview arrives already encoded
+//! and is passed on as it is) and returns its caller's own
 //! `Result<T, E>`; the record keeps what [`JobOutput`] and [`JobError`] make of it. The rules
-//! live in the pure `state` module; [`JobQueue`] is the thread-and-channel shell, `handle` the
+//! live in the pure `state` module; [`JobQueue`] is the thread-and-channel shell, `events` the
+//! subscribers' streams (with the latest-only previews), `handle` the
 //! typed front, `store`/`sqlite` the records.
 
 mod config;
+mod events;
 mod handle;
 mod queue;
 mod sqlite;
@@ -21,8 +24,9 @@ pub use config::{
     parse_duration, QueueConfig, QueueConfigError, DEFAULT_RETENTION, MAX_CONCURRENCY, MAX_QUEUED,
     MAX_RETENTION,
 };
+pub use events::JobEvents;
 pub use handle::{CancelOnDrop, JobError, JobHandle, JobOutput, WaitError};
-pub use queue::{JobContext, JobEvents, JobQueue};
+pub use queue::{JobContext, JobQueue};
 pub use sqlite::SqliteJobStore;
 pub use store::{JobRecord, JobStore, JobStoreError, JobStoreResult};
 pub use types::{

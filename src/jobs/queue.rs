@@ -8,19 +8,17 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures::Stream;
 use serde_json::Value;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::sync::{watch, Notify};
-use tokio_stream::wrappers::{UnboundedReceiverStream, WatchStream};
+use tokio_stream::wrappers::WatchStream;
 
 use super::config::QueueConfig;
+use super::events::JobEvents;
 use super::sqlite::SqliteJobStore;
 use super::state::{Admission, CancelOutcome, QueueState};
 use super::store::{JobRecord, JobStore, JobStoreError};
@@ -267,11 +265,7 @@ impl JobQueue {
             // The receiver is still in hand, so the send cannot fail.
             let _ = tx.send(event);
         }
-        Some(JobEvents {
-            events: UnboundedReceiverStream::new(rx),
-            previews,
-            ended: false,
-        })
+        Some(JobEvents::new(rx, previews))
     }
 
     /// Cancels the job on request: a waiting job is removed and never runs; a running job's
@@ -576,47 +570,5 @@ impl fmt::Debug for JobContext {
             .field("id", &self.id)
             .field("cancelled", &self.is_cancelled())
             .finish()
-    }
-}
-
-/// A job's events, in order, ending after the terminal one. Previews come from the job's watch:
-/// only the newest one not yet read, ahead of the queued events (so a preview painted before the
-/// end always precedes the terminal event).
-pub struct JobEvents {
-    events: UnboundedReceiverStream<JobEvent>,
-    /// `None` for a job that had finished when subscribed, or once its watch closed.
-    previews: Option<WatchStream<Option<Arc<JobPreview>>>>,
-    ended: bool,
-}
-
-impl Stream for JobEvents {
-    type Item = JobEvent;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<JobEvent>> {
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        while let Some(previews) = self.previews.as_mut() {
-            match Pin::new(previews).poll_next(cx) {
-                Poll::Ready(Some(Some(p))) => return Poll::Ready(Some(JobEvent::Preview(p))),
-                Poll::Ready(Some(None)) => continue,
-                Poll::Ready(None) => self.previews = None,
-                Poll::Pending => break,
-            }
-        }
-        let next = Pin::new(&mut self.events).poll_next(cx);
-        if let Poll::Ready(Some(ev)) = &next {
-            if ev.is_terminal() {
-                self.ended = true;
-                self.previews = None;
-            }
-        }
-        next
-    }
-}
-
-impl fmt::Debug for JobEvents {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("JobEvents")
     }
 }
