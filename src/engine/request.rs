@@ -21,6 +21,8 @@ pub const MAX_CFG: f64 = 30.0;
 pub const MAX_PROMPT_CHARS: usize = 8000;
 pub const MAX_HIRES_SCALE: f64 = 4.0;
 pub const MAX_CLIP_SKIP: usize = 12;
+/// Embeddings one request may require by name (`embeddings`).
+pub const MAX_EMBEDDINGS: usize = 32;
 
 /// The hires-fix options of a request (A1111's enable_hr fields).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -260,6 +262,7 @@ impl GenerationRequest {
             Some(f) => ImageFormat::parse(f)?,
             None => ImageFormat::Png,
         };
+        let embeddings = check_embedding_names(self.embeddings)?;
         let base = super::noise::resolve_seed(self.seed.unwrap_or(-1));
         let seeds = (0..batch_size as u64).map(|i| base + i).collect();
         let init_image = self.init_image.map(|img| {
@@ -294,12 +297,38 @@ impl GenerationRequest {
                 clip_skip: clip_skip - 1,
                 plain_prompt: false,
                 preview_every: self.preview_every,
+                embeddings: Vec::new(),
             },
             init_image,
             seeds,
             format,
+            embeddings,
         })
     }
+}
+
+/// The `embeddings` names, trimmed, without repeats; an empty name or too many is an error.
+fn check_embedding_names(names: Vec<String>) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(EngineError::invalid(
+                "embeddings",
+                "each name must be 1 to 200 characters (an embedding file's name)",
+            ));
+        }
+        if !out.iter().any(|n| n == name) {
+            out.push(name.to_string());
+        }
+    }
+    if out.len() > MAX_EMBEDDINGS {
+        return Err(EngineError::invalid(
+            "embeddings",
+            format!("at most {MAX_EMBEDDINGS} embeddings, got {}", out.len()),
+        ));
+    }
+    Ok(out)
 }
 
 /// One finished image.
@@ -326,6 +355,18 @@ impl GeneratedImage {
         model: &str,
         hash: Option<&str>,
     ) -> Result<Self> {
+        Self::encode_with_embeddings(pixels, request, seed, model, hash, &[])
+    }
+
+    /// [`Self::encode`] for a request whose prompts used `embeddings` (name, short hash).
+    pub(crate) fn encode_with_embeddings(
+        pixels: RgbImage,
+        request: &ValidRequest,
+        seed: u64,
+        model: &str,
+        hash: Option<&str>,
+        embeddings: &[(String, String)],
+    ) -> Result<Self> {
         let (width, height) = pixels.dimensions();
         let infotext = infotext_for(
             &request.job,
@@ -335,6 +376,7 @@ impl GeneratedImage {
             model,
             hash,
             request.init_image.is_some(),
+            embeddings,
         );
         let bytes = super::output::encode_image(&pixels, request.format, Some(&infotext), 95)?;
         Ok(GeneratedImage {
@@ -358,6 +400,15 @@ pub struct GenerationResult {
     pub timings: Timings,
 }
 
+/// A1111's `TI hashes` value: `name: hash, ...`, with `:` and `,` dropped from names.
+fn ti_hashes(embeddings: &[(String, String)]) -> String {
+    embeddings
+        .iter()
+        .map(|(name, hash)| format!("{}: {hash}", name.replace([':', ','], "")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The A1111 infotext for image `seed` of a job.
 pub(crate) fn infotext_for(
     job: &Job,
@@ -367,6 +418,7 @@ pub(crate) fn infotext_for(
     model: &str,
     hash: Option<&str>,
     img2img: bool,
+    embeddings: &[(String, String)],
 ) -> String {
     let mut info = InfoText {
         prompt: job.prompt.clone(),
@@ -401,6 +453,9 @@ pub(crate) fn infotext_for(
     if job.clip_skip > 0 {
         info.extra
             .push(("Clip skip".into(), (job.clip_skip + 1).to_string()));
+    }
+    if !embeddings.is_empty() {
+        info.extra.push(("TI hashes".into(), ti_hashes(embeddings)));
     }
     info.push_version();
     info.to_string()
