@@ -39,6 +39,8 @@ pub(crate) mod worker;
 #[cfg(test)]
 mod conditioning_tests;
 #[cfg(test)]
+mod embedding_cond_tests;
+#[cfg(test)]
 mod facade_tests;
 #[cfg(test)]
 mod tokenizer_reference_tests;

@@ -241,6 +241,13 @@ impl ClipTextModel {
         Ok((xs, kept))
     }
 
+    /// The token embeddings of `ids` `[ids, width]`: what a textual-inversion vector replaces.
+    #[cfg(test)]
+    pub fn token_vectors(&self, ids: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::new(ids, self.position_embedding.device())?;
+        Ok(self.token_embedding.forward(&ids)?)
+    }
+
     /// Whether this encoder has a pooled projection (SDXL's second encoder).
     pub fn has_projection(&self) -> bool {
         self.projection.is_some()
