@@ -28,7 +28,11 @@ fn models_dir(root: &Path) -> PathBuf {
     let emb = root.join("models/embeddings");
     std::fs::create_dir_all(emb.join("sub")).unwrap();
     for name in ["elfmark", "xlmark"] {
-        std::fs::copy(fixture_embedding(name), emb.join(format!("{name}.safetensors"))).unwrap();
+        std::fs::copy(
+            fixture_embedding(name),
+            emb.join(format!("{name}.safetensors")),
+        )
+        .unwrap();
     }
     std::fs::copy(
         fixture_embedding("gloomcloak"),
@@ -75,10 +79,11 @@ fn an_embedding_in_an_a1111_prompt_changes_the_image_and_is_recorded() {
         "{info}"
     );
     // A negative-prompt embedding (from a subfolder) is recorded after the prompt's.
-    let (with_negative, info_negative) =
-        txt2img(&c, "a portrait of elfmark, castle", "gloomcloak");
+    let (with_negative, info_negative) = txt2img(&c, "a portrait of elfmark, castle", "gloomcloak");
     assert!(
-        info_negative.contains(&format!("TI hashes: \"elfmark: {elf}, gloomcloak: {gloom}\"")),
+        info_negative.contains(&format!(
+            "TI hashes: \"elfmark: {elf}, gloomcloak: {gloom}\""
+        )),
         "{info_negative}"
     );
     assert_ne!(with, with_negative);
@@ -142,7 +147,10 @@ fn required_embeddings_must_exist_and_fit_and_the_folder_is_listed() {
     let result = run(&["elfmark", "gloomcloak"]).unwrap();
     // Required but unused in the prompt: nothing to record.
     assert!(!result.images[0].infotext.contains("TI hashes"));
-    for (names, named) in [(&["nobody"][..], "nobody"), (&["elfmark", "xlmark"][..], "xlmark")] {
+    for (names, named) in [
+        (&["nobody"][..], "nobody"),
+        (&["elfmark", "xlmark"][..], "xlmark"),
+    ] {
         match run(names) {
             Err(e @ EngineError::InvalidInput { .. }) => {
                 assert!(e.is_client_error());

@@ -43,15 +43,13 @@ impl PromptEmbeddings<'_> {
         fixes
             .iter()
             .map(|f| {
-                let v = self.list[f.embedding]
-                    .vectors_for(encoder)
-                    .ok_or_else(|| {
-                        EngineError::Model(format!(
-                            "embedding {} has no vectors for text encoder {}",
-                            self.list[f.embedding].name,
-                            encoder + 1
-                        ))
-                    })?;
+                let v = self.list[f.embedding].vectors_for(encoder).ok_or_else(|| {
+                    EngineError::Model(format!(
+                        "embedding {} has no vectors for text encoder {}",
+                        self.list[f.embedding].name,
+                        encoder + 1
+                    ))
+                })?;
                 Ok((f.offset, v.narrow(0, 0, f.len)?))
             })
             .collect()
@@ -274,7 +272,9 @@ impl StableDiffusion {
                 used,
             });
         };
-        let first = self.text_encoder.forward_hidden(&ids, clip_skip, &vectors)?;
+        let first = self
+            .text_encoder
+            .forward_hidden(&ids, clip_skip, &vectors)?;
         let (ids2, vectors2, _) = input(&second.tokenizer, &second.encoder, words2, 1)?;
         let other = second.encoder.forward_hidden(&ids2, clip_skip, &vectors2)?;
         Ok(Conditioning {

@@ -31,7 +31,10 @@ fn assert_close(label: &str, ours: &Tensor, want: &Tensor) {
     assert_eq!(ours.dims(), want.dims(), "{label}");
     let limit = 1e-3 * max_diff(want, &want.zeros_like().unwrap());
     let err = max_diff(ours, want);
-    assert!(err <= limit, "{label}: max error {err:.3e} over {limit:.3e}");
+    assert!(
+        err <= limit,
+        "{label}: max error {err:.3e} over {limit:.3e}"
+    );
 }
 
 #[test]
@@ -53,7 +56,9 @@ fn plain_prompts_with_embeddings_match_diffusers_load_textual_inversion() {
                 continue;
             }
             let prompt = case["prompt"].as_str().unwrap();
-            let cond = model.encode_prompt_with(prompt, 0, true, &embeddings).unwrap();
+            let cond = model
+                .encode_prompt_with(prompt, 0, true, &embeddings)
+                .unwrap();
             assert!(!cond.used.is_empty(), "{prompt:?} uses an embedding");
             let key = case["expected"].as_str().unwrap();
             assert_close(prompt, &cond.context, &reference[key]);
@@ -62,7 +67,10 @@ fn plain_prompts_with_embeddings_match_diffusers_load_textual_inversion() {
             }
             // Without the embeddings the same text is different conditioning.
             let words = model.encode_prompt_with(prompt, 0, true, &[]).unwrap();
-            assert!(max_diff(&words.context, &reference[key]) > 1e-3, "{prompt:?}");
+            assert!(
+                max_diff(&words.context, &reference[key]) > 1e-3,
+                "{prompt:?}"
+            );
             checked += 1;
         }
     }
@@ -177,7 +185,10 @@ fn a_negative_prompt_embedding_is_encoded_and_reported() {
     let (want_neg, want_pos) = model
         .encode_pair_with("blurry, lowres", "a moonflower", 0, false, &[])
         .unwrap();
-    assert_eq!((neg.used.as_slice(), pos.used.as_slice()), (&[1][..], &[0][..]));
+    assert_eq!(
+        (neg.used.as_slice(), pos.used.as_slice()),
+        (&[1][..], &[0][..])
+    );
     assert!(max_diff(&neg.context, &want_neg.context) < 1e-5);
     assert!(max_diff(&pos.context, &want_pos.context) < 1e-5);
     // Without the embeddings the names are plain words and encode differently.

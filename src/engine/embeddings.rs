@@ -106,12 +106,18 @@ pub fn read_shape(path: &Path) -> Result<EmbeddingShape> {
     let rows = |key: &str| -> Result<(usize, usize)> {
         let e = &header[key];
         if !matches!(e.dtype.as_str(), "F32" | "F16" | "BF16" | "F64") {
-            return Err(bad(path, &format!("{key} is {}, not a float tensor", e.dtype)));
+            return Err(bad(
+                path,
+                &format!("{key} is {}, not a float tensor", e.dtype),
+            ));
         }
         match e.shape.as_slice() {
             [d] => Ok((1, *d)),
             [n, d] => Ok((*n, *d)),
-            s => Err(bad(path, &format!("{key} has shape {s:?}, not [vectors, width]"))),
+            s => Err(bad(
+                path,
+                &format!("{key} has shape {s:?}, not [vectors, width]"),
+            )),
         }
     };
     let keys: Vec<String> = if header.contains_key("clip_l") && header.contains_key("clip_g") {

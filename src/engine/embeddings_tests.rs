@@ -29,8 +29,22 @@ fn every_a1111_layout_loads_and_half_precision_becomes_f32() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let a = save(d, "a", &[("emb_params", t(2, 8, 1.0))]);
-    let b = save(d, "b", &[("string_to_param.*", t(3, 8, 2.0).to_dtype(DType::F16).unwrap())]);
-    let c = save(d, "c", &[("*", Tensor::new(&[0.5f32, 1.5, 2.5, 3.5], &Device::Cpu).unwrap())]);
+    let b = save(
+        d,
+        "b",
+        &[(
+            "string_to_param.*",
+            t(3, 8, 2.0).to_dtype(DType::F16).unwrap(),
+        )],
+    );
+    let c = save(
+        d,
+        "c",
+        &[(
+            "*",
+            Tensor::new(&[0.5f32, 1.5, 2.5, 3.5], &Device::Cpu).unwrap(),
+        )],
+    );
     let x = save(
         d,
         "x",
@@ -71,14 +85,25 @@ fn files_that_are_not_embeddings_are_errors_not_panics() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let two = save(d, "two", &[("a", t(1, 8, 0.0)), ("b", t(1, 8, 0.0))]);
-    let cube = save(d, "cube", &[("emb_params", t(2, 4, 0.0).reshape((2, 2, 2)).unwrap())]);
+    let cube = save(
+        d,
+        "cube",
+        &[("emb_params", t(2, 4, 0.0).reshape((2, 2, 2)).unwrap())],
+    );
     let long = save(d, "long", &[("emb_params", t(MAX_VECTORS + 1, 4, 0.0))]);
     let ints = save(
         d,
         "ints",
-        &[("emb_params", Tensor::new(&[[1u32, 2]], &Device::Cpu).unwrap())],
+        &[(
+            "emb_params",
+            Tensor::new(&[[1u32, 2]], &Device::Cpu).unwrap(),
+        )],
     );
-    let odd = save(d, "odd", &[("clip_l", t(2, 8, 0.0)), ("clip_g", t(3, 10, 0.0))]);
+    let odd = save(
+        d,
+        "odd",
+        &[("clip_l", t(2, 8, 0.0)), ("clip_g", t(3, 10, 0.0))],
+    );
     let junk = d.join("junk.safetensors");
     std::fs::write(&junk, b"not a safetensors file").unwrap();
     for p in [&two, &cube, &long, &ints, &odd, &junk] {
@@ -96,12 +121,22 @@ fn a_model_gets_the_embeddings_that_fit_it_and_required_names_are_checked() {
     let d = dir.path();
     save(d, "sd1", &[("emb_params", t(2, 8, 1.0))]);
     save(d, "sd2", &[("emb_params", t(1, 16, 1.0))]);
-    save(d, "xl", &[("clip_l", t(2, 8, 0.0)), ("clip_g", t(2, 10, 0.0))]);
+    save(
+        d,
+        "xl",
+        &[("clip_l", t(2, 8, 0.0)), ("clip_g", t(2, 10, 0.0))],
+    );
     let lib = EmbeddingLibrary::new(Some(d.to_path_buf()));
     let names = |v: Vec<Arc<Embedding>>| v.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
     assert_eq!(names(lib.for_model(&[8], &[]).unwrap()), ["sd1"]);
-    assert_eq!(names(lib.for_model(&[16], &["SD2".into()]).unwrap()), ["sd2"]);
-    assert_eq!(names(lib.for_model(&[8, 10], &["xl".into()]).unwrap()), ["xl"]);
+    assert_eq!(
+        names(lib.for_model(&[16], &["SD2".into()]).unwrap()),
+        ["sd2"]
+    );
+    assert_eq!(
+        names(lib.for_model(&[8, 10], &["xl".into()]).unwrap()),
+        ["xl"]
+    );
 
     let field_and_message = |r: Result<Vec<Arc<Embedding>>>| match r {
         Err(EngineError::InvalidInput { field, message }) => (field, message),
@@ -109,10 +144,16 @@ fn a_model_gets_the_embeddings_that_fit_it_and_required_names_are_checked() {
     };
     let (field, message) = field_and_message(lib.for_model(&[8], &["gone".into()]));
     assert_eq!(field, "embeddings");
-    assert!(message.contains("\"gone\"") && message.contains("sd1, sd2, xl"), "{message}");
+    assert!(
+        message.contains("\"gone\"") && message.contains("sd1, sd2, xl"),
+        "{message}"
+    );
     let (field, message) = field_and_message(lib.for_model(&[8], &["xl".into()]));
     assert_eq!(field, "embeddings");
-    assert!(message.contains("\"xl\"") && message.contains("[8]"), "{message}");
+    assert!(
+        message.contains("\"xl\"") && message.contains("[8]"),
+        "{message}"
+    );
 
     let empty = EmbeddingLibrary::new(None);
     let (_, message) = field_and_message(empty.for_model(&[8], &["sd1".into()]));

@@ -387,7 +387,11 @@ fn sdxl_text_checks(
                 .unwrap()
                 .unsqueeze(0)
                 .unwrap();
-            checks.push((format!("{label} {key}"), enc.forward(&ids, 0, &[]).unwrap(), key));
+            checks.push((
+                format!("{label} {key}"),
+                enc.forward(&ids, 0, &[]).unwrap(),
+                key,
+            ));
         }
     }
     checks

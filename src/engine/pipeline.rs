@@ -215,7 +215,12 @@ impl StableDiffusion {
         used.extend(uncond.used.iter().filter(|i| !cond.used.contains(i)));
         let embeddings_used = used
             .into_iter()
-            .map(|i| (job.embeddings[i].name.clone(), job.embeddings[i].hash.clone()))
+            .map(|i| {
+                (
+                    job.embeddings[i].name.clone(),
+                    job.embeddings[i].hash.clone(),
+                )
+            })
             .collect();
         let guidance = job.cfg_scale > 1.0;
         let batch = BatchConditioning::new(&uncond, &cond, job.batch_size, guidance)?;

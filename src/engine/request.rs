@@ -368,16 +368,7 @@ impl GeneratedImage {
         embeddings: &[(String, String)],
     ) -> Result<Self> {
         let (width, height) = pixels.dimensions();
-        let infotext = infotext_for(
-            &request.job,
-            seed,
-            width,
-            height,
-            model,
-            hash,
-            request.init_image.is_some(),
-            embeddings,
-        );
+        let infotext = infotext_for(request, seed, width, height, model, hash, embeddings);
         let bytes = super::output::encode_image(&pixels, request.format, Some(&infotext), 95)?;
         Ok(GeneratedImage {
             bytes,
@@ -411,15 +402,16 @@ fn ti_hashes(embeddings: &[(String, String)]) -> String {
 
 /// The A1111 infotext for image `seed` of a job.
 pub(crate) fn infotext_for(
-    job: &Job,
+    request: &ValidRequest,
     seed: u64,
     width: u32,
     height: u32,
     model: &str,
     hash: Option<&str>,
-    img2img: bool,
     embeddings: &[(String, String)],
 ) -> String {
+    let job = &request.job;
+    let img2img = request.init_image.is_some();
     let mut info = InfoText {
         prompt: job.prompt.clone(),
         negative_prompt: job.negative_prompt.clone(),

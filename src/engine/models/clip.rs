@@ -170,7 +170,12 @@ impl ClipTextModel {
     /// Encodes `[batch, seq]` ids. `skip` > 0 stops that many layers early (A1111's "Clip skip"
     /// minus one); the final layer norm is applied either way, as A1111 does. `vectors` replace
     /// the token embeddings from their offsets on (textual inversion; batch 1 only).
-    pub fn forward(&self, ids: &Tensor, skip: usize, vectors: &[(usize, Tensor)]) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        skip: usize,
+        vectors: &[(usize, Tensor)],
+    ) -> Result<Tensor> {
         let keep = self.layers.len().saturating_sub(skip).max(1);
         let (xs, _) = self.run_layers(ids, vectors, keep, None)?;
         Ok(self.final_layer_norm.forward(&xs)?)
@@ -274,7 +279,11 @@ fn splice(xs: Tensor, vectors: &[(usize, Tensor)]) -> Result<Tensor> {
         if *offset > pos {
             parts.push(xs.narrow(1, pos, offset - pos)?);
         }
-        parts.push(v.to_device(xs.device())?.to_dtype(xs.dtype())?.unsqueeze(0)?);
+        parts.push(
+            v.to_device(xs.device())?
+                .to_dtype(xs.dtype())?
+                .unsqueeze(0)?,
+        );
         pos = offset + n;
     }
     if pos < seq {

@@ -32,7 +32,10 @@ pub struct EmbeddingWords {
 
 impl EmbeddingWords {
     /// `embeddings`: (name, vector count) in index order.
-    pub fn new<'a>(tok: &ClipTokenizer, embeddings: impl IntoIterator<Item = (&'a str, usize)>) -> Self {
+    pub fn new<'a>(
+        tok: &ClipTokenizer,
+        embeddings: impl IntoIterator<Item = (&'a str, usize)>,
+    ) -> Self {
         let mut words = Self::default();
         for (index, (name, vectors)) in embeddings.into_iter().enumerate() {
             words.vectors.push(vectors);
@@ -97,4 +100,66 @@ pub fn plain_ids(
     ids.push(tok.eos_id());
     ids.resize(max_len.max(ids.len()), tok.pad_id());
     (ids, fixes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::text::PadToken;
+    use std::path::PathBuf;
+
+    fn tok() -> ClipTokenizer {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip-tokenizer");
+        ClipTokenizer::from_vocab_merges(
+            &dir.join("vocab.json"),
+            &dir.join("merges.txt"),
+            PadToken::EndOfText,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn names_match_whole_token_runs_longest_first() {
+        let t = tok();
+        let words = EmbeddingWords::new(&t, [("elf-eyes", 2), ("elf-eyes-two", 1), ("cat", 4)]);
+        let find = |text: &str| {
+            let tokens = t.encode(text);
+            (0..tokens.len())
+                .filter_map(|i| words.find_at(&tokens, i).map(|(e, _)| (i, e)))
+                .collect::<Vec<_>>()
+        };
+        let eyes = t.encode("elf-eyes").len();
+        assert_eq!(find("a elf-eyes cat"), [(1, 0), (1 + eyes, 2)]);
+        assert_eq!(find("elf-eyes-two"), [(0, 1)], "the longer name wins");
+        assert!(
+            find("cats and elf-eyesight").is_empty(),
+            "not inside other words"
+        );
+    }
+
+    #[test]
+    fn plain_prompts_expand_names_and_cut_vectors_at_the_window() {
+        let t = tok();
+        let words = EmbeddingWords::new(&t, [("cat", 3)]);
+        let (ids, fixes) = plain_ids(&t, "a cat", 77, &words);
+        assert_eq!(
+            &ids[..6],
+            &[t.bos_id(), t.encode("a")[0], 0, 0, 0, t.eos_id()]
+        );
+        assert_eq!(ids.len(), 77);
+        assert_eq!(
+            fixes,
+            [Fix {
+                offset: 2,
+                embedding: 0,
+                len: 3
+            }]
+        );
+        // 74 words leave one position: diffusers keeps the first vector only.
+        let prompt = format!("{} cat", vec!["dog"; 74].join(" "));
+        let (ids, fixes) = plain_ids(&t, &prompt, 77, &words);
+        assert_eq!(ids.len(), 77);
+        assert_eq!((ids[75], ids[76]), (0, t.eos_id()));
+        assert_eq!((fixes[0].offset, fixes[0].len), (75, 1));
+    }
 }
