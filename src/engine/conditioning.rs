@@ -56,6 +56,9 @@ impl PromptEmbeddings<'_> {
     }
 }
 
+/// One encoder's input: ids, the embedding vectors spliced over them, and where they go.
+type EncoderInput = (Tensor, Vec<(usize, Tensor)>, Vec<Fix>);
+
 /// The embeddings `fixes` name, in order of first use.
 fn used_in<'a>(fixes: impl IntoIterator<Item = &'a Fix>) -> Vec<usize> {
     let mut used = Vec::new();
@@ -258,7 +261,7 @@ impl StableDiffusion {
                      enc: &ClipTextModel,
                      words: &EmbeddingWords,
                      encoder: usize|
-         -> Result<(Tensor, Vec<(usize, Tensor)>, Vec<Fix>)> {
+         -> Result<EncoderInput> {
             let (ids, fixes) = plain_ids(tok, prompt, enc.max_positions(), words);
             let ids = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
             Ok((ids, embs.vectors(&fixes, encoder)?, fixes))

@@ -222,8 +222,11 @@ impl Embedding {
 /// Lives on the engine thread.
 pub struct EmbeddingLibrary {
     dir: Option<PathBuf>,
-    loaded: Mutex<HashMap<PathBuf, (Option<SystemTime>, u64, Arc<Embedding>)>>,
+    loaded: Mutex<HashMap<PathBuf, Cached>>,
 }
+
+/// A loaded embedding with the modification time and size of the file it came from.
+type Cached = (Option<SystemTime>, u64, Arc<Embedding>);
 
 fn stamp(path: &Path) -> (Option<SystemTime>, u64) {
     match std::fs::metadata(path) {

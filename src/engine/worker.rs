@@ -422,7 +422,6 @@ fn engine_main(
             }
             let result = serve_one(
                 &config,
-                &specs,
                 &mut loaded,
                 &opts,
                 &embeddings,
@@ -438,7 +437,6 @@ fn engine_main(
 /// Runs one request on the engine thread; a panic becomes an error and the thread lives on.
 fn serve_one(
     config: &EngineConfig,
-    specs: &HashMap<String, ModelSpec>,
     loaded: &mut Loaded,
     opts: &LoadOptions,
     embeddings: &EmbeddingLibrary,
@@ -459,8 +457,10 @@ fn serve_one(
         "painting"
     );
     catch_unwind(AssertUnwindSafe(|| {
-        let spec = specs
-            .get(&name)
+        let spec = config
+            .models
+            .iter()
+            .find(|m| m.name == name)
             .ok_or_else(|| EngineError::UnknownModel(name.clone()))?;
         let vae = chosen_vae(spec, &request.vae, &config.vaes)?;
         let model = loaded.get(spec, vae, opts)?;
