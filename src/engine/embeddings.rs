@@ -24,6 +24,8 @@ use super::text::prompt::TOKENS_PER_CHUNK;
 /// The most vectors an embedding may have: it must fit in one 75-token chunk (A1111 would build
 /// a chunk longer than the encoder takes).
 pub const MAX_VECTORS: usize = TOKENS_PER_CHUNK;
+/// Embeddings one request may require by name (`embeddings`).
+pub const MAX_EMBEDDINGS: usize = 32;
 /// How many names an error lists as known.
 const KNOWN_LISTED: usize = 8;
 
@@ -312,6 +314,30 @@ impl EmbeddingLibrary {
         }
         Ok(usable)
     }
+}
+
+/// The `embeddings` names, trimmed, without repeats; an empty name or too many is an error.
+pub(crate) fn check_names(names: Vec<String>) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(EngineError::invalid(
+                "embeddings",
+                "each name must be 1 to 200 characters (an embedding file's name)",
+            ));
+        }
+        if !out.iter().any(|n| n == name) {
+            out.push(name.to_string());
+        }
+    }
+    if out.len() > MAX_EMBEDDINGS {
+        return Err(EngineError::invalid(
+            "embeddings",
+            format!("at most {MAX_EMBEDDINGS} embeddings, got {}", out.len()),
+        ));
+    }
+    Ok(out)
 }
 
 /// Every file of the embeddings folder `dir` with its shape, and whether it fits a model whose

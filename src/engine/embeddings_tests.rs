@@ -196,3 +196,24 @@ fn loaded_vectors_are_kept_until_the_file_changes() {
         t(3, 8, 5.0).to_vec2::<f32>().unwrap()
     );
 }
+
+#[test]
+fn required_names_are_trimmed_deduplicated_and_bounded() {
+    let names = |v: &[&str]| check_names(v.iter().map(|s| s.to_string()).collect());
+    assert_eq!(names(&[" elf ", "elf", "orc"]).unwrap(), ["elf", "orc"]);
+    let long = "x".repeat(201);
+    for bad in [vec![""], vec!["elf", "  "], vec![long.as_str()]] {
+        match names(&bad) {
+            Err(EngineError::InvalidInput { field, .. }) => assert_eq!(field, "embeddings"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    let many: Vec<String> = (0..=MAX_EMBEDDINGS).map(|i| format!("e{i}")).collect();
+    match check_names(many) {
+        Err(EngineError::InvalidInput { field, message }) => {
+            assert_eq!(field, "embeddings");
+            assert!(message.contains(&MAX_EMBEDDINGS.to_string()), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -21,8 +21,6 @@ pub const MAX_CFG: f64 = 30.0;
 pub const MAX_PROMPT_CHARS: usize = 8000;
 pub const MAX_HIRES_SCALE: f64 = 4.0;
 pub const MAX_CLIP_SKIP: usize = 12;
-/// Embeddings one request may require by name (`embeddings`).
-pub const MAX_EMBEDDINGS: usize = 32;
 
 /// The hires-fix options of a request (A1111's enable_hr fields).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -262,7 +260,7 @@ impl GenerationRequest {
             Some(f) => ImageFormat::parse(f)?,
             None => ImageFormat::Png,
         };
-        let embeddings = check_embedding_names(self.embeddings)?;
+        let embeddings = super::embeddings::check_names(self.embeddings)?;
         let base = super::noise::resolve_seed(self.seed.unwrap_or(-1));
         let seeds = (0..batch_size as u64).map(|i| base + i).collect();
         let init_image = self.init_image.map(|img| {
@@ -305,30 +303,6 @@ impl GenerationRequest {
             embeddings,
         })
     }
-}
-
-/// The `embeddings` names, trimmed, without repeats; an empty name or too many is an error.
-fn check_embedding_names(names: Vec<String>) -> Result<Vec<String>> {
-    let mut out: Vec<String> = Vec::with_capacity(names.len());
-    for name in names {
-        let name = name.trim();
-        if name.is_empty() || name.chars().count() > 200 {
-            return Err(EngineError::invalid(
-                "embeddings",
-                "each name must be 1 to 200 characters (an embedding file's name)",
-            ));
-        }
-        if !out.iter().any(|n| n == name) {
-            out.push(name.to_string());
-        }
-    }
-    if out.len() > MAX_EMBEDDINGS {
-        return Err(EngineError::invalid(
-            "embeddings",
-            format!("at most {MAX_EMBEDDINGS} embeddings, got {}", out.len()),
-        ));
-    }
-    Ok(out)
 }
 
 /// One finished image.
