@@ -3,13 +3,19 @@
 //! second). A1111's emphasis and 75-token chunks work the same way for both; `plain` prompts are
 //! tokenized as diffusers does, which is what the parity tests compare with.
 
+use std::sync::Arc;
+
 use candle_core::{Tensor, D};
 
-use super::error::Result;
+use super::embeddings::Embedding;
+use super::error::{EngineError, Result};
 use super::loading::model::StableDiffusion;
 use super::models::clip::{self, ClipTextModel};
 use super::models::unet::AddedConditioning;
-use super::text::{pad_to_same_chunks, tokenize_weighted, ClipTokenizer, PromptChunks};
+use super::text::{
+    pad_to_same_chunks, plain_ids, tokenize_with_embeddings, ClipTokenizer, EmbeddingWords, Fix,
+    PromptChunks,
+};
 
 /// One prompt's conditioning.
 #[derive(Debug, Clone)]
@@ -18,6 +24,50 @@ pub struct Conditioning {
     pub context: Tensor,
     /// SDXL's pooled text embedding `[1, pooled width]`; None for SD 1.x/2.x.
     pub pooled: Option<Tensor>,
+    /// The embeddings the prompt used (indices into the list it was encoded with), in order of
+    /// first use.
+    pub used: Vec<usize>,
+}
+
+/// The embeddings a prompt may use, as each of the model's tokenizers finds their names.
+struct PromptEmbeddings<'a> {
+    list: &'a [Arc<Embedding>],
+    words: EmbeddingWords,
+    /// SDXL's second tokenizer.
+    words2: Option<EmbeddingWords>,
+}
+
+impl PromptEmbeddings<'_> {
+    /// The vectors `fixes` put into text encoder `encoder`'s input.
+    fn vectors(&self, fixes: &[Fix], encoder: usize) -> Result<Vec<(usize, Tensor)>> {
+        fixes
+            .iter()
+            .map(|f| {
+                let v = self.list[f.embedding].vectors_for(encoder).ok_or_else(|| {
+                    EngineError::Model(format!(
+                        "embedding {} has no vectors for text encoder {}",
+                        self.list[f.embedding].name,
+                        encoder + 1
+                    ))
+                })?;
+                Ok((f.offset, v.narrow(0, 0, f.len)?))
+            })
+            .collect()
+    }
+}
+
+/// One encoder's input: ids, the embedding vectors spliced over them, and where they go.
+type EncoderInput = (Tensor, Vec<(usize, Tensor)>, Vec<Fix>);
+
+/// The embeddings `fixes` name, in order of first use.
+fn used_in<'a>(fixes: impl IntoIterator<Item = &'a Fix>) -> Vec<usize> {
+    let mut used = Vec::new();
+    for f in fixes {
+        if !used.contains(&f.embedding) {
+            used.push(f.embedding);
+        }
+    }
+    used
 }
 
 impl Conditioning {
@@ -27,6 +77,7 @@ impl Conditioning {
         Ok(Self {
             context: self.context.zeros_like()?,
             pooled: self.pooled.as_ref().map(|p| p.zeros_like()).transpose()?,
+            used: Vec::new(),
         })
     }
 }
@@ -86,21 +137,60 @@ impl BatchConditioning {
 
 impl StableDiffusion {
     /// Encodes one prompt. With `plain`, as diffusers does: raw text, one 77-token window.
+    #[cfg(test)]
     pub fn encode_prompt(
         &self,
         prompt: &str,
         clip_skip: usize,
         plain: bool,
     ) -> Result<Conditioning> {
-        if plain {
-            return self.encode_plain(prompt, clip_skip);
+        self.encode_prompt_with(prompt, clip_skip, plain, &[])
+    }
+
+    /// The widths of the text encoders' token embeddings, in encoder order: what an embedding
+    /// must match to be used with this model.
+    pub fn text_widths(&self) -> Vec<usize> {
+        let mut widths = vec![self.text_encoder.width()];
+        if let Some(s) = &self.text_encoder_2 {
+            widths.push(s.encoder.width());
         }
-        let chunks = tokenize_weighted(&self.tokenizer, prompt);
-        let second = self
-            .text_encoder_2
-            .as_ref()
-            .map(|s| tokenize_weighted(&s.tokenizer, prompt));
-        self.encode_chunks(&chunks, second.as_ref(), clip_skip)
+        widths
+    }
+
+    fn prompt_embeddings<'a>(&self, list: &'a [Arc<Embedding>]) -> PromptEmbeddings<'a> {
+        let names = || list.iter().map(|e| (e.name.as_str(), e.shape.vectors));
+        PromptEmbeddings {
+            list,
+            words: EmbeddingWords::new(&self.tokenizer, names()),
+            words2: self
+                .text_encoder_2
+                .as_ref()
+                .map(|s| EmbeddingWords::new(&s.tokenizer, names())),
+        }
+    }
+
+    /// [`Self::encode_prompt`] where the names of `embeddings` (which must fit this model's
+    /// text encoders) stand for their vectors.
+    pub fn encode_prompt_with(
+        &self,
+        prompt: &str,
+        clip_skip: usize,
+        plain: bool,
+        embeddings: &[Arc<Embedding>],
+    ) -> Result<Conditioning> {
+        let embs = self.prompt_embeddings(embeddings);
+        if plain {
+            return self.plain_with(prompt, clip_skip, &embs);
+        }
+        let chunks = tokenize_with_embeddings(&self.tokenizer, prompt, &embs.words);
+        let second = self.second_chunks(prompt, &embs);
+        self.encode_chunks(&chunks, second.as_ref(), clip_skip, &embs)
+    }
+
+    fn second_chunks(&self, prompt: &str, embs: &PromptEmbeddings) -> Option<PromptChunks> {
+        let s = self.text_encoder_2.as_ref()?;
+        let words = embs.words2.as_ref()?;
+        Some(tokenize_with_embeddings(&s.tokenizer, prompt, words))
     }
 
     /// Encodes a (negative, positive) pair to the same length, as classifier-free guidance needs.
@@ -112,56 +202,88 @@ impl StableDiffusion {
         clip_skip: usize,
         plain: bool,
     ) -> Result<(Conditioning, Conditioning)> {
+        self.encode_pair_with(negative, prompt, clip_skip, plain, &[])
+    }
+
+    /// [`Self::encode_pair`] with textual-inversion `embeddings` (see
+    /// [`Self::encode_prompt_with`]); each side reports the ones it used.
+    pub fn encode_pair_with(
+        &self,
+        negative: &str,
+        prompt: &str,
+        clip_skip: usize,
+        plain: bool,
+        embeddings: &[Arc<Embedding>],
+    ) -> Result<(Conditioning, Conditioning)> {
         let zero_negative = self.force_zeros_for_empty_prompt && negative.is_empty();
         if plain || zero_negative {
-            let cond = self.encode_prompt(prompt, clip_skip, plain)?;
+            let cond = self.encode_prompt_with(prompt, clip_skip, plain, embeddings)?;
             let uncond = if zero_negative {
                 cond.zeros_like()?
             } else {
-                self.encode_plain(negative, clip_skip)?
+                self.plain_with(negative, clip_skip, &self.prompt_embeddings(embeddings))?
             };
             return Ok((uncond, cond));
         }
-        let mut neg = tokenize_weighted(&self.tokenizer, negative);
-        let mut pos = tokenize_weighted(&self.tokenizer, prompt);
+        let embs = self.prompt_embeddings(embeddings);
+        let mut neg = tokenize_with_embeddings(&self.tokenizer, negative, &embs.words);
+        let mut pos = tokenize_with_embeddings(&self.tokenizer, prompt, &embs.words);
         pad_to_same_chunks(&self.tokenizer, &mut neg, &mut pos);
-        let (neg2, pos2) = match &self.text_encoder_2 {
-            Some(s) => {
-                let mut n = tokenize_weighted(&s.tokenizer, negative);
-                let mut p = tokenize_weighted(&s.tokenizer, prompt);
+        let (neg2, pos2) = match (&self.text_encoder_2, &embs.words2) {
+            (Some(s), Some(words)) => {
+                let mut n = tokenize_with_embeddings(&s.tokenizer, negative, words);
+                let mut p = tokenize_with_embeddings(&s.tokenizer, prompt, words);
                 pad_to_same_chunks(&s.tokenizer, &mut n, &mut p);
                 (Some(n), Some(p))
             }
-            None => (None, None),
+            _ => (None, None),
         };
         Ok((
-            self.encode_chunks(&neg, neg2.as_ref(), clip_skip)?,
-            self.encode_chunks(&pos, pos2.as_ref(), clip_skip)?,
+            self.encode_chunks(&neg, neg2.as_ref(), clip_skip, &embs)?,
+            self.encode_chunks(&pos, pos2.as_ref(), clip_skip, &embs)?,
         ))
     }
 
     /// Encodes a prompt the way diffusers does: raw text, one 77-token window per encoder.
     pub fn encode_plain(&self, prompt: &str, clip_skip: usize) -> Result<Conditioning> {
-        let ids = |tok: &ClipTokenizer, enc: &ClipTextModel| -> Result<Tensor> {
-            let ids = tok.encode_padded(prompt, enc.max_positions());
-            Ok(Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?)
+        self.plain_with(prompt, clip_skip, &self.prompt_embeddings(&[]))
+    }
+
+    /// [`Self::encode_plain`] with embeddings: each name expands to its vectors, as diffusers'
+    /// `load_textual_inversion` tokens do, inside the one 77-token window.
+    fn plain_with(
+        &self,
+        prompt: &str,
+        clip_skip: usize,
+        embs: &PromptEmbeddings,
+    ) -> Result<Conditioning> {
+        let input = |tok: &ClipTokenizer,
+                     enc: &ClipTextModel,
+                     words: &EmbeddingWords,
+                     encoder: usize|
+         -> Result<EncoderInput> {
+            let (ids, fixes) = plain_ids(tok, prompt, enc.max_positions(), words);
+            let ids = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
+            Ok((ids, embs.vectors(&fixes, encoder)?, fixes))
         };
-        let Some(second) = &self.text_encoder_2 else {
-            let ids = ids(&self.tokenizer, &self.text_encoder)?;
+        let (ids, vectors, fixes) = input(&self.tokenizer, &self.text_encoder, &embs.words, 0)?;
+        let used = used_in(&fixes);
+        let (Some(second), Some(words2)) = (&self.text_encoder_2, &embs.words2) else {
             return Ok(Conditioning {
-                context: self.text_encoder.forward(&ids, clip_skip)?,
+                context: self.text_encoder.forward(&ids, clip_skip, &vectors)?,
                 pooled: None,
+                used,
             });
         };
         let first = self
             .text_encoder
-            .forward_hidden(&ids(&self.tokenizer, &self.text_encoder)?, clip_skip)?;
-        let other = second
-            .encoder
-            .forward_hidden(&ids(&second.tokenizer, &second.encoder)?, clip_skip)?;
+            .forward_hidden(&ids, clip_skip, &vectors)?;
+        let (ids2, vectors2, _) = input(&second.tokenizer, &second.encoder, words2, 1)?;
+        let other = second.encoder.forward_hidden(&ids2, clip_skip, &vectors2)?;
         Ok(Conditioning {
             context: Tensor::cat(&[&first.hidden, &other.hidden], D::Minus1)?,
             pooled: other.pooled,
+            used,
         })
     }
 
@@ -174,6 +296,7 @@ impl StableDiffusion {
         chunks: &PromptChunks,
         second: Option<&PromptChunks>,
         clip_skip: usize,
+        embs: &PromptEmbeddings,
     ) -> Result<Conditioning> {
         let ids =
             |ids: &[u32]| -> Result<Tensor> { Ok(Tensor::new(ids, &self.device)?.unsqueeze(0)?) };
@@ -182,8 +305,16 @@ impl StableDiffusion {
         match (&self.text_encoder_2, second) {
             (Some(enc2), Some(second)) => {
                 for (a, b) in chunks.chunks.iter().zip(&second.chunks) {
-                    let h1 = self.text_encoder.forward_hidden(&ids(&a.ids)?, clip_skip)?;
-                    let h2 = enc2.encoder.forward_hidden(&ids(&b.ids)?, clip_skip)?;
+                    let h1 = self.text_encoder.forward_hidden(
+                        &ids(&a.ids)?,
+                        clip_skip,
+                        &embs.vectors(&a.fixes, 0)?,
+                    )?;
+                    let h2 = enc2.encoder.forward_hidden(
+                        &ids(&b.ids)?,
+                        clip_skip,
+                        &embs.vectors(&b.fixes, 1)?,
+                    )?;
                     if pooled.is_none() {
                         pooled = h2.pooled;
                     }
@@ -198,7 +329,11 @@ impl StableDiffusion {
             }
             _ => {
                 for chunk in &chunks.chunks {
-                    let z = self.text_encoder.forward(&ids(&chunk.ids)?, clip_skip)?;
+                    let z = self.text_encoder.forward(
+                        &ids(&chunk.ids)?,
+                        clip_skip,
+                        &embs.vectors(&chunk.fixes, 0)?,
+                    )?;
                     parts.push(clip::apply_weights(&z, &chunk.weights)?);
                 }
             }
@@ -206,6 +341,7 @@ impl StableDiffusion {
         Ok(Conditioning {
             context: clip::concat_chunks(&parts)?,
             pooled,
+            used: used_in(chunks.chunks.iter().flat_map(|c| &c.fixes)),
         })
     }
 }

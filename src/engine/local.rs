@@ -8,6 +8,7 @@ use candle_core::{DType, Tensor};
 
 use super::conditioning::BatchConditioning;
 use super::device::{describe, dtype_name};
+use super::embeddings::EmbeddingLibrary;
 use super::error::{EngineError, Result};
 use super::loading::model::{LoadOptions, StableDiffusion};
 use super::loading::model_hash::HashCache;
@@ -20,6 +21,7 @@ use super::worker::{generate_on, load_spec, EngineConfig};
 pub struct LocalModel {
     model: StableDiffusion,
     flash_attn: bool,
+    embeddings: EmbeddingLibrary,
 }
 
 /// What [`LocalModel::time_unet`] measured.
@@ -44,6 +46,7 @@ impl LocalModel {
         Ok(Self {
             model,
             flash_attn: config.use_flash_attn,
+            embeddings: EmbeddingLibrary::new(config.embeddings_dir.clone()),
         })
     }
 
@@ -58,7 +61,7 @@ impl LocalModel {
         progress: &mut dyn FnMut(Progress),
         cancel: &CancelToken,
     ) -> Result<GenerationResult> {
-        generate_on(&self.model, request, progress, cancel)
+        generate_on(&self.model, &self.embeddings, request, progress, cancel)
     }
 
     /// "cpu", "cuda" or "metal".

@@ -11,6 +11,7 @@ pub(crate) mod architecture;
 pub(crate) mod cancel;
 pub(crate) mod conditioning;
 pub(crate) mod device;
+pub(crate) mod embeddings;
 pub(crate) mod error;
 pub(crate) mod guidance;
 pub(crate) mod infotext;
@@ -38,6 +39,8 @@ pub(crate) mod worker;
 #[cfg(test)]
 mod conditioning_tests;
 #[cfg(test)]
+mod embedding_cond_tests;
+#[cfg(test)]
 mod facade_tests;
 #[cfg(test)]
 mod tokenizer_reference_tests;
@@ -45,6 +48,7 @@ mod tokenizer_reference_tests;
 mod unet_variant_tests;
 
 pub use cancel::CancelToken;
+pub use embeddings::EmbeddingInfo;
 pub use error::EngineError;
 pub use infotext::InfoText;
 pub use kernel_cases::{kernel_cases, KernelCase};

@@ -209,6 +209,7 @@ fn run_pipeline_case(
         clip_skip: 0,
         plain_prompt: true,
         preview_every: None,
+        embeddings: Vec::new(),
     };
     let noise_key = if img2img { "noise" } else { "initial_noise" };
     let replay = Replay {
@@ -386,7 +387,11 @@ fn sdxl_text_checks(
                 .unwrap()
                 .unsqueeze(0)
                 .unwrap();
-            checks.push((format!("{label} {key}"), enc.forward(&ids, 0).unwrap(), key));
+            checks.push((
+                format!("{label} {key}"),
+                enc.forward(&ids, 0, &[]).unwrap(),
+                key,
+            ));
         }
     }
     checks

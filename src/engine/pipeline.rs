@@ -76,6 +76,8 @@ pub struct Job {
     pub plain_prompt: bool,
     /// Attach a latent preview to every n-th progress call (None = never).
     pub preview_every: Option<usize>,
+    /// The textual-inversion embeddings the prompts may use by name; all fit this model.
+    pub embeddings: Vec<std::sync::Arc<super::embeddings::Embedding>>,
 }
 
 /// What a pipeline run produced, before conversion to bytes.
@@ -86,6 +88,9 @@ pub struct PipelineOutput {
     /// Decoded images in about [-1, 1], `[batch, 3, H, W]`, f32, before clamping.
     pub images: Tensor,
     pub timings: Timings,
+    /// The embeddings the prompts used, as (name, short hash): the prompt's first, then the
+    /// negative prompt's.
+    pub embeddings_used: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -199,12 +204,24 @@ impl StableDiffusion {
         };
 
         let t = Instant::now();
-        let (uncond, cond) = self.encode_pair(
+        let (uncond, cond) = self.encode_pair_with(
             &job.negative_prompt,
             &job.prompt,
             job.clip_skip,
             job.plain_prompt,
+            &job.embeddings,
         )?;
+        let mut used: Vec<usize> = cond.used.clone();
+        used.extend(uncond.used.iter().filter(|i| !cond.used.contains(i)));
+        let embeddings_used = used
+            .into_iter()
+            .map(|i| {
+                (
+                    job.embeddings[i].name.clone(),
+                    job.embeddings[i].hash.clone(),
+                )
+            })
+            .collect();
         let guidance = job.cfg_scale > 1.0;
         let batch = BatchConditioning::new(&uncond, &cond, job.batch_size, guidance)?;
         ctx.timings.text_ms = ms(t);
@@ -271,6 +288,7 @@ impl StableDiffusion {
             latents,
             images,
             timings: ctx.timings,
+            embeddings_used,
         })
     }
 

@@ -260,6 +260,7 @@ impl GenerationRequest {
             Some(f) => ImageFormat::parse(f)?,
             None => ImageFormat::Png,
         };
+        let embeddings = super::embeddings::check_names(self.embeddings)?;
         let base = super::noise::resolve_seed(self.seed.unwrap_or(-1));
         let seeds = (0..batch_size as u64).map(|i| base + i).collect();
         let init_image = self.init_image.map(|img| {
@@ -294,10 +295,12 @@ impl GenerationRequest {
                 clip_skip: clip_skip - 1,
                 plain_prompt: false,
                 preview_every: self.preview_every,
+                embeddings: Vec::new(),
             },
             init_image,
             seeds,
             format,
+            embeddings,
         })
     }
 }
@@ -326,16 +329,20 @@ impl GeneratedImage {
         model: &str,
         hash: Option<&str>,
     ) -> Result<Self> {
+        Self::encode_with_embeddings(pixels, request, seed, model, hash, &[])
+    }
+
+    /// [`Self::encode`] for a request whose prompts used `embeddings` (name, short hash).
+    pub(crate) fn encode_with_embeddings(
+        pixels: RgbImage,
+        request: &ValidRequest,
+        seed: u64,
+        model: &str,
+        hash: Option<&str>,
+        embeddings: &[(String, String)],
+    ) -> Result<Self> {
         let (width, height) = pixels.dimensions();
-        let infotext = infotext_for(
-            &request.job,
-            seed,
-            width,
-            height,
-            model,
-            hash,
-            request.init_image.is_some(),
-        );
+        let infotext = infotext_for(request, seed, width, height, model, hash, embeddings);
         let bytes = super::output::encode_image(&pixels, request.format, Some(&infotext), 95)?;
         Ok(GeneratedImage {
             bytes,
@@ -358,16 +365,27 @@ pub struct GenerationResult {
     pub timings: Timings,
 }
 
+/// A1111's `TI hashes` value: `name: hash, ...`, with `:` and `,` dropped from names.
+fn ti_hashes(embeddings: &[(String, String)]) -> String {
+    embeddings
+        .iter()
+        .map(|(name, hash)| format!("{}: {hash}", name.replace([':', ','], "")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The A1111 infotext for image `seed` of a job.
 pub(crate) fn infotext_for(
-    job: &Job,
+    request: &ValidRequest,
     seed: u64,
     width: u32,
     height: u32,
     model: &str,
     hash: Option<&str>,
-    img2img: bool,
+    embeddings: &[(String, String)],
 ) -> String {
+    let job = &request.job;
+    let img2img = request.init_image.is_some();
     let mut info = InfoText {
         prompt: job.prompt.clone(),
         negative_prompt: job.negative_prompt.clone(),
@@ -401,6 +419,9 @@ pub(crate) fn infotext_for(
     if job.clip_skip > 0 {
         info.extra
             .push(("Clip skip".into(), (job.clip_skip + 1).to_string()));
+    }
+    if !embeddings.is_empty() {
+        info.extra.push(("TI hashes".into(), ti_hashes(embeddings)));
     }
     info.push_version();
     info.to_string()

@@ -23,6 +23,8 @@ pub struct ValidRequest {
     pub(super) format: ImageFormat,
     /// The VAE to decode with.
     pub(super) vae: VaeChoice,
+    /// Embeddings the caller requires to exist and fit the model.
+    pub(super) embeddings: Vec<String>,
 }
 
 /// One denoising pass of a request: the progress calls it makes and the latent-upscaled size
@@ -51,6 +53,10 @@ impl ValidRequest {
     /// The VAE asked for.
     pub fn vae(&self) -> &VaeChoice {
         &self.vae
+    }
+    /// The embeddings the caller requires (each checked on the engine thread).
+    pub fn embeddings(&self) -> &[String] {
+        &self.embeddings
     }
     pub fn prompt(&self) -> &str {
         &self.job.prompt

@@ -12,6 +12,7 @@ use std::thread;
 use candle_core::Device;
 
 use super::device::{parse_dtype, select_device};
+use super::embeddings::{list_embeddings, EmbeddingInfo, EmbeddingLibrary};
 use super::error::{EngineError, Result};
 use super::loading::model::{
     default_vae_tile, hashed_file, LoadOptions, ModelSource, StableDiffusion,
@@ -114,7 +115,13 @@ pub struct Engine {
     default_model: String,
     hashes: Arc<HashCache>,
     vaes: Arc<Vec<VaeFile>>,
+    embeddings_dir: Option<PathBuf>,
+    /// The text encoders' widths of each model loaded so far (what embeddings must fit).
+    text_widths: TextWidths,
 }
+
+/// Model name -> its text encoders' widths, filled in by the engine thread as models load.
+type TextWidths = Arc<Mutex<HashMap<String, Vec<usize>>>>;
 
 impl Engine {
     /// Starts the engine thread; it selects the device and loads the default model in the
@@ -139,10 +146,13 @@ impl Engine {
             default_model: config.default_model.clone(),
             hashes: hashes.clone(),
             vaes: Arc::new(config.vaes.clone()),
+            embeddings_dir: config.embeddings_dir.clone(),
+            text_widths: TextWidths::default(),
         };
+        let widths = handle.text_widths.clone();
         thread::Builder::new()
             .name("limner-engine".into())
-            .spawn(move || engine_main(config, rx, state, hashes))
+            .spawn(move || engine_main(config, rx, state, hashes, widths))
             .map_err(EngineError::Io)?;
         for spec in handle.models.iter() {
             handle.model_hash(&spec.name);
@@ -184,6 +194,18 @@ impl Engine {
     pub fn model_hash(&self, name: &str) -> Option<ModelHash> {
         let spec = self.models.iter().find(|m| m.name == name)?;
         self.hashes.cached_or_schedule(&hashed_file(&spec.source)?)
+    }
+
+    /// The files of the embeddings folder, each with its shape and whether it fits the default
+    /// model's text encoders (read from the files' headers on the caller's thread; nothing fits
+    /// before the default model has loaded).
+    pub fn embeddings(&self) -> Vec<EmbeddingInfo> {
+        let widths = self
+            .text_widths
+            .lock()
+            .ok()
+            .and_then(|w| w.get(&self.default_model).cloned());
+        list_embeddings(self.embeddings_dir.as_deref(), widths.as_deref())
     }
 
     /// The VAE files requests may name, by file name.
@@ -256,6 +278,7 @@ struct Loaded {
     models: Vec<(LoadedKey, StableDiffusion)>,
     max: usize,
     hashes: Arc<HashCache>,
+    widths: TextWidths,
 }
 
 type LoadedKey = (String, Option<PathBuf>);
@@ -277,6 +300,9 @@ impl Loaded {
                 tracing::info!(model = name, "unloading least recently used model");
             }
             let model = load_with_vae(spec, key.1.clone(), opts, &self.hashes)?;
+            if let Ok(mut w) = self.widths.lock() {
+                w.insert(spec.name.clone(), model.text_widths());
+            }
             self.models.push((key, model));
         }
         Ok(&self.models[self.models.len() - 1].1)
@@ -341,6 +367,7 @@ fn engine_main(
     rx: mpsc::Receiver<Command>,
     state: Arc<(Mutex<EngineState>, Condvar)>,
     hashes: Arc<HashCache>,
+    widths: TextWidths,
 ) {
     let opts = match LoadOptions::from_config(&config) {
         Ok(o) => o,
@@ -363,7 +390,9 @@ fn engine_main(
         models: Vec::new(),
         max: config.max_loaded,
         hashes,
+        widths,
     };
+    let embeddings = EmbeddingLibrary::new(config.embeddings_dir.clone());
     let first = catch_unwind(AssertUnwindSafe(|| {
         let spec = &specs[&config.default_model];
         loaded.get(spec, spec.vae.clone(), &opts).map(|_| ())
@@ -393,9 +422,9 @@ fn engine_main(
             }
             let result = serve_one(
                 &config,
-                &specs,
                 &mut loaded,
                 &opts,
+                &embeddings,
                 &request,
                 &mut *progress,
                 &cancel,
@@ -408,9 +437,9 @@ fn engine_main(
 /// Runs one request on the engine thread; a panic becomes an error and the thread lives on.
 fn serve_one(
     config: &EngineConfig,
-    specs: &HashMap<String, ModelSpec>,
     loaded: &mut Loaded,
     opts: &LoadOptions,
+    embeddings: &EmbeddingLibrary,
     request: &ValidRequest,
     progress: &mut dyn FnMut(Progress),
     cancel: &CancelToken,
@@ -428,12 +457,14 @@ fn serve_one(
         "painting"
     );
     catch_unwind(AssertUnwindSafe(|| {
-        let spec = specs
-            .get(&name)
+        let spec = config
+            .models
+            .iter()
+            .find(|m| m.name == name)
             .ok_or_else(|| EngineError::UnknownModel(name.clone()))?;
         let vae = chosen_vae(spec, &request.vae, &config.vaes)?;
         let model = loaded.get(spec, vae, opts)?;
-        let out = generate_on(model, request, progress, cancel)?;
+        let out = generate_on(model, embeddings, request, progress, cancel)?;
         tracing::info!(ms = out.timings.total_ms.round(), "painted");
         Ok(out)
     }))
@@ -476,6 +507,7 @@ impl LoadOptions {
 /// thread, [`super::LocalModel`] and the tests.
 pub(crate) fn generate_on(
     model: &StableDiffusion,
+    embeddings: &EmbeddingLibrary,
     request: &ValidRequest,
     progress: &mut dyn FnMut(Progress),
     cancel: &CancelToken,
@@ -487,6 +519,7 @@ pub(crate) fn generate_on(
         ));
     }
     let mut job = request.job.clone();
+    job.embeddings = embeddings.for_model(&model.text_widths(), request.embeddings())?;
     if let Some(img) = &request.init_image {
         job.init_image = Some(from_rgb_image(img)?);
     }
@@ -501,7 +534,14 @@ pub(crate) fn generate_on(
         .into_iter()
         .zip(&request.seeds)
         .map(|(img, &seed)| {
-            GeneratedImage::encode(img, request, seed, &model.name, model.hash.as_deref())
+            GeneratedImage::encode_with_embeddings(
+                img,
+                request,
+                seed,
+                &model.name,
+                model.hash.as_deref(),
+                &out.embeddings_used,
+            )
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(GenerationResult {

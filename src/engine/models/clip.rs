@@ -162,28 +162,44 @@ impl ClipTextModel {
         self.max_positions
     }
 
+    /// The width of its token embeddings (what a textual-inversion vector must match).
+    pub fn width(&self) -> usize {
+        self.position_embedding.dims().get(1).copied().unwrap_or(0)
+    }
+
     /// Encodes `[batch, seq]` ids. `skip` > 0 stops that many layers early (A1111's "Clip skip"
-    /// minus one); the final layer norm is applied either way, as A1111 does.
-    pub fn forward(&self, ids: &Tensor, skip: usize) -> Result<Tensor> {
+    /// minus one); the final layer norm is applied either way, as A1111 does. `vectors` replace
+    /// the token embeddings from their offsets on (textual inversion; batch 1 only).
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        skip: usize,
+        vectors: &[(usize, Tensor)],
+    ) -> Result<Tensor> {
         let keep = self.layers.len().saturating_sub(skip).max(1);
-        let (xs, _) = self.run_layers(ids, keep, None)?;
+        let (xs, _) = self.run_layers(ids, vectors, keep, None)?;
         Ok(self.final_layer_norm.forward(&xs)?)
     }
 
     /// SDXL's reading of an encoder: see [`HiddenOutput`]. The pooled output, when there is a
     /// projection, always comes from the last layer whatever `skip` is, as in diffusers.
-    pub fn forward_hidden(&self, ids: &Tensor, skip: usize) -> Result<HiddenOutput> {
+    pub fn forward_hidden(
+        &self,
+        ids: &Tensor,
+        skip: usize,
+        vectors: &[(usize, Tensor)],
+    ) -> Result<HiddenOutput> {
         let n = self.layers.len();
         // 0 is the embeddings themselves (transformers' hidden_states[0]).
         let at = n.saturating_sub(1 + skip);
         let Some(projection) = &self.projection else {
-            let (hidden, _) = self.run_layers(ids, at, None)?;
+            let (hidden, _) = self.run_layers(ids, vectors, at, None)?;
             return Ok(HiddenOutput {
                 hidden,
                 pooled: None,
             });
         };
-        let (last, hidden) = self.run_layers(ids, n, Some(at))?;
+        let (last, hidden) = self.run_layers(ids, vectors, n, Some(at))?;
         let hidden = hidden.unwrap_or_else(|| last.clone());
         let normed = self.final_layer_norm.forward(&last)?;
         // transformers takes argmax(ids): the first end-of-text id, the largest in the vocabulary.
@@ -210,16 +226,15 @@ impl ClipTextModel {
     fn run_layers(
         &self,
         ids: &Tensor,
+        vectors: &[(usize, Tensor)],
         layers: usize,
         keep_at: Option<usize>,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (_, seq) = ids.dims2()?;
         let device = ids.device();
         let positions = self.position_embedding.narrow(0, 0, seq)?;
-        let mut xs = self
-            .token_embedding
-            .forward(ids)?
-            .broadcast_add(&positions)?;
+        let tokens = splice(self.token_embedding.forward(ids)?, vectors)?;
+        let mut xs = tokens.broadcast_add(&positions)?;
         let mask = causal_mask(seq, device, self.dtype)?;
         let mut kept = (keep_at == Some(0)).then(|| xs.clone());
         for (i, layer) in self.layers[..layers].iter().enumerate() {
@@ -231,10 +246,50 @@ impl ClipTextModel {
         Ok((xs, kept))
     }
 
+    /// The token embeddings of `ids` `[ids, width]`: what a textual-inversion vector replaces.
+    #[cfg(test)]
+    pub fn token_vectors(&self, ids: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::new(ids, self.position_embedding.device())?;
+        Ok(self.token_embedding.forward(&ids)?)
+    }
+
     /// Whether this encoder has a pooled projection (SDXL's second encoder).
     pub fn has_projection(&self) -> bool {
         self.projection.is_some()
     }
+}
+
+/// `xs` `[1, seq, width]` with each `(offset, [n, width])` written over positions
+/// `offset..offset + n`; the offsets must be increasing and not overlap.
+fn splice(xs: Tensor, vectors: &[(usize, Tensor)]) -> Result<Tensor> {
+    if vectors.is_empty() {
+        return Ok(xs);
+    }
+    let (batch, seq, _) = xs.dims3()?;
+    let mut parts = Vec::with_capacity(2 * vectors.len() + 1);
+    let mut pos = 0;
+    for (offset, v) in vectors {
+        let n = v.dim(0)?;
+        if batch != 1 || *offset < pos || offset + n > seq {
+            return Err(crate::engine::error::EngineError::Tensor(format!(
+                "embedding vectors at {offset}..{} do not fit a [{batch}, {seq}] prompt",
+                offset + n
+            )));
+        }
+        if *offset > pos {
+            parts.push(xs.narrow(1, pos, offset - pos)?);
+        }
+        parts.push(
+            v.to_device(xs.device())?
+                .to_dtype(xs.dtype())?
+                .unsqueeze(0)?,
+        );
+        pos = offset + n;
+    }
+    if pos < seq {
+        parts.push(xs.narrow(1, pos, seq - pos)?);
+    }
+    Ok(Tensor::cat(&parts, 1)?)
 }
 
 fn causal_mask(seq: usize, device: &Device, dtype: DType) -> candle_core::Result<Tensor> {

@@ -2,9 +2,11 @@
 //! encoder consumes (Hugging Face's `tokenizers` set up as transformers' `CLIPTokenizer`, plus AUTOMATIC1111's attention syntax and
 //! 77-token chunking).
 
+pub mod embedding_words;
 pub mod prompt;
 pub mod tokenizer;
 mod tokenizer_config;
 
-pub use prompt::{pad_to_same_chunks, tokenize_weighted, PromptChunks};
+pub use embedding_words::{plain_ids, EmbeddingWords, Fix};
+pub use prompt::{pad_to_same_chunks, tokenize_with_embeddings, PromptChunks};
 pub use tokenizer::{ClipTokenizer, PadToken};

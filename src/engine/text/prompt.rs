@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use regex::Regex;
 
+use super::embedding_words::{EmbeddingWords, Fix, PLACEHOLDER_ID};
 use super::tokenizer::ClipTokenizer;
 
 /// Tokens per chunk between the begin and end markers.
@@ -32,15 +33,18 @@ pub struct Chunk {
     pub ids: Vec<u32>,
     /// The weight of each position; 1.0 on the markers and padding. Same length as `ids`.
     pub weights: Vec<f32>,
+    /// Where embedding vectors replace the (placeholder) ids, in order.
+    pub fixes: Vec<Fix>,
 }
 
 impl Chunk {
     /// The chunk of the empty prompt: begin marker, end marker, padding, all weight 1.0.
     pub fn empty(tok: &ClipTokenizer) -> Self {
-        Self::from_tokens(tok, &[], &[])
+        Self::from_tokens(tok, &[], &[], &[])
     }
 
-    fn from_tokens(tok: &ClipTokenizer, tokens: &[u32], weights: &[f64]) -> Self {
+    /// `fixes` are offsets into `tokens`; the chunk's count the begin marker too.
+    fn from_tokens(tok: &ClipTokenizer, tokens: &[u32], weights: &[f64], fixes: &[Fix]) -> Self {
         let mut ids = Vec::with_capacity(CHUNK_LEN);
         let mut w = Vec::with_capacity(CHUNK_LEN);
         ids.push(tok.bos_id());
@@ -53,7 +57,18 @@ impl Chunk {
         w.push(1.0);
         ids.resize(CHUNK_LEN, tok.pad_id());
         w.resize(CHUNK_LEN, 1.0);
-        Self { ids, weights: w }
+        let fixes = fixes
+            .iter()
+            .map(|f| Fix {
+                offset: f.offset + 1,
+                ..*f
+            })
+            .collect();
+        Self {
+            ids,
+            weights: w,
+            fixes,
+        }
     }
 }
 
@@ -160,15 +175,40 @@ fn parse_attention(text: &str) -> Vec<(String, f64)> {
 /// comma sits among its last 20 tokens, the tokens after that comma move to the next chunk so
 /// phrases are not cut in half. `BREAK` closes the current chunk. An empty prompt gives one
 /// chunk of begin marker, end marker and padding.
+#[cfg(test)]
 pub fn tokenize_weighted(tok: &ClipTokenizer, prompt: &str) -> PromptChunks {
+    tokenize_with_embeddings(tok, prompt, &EmbeddingWords::default())
+}
+
+/// [`tokenize_weighted`] where the names of `words` become embedding vectors, as A1111's
+/// `tokenize_line` places them: an embedding takes as many positions as it has vectors, carries
+/// its run's weight, and starts a new chunk rather than straddle the end of one.
+pub fn tokenize_with_embeddings(
+    tok: &ClipTokenizer,
+    prompt: &str,
+    words: &EmbeddingWords,
+) -> PromptChunks {
     let mut builder = ChunkBuilder::new(tok);
     for (text, weight) in parse_attention(prompt) {
         if text == "BREAK" && weight == f64::from(BREAK_WEIGHT) {
             builder.next_chunk(false);
             continue;
         }
-        for token in tok.encode(&text) {
-            builder.push(token, weight);
+        let tokens = tok.encode(&text);
+        let mut at = 0;
+        while at < tokens.len() {
+            builder.make_room(tokens[at]);
+            match words.find_at(&tokens, at) {
+                None => {
+                    builder.tokens.push(tokens[at]);
+                    builder.weights.push(weight);
+                    at += 1;
+                }
+                Some((embedding, spans)) => {
+                    builder.push_embedding(embedding, words.vectors(embedding), weight);
+                    at += spans;
+                }
+            }
         }
     }
     builder.finish()
@@ -191,6 +231,8 @@ struct ChunkBuilder<'a> {
     chunks: Vec<Chunk>,
     tokens: Vec<u32>,
     weights: Vec<f64>,
+    /// Embeddings of the current chunk, offsets into `tokens`.
+    fixes: Vec<Fix>,
     token_count: usize,
     /// Index in `tokens` of the last comma of the current chunk.
     last_comma: Option<usize>,
@@ -203,6 +245,7 @@ impl<'a> ChunkBuilder<'a> {
             chunks: Vec::new(),
             tokens: Vec::with_capacity(TOKENS_PER_CHUNK),
             weights: Vec::with_capacity(TOKENS_PER_CHUNK),
+            fixes: Vec::new(),
             token_count: 0,
             last_comma: None,
         }
@@ -215,14 +258,21 @@ impl<'a> ChunkBuilder<'a> {
         } else {
             TOKENS_PER_CHUNK
         };
-        self.chunks
-            .push(Chunk::from_tokens(self.tok, &self.tokens, &self.weights));
+        self.chunks.push(Chunk::from_tokens(
+            self.tok,
+            &self.tokens,
+            &self.weights,
+            &self.fixes,
+        ));
         self.tokens.clear();
         self.weights.clear();
+        self.fixes.clear();
         self.last_comma = None;
     }
 
-    fn push(&mut self, token: u32, weight: f64) {
+    /// Before `token` is placed: notes a comma, or moves the words after a recent comma to a new
+    /// chunk when this one is full, or closes a full chunk.
+    fn make_room(&mut self, token: u32) {
         let full = self.tokens.len() == TOKENS_PER_CHUNK;
         if Some(token) == self.tok.comma_id() {
             self.last_comma = Some(self.tokens.len());
@@ -231,17 +281,43 @@ impl<'a> ChunkBuilder<'a> {
             .filter(|&c| full && TOKENS_PER_CHUNK.saturating_sub(c) <= COMMA_BACKTRACK)
         {
             // Move the words after the comma to the next chunk instead of splitting them.
-            let moved_tokens = self.tokens.split_off(comma + 1);
-            let moved_weights = self.weights.split_off(comma + 1);
+            let cut = comma + 1;
+            let moved_tokens = self.tokens.split_off(cut);
+            let moved_weights = self.weights.split_off(cut);
+            // Embeddings move with their positions (A1111 leaves them behind, which paints
+            // its placeholder ids as `!` tokens; they belong with the words they sit among).
+            let (kept, moved): (Vec<Fix>, Vec<Fix>) =
+                self.fixes.iter().partition(|f| f.offset < cut);
+            self.fixes = kept;
             self.next_chunk(false);
             self.tokens = moved_tokens;
             self.weights = moved_weights;
+            self.fixes = moved
+                .into_iter()
+                .map(|f| Fix {
+                    offset: f.offset - cut,
+                    ..f
+                })
+                .collect();
         }
         if self.tokens.len() == TOKENS_PER_CHUNK {
             self.next_chunk(false);
         }
-        self.tokens.push(token);
-        self.weights.push(weight);
+    }
+
+    /// Places `vectors` placeholders for an embedding, in a new chunk if they do not fit here.
+    fn push_embedding(&mut self, embedding: usize, vectors: usize, weight: f64) {
+        if self.tokens.len() + vectors > TOKENS_PER_CHUNK {
+            self.next_chunk(false);
+        }
+        self.fixes.push(Fix {
+            offset: self.tokens.len(),
+            embedding,
+            len: vectors,
+        });
+        self.tokens
+            .extend(std::iter::repeat_n(PLACEHOLDER_ID, vectors));
+        self.weights.extend(std::iter::repeat_n(weight, vectors));
     }
 
     fn finish(mut self) -> PromptChunks {
