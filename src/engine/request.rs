@@ -298,6 +298,8 @@ impl GenerationRequest {
             init_image,
             seeds,
             format,
+            loras: self.loras,
+            embeddings: self.embeddings,
         })
     }
 }

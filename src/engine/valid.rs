@@ -23,6 +23,10 @@ pub struct ValidRequest {
     pub(super) format: ImageFormat,
     /// The VAE to decode with.
     pub(super) vae: VaeChoice,
+    /// LoRAs named outside the prompt (the portrait API's `loras`, a character's pinned ones).
+    pub(super) loras: Vec<super::LoraRef>,
+    /// Embeddings that must exist (a character's pinned ones).
+    pub(super) embeddings: Vec<String>,
 }
 
 /// One denoising pass of a request: the progress calls it makes and the latent-upscaled size
@@ -51,6 +55,14 @@ impl ValidRequest {
     /// The VAE asked for.
     pub fn vae(&self) -> &VaeChoice {
         &self.vae
+    }
+    /// The LoRAs asked for besides the prompt's `<lora:name:w>` tags.
+    pub fn loras(&self) -> &[super::LoraRef] {
+        &self.loras
+    }
+    /// The embeddings the request requires by name.
+    pub fn embeddings(&self) -> &[String] {
+        &self.embeddings
     }
     pub fn prompt(&self) -> &str {
         &self.job.prompt

@@ -114,6 +114,8 @@ pub struct Engine {
     default_model: String,
     hashes: Arc<HashCache>,
     vaes: Arc<Vec<VaeFile>>,
+    loras_dir: Option<PathBuf>,
+    embeddings_dir: Option<PathBuf>,
 }
 
 impl Engine {
@@ -139,6 +141,8 @@ impl Engine {
             default_model: config.default_model.clone(),
             hashes: hashes.clone(),
             vaes: Arc::new(config.vaes.clone()),
+            loras_dir: config.loras_dir.clone(),
+            embeddings_dir: config.embeddings_dir.clone(),
         };
         thread::Builder::new()
             .name("limner-engine".into())
@@ -189,6 +193,26 @@ impl Engine {
     /// The VAE files requests may name, by file name.
     pub fn vae_names(&self) -> Vec<String> {
         self.vaes.iter().map(|v| v.name.clone()).collect()
+    }
+
+    /// The LoRA files of the LoRA folder, scanned on every call so that files added since
+    /// start-up are listed (and `refresh-loras` has nothing to rebuild).
+    pub fn loras(&self) -> Vec<super::NetworkFile> {
+        self.loras_dir
+            .as_deref()
+            .map(super::scan_network_dir)
+            .unwrap_or_default()
+    }
+
+    /// The embedding files of the embeddings folder with their shapes, scanned on every call.
+    pub fn embeddings(&self) -> Vec<super::EmbeddingInfo> {
+        self.embeddings_dir
+            .as_deref()
+            .map(super::scan_network_dir)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|f| super::embedding_info(f, None))
+            .collect()
     }
 
     /// The model used when a request names none.
