@@ -40,10 +40,11 @@ fn lora(name: &str, weight: f64) -> LoraRef {
     }
 }
 
-/// The LoRAs and embeddings of the last request the fake backend painted.
+/// The LoRAs (as name and weight) and embeddings of the last request the fake backend painted.
 fn last_networks(h: &Harness) -> (Vec<LoraRef>, Vec<String>) {
     let r = h.backend.last_request().expect("a request was painted");
-    (r.loras().to_vec(), r.embeddings().to_vec())
+    let loras = r.loras().iter().map(|l| lora(&l.name, l.weight)).collect();
+    (loras, r.embeddings().to_vec())
 }
 
 async fn generate(h: &Harness, id: &str, body: Value) -> Reply {
@@ -79,23 +80,30 @@ async fn portrait_loras_and_embeddings_are_validated_and_reach_the_engine() {
     let h = harness_with(Opts::default(), fake());
     let id = h.character(None).await;
 
-    // Weight defaults to 1; prompt tags pass through untouched for the engine to read.
+    // Weight defaults to 1.
     let r = generate(
         &h,
         &id,
         json!({"loras": [{"name": "elf-ranger", "weight": 0.8}, {"name": "Hero"}],
-               "embeddings": ["bad-hands"],
-               "custom_prompt_additions": "<lora:Hero:0.5>, green cloak"}),
+               "embeddings": ["bad-hands"]}),
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
     let (loras, embeddings) = last_networks(&h);
     assert_eq!(loras, [lora("elf-ranger", 0.8), lora("Hero", 1.0)]);
     assert_eq!(embeddings, ["bad-hands"]);
-    let prompt = h.backend.last_request().unwrap().prompt().to_string();
-    assert!(prompt.contains("<lora:Hero:0.5>"), "{prompt}");
     // History records what painted it.
     assert_eq!(r.json()["parameters"]["loras"][0]["name"], "elf-ranger");
+    // Prompt tags pass through untouched, for the engine to read.
+    let r = generate(
+        &h,
+        &id,
+        json!({"custom_prompt_additions": "<lora:Hero:0.5>, green cloak"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
+    let prompt = h.backend.last_request().unwrap().prompt().to_string();
+    assert!(prompt.contains("<lora:Hero:0.5>"), "{prompt}");
 
     let bad = [
         (

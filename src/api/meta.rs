@@ -88,7 +88,7 @@ pub async fn embeddings(
     let list = blocking(move || Ok(state.backend.embeddings())).await?;
     let list: Vec<Value> = list
         .iter()
-        .map(|e| json!({"name": e.name, "vectors": e.vectors, "shape": e.shape, "fits": e.fits}))
+        .map(|e| json!({"name": e.name, "vectors": e.vectors, "shape": e.shape, "fits": e.fits, "error": e.error}))
         .collect();
     Ok(Json(json!({ "embeddings": list })))
 }

@@ -26,9 +26,13 @@ pub struct EmbeddingInfo {
     pub vectors: usize,
     /// The tensor's shape (`[vectors, width]`; SDXL's `clip_l`/`clip_g` pair: the widths summed).
     pub shape: Vec<usize>,
+    /// A1111's `shape`: the vector width (summed over a pair's encoders).
+    pub dim: usize,
     /// Whether the served model's text encoder takes vectors of this width (A1111 lists the
     /// others under `skipped`).
     pub fits: bool,
+    /// Why the file cannot be used at all; `None` when it can.
+    pub error: Option<String>,
 }
 
 /// The JSON header of a safetensors file; `None` when the file cannot be read or is not one.
@@ -99,16 +103,15 @@ fn embedding_shape(header: &Map<String, Value>) -> Option<Vec<usize>> {
 pub fn embedding_info(file: &NetworkFile, width: Option<usize>) -> Option<EmbeddingInfo> {
     let shape = embedding_shape(&read_header(&file.path)?)?;
     let vectors = if shape.len() > 1 { shape[0] } else { 1 };
-    let fits = match (width, shape.last()) {
-        (Some(w), Some(&d)) => w == d,
-        _ => true,
-    };
+    let dim = shape.last().copied().unwrap_or(0);
     Some(EmbeddingInfo {
         name: file.name.clone(),
         path: file.path.clone(),
         vectors,
         shape,
-        fits,
+        dim,
+        fits: width.is_none_or(|w| w == dim),
+        error: None,
     })
 }
 

@@ -244,7 +244,9 @@ impl FakeBackend {
             path: format!("embeddings/{name}.safetensors").into(),
             vectors: 1,
             shape: vec![1, 768],
+            dim: 768,
             fits: true,
+            error: None,
         });
         self
     }

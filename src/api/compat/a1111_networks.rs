@@ -55,7 +55,7 @@ fn embedding_entry(e: &EmbeddingInfo) -> Value {
         "step": null,
         "sd_checkpoint": null,
         "sd_checkpoint_name": null,
-        "shape": e.shape.last().copied().unwrap_or(0),
+        "shape": e.dim,
         "vectors": e.vectors,
     })
 }
@@ -69,7 +69,8 @@ pub(crate) async fn embeddings(
     caller?;
     let list = blocking(move || Ok(state.backend.embeddings())).await?;
     let (mut loaded, mut skipped) = (Map::new(), Map::new());
-    for e in &list {
+    // A file that is no embedding at all is neither (A1111 does not load it).
+    for e in list.iter().filter(|e| e.error.is_none()) {
         let into = if e.fits { &mut loaded } else { &mut skipped };
         into.insert(e.name.clone(), embedding_entry(e));
     }
