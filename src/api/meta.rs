@@ -1,5 +1,5 @@
-//! Service endpoints: `/health` (engine state, queue, database), the models list, the OpenAPI
-//! document, pregenerated characters, and the JSON 404 for unknown paths.
+//! Service endpoints: `/health` (engine state, queue, database), the models, LoRA and embedding
+//! lists, the OpenAPI document, pregenerated characters, and the JSON 404 for unknown paths.
 
 use axum::extract::State;
 // Path rejections in the API's JSON shape.
@@ -69,6 +69,28 @@ pub async fn models(State(state): State<AppState>, Caller(_): Caller) -> ApiResu
     Ok(Json(
         json!({ "default": default, "models": models, "styles": state.portraits.art_styles() }),
     ))
+}
+
+/// `GET /api/loras`: the LoRA names requests and characters may use (`loras[].name`,
+/// `<lora:name:w>`), rescanned on every call.
+pub async fn loras(State(state): State<AppState>, Caller(_): Caller) -> ApiResult<Json<Value>> {
+    let files = blocking(move || Ok(state.backend.loras())).await?;
+    let list: Vec<Value> = files.iter().map(|f| json!({"name": f.name})).collect();
+    Ok(Json(json!({ "loras": list })))
+}
+
+/// `GET /api/embeddings`: the embedding names prompts and characters may use, with their
+/// vector count and whether the served model's text encoder takes them.
+pub async fn embeddings(
+    State(state): State<AppState>,
+    Caller(_): Caller,
+) -> ApiResult<Json<Value>> {
+    let list = blocking(move || Ok(state.backend.embeddings())).await?;
+    let list: Vec<Value> = list
+        .iter()
+        .map(|e| json!({"name": e.name, "vectors": e.vectors, "shape": e.shape, "fits": e.fits, "error": e.error}))
+        .collect();
+    Ok(Json(json!({ "embeddings": list })))
 }
 
 pub async fn list_pregenerated(Caller(_): Caller) -> ApiResult<Json<Value>> {
@@ -143,6 +165,20 @@ pub async fn openapi() -> Json<Value> {
         "/api/models",
         "get",
         "Loaded models and art styles",
+        "service",
+        vec![],
+    );
+    add(
+        "/api/loras",
+        "get",
+        "LoRA names requests and characters may use",
+        "service",
+        vec![],
+    );
+    add(
+        "/api/embeddings",
+        "get",
+        "Embedding names prompts and characters may use",
         "service",
         vec![],
     );

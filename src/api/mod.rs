@@ -127,6 +127,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/health", get(meta::health))
         .route("/api/models", get(meta::models))
+        .route("/api/loras", get(meta::loras))
+        .route("/api/embeddings", get(meta::embeddings))
         .route("/api/openapi.json", get(meta::openapi))
         .route("/api/pregenerated", get(meta::list_pregenerated))
         .route(

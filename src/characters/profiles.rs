@@ -7,6 +7,11 @@ use super::types::{CharacterPatch, CharacterProfile, NewCharacter};
 use super::validate;
 use rusqlite::{named_params, Connection};
 
+/// A pinned-network list as its column text (a JSON array).
+fn json_text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+}
+
 /// Inserts a complete profile (already validated).
 pub(crate) fn insert(conn: &Connection, p: &CharacterProfile) -> StoreResult<()> {
     conn.execute(
@@ -15,8 +20,9 @@ pub(crate) fn insert(conn: &Connection, p: &CharacterProfile) -> StoreResult<()>
          height_description, facial_expression, facial_features, attire, primary_weapon, \
          distinguishing_feature, background_setting, pose, backstory, description, appearance, \
          visual_description, current_portrait_id, owner_id, total_interactions, import_key, \
-         created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
-         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)",
+         created_at, updated_at, loras, embeddings) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
+         ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, \
+         ?28, ?29, ?30, ?31, ?32)",
         rusqlite::params![
             p.id,
             p.name,
@@ -48,6 +54,8 @@ pub(crate) fn insert(conn: &Connection, p: &CharacterProfile) -> StoreResult<()>
             p.import_key,
             time_text(&p.created_at),
             time_text(&p.updated_at),
+            json_text(&p.loras),
+            json_text(&p.embeddings),
         ],
     )?;
     Ok(())
@@ -62,7 +70,8 @@ pub(crate) fn save(conn: &Connection, p: &CharacterProfile) -> StoreResult<()> {
          age_category = :age_category, build = :build, height_description = :height, \
          facial_expression = :expression, facial_features = :facial_features, attire = :attire, \
          primary_weapon = :weapon, distinguishing_feature = :feature, \
-         background_setting = :background, pose = :pose, backstory = :backstory, \
+         background_setting = :background, pose = :pose, loras = :loras, \
+         embeddings = :embeddings, backstory = :backstory, \
          description = :description, appearance = :appearance, \
          visual_description = :visual_description, current_portrait_id = :portrait, \
          owner_id = :owner_id, total_interactions = :interactions, updated_at = :updated_at \
@@ -88,6 +97,8 @@ pub(crate) fn save(conn: &Connection, p: &CharacterProfile) -> StoreResult<()> {
             ":feature": p.distinguishing_feature,
             ":background": p.background_setting,
             ":pose": p.pose.map(|v| v.as_str()),
+            ":loras": json_text(&p.loras),
+            ":embeddings": json_text(&p.embeddings),
             ":backstory": p.backstory,
             ":description": p.description,
             ":appearance": p.appearance,

@@ -7,6 +7,7 @@ use super::enums::{
 };
 use super::error::StoreResult;
 use super::types::{CharacterInfo, CharacterProfile};
+use crate::engine::LoraRef;
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, Type, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Params, Row};
@@ -67,6 +68,18 @@ impl Column for Value {
         json_col(row, idx)
     }
 }
+
+/// Pinned networks are JSON arrays in a TEXT column (`'[]'` when none).
+macro_rules! json_columns {
+    ($($t:ty),+) => {
+        $(impl Column for $t {
+            fn read(row: &Row<'_>, idx: usize) -> rusqlite::Result<Self> {
+                serde_json::from_value(json_col(row, idx)?).map_err(|e| conversion(idx, e))
+            }
+        })+
+    };
+}
+json_columns!(Vec<LoraRef>, Vec<String>);
 
 impl Column for DateTime<Utc> {
     fn read(row: &Row<'_>, idx: usize) -> rusqlite::Result<Self> {
@@ -159,6 +172,8 @@ row_codec!(
         distinguishing_feature,
         background_setting,
         pose,
+        loras,
+        embeddings,
         backstory,
         description,
         appearance,
@@ -206,7 +221,7 @@ mod tests {
 
     #[test]
     fn column_lists_follow_the_field_lists() {
-        assert_eq!(COLUMN_COUNT, 30);
+        assert_eq!(COLUMN_COUNT, 32);
         assert!(COLUMNS.starts_with("c.id, c.name, c.character_type, "));
         assert!(COLUMNS.ends_with(", c.created_at, c.updated_at"));
         assert_eq!(STATE_COLUMN_COUNT, 13);

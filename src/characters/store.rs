@@ -33,6 +33,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0003_visibility_and_invites.sql"),
     // Durable job records (src/jobs); idempotent, an in-memory job store applies it itself.
     include_str!("../../migrations/0004_jobs.sql"),
+    // Characters pin LoRAs and embeddings.
+    include_str!("../../migrations/0005_pinned_networks.sql"),
 ];
 
 /// The schema version this binary writes.

@@ -6,6 +6,7 @@
 use super::enums::{
     AgeCategory, Build, CharacterClass, CharacterType, FacialExpression, Gender, Pose, Race,
 };
+use crate::engine::LoraRef;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -34,6 +35,14 @@ pub struct CharacterProfile {
     pub distinguishing_feature: Option<String>,
     pub background_setting: Option<String>,
     pub pose: Option<Pose>,
+    /// LoRAs every portrait of this character is painted with; a request's own `loras` add to
+    /// them (the request's weight wins for a name in both).
+    #[serde(default)]
+    pub loras: Vec<LoraRef>,
+    /// Embeddings every portrait of this character requires (by file name, e.g. a negative
+    /// embedding its prompts use); a request's own `embeddings` add to them.
+    #[serde(default)]
+    pub embeddings: Vec<String>,
     pub backstory: String,
     pub description: String,
     pub appearance: String,
@@ -73,6 +82,10 @@ pub struct NewCharacter {
     pub distinguishing_feature: Option<String>,
     pub background_setting: Option<String>,
     pub pose: Option<String>,
+    /// Pinned LoRAs (`[{name, weight}]`, weight default 1).
+    pub loras: Vec<LoraRef>,
+    /// Pinned embeddings (file names).
+    pub embeddings: Vec<String>,
     pub backstory: Option<String>,
     pub description: Option<String>,
     pub appearance: Option<String>,
@@ -123,6 +136,12 @@ pub struct CharacterPatch {
     pub background_setting: Option<Option<String>>,
     #[serde(deserialize_with = "double_option")]
     pub pose: Option<Option<String>>,
+    /// Replaces the pinned LoRAs; `null` or `[]` unpins them all.
+    #[serde(deserialize_with = "double_option")]
+    pub loras: Option<Option<Vec<LoraRef>>>,
+    /// Replaces the pinned embeddings; `null` or `[]` unpins them all.
+    #[serde(deserialize_with = "double_option")]
+    pub embeddings: Option<Option<Vec<String>>>,
     #[serde(deserialize_with = "double_option")]
     pub backstory: Option<Option<String>>,
     #[serde(deserialize_with = "double_option")]

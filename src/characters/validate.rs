@@ -9,6 +9,7 @@ use super::types::{
     CampaignStatePatch, CharacterInfo, CharacterPatch, CharacterProfile, NewCampaign, NewCharacter,
     NewPortrait,
 };
+use crate::engine::{LoraRef, MAX_LORAS, MAX_LORA_WEIGHT};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
@@ -34,6 +35,10 @@ pub mod limits {
     pub const HIT_POINTS_MAX: i64 = 1_000_000;
     pub const ARMOR_CLASS_MIN: i64 = 0;
     pub const ARMOR_CLASS_MAX: i64 = 100;
+    /// A LoRA or embedding name (a file stem).
+    pub const NETWORK_NAME_MAX: usize = 200;
+    /// Embeddings one character pins, or one request names.
+    pub const EMBEDDINGS_MAX: usize = 16;
 }
 use limits::*;
 
@@ -93,6 +98,91 @@ pub fn id(field: &str, raw: &str) -> Result<String, ValidationError> {
         return Err(ValidationError::new(field, "must not be empty"));
     }
     Ok(v)
+}
+
+/// A LoRA or embedding name: a file stem of the models folder, so never a path.
+fn network_name(field: &str, raw: &str) -> Result<String, ValidationError> {
+    let v = text(field, raw, NETWORK_NAME_MAX, false)?;
+    if v.is_empty() {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "must be 1 to {NETWORK_NAME_MAX} characters (a file name without .safetensors)"
+            ),
+        ));
+    }
+    if v.contains(['/', '\\']) {
+        return Err(ValidationError::new(
+            field,
+            format!("must be a file name, not a path (got {v:?})"),
+        ));
+    }
+    Ok(v)
+}
+
+/// The index of the first entry of `names` before `i` with the same name as entry `i`
+/// (case-insensitively, as the engine matches names).
+fn earlier_duplicate<'a>(names: impl Iterator<Item = &'a str>, i: usize, name: &str) -> bool {
+    names.take(i).any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// LoRAs named by a request or pinned to a character (`field` is `loras`): at most
+/// [`MAX_LORAS`], each a file name once, with a finite weight within ±[`MAX_LORA_WEIGHT`].
+/// Errors name the entry (`loras[1].weight`) and the limit.
+pub fn loras(field: &str, list: &[LoraRef]) -> Result<Vec<LoraRef>, ValidationError> {
+    if list.len() > MAX_LORAS {
+        return Err(ValidationError::new(
+            field,
+            format!("at most {MAX_LORAS} LoRAs (got {})", list.len()),
+        ));
+    }
+    let mut out: Vec<LoraRef> = Vec::with_capacity(list.len());
+    for (i, l) in list.iter().enumerate() {
+        let name = network_name(&format!("{field}[{i}].name"), &l.name)?;
+        if earlier_duplicate(out.iter().map(|l| l.name.as_str()), i, &name) {
+            return Err(ValidationError::new(
+                format!("{field}[{i}].name"),
+                format!("names LoRA {name:?} a second time; give each LoRA once"),
+            ));
+        }
+        if !l.weight.is_finite() || l.weight.abs() > MAX_LORA_WEIGHT {
+            return Err(ValidationError::new(
+                format!("{field}[{i}].weight"),
+                format!(
+                    "must be a number between -{MAX_LORA_WEIGHT} and {MAX_LORA_WEIGHT} (got {})",
+                    l.weight
+                ),
+            ));
+        }
+        out.push(LoraRef {
+            name,
+            weight: l.weight,
+        });
+    }
+    Ok(out)
+}
+
+/// Embedding names of a request or a character (`field` is `embeddings`): at most
+/// [`EMBEDDINGS_MAX`], each a file name once.
+pub fn embeddings(field: &str, list: &[String]) -> Result<Vec<String>, ValidationError> {
+    if list.len() > EMBEDDINGS_MAX {
+        return Err(ValidationError::new(
+            field,
+            format!("at most {EMBEDDINGS_MAX} embeddings (got {})", list.len()),
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for (i, raw) in list.iter().enumerate() {
+        let name = network_name(&format!("{field}[{i}]"), raw)?;
+        if earlier_duplicate(out.iter().map(String::as_str), i, &name) {
+            return Err(ValidationError::new(
+                format!("{field}[{i}]"),
+                format!("names embedding {name:?} a second time; give each embedding once"),
+            ));
+        }
+        out.push(name);
+    }
+    Ok(out)
 }
 
 fn range(field: &str, v: i64, min: i64, max: i64) -> Result<i64, ValidationError> {
@@ -177,6 +267,8 @@ pub fn build_profile(
         )?,
         background_setting: short_text("background_setting", new.background_setting.as_deref())?,
         pose: opt_enum(new.pose.as_deref(), Pose::parse)?,
+        loras: loras("loras", &new.loras)?,
+        embeddings: embeddings("embeddings", &new.embeddings)?,
         backstory: long_text("backstory", new.backstory.as_deref())?,
         description: long_text("description", new.description.as_deref())?,
         appearance: long_text("appearance", new.appearance.as_deref())?,
@@ -299,6 +391,12 @@ pub fn apply_character_patch(
         &patch.background_setting,
     )?;
     set_enum(&mut p.pose, &patch.pose, Pose::parse)?;
+    if let Some(l) = &patch.loras {
+        p.loras = loras("loras", l.as_deref().unwrap_or_default())?;
+    }
+    if let Some(e) = &patch.embeddings {
+        p.embeddings = embeddings("embeddings", e.as_deref().unwrap_or_default())?;
+    }
     set_long(&mut p.backstory, "backstory", &patch.backstory)?;
     set_long(&mut p.description, "description", &patch.description)?;
     set_long(&mut p.appearance, "appearance", &patch.appearance)?;

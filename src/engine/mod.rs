@@ -21,6 +21,7 @@ pub(crate) mod loading;
 mod local;
 pub(crate) mod memory;
 pub(crate) mod models;
+pub(crate) mod network_info;
 pub(crate) mod networks;
 pub(crate) mod noise;
 pub(crate) mod output;
@@ -56,6 +57,7 @@ pub use loading::model::ModelSource;
 pub use loading::model_hash::{sha256_file, HashCache, ModelHash};
 pub use local::{LocalModel, UnetTimings};
 pub use memory::{parse_size, resolve_limit as memory_limit};
+pub use network_info::safetensors_metadata;
 pub use networks::{
     find_network, scan_network_dir, LoraRef, NetworkFile, EMBEDDING_DIR, LORA_DIR, MAX_LORAS,
     MAX_LORA_WEIGHT,

@@ -300,6 +300,7 @@ impl GenerationRequest {
             init_image,
             seeds,
             format,
+            loras: self.loras,
             embeddings,
         })
     }

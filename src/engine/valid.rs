@@ -23,7 +23,9 @@ pub struct ValidRequest {
     pub(super) format: ImageFormat,
     /// The VAE to decode with.
     pub(super) vae: VaeChoice,
-    /// Embeddings the caller requires to exist and fit the model.
+    /// LoRAs named outside the prompt (the portrait API's `loras`, a character's pinned ones).
+    pub(super) loras: Vec<super::LoraRef>,
+    /// Embeddings that must exist (a character's pinned ones).
     pub(super) embeddings: Vec<String>,
 }
 
@@ -54,7 +56,11 @@ impl ValidRequest {
     pub fn vae(&self) -> &VaeChoice {
         &self.vae
     }
-    /// The embeddings the caller requires (each checked on the engine thread).
+    /// The LoRAs asked for besides the prompt's `<lora:name:w>` tags.
+    pub fn loras(&self) -> &[super::LoraRef] {
+        &self.loras
+    }
+    /// The embeddings the request requires by name.
     pub fn embeddings(&self) -> &[String] {
         &self.embeddings
     }

@@ -115,6 +115,7 @@ pub struct Engine {
     default_model: String,
     hashes: Arc<HashCache>,
     vaes: Arc<Vec<VaeFile>>,
+    loras_dir: Option<PathBuf>,
     embeddings_dir: Option<PathBuf>,
     /// The text encoders' widths of each model loaded so far (what embeddings must fit).
     text_widths: TextWidths,
@@ -146,6 +147,7 @@ impl Engine {
             default_model: config.default_model.clone(),
             hashes: hashes.clone(),
             vaes: Arc::new(config.vaes.clone()),
+            loras_dir: config.loras_dir.clone(),
             embeddings_dir: config.embeddings_dir.clone(),
             text_widths: TextWidths::default(),
         };
@@ -211,6 +213,15 @@ impl Engine {
     /// The VAE files requests may name, by file name.
     pub fn vae_names(&self) -> Vec<String> {
         self.vaes.iter().map(|v| v.name.clone()).collect()
+    }
+
+    /// The LoRA files of the LoRA folder, scanned on every call so that files added since
+    /// start-up are listed (and `refresh-loras` has nothing to rebuild).
+    pub fn loras(&self) -> Vec<super::NetworkFile> {
+        self.loras_dir
+            .as_deref()
+            .map(super::scan_network_dir)
+            .unwrap_or_default()
     }
 
     /// The model used when a request names none.

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use image::{Rgb, RgbImage};
 
 use crate::engine::{
-    match_vae_name, CancelToken, Defaults, Engine, EngineError, EngineState, GeneratedImage,
-    GenerationResult, ModelHash, Progress, Timings, VaeChoice, ValidRequest,
+    find_network, match_vae_name, CancelToken, Defaults, EmbeddingInfo, Engine, EngineError,
+    EngineState, GeneratedImage, GenerationResult, ModelHash, NetworkFile, Progress, Timings,
+    VaeChoice, ValidRequest,
 };
 
 /// Something that paints validated requests.
@@ -35,6 +36,14 @@ pub trait ImageBackend: Send + Sync + 'static {
     fn model_hash(&self, model: &str) -> Option<ModelHash>;
     /// The VAE files requests may name (A1111's `sd_vae`), by file name.
     fn vae_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The LoRA files requests may name (`MODELS_DIR/loras/`), as of now.
+    fn loras(&self) -> Vec<NetworkFile> {
+        Vec::new()
+    }
+    /// The embedding files prompts may use (`MODELS_DIR/embeddings/`), as of now.
+    fn embeddings(&self) -> Vec<EmbeddingInfo> {
         Vec::new()
     }
 }
@@ -71,6 +80,14 @@ impl ImageBackend for Engine {
 
     fn vae_names(&self) -> Vec<String> {
         Engine::vae_names(self)
+    }
+
+    fn loras(&self) -> Vec<NetworkFile> {
+        Engine::loras(self)
+    }
+
+    fn embeddings(&self) -> Vec<EmbeddingInfo> {
+        Engine::embeddings(self)
     }
 }
 
@@ -128,6 +145,9 @@ pub struct FakeBackend {
     default_model: String,
     /// The VAE file names it accepts, as the engine's `MODELS_DIR/vae/` listing.
     vaes: Vec<String>,
+    /// The LoRA and embedding files it accepts, as the engine's folders would list them.
+    loras: Vec<NetworkFile>,
+    embeddings: Vec<EmbeddingInfo>,
     step_delay: Duration,
     failure: Mutex<Option<String>>,
     state: Mutex<EngineState>,
@@ -150,6 +170,8 @@ impl FakeBackend {
             hashes: Vec::new(),
             default_model: "fake-model".into(),
             vaes: Vec::new(),
+            loras: Vec::new(),
+            embeddings: Vec::new(),
             step_delay: Duration::ZERO,
             failure: Mutex::new(None),
             state: Mutex::new(EngineState::Ready),
@@ -203,6 +225,63 @@ impl FakeBackend {
     pub fn with_vae(mut self, name: &str) -> Self {
         self.vaes.push(name.to_string());
         self
+    }
+
+    /// Accepts the LoRA `name`, as if `MODELS_DIR/loras/name.safetensors` existed.
+    pub fn with_lora(mut self, name: &str) -> Self {
+        self.loras.push(NetworkFile {
+            name: name.to_string(),
+            path: format!("loras/{name}.safetensors").into(),
+        });
+        self
+    }
+
+    /// Accepts the embedding `name` (one 768-wide vector, an SD 1.x text encoder's), as if
+    /// `MODELS_DIR/embeddings/name.safetensors` existed.
+    pub fn with_embedding(mut self, name: &str) -> Self {
+        self.embeddings.push(EmbeddingInfo {
+            name: name.to_string(),
+            path: format!("embeddings/{name}.safetensors").into(),
+            vectors: 1,
+            shape: vec![1, 768],
+            dim: 768,
+            fits: true,
+            error: None,
+        });
+        self
+    }
+
+    /// Like the engine: a LoRA or embedding the request names that no file provides is
+    /// refused before painting, naming it.
+    fn check_networks(&self, request: &ValidRequest) -> Result<(), EngineError> {
+        for l in request.loras() {
+            if find_network(&self.loras, &l.name).is_none() {
+                return Err(EngineError::invalid(
+                    "loras",
+                    format!(
+                        "unknown LoRA {:?} (not in the models folder's loras/)",
+                        l.name
+                    ),
+                ));
+            }
+        }
+        let embeddings: Vec<NetworkFile> = self
+            .embeddings
+            .iter()
+            .map(|e| NetworkFile {
+                name: e.name.clone(),
+                path: e.path.clone(),
+            })
+            .collect();
+        for e in request.embeddings() {
+            if find_network(&embeddings, e).is_none() {
+                return Err(EngineError::invalid(
+                    "embeddings",
+                    format!("unknown embedding {e:?} (not in the models folder's embeddings/)"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Makes `name` (added with [`FakeBackend::with_model`] if unknown) the default model.
@@ -307,6 +386,7 @@ impl ImageBackend for FakeBackend {
                 return Err(EngineError::invalid("vae", format!("unknown VAE {name:?}")));
             }
         }
+        self.check_networks(&request)?;
         if let Some(why) = self
             .failure
             .lock()
@@ -396,6 +476,14 @@ impl ImageBackend for FakeBackend {
 
     fn vae_names(&self) -> Vec<String> {
         self.vaes.clone()
+    }
+
+    fn loras(&self) -> Vec<NetworkFile> {
+        self.loras.clone()
+    }
+
+    fn embeddings(&self) -> Vec<EmbeddingInfo> {
+        self.embeddings.clone()
     }
 }
 

@@ -145,13 +145,19 @@ impl From<StoreError> for PortraitError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound { what, id } => PortraitError::NotFound(format!("{what} {id:?}")),
-            StoreError::Validation(v) => PortraitError::Validation {
-                field: v.field,
-                message: v.message,
-            },
+            StoreError::Validation(v) => v.into(),
             StoreError::Conflict(m) | StoreError::Gone(m) => PortraitError::Conflict(m),
             StoreError::StorageFull(m) => PortraitError::StorageFull(m),
             StoreError::Database(m) => PortraitError::Storage(m),
+        }
+    }
+}
+
+impl From<crate::characters::ValidationError> for PortraitError {
+    fn from(v: crate::characters::ValidationError) -> Self {
+        PortraitError::Validation {
+            field: v.field,
+            message: v.message,
         }
     }
 }

@@ -125,6 +125,12 @@ pub struct GenerateOptions {
     pub hr_scale: Option<f64>,
     pub hr_second_pass_steps: Option<usize>,
     pub hr_denoising_strength: Option<f64>,
+    /// LoRAs for this portrait (`[{name, weight}]`, weight default 1), added to the
+    /// character's pinned ones; for a name in both, this weight wins. `<lora:name:w>` tags in
+    /// the prompt texts work too (the engine reads them).
+    pub loras: Vec<crate::engine::LoraRef>,
+    /// Embeddings this portrait requires, added to the character's pinned ones.
+    pub embeddings: Vec<String>,
 }
 
 /// How a portrait was painted.

@@ -116,6 +116,8 @@ pub(crate) mod tests {
             distinguishing_feature: None,
             background_setting: None,
             pose: None,
+            loras: Vec::new(),
+            embeddings: Vec::new(),
             backstory: String::new(),
             description: String::new(),
             appearance: String::new(),

@@ -22,10 +22,10 @@ use super::options::{
 };
 use super::prompt::{build_prompt, join_parts};
 use super::templates::{PortraitTemplate, PortraitTemplates, DEFAULT_STYLE};
-use crate::characters::{CharacterProfile, CharacterStore, NewPortrait, PortraitRecord};
+use crate::characters::{validate, CharacterProfile, CharacterStore, NewPortrait, PortraitRecord};
 use crate::engine::{
     decode_image, encode_image, thumbnail, CancelToken, EngineError, GenerationRequest,
-    HiresRequest, ImageFormat, Progress, ValidRequest,
+    HiresRequest, ImageFormat, LoraRef, Progress, ValidRequest, MAX_LORAS,
 };
 
 /// Longest side of a portrait thumbnail, in pixels.
@@ -52,6 +52,47 @@ struct Inner {
 #[derive(Clone)]
 pub struct PortraitService {
     inner: Arc<Inner>,
+}
+
+/// The networks a portrait is painted with: the character's pinned LoRAs and embeddings, then
+/// the request's (validated here, errors naming `loras[i]...`). A LoRA named by both keeps its
+/// pinned place and takes the request's weight; names match case-insensitively, as the engine
+/// finds files.
+fn networks(
+    profile: Option<&CharacterProfile>,
+    opts: &GenerateOptions,
+) -> Result<(Vec<LoraRef>, Vec<String>), PortraitError> {
+    let asked = validate::loras("loras", &opts.loras)?;
+    let asked_embeddings = validate::embeddings("embeddings", &opts.embeddings)?;
+    let (mut loras, mut embeddings) = profile.map_or_else(Default::default, |p| {
+        (p.loras.clone(), p.embeddings.clone())
+    });
+    let pinned = loras.len();
+    for l in asked {
+        match loras
+            .iter_mut()
+            .find(|p| p.name.eq_ignore_ascii_case(&l.name))
+        {
+            Some(p) => p.weight = l.weight,
+            None => loras.push(l),
+        }
+    }
+    if loras.len() > MAX_LORAS {
+        return Err(PortraitError::validation(
+            "loras",
+            format!(
+                "at most {MAX_LORAS} LoRAs together with the character's {pinned} pinned ones \
+                 (got {})",
+                loras.len()
+            ),
+        ));
+    }
+    for e in asked_embeddings {
+        if !embeddings.iter().any(|p| p.eq_ignore_ascii_case(&e)) {
+            embeddings.push(e);
+        }
+    }
+    Ok((loras, embeddings))
 }
 
 fn non_empty(s: Option<&str>) -> Option<&str> {
@@ -174,8 +215,11 @@ impl PortraitService {
         prompt: String,
         negative: String,
         opts: &GenerateOptions,
+        (loras, embeddings): (Vec<LoraRef>, Vec<String>),
     ) -> GenerationRequest {
         GenerationRequest {
+            loras,
+            embeddings,
             model: Some(model.to_string()),
             prompt,
             negative_prompt: negative,
@@ -245,6 +289,15 @@ impl PortraitService {
         if let (Some(s), Value::Object(map)) = (denoising_strength, &mut parameters) {
             map.insert("denoising_strength".into(), json!(s));
         }
+        // Recorded in history, so a portrait says which LoRAs painted it.
+        if let Value::Object(map) = &mut parameters {
+            if !request.loras().is_empty() {
+                map.insert("loras".into(), json!(request.loras()));
+            }
+            if !request.embeddings().is_empty() {
+                map.insert("embeddings".into(), json!(request.embeddings()));
+            }
+        }
         if let (Some(src), Value::Object(map)) = (&source, &mut parameters) {
             map.insert("source_portrait_id".into(), json!(src.id));
         }
@@ -303,7 +356,8 @@ impl PortraitService {
             .hires
             .or(self.inner.styles.hires_fix(&model))
             .unwrap_or(true);
-        let mut req = self.base_request(&model, prompt, negative, &opts);
+        let networks = networks(profile, &opts)?;
+        let mut req = self.base_request(&model, prompt, negative, &opts, networks);
         req.hires = hires.then(|| HiresRequest {
             scale: opts.hr_scale.unwrap_or(HIRES_SCALE),
             second_pass_steps: opts.hr_second_pass_steps.unwrap_or(0),
@@ -337,6 +391,7 @@ impl PortraitService {
             opts.custom_prompt_additions.as_deref(),
         )?;
         check_text("negative_prompt", opts.negative_prompt.as_deref())?;
+        let networks = networks(Some(profile), &opts)?;
         let strength = denoising_strength.unwrap_or(DEFAULT_REGENERATE_STRENGTH);
         if !(MIN_REGENERATE_STRENGTH..=MAX_REGENERATE_STRENGTH).contains(&strength) {
             return Err(PortraitError::validation(
@@ -409,7 +464,7 @@ impl PortraitService {
             &[Some(new_prompt), opts.custom_prompt_additions.as_deref()],
             opts.negative_prompt.as_deref(),
         );
-        let mut req = self.base_request(&model, prompt, negative, &opts);
+        let mut req = self.base_request(&model, prompt, negative, &opts, networks);
         req.init_image = Some(init);
         req.denoising_strength = Some(strength);
         let request = self

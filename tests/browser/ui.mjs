@@ -226,6 +226,40 @@ try {
   check(after.current_portrait_id === firstId, 'the server did not make the first portrait current');
   await page.screenshot({ path: join(outDir, 'creator.png'), fullPage: true });
 
+  step('LoRAs and embeddings pinned to the character: saved, shown after a reload, bad weights named');
+  const saveWith = async () => {
+    const patched = page.waitForResponse((r) => r.request().method() === 'PATCH' && r.url().includes(`/api/characters/${characterId}`));
+    await page.click('#save');
+    return patched;
+  };
+  const openAdvanced = async () => {
+    if ((await page.getAttribute('#advanced', 'open')) === null) await page.click('#advanced summary');
+  };
+  await openAdvanced();
+  check((await page.textContent('#hint-loras')).includes('None installed yet'), `LoRA hint: ${await page.textContent('#hint-loras')}`);
+  await page.fill('#f-loras', 'moonlit-mage:0.75, starfield');
+  await page.fill('#f-embeddings', 'bad-hands');
+  check((await saveWith()).status() === 200, 'saving the pinned LoRAs failed');
+  const pinned = (await apiCall('GET', `/api/characters/${characterId}`)).body;
+  check(JSON.stringify(pinned.loras) === JSON.stringify([{ name: 'moonlit-mage', weight: 0.75 }, { name: 'starfield', weight: 1 }]),
+    `pinned LoRAs on the server: ${JSON.stringify(pinned.loras)}`);
+  check(JSON.stringify(pinned.embeddings) === '["bad-hands"]', `pinned embeddings: ${JSON.stringify(pinned.embeddings)}`);
+  await page.reload();
+  await ready(page);
+  await openAdvanced();
+  check(await page.inputValue('#f-loras') === 'moonlit-mage:0.75, starfield', `LoRAs after reload: ${await page.inputValue('#f-loras')}`);
+  check(await page.inputValue('#f-embeddings') === 'bad-hands', 'embeddings after reload');
+  await page.fill('#f-loras', 'moonlit-mage:99');
+  check((await saveWith()).status() === 422, 'a LoRA weight of 99 should be refused');
+  const loraErr = await page.textContent('#err-loras');
+  check(loraErr.includes('loras[0].weight') && loraErr.includes('10'), `the LoRA error should name the entry and the limit: ${loraErr}`);
+  // Unpinned again: the fixture server has no LoRA files for later paintings.
+  await page.fill('#f-loras', '');
+  await page.fill('#f-embeddings', '');
+  check((await saveWith()).status() === 200, 'unpinning failed');
+  const unpinned = (await apiCall('GET', `/api/characters/${characterId}`)).body;
+  check(unpinned.loras.length === 0 && unpinned.embeddings.length === 0, `still pinned: ${JSON.stringify(unpinned)}`);
+
   step('phone width: one column, no sideways scrolling');
   const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 1, isMobile: true, hasTouch: true });
   const mobile = await phone.newPage();

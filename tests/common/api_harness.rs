@@ -61,14 +61,26 @@ pub fn small() -> Defaults {
 }
 
 pub fn harness(o: Opts) -> Harness {
+    harness_with(o, FakeBackend::new())
+}
+
+/// [`harness`] over `fake` (e.g. one given LoRAs), with the small defaults and `o`'s delay.
+pub fn harness_with(o: Opts, fake: FakeBackend) -> Harness {
+    let backend = Arc::new(fake.with_defaults(small()).with_step_delay(o.step_delay));
+    let dyn_backend: Arc<dyn ImageBackend> = backend.clone();
+    harness_over(o, backend, dyn_backend)
+}
+
+/// [`harness`] with `backend` painting (e.g. the real engine); `fake` is only kept in the
+/// harness for tests that read it.
+pub fn harness_over(
+    o: Opts,
+    fake: Arc<FakeBackend>,
+    dyn_backend: Arc<dyn ImageBackend>,
+) -> Harness {
+    let backend = fake;
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn CharacterStore> = Arc::new(SqliteStore::open_in_memory().unwrap());
-    let backend = Arc::new(
-        FakeBackend::new()
-            .with_defaults(small())
-            .with_step_delay(o.step_delay),
-    );
-    let dyn_backend: Arc<dyn ImageBackend> = backend.clone();
     let templates = PortraitTemplates::load_dir(std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/prompts"

@@ -1,7 +1,7 @@
 //! AUTOMATIC1111's other `/sdapi/v1/*` endpoints: progress of the running compat job,
 //! interrupt and skip, the sampler / scheduler / model / upscaler lists, options (the
 //! `sd_model_checkpoint` default), png-info, and the empty lists A1111 clients probe for
-//! (scripts, VAEs, LoRAs, ...) so they start up without errors.
+//! (scripts, hypernetworks, ...) so they start up without errors.
 
 use std::sync::Arc;
 
@@ -397,11 +397,6 @@ pub(crate) async fn refresh_checkpoints(caller: Result<Caller, ApiError>) -> A11
 pub(crate) async fn empty_list(caller: Result<Caller, ApiError>) -> A1111Result {
     caller?;
     Ok(Json(json!([])))
-}
-
-pub(crate) async fn embeddings(caller: Result<Caller, ApiError>) -> A1111Result {
-    caller?;
-    Ok(Json(json!({"loaded": {}, "skipped": {}})))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 
 mod a1111;
 mod a1111_meta;
+mod a1111_networks;
 mod a1111_request;
 mod errors;
 mod openai;
@@ -162,11 +163,16 @@ pub(crate) fn routes() -> Router<AppState> {
             post(a1111_meta::refresh_checkpoints),
         )
         .route("/sdapi/v1/sd-vae", get(a1111_meta::sd_vae))
-        .route("/sdapi/v1/loras", get(a1111_meta::empty_list))
+        .route("/sdapi/v1/loras", get(a1111_networks::loras))
+        .route("/sdapi/v1/refresh-loras", post(a1111_networks::refresh))
         .route("/sdapi/v1/hypernetworks", get(a1111_meta::empty_list))
         .route("/sdapi/v1/face-restorers", get(a1111_meta::empty_list))
         .route("/sdapi/v1/prompt-styles", get(a1111_meta::empty_list))
-        .route("/sdapi/v1/embeddings", get(a1111_meta::embeddings))
+        .route("/sdapi/v1/embeddings", get(a1111_networks::embeddings))
+        .route(
+            "/sdapi/v1/refresh-embeddings",
+            post(a1111_networks::refresh),
+        )
         .route("/v1/images/generations", post(openai::generations))
         .route("/v1/models", get(openai::models))
         .layer(Extension(compat))

@@ -277,6 +277,9 @@ fn merge_character(plan: &mut LegacyPlan, dir: &Path, id: &str, copies: &[Copy])
         distinguishing_feature: get("distinguishing_feature"),
         background_setting: get("background_setting"),
         pose: get("pose"),
+        // The legacy layout predates pinned networks.
+        loras: Vec::new(),
+        embeddings: Vec::new(),
         backstory: get("backstory"),
         description: get("description"),
         appearance: get("appearance"),

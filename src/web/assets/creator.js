@@ -39,8 +39,10 @@ function renderFields() {
       });
     }
     const label = el('label', { for: id, text: f.label }, f.required ? el('span', { class: 'req', text: ' (required)' }) : null);
+    const hint = f.hint ? el('p', { class: 'hint', id: `hint-${f.name}`, text: f.hint }) : null;
+    if (hint) input.setAttribute('aria-describedby', `hint-${f.name} err-${f.name}`);
     const field = el('div', { class: f.kind === 'textarea' ? 'field wide' : 'field' },
-      label, input, el('p', { class: 'field-error', id: `err-${f.name}` }));
+      label, input, hint, el('p', { class: 'field-error', id: `err-${f.name}` }));
     (f.section === 'basic' ? $('basic-fields') : $('advanced-fields')).append(field);
   }
 }
@@ -54,7 +56,7 @@ function readForm() {
 function fillForm(data) {
   for (const f of FIELDS) {
     const input = $(`f-${f.name}`);
-    const value = data[f.name] ?? '';
+    const value = f.format ? f.format(data[f.name]) : data[f.name] ?? '';
     input.value = value;
     // A stored value this page does not list still has to show (and round-trip).
     if (f.kind === 'select' && value && input.value !== value) {
@@ -64,10 +66,12 @@ function fillForm(data) {
   }
 }
 
+const PARSERS = Object.fromEntries(FIELDS.filter((f) => f.parse).map((f) => [f.name, f.parse]));
+
 /** POST body: only what was filled in (the server applies its defaults). */
 function createBody(v) {
   const body = {};
-  for (const [k, x] of Object.entries(v)) if (x) body[k] = x;
+  for (const [k, x] of Object.entries(v)) if (x) body[k] = PARSERS[k] ? PARSERS[k](x) : x;
   body.name = v.name;
   return body;
 }
@@ -75,7 +79,7 @@ function createBody(v) {
 /** PATCH body: every field; an emptied one becomes null (cleared, or back to its default). */
 function patchBody(v) {
   const body = {};
-  for (const [k, x] of Object.entries(v)) body[k] = x === '' ? null : x;
+  for (const [k, x] of Object.entries(v)) body[k] = PARSERS[k] ? PARSERS[k](x) : x === '' ? null : x;
   body.name = v.name;
   if (body.backstory === null) body.backstory = '';
   return body;
@@ -89,10 +93,12 @@ function clearErrors() {
 
 /** Shows an API error next to the field it names (opening the advanced section if needed). */
 function showFieldError(err) {
-  const box = err.field ? $(`err-${err.field}`) : null;
+  // `loras[1].weight` is shown at the LoRAs field (the message names the entry).
+  const name = err.field ? err.field.replace(/\[.*$/, '') : null;
+  const box = name ? $(`err-${name}`) : null;
   if (!box) return false;
-  box.textContent = messageOf(err);
-  const input = document.querySelector(`[aria-describedby~="err-${err.field}"]`);
+  box.textContent = err.field === name ? messageOf(err) : `${err.field}: ${messageOf(err)}`;
+  const input = document.querySelector(`[aria-describedby~="err-${name}"]`);
   if (input) {
     input.setAttribute('aria-invalid', 'true');
     const details = input.closest('details');
@@ -366,6 +372,17 @@ async function loadStyles() {
   if (styles.includes('default')) select.value = 'default';
 }
 
+/** Names the LoRA and embedding fields' hints with what the server has. */
+async function loadNetworks() {
+  const [loras, embeddings] = await Promise.all([api.get('/api/loras'), api.get('/api/embeddings')]);
+  for (const [field, list] of [['loras', loras.loras], ['embeddings', embeddings.embeddings]]) {
+    const hint = $(`hint-${field}`);
+    const names = (list || []).map((x) => x.name);
+    const base = FIELDS.find((f) => f.name === field).hint;
+    hint.textContent = names.length ? `${base} Available: ${names.join(', ')}.` : `${base} None installed yet.`;
+  }
+}
+
 async function loadPregenerated() {
   pregenerated = await api.get('/api/pregenerated');
   $('pregen').append(...pregenerated.map((p) => el('option', {
@@ -467,6 +484,7 @@ async function main() {
     attempt('pregenerated characters', loadPregenerated()),
     attempt('your characters', loadExisting()),
     attempt('campaigns', loadCampaigns()),
+    attempt('LoRAs and embeddings', loadNetworks()),
   ]);
   const id = new URL(window.location.href).searchParams.get('character');
   if (id) await attempt('the character', loadCharacter(id));

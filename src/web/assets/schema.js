@@ -19,11 +19,36 @@ export const EXPRESSIONS = ['Confident', 'Serene', 'Determined', 'Friendly', 'St
 export const POSES = ['Standing Confident', 'Arms Crossed', 'Weapon Ready', 'Casting Spell',
   'Seated Thoughtful', 'Looking Over Shoulder'];
 
+/** `elf-ranger:0.8, hero` -> [{name, weight}] (weight 1 when left out, as `<lora:name>`). */
+export function parseLoras(text) {
+  return parseNames(text).map((item) => {
+    const at = item.lastIndexOf(':');
+    const weight = at > 0 ? Number(item.slice(at + 1)) : NaN;
+    return Number.isFinite(weight) && item.slice(at + 1).trim() !== ''
+      ? { name: item.slice(0, at).trim(), weight }
+      : { name: item };
+  });
+}
+
+export function formatLoras(list) {
+  return (list || []).map((l) => (l.weight === 1 ? l.name : `${l.name}:${l.weight}`)).join(', ');
+}
+
+/** `bad-hands, easy-negative` -> ['bad-hands', 'easy-negative']. */
+export function parseNames(text) {
+  return text.split(',').map((x) => x.trim()).filter(Boolean);
+}
+
+export function formatNames(list) {
+  return (list || []).join(', ');
+}
+
 const AGE_HINTS = { Young: 'Young (18-25)', Adult: 'Adult (26-40)', 'Middle-aged': 'Middle-aged (41-60)', Elderly: 'Elderly (60+)' };
 
 /**
  * Every field of the creator, in display order. `name` is the API's field name (so a 422's
- * `field` finds its input); `blank` is what an empty select means to the server.
+ * `field` finds its input); `blank` is what an empty select means to the server; `parse` and
+ * `format` turn a list field's text into its JSON and back.
  */
 export const FIELDS = [
   { name: 'name', label: 'Name', kind: 'text', max: NAME_MAX, section: 'basic', required: true, placeholder: 'Thorin Oakenshield' },
@@ -40,6 +65,10 @@ export const FIELDS = [
   { name: 'distinguishing_feature', label: 'Distinguishing feature', kind: 'text', max: SHORT_TEXT_MAX, section: 'advanced', placeholder: 'glowing runic tattoos' },
   { name: 'background_setting', label: 'Background', kind: 'text', max: SHORT_TEXT_MAX, section: 'advanced', placeholder: 'misty forest at dawn' },
   { name: 'pose', label: 'Pose', kind: 'select', options: POSES, section: 'advanced', blank: 'Not set' },
+  { name: 'loras', label: 'LoRAs', kind: 'text', max: 4000, section: 'networks', placeholder: 'elf-ranger:0.8, hero-face',
+    parse: parseLoras, format: formatLoras, hint: 'Painted into every portrait of this character: name or name:weight, comma-separated.' },
+  { name: 'embeddings', label: 'Embeddings', kind: 'text', max: 4000, section: 'networks', placeholder: 'bad-hands',
+    parse: parseNames, format: formatNames, hint: 'Embedding files every portrait of this character needs, comma-separated.' },
   { name: 'backstory', label: 'Backstory', kind: 'textarea', max: LONG_TEXT_MAX, section: 'advanced', placeholder: 'Where they come from, what they want.' },
 ];
 
