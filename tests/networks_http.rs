@@ -408,7 +408,11 @@ async fn a1111_listings_read_the_models_folder() {
     });
     config.loras_dir = Some(loras.clone());
     config.embeddings_dir = Some(embeddings.clone());
-    let engine: Arc<dyn ImageBackend> = Arc::new(Engine::spawn(config).unwrap());
+    let engine = Engine::spawn(config).unwrap();
+    // What fits is known once the model's text encoder has loaded (A1111 lists embeddings
+    // against the loaded checkpoint too).
+    engine.wait_ready().unwrap();
+    let engine: Arc<dyn ImageBackend> = Arc::new(engine);
     let h = harness_over(Opts::default(), Arc::new(FakeBackend::new()), engine);
 
     let list = h.get("/sdapi/v1/loras").await;
