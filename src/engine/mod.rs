@@ -17,6 +17,7 @@ pub(crate) mod infotext;
 pub(crate) mod kernel_cases;
 pub(crate) mod kernels;
 pub(crate) mod loading;
+pub(crate) mod lora;
 mod local;
 pub(crate) mod memory;
 pub(crate) mod models;
@@ -52,6 +53,7 @@ pub use loading::model::ModelSource;
 pub use loading::model_hash::{sha256_file, HashCache, ModelHash};
 pub use local::{LocalModel, UnetTimings};
 pub use memory::{parse_size, resolve_limit as memory_limit};
+pub use lora::LoraUse;
 pub use networks::{
     find_network, scan_network_dir, LoraRef, NetworkFile, EMBEDDING_DIR, LORA_DIR, MAX_LORAS,
     MAX_LORA_WEIGHT,

@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::engine::models::layers::Linear;
+use crate::engine::models::weights::{visit_child, VisitWeights, WeightFn};
 
 /// Sinusoidal features of `t` for each of `batch` samples, `dim` wide, computed in f32 the way
 /// diffusers' `get_timestep_embedding` computes them so fractional timesteps match.
@@ -69,5 +70,12 @@ mod tests {
         assert!((v[1][4] - 500f32.sin()).abs() < 1e-5);
         let g = timestep_features(0.0, 1, 4, false, 1.0, &Device::Cpu).unwrap();
         assert_eq!(g.to_vec2::<f32>().unwrap()[0], vec![0.0, 0.0, 1.0, 1.0]);
+    }
+}
+
+impl VisitWeights for TimestepEmbedding {
+    fn visit_weights(&mut self, prefix: &str, f: &mut WeightFn) -> Result<()> {
+        visit_child(&mut self.linear_1, prefix, "linear_1", f)?;
+        visit_child(&mut self.linear_2, prefix, "linear_2", f)
     }
 }
