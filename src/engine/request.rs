@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{EngineError, Result};
 use super::infotext::InfoText;
+use super::lora::LoraUse;
+use super::networks::{MAX_LORAS, MAX_LORA_WEIGHT};
 use super::output::ImageFormat;
 use super::pipeline::{HiresPass, Job, Timings};
 use super::samplers::{parse_sampler, SamplerSpec};
@@ -133,6 +135,48 @@ fn check_range(field: &'static str, v: f64, lo: f64, hi: f64, lo_open: bool) -> 
 }
 
 impl GenerationRequest {
+    /// The prompt to encode (tags cut out) and every LoRA the request applies: the prompt's
+    /// `<lora:...>` tags, then the `loras` field. A name given twice is applied twice, so the
+    /// weights add, as A1111 applies duplicate tags.
+    fn loras_to_apply(&self) -> Result<(String, Vec<LoraUse>)> {
+        let tagged = super::lora::tags::extract(&self.prompt)?;
+        let mut loras = tagged.loras;
+        for l in &self.loras {
+            if l.name.trim().is_empty() {
+                return Err(EngineError::invalid("loras", "a LoRA needs a name"));
+            }
+            loras.push(LoraUse {
+                name: l.name.trim().to_string(),
+                weight: l.weight,
+                field: "loras",
+            });
+        }
+        if loras.len() > MAX_LORAS {
+            return Err(EngineError::invalid(
+                "loras",
+                format!(
+                    "at most {MAX_LORAS} LoRAs at once (prompt tags and the loras field \
+                     together), got {}",
+                    loras.len()
+                ),
+            ));
+        }
+        if let Some(l) = loras
+            .iter()
+            .find(|l| !l.weight.is_finite() || l.weight.abs() > MAX_LORA_WEIGHT)
+        {
+            return Err(EngineError::invalid(
+                l.field,
+                format!(
+                    "LoRA {:?}: weight must be between -{MAX_LORA_WEIGHT} and {MAX_LORA_WEIGHT}, \
+                     got {}",
+                    l.name, l.weight
+                ),
+            ));
+        }
+        Ok((tagged.text, loras))
+    }
+
     /// Checks every field against its limit and resolves defaults and the seed.
     pub fn validate(self, defaults: &Defaults) -> Result<ValidRequest> {
         for (field, text) in [
@@ -147,6 +191,7 @@ impl GenerationRequest {
                 ));
             }
         }
+        let (encoded_prompt, loras) = self.loras_to_apply()?;
         let steps = self.steps.unwrap_or(defaults.steps);
         if !(1..=MAX_STEPS).contains(&steps) {
             return Err(EngineError::invalid(
@@ -277,8 +322,11 @@ impl GenerationRequest {
         Ok(ValidRequest {
             vae: super::vae::VaeChoice::parse(self.vae.as_deref().unwrap_or("")),
             model: self.model,
+            sent_prompt: self.prompt,
+            loras,
+            infotext_extra: Vec::new(),
             job: Job {
-                prompt: self.prompt,
+                prompt: encoded_prompt,
                 negative_prompt: self.negative_prompt,
                 steps,
                 cfg_scale,
@@ -327,15 +375,7 @@ impl GeneratedImage {
         hash: Option<&str>,
     ) -> Result<Self> {
         let (width, height) = pixels.dimensions();
-        let infotext = infotext_for(
-            &request.job,
-            seed,
-            width,
-            height,
-            model,
-            hash,
-            request.init_image.is_some(),
-        );
+        let infotext = infotext_for(request, seed, width, height, model, hash);
         let bytes = super::output::encode_image(&pixels, request.format, Some(&infotext), 95)?;
         Ok(GeneratedImage {
             bytes,
@@ -360,16 +400,17 @@ pub struct GenerationResult {
 
 /// The A1111 infotext for image `seed` of a job.
 pub(crate) fn infotext_for(
-    job: &Job,
+    request: &ValidRequest,
     seed: u64,
     width: u32,
     height: u32,
     model: &str,
     hash: Option<&str>,
-    img2img: bool,
 ) -> String {
+    let job = &request.job;
+    let img2img = request.init_image.is_some();
     let mut info = InfoText {
-        prompt: job.prompt.clone(),
+        prompt: request.infotext_prompt(),
         negative_prompt: job.negative_prompt.clone(),
         steps: job.steps,
         sampler: job.sampler.display_name(),
@@ -402,6 +443,7 @@ pub(crate) fn infotext_for(
         info.extra
             .push(("Clip skip".into(), (job.clip_skip + 1).to_string()));
     }
+    info.extra.extend(request.infotext_extra.iter().cloned());
     info.push_version();
     info.to_string()
 }

@@ -9,6 +9,7 @@ use super::error::Result;
 use super::output::ImageFormat;
 use super::pipeline::{HiresPass, Job};
 use super::samplers::img2img_start;
+use super::lora::LoraUse;
 use super::vae::VaeChoice;
 
 /// A request that passed validation; everything the engine thread needs but the model.
@@ -23,6 +24,12 @@ pub struct ValidRequest {
     pub(super) format: ImageFormat,
     /// The VAE to decode with.
     pub(super) vae: VaeChoice,
+    /// The prompt as sent, `<lora:...>` tags included (the job's prompt has them cut out).
+    pub(super) sent_prompt: String,
+    /// The LoRAs to apply: the prompt's tags, then the `loras` field, in order.
+    pub(super) loras: Vec<LoraUse>,
+    /// Infotext keys the engine thread adds once it knows them (`Lora hashes`).
+    pub(super) infotext_extra: Vec<(String, String)>,
 }
 
 /// One denoising pass of a request: the progress calls it makes and the latent-upscaled size
@@ -52,8 +59,25 @@ impl ValidRequest {
     pub fn vae(&self) -> &VaeChoice {
         &self.vae
     }
+    /// The prompt as sent, with its `<lora:...>` tags.
     pub fn prompt(&self) -> &str {
-        &self.job.prompt
+        &self.sent_prompt
+    }
+    /// The LoRAs the request applies (tags first, then the `loras` field).
+    pub fn loras(&self) -> &[LoraUse] {
+        &self.loras
+    }
+    /// The infotext's prompt: as sent, plus a tag for every LoRA of the `loras` field, so the
+    /// infotext alone repaints the image (A1111 appends its `sd_lora` setting the same way).
+    pub fn infotext_prompt(&self) -> String {
+        let mut p = self.sent_prompt.clone();
+        for l in self.loras.iter().filter(|l| l.field == "loras") {
+            if !p.is_empty() && !p.ends_with(char::is_whitespace) {
+                p.push(' ');
+            }
+            p.push_str(&format!("<lora:{}:{}>", l.name, l.weight));
+        }
+        p
     }
     pub fn negative_prompt(&self) -> &str {
         &self.job.negative_prompt

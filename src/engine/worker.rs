@@ -266,7 +266,7 @@ impl Loaded {
         spec: &ModelSpec,
         vae: Option<PathBuf>,
         opts: &LoadOptions,
-    ) -> Result<&StableDiffusion> {
+    ) -> Result<&mut StableDiffusion> {
         let key = (spec.name.clone(), vae);
         if let Some(i) = self.models.iter().position(|(k, _)| *k == key) {
             let entry = self.models.remove(i);
@@ -279,7 +279,8 @@ impl Loaded {
             let model = load_with_vae(spec, key.1.clone(), opts, &self.hashes)?;
             self.models.push((key, model));
         }
-        Ok(&self.models[self.models.len() - 1].1)
+        let last = self.models.len() - 1;
+        Ok(&mut self.models[last].1)
     }
 }
 
@@ -432,8 +433,9 @@ fn serve_one(
             .get(&name)
             .ok_or_else(|| EngineError::UnknownModel(name.clone()))?;
         let vae = chosen_vae(spec, &request.vae, &config.vaes)?;
+        let loras = crate::engine::lora::resolve(&request.loras, config.loras_dir.as_deref())?;
         let model = loaded.get(spec, vae, opts)?;
-        let out = generate_on(model, request, progress, cancel)?;
+        let out = generate_with_loras(model, request, &loras, progress, cancel)?;
         tracing::info!(ms = out.timings.total_ms.round(), "painted");
         Ok(out)
     }))
@@ -469,6 +471,26 @@ impl LoadOptions {
             // Per model: set from the spec (or the request) when each model is loaded.
             vae: None,
         })
+    }
+}
+
+/// [`generate_on`] with `loras` merged into the model first (none = the base model, restored
+/// exactly if an earlier request merged some); their hashes go into the infotext.
+pub(crate) fn generate_with_loras(
+    model: &mut StableDiffusion,
+    request: &ValidRequest,
+    loras: &[crate::engine::lora::ResolvedLora],
+    progress: &mut dyn FnMut(Progress),
+    cancel: &CancelToken,
+) -> Result<GenerationResult> {
+    model.apply_loras(loras)?;
+    match model.lora_hashes(loras) {
+        Some(hashes) => {
+            let mut request = request.clone();
+            request.infotext_extra.push(("Lora hashes".into(), hashes));
+            generate_on(model, &request, progress, cancel)
+        }
+        None => generate_on(model, request, progress, cancel),
     }
 }
 
