@@ -74,7 +74,10 @@ fn a1111_txt2img_applies_a_prompt_lora_records_it_and_restores_the_base_model() 
     assert_eq!(r.status, 422, "{}", r.json);
     let text = r.json.to_string();
     assert!(text.contains("nope"), "{text}");
-    assert!(text.contains("kohya_locon"), "the known LoRAs are listed: {text}");
+    assert!(
+        text.contains("kohya_locon"),
+        "the known LoRAs are listed: {text}"
+    );
 
     let (again, _) = txt2img(&c, "an elf ranger");
     assert_eq!(base, again, "the base model did not come back exactly");

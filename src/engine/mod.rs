@@ -17,8 +17,8 @@ pub(crate) mod infotext;
 pub(crate) mod kernel_cases;
 pub(crate) mod kernels;
 pub(crate) mod loading;
-pub(crate) mod lora;
 mod local;
+pub(crate) mod lora;
 pub(crate) mod memory;
 pub(crate) mod models;
 pub(crate) mod networks;
@@ -52,8 +52,8 @@ pub use kernel_cases::{kernel_cases, KernelCase};
 pub use loading::model::ModelSource;
 pub use loading::model_hash::{sha256_file, HashCache, ModelHash};
 pub use local::{LocalModel, UnetTimings};
-pub use memory::{parse_size, resolve_limit as memory_limit};
 pub use lora::LoraUse;
+pub use memory::{parse_size, resolve_limit as memory_limit};
 pub use networks::{
     find_network, scan_network_dir, LoraRef, NetworkFile, EMBEDDING_DIR, LORA_DIR, MAX_LORAS,
     MAX_LORA_WEIGHT,

@@ -77,7 +77,8 @@ impl Fixture {
     /// The model's diffusers folder: `cases.json`'s `model` (relative to the fixture), else
     /// `model/`.
     fn model_dir(&self) -> PathBuf {
-        self.dir.join(self.cases["model"].as_str().unwrap_or("model"))
+        self.dir
+            .join(self.cases["model"].as_str().unwrap_or("model"))
     }
 
     /// The LoRAs a case applies, with their files beside `cases.json`.
@@ -306,7 +307,12 @@ fn run_all(fx: &Fixture, source_label: &str, source: &ModelSource) -> Vec<String
             .apply_loras(&loras)
             .unwrap_or_else(|e| panic!("{label}: applying its LoRAs: {e}"));
         for (what, got, key) in case_outputs(fx, &model, case, &label, &mut failures) {
-            component(&what, &got, &fx.t(case[key].as_str().unwrap()), &mut failures);
+            component(
+                &what,
+                &got,
+                &fx.t(case[key].as_str().unwrap()),
+                &mut failures,
+            );
         }
         if case["without_lora"].is_string() {
             // The same output with the LoRAs taken out again: the base model came back.

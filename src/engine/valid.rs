@@ -6,10 +6,10 @@
 use image::RgbImage;
 
 use super::error::Result;
+use super::lora::LoraUse;
 use super::output::ImageFormat;
 use super::pipeline::{HiresPass, Job};
 use super::samplers::img2img_start;
-use super::lora::LoraUse;
 use super::vae::VaeChoice;
 
 /// A request that passed validation; everything the engine thread needs but the model.

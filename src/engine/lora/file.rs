@@ -312,15 +312,24 @@ mod tests {
     fn keys_are_classified_by_format_and_part() {
         let (p, n, _) = classify("lora_te2_text_model_encoder_layers_0_mlp_fc1.alpha").unwrap();
         assert_eq!(p, Part::TextEncoder2);
-        assert_eq!(n, ModuleName::Underscored("encoder_layers_0_mlp_fc1".into()));
+        assert_eq!(
+            n,
+            ModuleName::Underscored("encoder_layers_0_mlp_fc1".into())
+        );
         let (p, n, _) =
             classify("text_encoder.text_model.encoder.layers.1.self_attn.q_proj.lora_A.weight")
                 .unwrap();
         assert_eq!(p, Part::TextEncoder);
-        assert_eq!(n, ModuleName::Dotted("encoder.layers.1.self_attn.q_proj".into()));
+        assert_eq!(
+            n,
+            ModuleName::Dotted("encoder.layers.1.self_attn.q_proj".into())
+        );
         let (p, n, _) = classify("unet.mid_block.attentions.0.proj_in.lora_B.weight").unwrap();
         assert_eq!(p, Part::Unet);
-        assert_eq!(n, ModuleName::Dotted("mid_block.attentions.0.proj_in".into()));
+        assert_eq!(
+            n,
+            ModuleName::Dotted("mid_block.attentions.0.proj_in".into())
+        );
         assert!(classify("lora_unet_x.hada_w1_a").is_none());
         assert!(classify("emb_params").is_none());
     }

@@ -72,7 +72,11 @@ pub(crate) fn resolve(uses: &[LoraUse], dir: Option<&Path>) -> Result<Vec<Resolv
                      folder's loras/)"
                         .to_string()
                 } else {
-                    let more = if files.len() > known.len() { ", ..." } else { "" };
+                    let more = if files.len() > known.len() {
+                        ", ..."
+                    } else {
+                        ""
+                    };
                     format!("known LoRAs: {}{more}", known.join(", "))
                 };
                 Err(EngineError::invalid(
@@ -394,7 +398,9 @@ impl StableDiffusion {
                 return Ok(None);
             };
             let target = &names.targets[&(part, name.to_string())];
-            let mut acc = w.to_device(&candle_core::Device::Cpu)?.to_dtype(DType::F32)?;
+            let mut acc = w
+                .to_device(&candle_core::Device::Cpu)?
+                .to_dtype(DType::F32)?;
             for (m, s) in mods {
                 acc = (acc + (delta(m, target)? * *s)?)?;
             }

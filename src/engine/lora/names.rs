@@ -137,10 +137,7 @@ mod tests {
                 "input_blocks_4_1_transformer_blocks_0_attn1_to_q",
                 "down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q",
             ),
-            (
-                "middle_block_1_proj_in",
-                "mid_block_attentions_0_proj_in",
-            ),
+            ("middle_block_1_proj_in", "mid_block_attentions_0_proj_in"),
             ("middle_block_2_out_layers_3", "mid_block_resnets_1_conv2"),
             (
                 "output_blocks_2_1_transformer_blocks_1_ff_net_0_proj",
@@ -148,12 +145,22 @@ mod tests {
             ),
             ("output_blocks_2_2_conv", "up_blocks_0_upsamplers_0_conv"),
             ("input_blocks_3_0_op", "down_blocks_0_downsamplers_0_conv"),
-            ("input_blocks_4_0_skip_connection", "down_blocks_1_resnets_0_conv_shortcut"),
-            ("input_blocks_1_0_emb_layers_1", "down_blocks_0_resnets_0_time_emb_proj"),
+            (
+                "input_blocks_4_0_skip_connection",
+                "down_blocks_1_resnets_0_conv_shortcut",
+            ),
+            (
+                "input_blocks_1_0_emb_layers_1",
+                "down_blocks_0_resnets_0_time_emb_proj",
+            ),
             ("time_embed_0", "time_embedding_linear_1"),
         ];
         for (sgm, diffusers) in cases {
-            assert_eq!(sgm_to_diffusers(sgm, 2).as_deref(), Some(diffusers), "{sgm}");
+            assert_eq!(
+                sgm_to_diffusers(sgm, 2).as_deref(),
+                Some(diffusers),
+                "{sgm}"
+            );
         }
         assert_eq!(sgm_to_diffusers("input_blocks_x_1_proj_in", 2), None);
         assert_eq!(sgm_to_diffusers("down_blocks_0_resnets_0_conv1", 2), None);

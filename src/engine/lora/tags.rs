@@ -135,7 +135,12 @@ mod tests {
 
     #[test]
     fn bad_tags_are_prompt_errors() {
-        for bad in ["<lora:a:lots>", "<lora:a:1:0.5>", "<lora: :1>", "<lora:a:x=1>"] {
+        for bad in [
+            "<lora:a:lots>",
+            "<lora:a:1:0.5>",
+            "<lora: :1>",
+            "<lora:a:x=1>",
+        ] {
             match extract(bad) {
                 Err(EngineError::InvalidInput { field, message }) => {
                     assert_eq!(field, "prompt");

@@ -48,7 +48,10 @@ fn write_kohya(path: &Path, modules: &[Module]) {
         map.insert(format!("{name}.lora_down.weight"), down.clone());
         map.insert(format!("{name}.lora_up.weight"), up.clone());
         if let Some(a) = alpha {
-            map.insert(format!("{name}.alpha"), Tensor::new(*a, &Device::Cpu).unwrap());
+            map.insert(
+                format!("{name}.alpha"),
+                Tensor::new(*a, &Device::Cpu).unwrap(),
+            );
         }
     }
     candle_core::safetensors::save(&map, path).unwrap();
@@ -155,7 +158,11 @@ fn sdxl_kohya_sgm_names_merge_into_the_unet_and_both_text_encoders() {
     model.apply_loras(&[]).unwrap();
     let restored = weights(&mut model);
     for (key, t) in &base {
-        assert_eq!(values(t), values(&restored[key]), "{key:?} not restored exactly");
+        assert_eq!(
+            values(t),
+            values(&restored[key]),
+            "{key:?} not restored exactly"
+        );
     }
 }
 
@@ -234,9 +241,12 @@ fn the_lora_hash_is_a1111s_addnet_hash() {
 #[ignore = "a benchmark: loads a full-size random model"]
 fn switch_figures() {
     use std::time::Instant;
-    let mut model =
-        StableDiffusion::load("sd15", &ModelSource::Random("sd15".into()), &LoadOptions::cpu())
-            .unwrap();
+    let mut model = StableDiffusion::load(
+        "sd15",
+        &ModelSource::Random("sd15".into()),
+        &LoadOptions::cpu(),
+    )
+    .unwrap();
     let names = model.lora_names().unwrap();
     let r = 32;
     let mut map = HashMap::new();
@@ -264,7 +274,10 @@ fn switch_figures() {
         let f16 = |d: &[usize]| (randn(d) * 0.01).unwrap().to_dtype(candle_core::DType::F16);
         map.insert(format!("{key}.lora_down.weight"), f16(&down_dims).unwrap());
         map.insert(format!("{key}.lora_up.weight"), f16(&up_dims).unwrap());
-        map.insert(format!("{key}.alpha"), Tensor::new(16f32, &Device::Cpu).unwrap());
+        map.insert(
+            format!("{key}.alpha"),
+            Tensor::new(16f32, &Device::Cpu).unwrap(),
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rank32.safetensors");
@@ -275,11 +288,18 @@ fn switch_figures() {
         model.apply_loras(set).unwrap();
         eprintln!("{what}: {:.3} s", t.elapsed().as_secs_f64());
     };
-    eprintln!("LoRA: {} modules, {:.1} MB", map.len() / 3, size as f64 / 1e6);
+    eprintln!(
+        "LoRA: {} modules, {:.1} MB",
+        map.len() / 3,
+        size as f64 / 1e6
+    );
     time("first use (read + merge)", &[lora(&path, 0.8)]);
     time("back to the base model", &[]);
     time("same set again (cached)", &[lora(&path, 0.8)]);
     time("switch to a new set (merge)", &[lora(&path, 0.5)]);
     time("back to the base model", &[]);
-    eprintln!("merged copies held: {:.1} MB", model.lora.extra_bytes() as f64 / 1e6);
+    eprintln!(
+        "merged copies held: {:.1} MB",
+        model.lora.extra_bytes() as f64 / 1e6
+    );
 }
