@@ -156,12 +156,25 @@ fn model_error(e: candle_core::Error) -> EngineError {
     EngineError::Model(format!("applying LoRA weights: {e}"))
 }
 
-/// `up @ down` laid out as the target weight is stored (f32, CPU).
-fn delta(m: &file::LoraModule, t: &Target) -> candle_core::Result<Tensor> {
-    let r = m.down.dim(0)?;
+/// `sum_i s_i * up_i @ down_i` laid out as the target weight is stored, in f32 on `device`.
+/// The pairs are stacked along the rank (`[up_1 s_1 | up_2 s_2] @ [down_1; down_2]`), so any
+/// number of LoRAs on one weight is one matmul, and the scales touch only the small factor:
+/// the merge makes one pass over the full-size weight.
+fn delta(
+    mods: &[(file::LoraModule, f64)],
+    t: &Target,
+    device: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
     let (out, fan_in) = t.out_and_fan_in();
-    let down = m.down.reshape((r, fan_in))?;
-    let up = m.up.reshape((out, r))?;
+    let mut downs = Vec::with_capacity(mods.len());
+    let mut ups = Vec::with_capacity(mods.len());
+    for (m, s) in mods {
+        let r = m.down.dim(0)?;
+        downs.push(m.down.reshape((r, fan_in))?);
+        ups.push((m.up.reshape((out, r))? * *s)?);
+    }
+    let down = Tensor::cat(&downs, 0)?.to_device(device)?;
+    let up = Tensor::cat(&ups, 1)?.to_device(device)?;
     match t.layout {
         WeightLayout::LinearT => down.t()?.matmul(&up.t()?),
         WeightLayout::Linear => up.matmul(&down),
@@ -398,16 +411,9 @@ impl StableDiffusion {
                 return Ok(None);
             };
             let target = &names.targets[&(part, name.to_string())];
-            let mut acc = w
-                .to_device(&candle_core::Device::Cpu)?
-                .to_dtype(DType::F32)?;
-            for (m, s) in mods {
-                acc = (acc + (delta(m, target)? * *s)?)?;
-            }
-            merged.insert(
-                (part, name.to_string()),
-                acc.to_dtype(w.dtype())?.to_device(w.device())?,
-            );
+            let d = delta(mods, target, w.device())?;
+            let sum = (w.to_dtype(DType::F32)? + d)?.to_dtype(w.dtype())?;
+            merged.insert((part, name.to_string()), sum);
             Ok(None)
         })
         .map_err(model_error)?;

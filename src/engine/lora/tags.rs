@@ -119,7 +119,7 @@ mod tests {
     #[test]
     fn tags_are_cut_out_and_read_as_a1111_reads_them() {
         let p = extract("a knight <lora:elf:0.8>, <lyco:style> (red:1.2) <hypernet:x:1>").unwrap();
-        assert_eq!(p.text, "a knight , (red:1.2) ");
+        assert_eq!(p.text, "a knight ,  (red:1.2) ");
         assert_eq!(
             uses("<lora:elf:0.8> <lyco:style> <lora:b:te=0.5> <lora:c:0.7:0.7>"),
             [
