@@ -255,10 +255,10 @@ impl LoraFile {
             let entry = pairs
                 .entry((part, name))
                 .or_insert_with(|| (prefix, Pair::default()));
-            let f32 = |t: Tensor| t.to_dtype(DType::F32).map_err(|e| format!("{key}: {e}"));
+            let to_f32 = |t: Tensor| t.to_dtype(DType::F32).map_err(|e| format!("{key}: {e}"));
             match leaf {
-                Leaf::Down => entry.1.down = Some(f32(tensor)?),
-                Leaf::Up => entry.1.up = Some(f32(tensor)?),
+                Leaf::Down => entry.1.down = Some(to_f32(tensor)?),
+                Leaf::Up => entry.1.up = Some(to_f32(tensor)?),
                 Leaf::Alpha => {
                     entry.1.alpha = Some(scalar(&tensor).map_err(|e| format!("{key}: {e}"))?)
                 }

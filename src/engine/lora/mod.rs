@@ -238,8 +238,9 @@ fn addnet_hash(path: &Path) -> std::io::Result<String> {
 }
 
 impl StableDiffusion {
-    /// Makes `set` the LoRAs merged into this model (empty = the base model). Nothing is
-    /// changed when a LoRA does not fit: the model stays as it was.
+    /// Makes `set` the LoRAs merged into this model (empty = the base model). Every module is
+    /// checked before any weight changes; when a LoRA does not fit, the model is left as the
+    /// base model.
     pub(crate) fn apply_loras(&mut self, set: &[ResolvedLora]) -> Result<()> {
         let key = set
             .iter()

@@ -129,7 +129,9 @@ fn sdxl_kohya_sgm_names_merge_into_the_unet_and_both_text_encoders() {
         let scale = alpha.map_or(1.0, |a| a as f64 / r as f64) * weight;
         // up @ down in PyTorch's (out, in...) layout, then laid out as the weight is stored.
         let out = up.dim(0).unwrap();
-        let d = (up.reshape((out, r)).unwrap())
+        let d = up
+            .reshape((out, r))
+            .unwrap()
             .matmul(&down.reshape((r, ())).unwrap())
             .unwrap();
         let d = if part == Part::Unet && w.rank() == 4 {

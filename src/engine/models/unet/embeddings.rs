@@ -56,6 +56,13 @@ impl TimestepEmbedding {
     }
 }
 
+impl VisitWeights for TimestepEmbedding {
+    fn visit_weights(&mut self, prefix: &str, f: &mut WeightFn) -> Result<()> {
+        visit_child(&mut self.linear_1, prefix, "linear_1", f)?;
+        visit_child(&mut self.linear_2, prefix, "linear_2", f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,12 +77,5 @@ mod tests {
         assert!((v[1][4] - 500f32.sin()).abs() < 1e-5);
         let g = timestep_features(0.0, 1, 4, false, 1.0, &Device::Cpu).unwrap();
         assert_eq!(g.to_vec2::<f32>().unwrap()[0], vec![0.0, 0.0, 1.0, 1.0]);
-    }
-}
-
-impl VisitWeights for TimestepEmbedding {
-    fn visit_weights(&mut self, prefix: &str, f: &mut WeightFn) -> Result<()> {
-        visit_child(&mut self.linear_1, prefix, "linear_1", f)?;
-        visit_child(&mut self.linear_2, prefix, "linear_2", f)
     }
 }
