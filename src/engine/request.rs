@@ -7,8 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{EngineError, Result};
 use super::infotext::InfoText;
-use super::lora::LoraUse;
-use super::networks::{MAX_LORAS, MAX_LORA_WEIGHT};
 use super::output::ImageFormat;
 use super::pipeline::{HiresPass, Job, Timings};
 use super::samplers::{parse_sampler, SamplerSpec};
@@ -135,48 +133,6 @@ fn check_range(field: &'static str, v: f64, lo: f64, hi: f64, lo_open: bool) -> 
 }
 
 impl GenerationRequest {
-    /// The prompt to encode (tags cut out) and every LoRA the request applies: the prompt's
-    /// `<lora:...>` tags, then the `loras` field. A name given twice is applied twice, so the
-    /// weights add, as A1111 applies duplicate tags.
-    fn loras_to_apply(&self) -> Result<(String, Vec<LoraUse>)> {
-        let tagged = super::lora::tags::extract(&self.prompt)?;
-        let mut loras = tagged.loras;
-        for l in &self.loras {
-            if l.name.trim().is_empty() {
-                return Err(EngineError::invalid("loras", "a LoRA needs a name"));
-            }
-            loras.push(LoraUse {
-                name: l.name.trim().to_string(),
-                weight: l.weight,
-                field: "loras",
-            });
-        }
-        if loras.len() > MAX_LORAS {
-            return Err(EngineError::invalid(
-                "loras",
-                format!(
-                    "at most {MAX_LORAS} LoRAs at once (prompt tags and the loras field \
-                     together), got {}",
-                    loras.len()
-                ),
-            ));
-        }
-        if let Some(l) = loras
-            .iter()
-            .find(|l| !l.weight.is_finite() || l.weight.abs() > MAX_LORA_WEIGHT)
-        {
-            return Err(EngineError::invalid(
-                l.field,
-                format!(
-                    "LoRA {:?}: weight must be between -{MAX_LORA_WEIGHT} and {MAX_LORA_WEIGHT}, \
-                     got {}",
-                    l.name, l.weight
-                ),
-            ));
-        }
-        Ok((tagged.text, loras))
-    }
-
     /// Checks every field against its limit and resolves defaults and the seed.
     pub fn validate(self, defaults: &Defaults) -> Result<ValidRequest> {
         for (field, text) in [
@@ -191,7 +147,7 @@ impl GenerationRequest {
                 ));
             }
         }
-        let (encoded_prompt, loras) = self.loras_to_apply()?;
+        let (encoded_prompt, loras) = super::lora::tags::requested(&self.prompt, &self.loras)?;
         let steps = self.steps.unwrap_or(defaults.steps);
         if !(1..=MAX_STEPS).contains(&steps) {
             return Err(EngineError::invalid(

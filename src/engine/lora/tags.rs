@@ -10,6 +10,7 @@ use regex::Regex;
 
 use super::LoraUse;
 use crate::engine::error::{EngineError, Result};
+use crate::engine::networks::{LoraRef, MAX_LORAS, MAX_LORA_WEIGHT};
 
 /// A1111's `re_extra_net`.
 fn tag_regex() -> &'static Regex {
@@ -103,6 +104,47 @@ pub fn extract(prompt: &str) -> Result<PromptLoras> {
     Ok(PromptLoras { text, loras })
 }
 
+/// What a request's prompt and `loras` field ask for: the prompt to encode (tags cut out) and
+/// every LoRA to apply, the tags first. A name given twice is applied twice, so the weights
+/// add, as A1111 applies duplicate tags.
+pub fn requested(prompt: &str, field: &[LoraRef]) -> Result<(String, Vec<LoraUse>)> {
+    let tagged = extract(prompt)?;
+    let mut loras = tagged.loras;
+    for l in field {
+        if l.name.trim().is_empty() {
+            return Err(EngineError::invalid("loras", "a LoRA needs a name"));
+        }
+        loras.push(LoraUse {
+            name: l.name.trim().to_string(),
+            weight: l.weight,
+            field: "loras",
+        });
+    }
+    if loras.len() > MAX_LORAS {
+        return Err(EngineError::invalid(
+            "loras",
+            format!(
+                "at most {MAX_LORAS} LoRAs at once (prompt tags and the loras field together), \
+                 got {}",
+                loras.len()
+            ),
+        ));
+    }
+    if let Some(l) = loras
+        .iter()
+        .find(|l| !l.weight.is_finite() || l.weight.abs() > MAX_LORA_WEIGHT)
+    {
+        return Err(EngineError::invalid(
+            l.field,
+            format!(
+                "LoRA {:?}: weight must be between -{MAX_LORA_WEIGHT} and {MAX_LORA_WEIGHT}, got {}",
+                l.name, l.weight
+            ),
+        ));
+    }
+    Ok((tagged.text, loras))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +191,35 @@ mod tests {
                 other => panic!("{bad}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_loras_field_adds_to_the_tags_within_the_limits() {
+        let field = |name: &str, weight: f64| LoraRef {
+            name: name.into(),
+            weight,
+        };
+        let (text, loras) = requested("a <lora:a:0.5>", &[field("a", 0.25)]).unwrap();
+        assert_eq!(text, "a ");
+        let got: Vec<_> = loras
+            .iter()
+            .map(|l| (l.name.as_str(), l.weight, l.field))
+            .collect();
+        assert_eq!(got, [("a", 0.5, "prompt"), ("a", 0.25, "loras")]);
+        let field_of = |r: Result<(String, Vec<LoraUse>)>| match r {
+            Err(EngineError::InvalidInput { field, message }) => (field, message),
+            other => panic!("expected an input error, got {other:?}"),
+        };
+        let (f, m) = field_of(requested("x", &[field("a", 11.0)]));
+        assert_eq!(f, "loras");
+        assert!(m.contains("10"), "{m}");
+        assert_eq!(field_of(requested("<lora:a:-12>", &[])).0, "prompt");
+        assert_eq!(field_of(requested("x", &[field("a", f64::NAN)])).0, "loras");
+        let many: Vec<_> = (0..=MAX_LORAS)
+            .map(|i| field(&format!("l{i}"), 1.0))
+            .collect();
+        let (f, m) = field_of(requested("x", &many));
+        assert_eq!(f, "loras");
+        assert!(m.contains(&MAX_LORAS.to_string()), "{m}");
     }
 }
