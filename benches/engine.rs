@@ -50,7 +50,7 @@ fn benches(c: &mut Criterion) {
     .validate(&defaults)
     .unwrap();
 
-    let local = LocalModel::load(&config).expect("fixture model");
+    let mut local = LocalModel::load(&config).expect("fixture model");
     c.bench_function("txt2img 64x96, 8 steps Euler a", |b| {
         b.iter(|| {
             local

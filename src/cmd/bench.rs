@@ -73,7 +73,7 @@ pub fn run(args: Args, profile: Option<super::profile::Profile>) -> anyhow::Resu
     .validate(&resolved.defaults)?;
 
     let load_started = Instant::now();
-    let model = LocalModel::load(&resolved.config)?;
+    let mut model = LocalModel::load(&resolved.config)?;
     let load_s = load_started.elapsed().as_secs_f64();
     let rss_after_load_mb = rss_mb();
     if args.no_decode {

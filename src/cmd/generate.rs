@@ -108,7 +108,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     .validate(&resolved.defaults)?;
 
     eprintln!("loading {} ...", resolved.name);
-    let model = LocalModel::load(&resolved.config)?;
+    let mut model = LocalModel::load(&resolved.config)?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} step {pos}/{len} {elapsed_precise} ETA {eta}")

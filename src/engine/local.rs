@@ -15,13 +15,15 @@ use super::loading::model_hash::HashCache;
 use super::pipeline::{CancelToken, Cond, Progress};
 use super::request::GenerationResult;
 use super::valid::ValidRequest;
-use super::worker::{generate_on, load_spec, EngineConfig};
+use super::worker::{generate_with_loras, load_spec, EngineConfig};
 
 /// A loaded model, used from the thread that loaded it.
 pub struct LocalModel {
     model: StableDiffusion,
     flash_attn: bool,
     embeddings: EmbeddingLibrary,
+    /// Where the LoRAs a request names are looked up (the configuration's `loras_dir`).
+    loras_dir: Option<std::path::PathBuf>,
 }
 
 /// What [`LocalModel::time_unet`] measured.
@@ -47,6 +49,7 @@ impl LocalModel {
             model,
             flash_attn: config.use_flash_attn,
             embeddings: EmbeddingLibrary::new(config.embeddings_dir.clone()),
+            loras_dir: config.loras_dir.clone(),
         })
     }
 
@@ -54,14 +57,22 @@ impl LocalModel {
         &self.model.name
     }
 
-    /// Runs a validated request and encodes its images.
+    /// Runs a validated request (with its LoRAs merged in) and encodes its images.
     pub fn generate(
-        &self,
+        &mut self,
         request: &ValidRequest,
         progress: &mut dyn FnMut(Progress),
         cancel: &CancelToken,
     ) -> Result<GenerationResult> {
-        generate_on(&self.model, &self.embeddings, request, progress, cancel)
+        let loras = super::lora::resolve(request.loras(), self.loras_dir.as_deref())?;
+        generate_with_loras(
+            &mut self.model,
+            &self.embeddings,
+            request,
+            &loras,
+            progress,
+            cancel,
+        )
     }
 
     /// "cpu", "cuda" or "metal".

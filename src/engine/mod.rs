@@ -19,6 +19,7 @@ pub(crate) mod kernel_cases;
 pub(crate) mod kernels;
 pub(crate) mod loading;
 mod local;
+pub(crate) mod lora;
 pub(crate) mod memory;
 pub(crate) mod models;
 pub(crate) mod network_info;
@@ -56,6 +57,7 @@ pub use kernel_cases::{kernel_cases, KernelCase};
 pub use loading::model::ModelSource;
 pub use loading::model_hash::{sha256_file, HashCache, ModelHash};
 pub use local::{LocalModel, UnetTimings};
+pub use lora::LoraUse;
 pub use memory::{parse_size, resolve_limit as memory_limit};
 pub use network_info::safetensors_metadata;
 pub use networks::{

@@ -1,7 +1,10 @@
 //! Parity with diffusers: runs every case of a reference fixture (default the committed
-//! `tests/fixtures/tiny-sd15`, `tiny-sdxl` and `tiny-sdxl-vpred`, or the directory in
+//! `tests/fixtures/tiny-sd15`, `tiny-sdxl`, `tiny-sdxl-vpred` and `tiny-lora`, or the directory in
 //! `LIMNER_PARITY_FIXTURE`, of either family) against the engine, loading the model from its
-//! diffusers folder and again from each single-file checkpoint. `tests/parity.rs` runs it; it
+//! diffusers folder and again from each single-file checkpoint (a fixture whose `cases.json`
+//! names a `model` elsewhere, as `tiny-lora` does, uses that model's folder and single files).
+//! A case's `loras` (`[{file, weight}]`, files beside `cases.json`) are merged in first, and a
+//! `without_lora` key is checked again after they are taken out. `tests/parity.rs` runs it; it
 //! is compiled into the library (hidden from its docs) because it drives engine internals.
 //! Nothing here names a fixture-specific value: the cases, tensors and tolerances come from
 //! `cases.json`, `reference.safetensors` and the contract (components 1e-3 relative; pipelines
@@ -11,6 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::engine::loading::model::{LoadOptions, ModelSource, StableDiffusion};
+use crate::engine::lora::ResolvedLora;
 use crate::engine::models::unet::AddedConditioning;
 use crate::engine::noise::{NoisePurpose, NoiseSource};
 use crate::engine::pipeline::{CancelToken, Cond, Job};
@@ -26,7 +30,7 @@ use serde_json::Value;
 pub fn fixture_dirs() -> Vec<PathBuf> {
     match std::env::var_os("LIMNER_PARITY_FIXTURE") {
         Some(dir) => vec![PathBuf::from(dir)],
-        None => ["tiny-sd15", "tiny-sdxl", "tiny-sdxl-vpred"]
+        None => ["tiny-sd15", "tiny-sdxl", "tiny-sdxl-vpred", "tiny-lora"]
             .iter()
             .map(|name| {
                 Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -70,13 +74,41 @@ impl Fixture {
         self.cases["cases"].as_array().expect("cases[]")
     }
 
+    /// The model's diffusers folder: `cases.json`'s `model` (relative to the fixture), else
+    /// `model/`.
+    fn model_dir(&self) -> PathBuf {
+        self.dir
+            .join(self.cases["model"].as_str().unwrap_or("model"))
+    }
+
+    /// The LoRAs a case applies, with their files beside `cases.json`.
+    fn loras(&self, case: &Value) -> Vec<ResolvedLora> {
+        case["loras"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|l| {
+                        let file = l["file"].as_str().expect("lora file");
+                        ResolvedLora {
+                            name: file.to_string(),
+                            path: self.dir.join(file),
+                            weight: l["weight"].as_f64().unwrap_or(1.0),
+                            field: "loras",
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn sources(&self) -> Vec<(String, ModelSource)> {
-        let model = self.dir.join("model");
+        let model = self.model_dir();
         let mut out = vec![(
             "diffusers folder".to_string(),
             ModelSource::Folder(model.clone()),
         )];
-        if let Ok(entries) = std::fs::read_dir(self.dir.join("single-file")) {
+        let single = model.parent().unwrap_or(&self.dir).join("single-file");
+        if let Ok(entries) = std::fs::read_dir(single) {
             let mut files: Vec<_> = entries
                 .flatten()
                 .map(|e| e.path())
@@ -255,7 +287,7 @@ fn run_pipeline_case(
 }
 
 fn run_all(fx: &Fixture, source_label: &str, source: &ModelSource) -> Vec<String> {
-    let model = StableDiffusion::load("parity", source, &LoadOptions::cpu())
+    let mut model = StableDiffusion::load("parity", source, &LoadOptions::cpu())
         .unwrap_or_else(|e| panic!("{source_label}: load failed: {e}"));
     let mut failures = vec![];
     let mut ran = 0;
@@ -271,70 +303,99 @@ fn run_all(fx: &Fixture, source_label: &str, source: &ModelSource) -> Vec<String
             )
         });
         let label = format!("[{source_label}] {id}");
-        let want = |key: &str| fx.t(case[key].as_str().unwrap());
-        // (what, our tensor, the reference's key) per component case.
-        let checks: Vec<(String, Tensor, &str)> = match kind {
-            "text_embeddings" => {
-                let got = model
-                    .encode_plain(case["prompt"].as_str().unwrap(), 0)
-                    .unwrap();
-                vec![(label, got.context, "expected")]
+        let loras = fx.loras(case);
+        model
+            .apply_loras(&loras)
+            .unwrap_or_else(|e| panic!("{label}: applying its LoRAs: {e}"));
+        for (what, got, key) in case_outputs(fx, &model, case, &label, &mut failures) {
+            component(
+                &what,
+                &got,
+                &fx.t(case[key].as_str().unwrap()),
+                &mut failures,
+            );
+        }
+        if case["without_lora"].is_string() {
+            // The same output with the LoRAs taken out again: the base model came back.
+            model.apply_loras(&[]).unwrap();
+            for (what, got, _) in case_outputs(fx, &model, case, &label, &mut failures) {
+                let want = fx.t(case["without_lora"].as_str().unwrap());
+                component(&format!("{what} without LoRA"), &got, &want, &mut failures);
             }
-            "sdxl_text_embeddings" => sdxl_text_checks(&model, case, &label),
-            "unet" => {
-                let t = case["timestep"].as_f64().unwrap();
-                let context = want("context");
-                let got = model
-                    .unet_forward(&want("sample"), t, &Cond::text(&context))
-                    .unwrap();
-                vec![(format!("{label} t={}", case["timestep"]), got, "expected")]
-            }
-            "sdxl_unet" => {
-                let t = case["timestep"].as_f64().unwrap();
-                let context = want("context");
-                let ids: Vec<f64> = case["time_ids"]
-                    .as_array()
-                    .expect("time_ids")
-                    .iter()
-                    .map(|v| v.as_f64().unwrap())
-                    .collect();
-                let cond = Cond {
-                    context: &context,
-                    added: Some(AddedConditioning {
-                        text_embeds: want("text_embeds"),
-                        time_ids: ids.try_into().expect("six time ids"),
-                    }),
-                };
-                let got = model.unet_forward(&want("sample"), t, &cond).unwrap();
-                vec![(format!("{label} t={}", case["timestep"]), got, "expected")]
-            }
-            "vae_decode" => {
-                let got = model.decode(&want("latents_scaled")).unwrap();
-                vec![(label, got, "expected")]
-            }
-            "vae_encode" => {
-                let post = model.vae.encode(&want("image")).unwrap();
-                vec![
-                    (format!("{label} mean"), post.mean, "expected_mean"),
-                    (format!("{label} std"), post.std, "expected_std"),
-                ]
-            }
-            "txt2img" | "img2img" | "sdxl_txt2img" | "sdxl_img2img" => {
-                run_pipeline_case(fx, &model, case, &label, &mut failures);
-                vec![]
-            }
-            other => {
-                failures.push(format!("{label}: unknown case kind '{other}'"));
-                vec![]
-            }
-        };
-        for (what, got, key) in checks {
-            component(&what, &got, &want(key), &mut failures);
         }
         ran += 1;
     }
     assert!(ran > 0, "no cases ran");
     failures
+}
+
+/// A case's outputs as (what, our tensor, the reference's key); pipeline cases are checked
+/// in place and give none.
+fn case_outputs(
+    fx: &Fixture,
+    model: &StableDiffusion,
+    case: &Value,
+    label: &str,
+    failures: &mut Vec<String>,
+) -> Vec<(String, Tensor, &'static str)> {
+    let label = label.to_string();
+    let kind = case["kind"].as_str().unwrap_or_default();
+    let want = |key: &str| fx.t(case[key].as_str().unwrap());
+    match kind {
+        "text_embeddings" => {
+            let got = model
+                .encode_plain(case["prompt"].as_str().unwrap(), 0)
+                .unwrap();
+            vec![(label, got.context, "expected")]
+        }
+        "sdxl_text_embeddings" => sdxl_text_checks(model, case, &label),
+        "unet" => {
+            let t = case["timestep"].as_f64().unwrap();
+            let context = want("context");
+            let got = model
+                .unet_forward(&want("sample"), t, &Cond::text(&context))
+                .unwrap();
+            vec![(format!("{label} t={}", case["timestep"]), got, "expected")]
+        }
+        "sdxl_unet" => {
+            let t = case["timestep"].as_f64().unwrap();
+            let context = want("context");
+            let ids: Vec<f64> = case["time_ids"]
+                .as_array()
+                .expect("time_ids")
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            let cond = Cond {
+                context: &context,
+                added: Some(AddedConditioning {
+                    text_embeds: want("text_embeds"),
+                    time_ids: ids.try_into().expect("six time ids"),
+                }),
+            };
+            let got = model.unet_forward(&want("sample"), t, &cond).unwrap();
+            vec![(format!("{label} t={}", case["timestep"]), got, "expected")]
+        }
+        "vae_decode" => {
+            let got = model.decode(&want("latents_scaled")).unwrap();
+            vec![(label, got, "expected")]
+        }
+        "vae_encode" => {
+            let post = model.vae.encode(&want("image")).unwrap();
+            vec![
+                (format!("{label} mean"), post.mean, "expected_mean"),
+                (format!("{label} std"), post.std, "expected_std"),
+            ]
+        }
+        "txt2img" | "img2img" | "sdxl_txt2img" | "sdxl_img2img" => {
+            run_pipeline_case(fx, model, case, &label, failures);
+            vec![]
+        }
+        other => {
+            failures.push(format!("{label}: unknown case kind '{other}'"));
+            vec![]
+        }
+    }
 }
 
 /// SDXL's prompt embeddings and pooled output, and each encoder's last hidden state (after the
@@ -404,13 +465,14 @@ pub fn tokenizer_ids_match_reference() {
         let cases = fx.cases["tokenizer"].as_array().expect("tokenizer cases");
         assert!(!cases.is_empty());
         for (folder, key) in [
-            ("model/tokenizer", "input_ids_padded_77"),
-            ("model/tokenizer_2", "input_ids_2_padded_77"),
+            ("tokenizer", "input_ids_padded_77"),
+            ("tokenizer_2", "input_ids_2_padded_77"),
         ] {
-            if !fx.dir.join(folder).is_dir() {
+            let dir = fx.model_dir().join(folder);
+            if !dir.is_dir() {
                 continue;
             }
-            let tok = ClipTokenizer::from_dir(&fx.dir.join(folder)).unwrap();
+            let tok = ClipTokenizer::from_dir(&dir).unwrap();
             for case in cases {
                 let prompt = case["prompt"].as_str().unwrap();
                 let want: Vec<u32> = case[key]

@@ -147,6 +147,7 @@ impl GenerationRequest {
                 ));
             }
         }
+        let (encoded_prompt, loras) = super::lora::tags::requested(&self.prompt, &self.loras)?;
         let steps = self.steps.unwrap_or(defaults.steps);
         if !(1..=MAX_STEPS).contains(&steps) {
             return Err(EngineError::invalid(
@@ -278,8 +279,11 @@ impl GenerationRequest {
         Ok(ValidRequest {
             vae: super::vae::VaeChoice::parse(self.vae.as_deref().unwrap_or("")),
             model: self.model,
+            sent_prompt: self.prompt,
+            loras,
+            infotext_extra: Vec::new(),
             job: Job {
-                prompt: self.prompt,
+                prompt: encoded_prompt,
                 negative_prompt: self.negative_prompt,
                 steps,
                 cfg_scale,
@@ -300,7 +304,6 @@ impl GenerationRequest {
             init_image,
             seeds,
             format,
-            loras: self.loras,
             embeddings,
         })
     }
@@ -388,7 +391,7 @@ pub(crate) fn infotext_for(
     let job = &request.job;
     let img2img = request.init_image.is_some();
     let mut info = InfoText {
-        prompt: job.prompt.clone(),
+        prompt: request.infotext_prompt(),
         negative_prompt: job.negative_prompt.clone(),
         steps: job.steps,
         sampler: job.sampler.display_name(),
@@ -424,6 +427,7 @@ pub(crate) fn infotext_for(
     if !embeddings.is_empty() {
         info.extra.push(("TI hashes".into(), ti_hashes(embeddings)));
     }
+    info.extra.extend(request.infotext_extra.iter().cloned());
     info.push_version();
     info.to_string()
 }

@@ -6,6 +6,7 @@
 use image::RgbImage;
 
 use super::error::Result;
+use super::lora::LoraUse;
 use super::output::ImageFormat;
 use super::pipeline::{HiresPass, Job};
 use super::samplers::img2img_start;
@@ -23,8 +24,12 @@ pub struct ValidRequest {
     pub(super) format: ImageFormat,
     /// The VAE to decode with.
     pub(super) vae: VaeChoice,
-    /// LoRAs named outside the prompt (the portrait API's `loras`, a character's pinned ones).
-    pub(super) loras: Vec<super::LoraRef>,
+    /// The prompt as sent, `<lora:...>` tags included (the job's prompt has them cut out).
+    pub(super) sent_prompt: String,
+    /// The LoRAs to apply: the prompt's tags, then the `loras` field, in order.
+    pub(super) loras: Vec<LoraUse>,
+    /// Infotext keys the engine thread adds once it knows them (`Lora hashes`).
+    pub(super) infotext_extra: Vec<(String, String)>,
     /// Embeddings that must exist (a character's pinned ones).
     pub(super) embeddings: Vec<String>,
 }
@@ -56,16 +61,29 @@ impl ValidRequest {
     pub fn vae(&self) -> &VaeChoice {
         &self.vae
     }
-    /// The LoRAs asked for besides the prompt's `<lora:name:w>` tags.
-    pub fn loras(&self) -> &[super::LoraRef] {
-        &self.loras
-    }
     /// The embeddings the request requires by name.
     pub fn embeddings(&self) -> &[String] {
         &self.embeddings
     }
+    /// The prompt as sent, with its `<lora:...>` tags.
     pub fn prompt(&self) -> &str {
-        &self.job.prompt
+        &self.sent_prompt
+    }
+    /// The LoRAs the request applies (tags first, then the `loras` field).
+    pub fn loras(&self) -> &[LoraUse] {
+        &self.loras
+    }
+    /// The infotext's prompt: as sent, plus a tag for every LoRA of the `loras` field, so the
+    /// infotext alone repaints the image (A1111 appends its `sd_lora` setting the same way).
+    pub fn infotext_prompt(&self) -> String {
+        let mut p = self.sent_prompt.clone();
+        for l in self.loras.iter().filter(|l| l.field == "loras") {
+            if !p.is_empty() && !p.ends_with(char::is_whitespace) {
+                p.push(' ');
+            }
+            p.push_str(&format!("<lora:{}:{}>", l.name, l.weight));
+        }
+        p
     }
     pub fn negative_prompt(&self) -> &str {
         &self.job.negative_prompt

@@ -300,7 +300,7 @@ impl Loaded {
         spec: &ModelSpec,
         vae: Option<PathBuf>,
         opts: &LoadOptions,
-    ) -> Result<&StableDiffusion> {
+    ) -> Result<&mut StableDiffusion> {
         let key = (spec.name.clone(), vae);
         if let Some(i) = self.models.iter().position(|(k, _)| *k == key) {
             let entry = self.models.remove(i);
@@ -316,7 +316,8 @@ impl Loaded {
             }
             self.models.push((key, model));
         }
-        Ok(&self.models[self.models.len() - 1].1)
+        let last = self.models.len() - 1;
+        Ok(&mut self.models[last].1)
     }
 }
 
@@ -474,8 +475,9 @@ fn serve_one(
             .find(|m| m.name == name)
             .ok_or_else(|| EngineError::UnknownModel(name.clone()))?;
         let vae = chosen_vae(spec, &request.vae, &config.vaes)?;
+        let loras = crate::engine::lora::resolve(&request.loras, config.loras_dir.as_deref())?;
         let model = loaded.get(spec, vae, opts)?;
-        let out = generate_on(model, embeddings, request, progress, cancel)?;
+        let out = generate_with_loras(model, embeddings, request, &loras, progress, cancel)?;
         tracing::info!(ms = out.timings.total_ms.round(), "painted");
         Ok(out)
     }))
@@ -511,6 +513,27 @@ impl LoadOptions {
             // Per model: set from the spec (or the request) when each model is loaded.
             vae: None,
         })
+    }
+}
+
+/// [`generate_on`] with `loras` merged into the model first (none = the base model, restored
+/// exactly if an earlier request merged some); their hashes go into the infotext.
+pub(crate) fn generate_with_loras(
+    model: &mut StableDiffusion,
+    embeddings: &EmbeddingLibrary,
+    request: &ValidRequest,
+    loras: &[crate::engine::lora::ResolvedLora],
+    progress: &mut dyn FnMut(Progress),
+    cancel: &CancelToken,
+) -> Result<GenerationResult> {
+    model.apply_loras(loras)?;
+    match model.lora_hashes(loras) {
+        Some(hashes) => {
+            let mut request = request.clone();
+            request.infotext_extra.push(("Lora hashes".into(), hashes));
+            generate_on(model, embeddings, &request, progress, cancel)
+        }
+        None => generate_on(model, embeddings, request, progress, cancel),
     }
 }
 

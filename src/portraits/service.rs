@@ -292,7 +292,12 @@ impl PortraitService {
         // Recorded in history, so a portrait says which LoRAs painted it.
         if let Value::Object(map) = &mut parameters {
             if !request.loras().is_empty() {
-                map.insert("loras".into(), json!(request.loras()));
+                let loras: Vec<Value> = request
+                    .loras()
+                    .iter()
+                    .map(|l| json!({"name": l.name, "weight": l.weight}))
+                    .collect();
+                map.insert("loras".into(), json!(loras));
             }
             if !request.embeddings().is_empty() {
                 map.insert("embeddings".into(), json!(request.embeddings()));

@@ -126,6 +126,8 @@ pub struct StableDiffusion {
     pub weight_bytes: u64,
     /// See [`LoadOptions::max_memory`].
     pub max_memory: Option<u64>,
+    /// The LoRAs merged in now, the base tensors they replaced and the merge cache.
+    pub(crate) lora: crate::engine::lora::LoraState,
 }
 
 /// The weight files of one component: `*.safetensors`, preferring the variant when present.
@@ -523,6 +525,7 @@ impl StableDiffusion {
             vae_tile: opts.vae_tile,
             weight_bytes: counter.get(),
             max_memory: opts.max_memory,
+            lora: Default::default(),
         })
     }
 
@@ -534,7 +537,7 @@ impl StableDiffusion {
     /// What the memory estimate needs to know about this model.
     pub fn footprint(&self) -> crate::engine::memory::ModelFootprint {
         crate::engine::memory::ModelFootprint {
-            weights: self.weight_bytes,
+            weights: self.weight_bytes + self.lora.extra_bytes(),
             unet_channels: self.unet_config.block_out_channels[0],
             vae_channels: self.vae.config.block_out_channels[0],
             value_bytes: self.dtype.size_in_bytes(),

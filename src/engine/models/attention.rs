@@ -5,6 +5,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::layers::{GroupNorm, Linear};
+use super::weights::{visit_child, VisitWeights, WeightFn};
 use crate::engine::kernels;
 
 #[derive(Debug, Clone)]
@@ -50,6 +51,15 @@ impl Attention {
             kernels::attention(&q, &k, &v, self.heads, self.scale)?
         };
         self.to_out.forward(&out)
+    }
+}
+
+impl VisitWeights for Attention {
+    fn visit_weights(&mut self, prefix: &str, f: &mut WeightFn) -> Result<()> {
+        visit_child(&mut self.to_q, prefix, "to_q", f)?;
+        visit_child(&mut self.to_k, prefix, "to_k", f)?;
+        visit_child(&mut self.to_v, prefix, "to_v", f)?;
+        visit_child(&mut self.to_out, prefix, "to_out.0", f)
     }
 }
 

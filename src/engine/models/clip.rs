@@ -7,6 +7,7 @@ use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, Var
 
 use crate::engine::architecture::{ClipActivation, ClipConfig};
 use crate::engine::error::Result;
+use crate::engine::models::weights::{visit_child, VisitWeights, WeightFn};
 use crate::engine::text::ClipTokenizer;
 
 struct Attention {
@@ -319,4 +320,22 @@ pub fn apply_weights(z: &Tensor, weights: &[f32]) -> Result<Tensor> {
 /// Concatenates per-chunk embeddings along the sequence, as A1111 feeds long prompts.
 pub fn concat_chunks(chunks: &[Tensor]) -> Result<Tensor> {
     Ok(Tensor::cat(chunks, D::Minus2)?)
+}
+
+impl VisitWeights for ClipTextModel {
+    /// transformers' names without the `text_model.` prefix (diffusers strips it too):
+    /// `encoder.layers.N.self_attn.{q,k,v,out}_proj`, `encoder.layers.N.mlp.fc{1,2}`.
+    fn visit_weights(&mut self, prefix: &str, f: &mut WeightFn) -> candle_core::Result<()> {
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let p = format!("{prefix}encoder.layers.{i}.");
+            let a = &mut layer.attn;
+            visit_child(&mut a.q, &p, "self_attn.q_proj", f)?;
+            visit_child(&mut a.k, &p, "self_attn.k_proj", f)?;
+            visit_child(&mut a.v, &p, "self_attn.v_proj", f)?;
+            visit_child(&mut a.out, &p, "self_attn.out_proj", f)?;
+            visit_child(&mut layer.fc1, &p, "mlp.fc1", f)?;
+            visit_child(&mut layer.fc2, &p, "mlp.fc2", f)?;
+        }
+        Ok(())
+    }
 }

@@ -4,6 +4,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::weights::{visit_tensor, VisitWeights, WeightFn, WeightLayout};
 use crate::engine::kernels::{self, Conv2dParams};
 
 /// A 2-D convolution with bias, stored in the (Cout, Cin*kh*kw) layout the kernel's gemm reads.
@@ -46,6 +47,12 @@ impl Conv2d {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _span = tracing::trace_span!("conv2d").entered();
         kernels::conv2d(x, &self.weight, &self.bias, self.params)
+    }
+}
+
+impl VisitWeights for Conv2d {
+    fn visit_weights(&mut self, prefix: &str, f: &mut WeightFn) -> Result<()> {
+        visit_tensor(&mut self.weight, prefix, WeightLayout::Conv, f)
     }
 }
 
@@ -123,6 +130,12 @@ impl Linear {
         let mut out = dims;
         *out.last_mut().expect("rank >= 1") = self.out_features();
         y.reshape(out)
+    }
+}
+
+impl VisitWeights for Linear {
+    fn visit_weights(&mut self, prefix: &str, f: &mut WeightFn) -> Result<()> {
+        visit_tensor(&mut self.weight_t, prefix, WeightLayout::LinearT, f)
     }
 }
 

@@ -8,3 +8,4 @@ pub mod layers;
 pub mod resnet;
 pub mod unet;
 pub mod vae;
+pub mod weights;

@@ -5,6 +5,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::layers::{Conv2d, GroupNorm, Linear};
+use super::weights::{visit_child, VisitWeights, WeightFn};
 
 #[derive(Debug, Clone)]
 pub struct ResnetBlock2D {
@@ -67,5 +68,14 @@ impl ResnetBlock2D {
         } else {
             y / self.output_scale_factor
         }
+    }
+}
+
+impl VisitWeights for ResnetBlock2D {
+    fn visit_weights(&mut self, prefix: &str, f: &mut WeightFn) -> Result<()> {
+        visit_child(&mut self.conv1, prefix, "conv1", f)?;
+        visit_child(&mut self.time_emb_proj, prefix, "time_emb_proj", f)?;
+        visit_child(&mut self.conv2, prefix, "conv2", f)?;
+        visit_child(&mut self.conv_shortcut, prefix, "conv_shortcut", f)
     }
 }

@@ -15,6 +15,9 @@ mod unet;
 mod vae;
 mod vae_file;
 
+pub(crate) use file::load as load_weight_file;
+pub(crate) use unet::map_key as map_sgm_unet_key;
+
 #[cfg(test)]
 mod sdxl_tests;
 #[cfg(test)]

@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::engine::models::layers::Linear;
+use crate::engine::models::weights::{visit_child, VisitWeights, WeightFn};
 
 /// Sinusoidal features of `t` for each of `batch` samples, `dim` wide, computed in f32 the way
 /// diffusers' `get_timestep_embedding` computes them so fractional timesteps match.
@@ -52,6 +53,13 @@ impl TimestepEmbedding {
     pub fn forward(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
         let h = candle_nn::ops::silu(&self.linear_1.forward(&x.to_dtype(dtype)?)?)?;
         self.linear_2.forward(&h)
+    }
+}
+
+impl VisitWeights for TimestepEmbedding {
+    fn visit_weights(&mut self, prefix: &str, f: &mut WeightFn) -> Result<()> {
+        visit_child(&mut self.linear_1, prefix, "linear_1", f)?;
+        visit_child(&mut self.linear_2, prefix, "linear_2", f)
     }
 }
 

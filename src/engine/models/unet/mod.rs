@@ -16,6 +16,7 @@ use candle_nn::VarBuilder;
 
 use super::layers::{upsample_nearest, Conv2d, GroupNorm};
 use super::resnet::{ResnetBlock2D, ResnetConfig};
+use super::weights::{visit_child, VisitWeights, WeightFn};
 use crate::engine::architecture::UNetConfig;
 use crate::engine::cancel::CancelToken;
 use crate::engine::error::{EngineError, Result};
@@ -362,5 +363,40 @@ impl UNet {
         }
         let h = self.norm_out.forward_silu(&h)?;
         Ok(self.conv_out.forward(&h)?)
+    }
+}
+
+impl VisitWeights for UNet {
+    /// diffusers' module names: `conv_in`, `time_embedding.*`, `add_embedding.*` (SDXL),
+    /// `down_blocks.i.{resnets,attentions}.j.*`, `down_blocks.i.downsamplers.0.conv`,
+    /// `mid_block.*`, `up_blocks.i.*` with `upsamplers.0.conv`, `conv_out`.
+    fn visit_weights(&mut self, prefix: &str, f: &mut WeightFn) -> CResult<()> {
+        visit_child(&mut self.conv_in, prefix, "conv_in", f)?;
+        visit_child(&mut self.time_embedding, prefix, "time_embedding", f)?;
+        if let Some(tt) = &mut self.text_time {
+            visit_child(&mut tt.embedding, prefix, "add_embedding", f)?;
+        }
+        let layers = |layers: &mut [Layer], block: &str, f: &mut WeightFn| -> CResult<()> {
+            for (j, layer) in layers.iter_mut().enumerate() {
+                visit_child(&mut layer.resnet, block, &format!("resnets.{j}"), f)?;
+                visit_child(&mut layer.attention, block, &format!("attentions.{j}"), f)?;
+            }
+            Ok(())
+        };
+        for (i, block) in self.down.iter_mut().enumerate() {
+            let name = format!("{prefix}down_blocks.{i}.");
+            layers(&mut block.layers, &name, f)?;
+            visit_child(&mut block.downsample, &name, "downsamplers.0.conv", f)?;
+        }
+        let mid = format!("{prefix}mid_block.");
+        visit_child(&mut self.mid.0, &mid, "resnets.0", f)?;
+        visit_child(&mut self.mid.1, &mid, "attentions.0", f)?;
+        visit_child(&mut self.mid.2, &mid, "resnets.1", f)?;
+        for (i, block) in self.up.iter_mut().enumerate() {
+            let name = format!("{prefix}up_blocks.{i}.");
+            layers(&mut block.layers, &name, f)?;
+            visit_child(&mut block.upsample, &name, "upsamplers.0.conv", f)?;
+        }
+        visit_child(&mut self.conv_out, prefix, "conv_out", f)
     }
 }

@@ -8,6 +8,7 @@ use candle_nn::VarBuilder;
 use crate::engine::kernels;
 use crate::engine::models::attention::Attention;
 use crate::engine::models::layers::{Conv2d, GroupNorm, Linear};
+use crate::engine::models::weights::{visit_child, VisitWeights, WeightFn};
 
 #[derive(Debug, Clone, Copy)]
 pub struct TransformerConfig {
@@ -138,5 +139,41 @@ impl Transformer2D {
             Projection::Linear(lin) => to_map(lin.forward(&tokens)?)?,
         };
         out + x
+    }
+}
+
+impl VisitWeights for FeedForward {
+    fn visit_weights(&mut self, prefix: &str, f: &mut WeightFn) -> Result<()> {
+        // GEGLU's two halves are one Linear of 2 * inner here, as in diffusers, so a LoRA's
+        // delta covers both halves unsliced.
+        visit_child(&mut self.proj, prefix, "net.0.proj", f)?;
+        visit_child(&mut self.out, prefix, "net.2", f)
+    }
+}
+
+impl VisitWeights for BasicTransformerBlock {
+    fn visit_weights(&mut self, prefix: &str, f: &mut WeightFn) -> Result<()> {
+        visit_child(&mut self.attn1, prefix, "attn1", f)?;
+        visit_child(&mut self.attn2, prefix, "attn2", f)?;
+        visit_child(&mut self.ff, prefix, "ff", f)
+    }
+}
+
+impl VisitWeights for Projection {
+    fn visit_weights(&mut self, prefix: &str, f: &mut WeightFn) -> Result<()> {
+        match self {
+            Projection::Conv(conv) => conv.visit_weights(prefix, f),
+            Projection::Linear(lin) => lin.visit_weights(prefix, f),
+        }
+    }
+}
+
+impl VisitWeights for Transformer2D {
+    fn visit_weights(&mut self, prefix: &str, f: &mut WeightFn) -> Result<()> {
+        visit_child(&mut self.proj_in, prefix, "proj_in", f)?;
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            visit_child(block, prefix, &format!("transformer_blocks.{i}"), f)?;
+        }
+        visit_child(&mut self.proj_out, prefix, "proj_out", f)
     }
 }
