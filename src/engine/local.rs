@@ -20,6 +20,7 @@ use super::worker::{generate_on, load_spec, EngineConfig};
 pub struct LocalModel {
     model: StableDiffusion,
     flash_attn: bool,
+    decoder: super::taesd::Decoder,
 }
 
 /// What [`LocalModel::time_unet`] measured.
@@ -44,6 +45,7 @@ impl LocalModel {
         Ok(Self {
             model,
             flash_attn: config.use_flash_attn,
+            decoder: config.decoder,
         })
     }
 
@@ -58,7 +60,8 @@ impl LocalModel {
         progress: &mut dyn FnMut(Progress),
         cancel: &CancelToken,
     ) -> Result<GenerationResult> {
-        generate_on(&self.model, request, progress, cancel)
+        let request = request.clone().with_default_decoder(self.decoder);
+        generate_on(&self.model, &request, progress, cancel)
     }
 
     /// "cpu", "cuda" or "metal".
@@ -82,6 +85,30 @@ impl LocalModel {
     /// Bytes of all loaded weights.
     pub fn weight_bytes(&self) -> u64 {
         self.model.weight_bytes
+    }
+
+    /// Times one TAESD decode of random latents at `width x height`, full size and as a live
+    /// preview (shrunk, see `engine::preview`): (full ms, preview ms, preview width, height).
+    /// An error when the model has no TAESD.
+    pub fn time_taesd(&self, width: usize, height: usize) -> Result<(f64, f64, u32, u32)> {
+        let model = &self.model;
+        let taesd = model.taesd()?;
+        let scale = model.vae_scale();
+        let latents = Tensor::randn(
+            0f32,
+            1.0,
+            (1, model.latent_channels(), height / scale, width / scale),
+            &model.device,
+        )?
+        .to_dtype(model.dtype)?;
+        let started = Instant::now();
+        let full = taesd.decode(&latents)?;
+        full.flatten_all()?.narrow(0, 0, 1)?.to_vec1::<f32>()?;
+        let full_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let started = Instant::now();
+        let img = super::preview::taesd_preview(taesd, &latents)?;
+        let preview_ms = started.elapsed().as_secs_f64() * 1000.0;
+        Ok((full_ms, preview_ms, img.width(), img.height()))
     }
 
     /// Times `calls` UNet evaluations on random latents at `width x height`, guided when

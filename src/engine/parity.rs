@@ -1,11 +1,14 @@
 //! Parity with diffusers: runs every case of a reference fixture (default the committed
-//! `tests/fixtures/tiny-sd15`, `tiny-sdxl` and `tiny-sdxl-vpred`, or the directory in
-//! `LIMNER_PARITY_FIXTURE`, of either family) against the engine, loading the model from its
-//! diffusers folder and again from each single-file checkpoint. `tests/parity.rs` runs it; it
+//! `tests/fixtures/tiny-sd15`, `tiny-sdxl`, `tiny-sdxl-vpred` and `tiny-taesd`, or the directory
+//! in `LIMNER_PARITY_FIXTURE`, of either family or a TAESD) against the engine, loading the
+//! model from its diffusers folder and again from each single-file checkpoint (a TAESD from
+//! each of its layouts, see `parity::taesd`). `tests/parity.rs` runs it; it
 //! is compiled into the library (hidden from its docs) because it drives engine internals.
 //! Nothing here names a fixture-specific value: the cases, tensors and tolerances come from
 //! `cases.json`, `reference.safetensors` and the contract (components 1e-3 relative; pipelines
 //! 2e-2 max / 2e-3 mean absolute error on the decoded image).
+
+mod taesd;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +29,7 @@ use serde_json::Value;
 pub fn fixture_dirs() -> Vec<PathBuf> {
     match std::env::var_os("LIMNER_PARITY_FIXTURE") {
         Some(dir) => vec![PathBuf::from(dir)],
-        None => ["tiny-sd15", "tiny-sdxl", "tiny-sdxl-vpred"]
+        None => ["tiny-sd15", "tiny-sdxl", "tiny-sdxl-vpred", "tiny-taesd"]
             .iter()
             .map(|name| {
                 Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -209,6 +212,7 @@ fn run_pipeline_case(
         clip_skip: 0,
         plain_prompt: true,
         preview_every: None,
+        decoder: Default::default(),
     };
     let noise_key = if img2img { "noise" } else { "initial_noise" };
     let replay = Replay {
@@ -395,6 +399,9 @@ fn sdxl_text_checks(
 /// Every tokenizer case of every fixture gives the reference ids (both tokenizers for SDXL).
 pub fn tokenizer_ids_match_reference() {
     for dir in fixture_dirs() {
+        if taesd::is_taesd(&dir) {
+            continue;
+        }
         let fx = Fixture::load(dir);
         let cases = fx.cases["tokenizer"].as_array().expect("tokenizer cases");
         assert!(!cases.is_empty());
@@ -428,7 +435,12 @@ pub fn tokenizer_ids_match_reference() {
 pub fn every_case_matches_diffusers_for_every_model_source() {
     let mut failures = vec![];
     for dir in fixture_dirs() {
+        let is_taesd = taesd::is_taesd(&dir);
         let fx = Fixture::load(dir);
+        if is_taesd {
+            failures.extend(taesd::run(&fx));
+            continue;
+        }
         for (label, source) in fx.sources() {
             failures.extend(run_all(&fx, &label, &source));
         }

@@ -23,6 +23,8 @@ pub struct ValidRequest {
     pub(super) format: ImageFormat,
     /// The VAE to decode with.
     pub(super) vae: VaeChoice,
+    /// The decoder asked for (None = the engine's default, [`super::EngineConfig::decoder`]).
+    pub(super) decoder: Option<super::taesd::Decoder>,
 }
 
 /// One denoising pass of a request: the progress calls it makes and the latent-upscaled size
@@ -114,6 +116,16 @@ impl ValidRequest {
     }
     pub fn format(&self) -> ImageFormat {
         self.format
+    }
+    /// The decoder asked for (None = the engine's default).
+    pub fn decoder(&self) -> Option<super::taesd::Decoder> {
+        self.decoder
+    }
+    /// The same request with `decoder` where it named none (the engine's default).
+    pub(crate) fn with_default_decoder(mut self, decoder: super::taesd::Decoder) -> Self {
+        let d = *self.decoder.get_or_insert(decoder);
+        self.job.decoder = d;
+        self
     }
     /// Every how many steps progress carries a latent preview.
     pub fn preview_every(&self) -> Option<usize> {
