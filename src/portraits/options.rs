@@ -125,6 +125,8 @@ pub struct GenerateOptions {
     pub hr_scale: Option<f64>,
     pub hr_second_pass_steps: Option<usize>,
     pub hr_denoising_strength: Option<f64>,
+    /// "vae" or "taesd" (the family's TAESD: faster on a CPU); default: the server's `--decoder`.
+    pub decoder: Option<String>,
 }
 
 /// How a portrait was painted.

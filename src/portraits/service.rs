@@ -189,6 +189,7 @@ impl PortraitService {
             height: opts.height,
             batch_size: Some(1),
             format: Some("png".into()),
+            decoder: opts.decoder.clone(),
             ..Default::default()
         }
     }
