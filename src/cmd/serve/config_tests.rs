@@ -356,3 +356,20 @@ fn served_models_get_the_weights_toml_vae_unless_vae_is_given() {
         .to_string();
     assert!(e.contains("--vae") && e.contains("missing"), "{e}");
 }
+
+#[test]
+fn decoder_defaults_to_the_vae_and_follows_the_precedence() {
+    use limner::engine::Decoder;
+    let c = resolve(&[flags(&[]), env(&[]), file("")]).unwrap();
+    assert_eq!(c.decoder, Decoder::Vae);
+    let c = resolve(&[flags(&[]), env(&[]), file("decoder = \"taesd\"")]).unwrap();
+    assert_eq!(c.decoder, Decoder::Taesd);
+    let c = resolve(&[
+        flags(&["--decoder", "vae"]),
+        env(&[("LIMNER_DECODER", "taesd")]),
+    ])
+    .unwrap();
+    assert_eq!(c.decoder, Decoder::Vae);
+    let e = resolve(&[env(&[("LIMNER_DECODER", "tiny")])]).unwrap_err();
+    assert!(e.contains("LIMNER_DECODER") && e.contains("vae or taesd"), "{e}");
+}
