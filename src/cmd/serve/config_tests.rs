@@ -371,5 +371,8 @@ fn decoder_defaults_to_the_vae_and_follows_the_precedence() {
     .unwrap();
     assert_eq!(c.decoder, Decoder::Vae);
     let e = resolve(&[env(&[("LIMNER_DECODER", "tiny")])]).unwrap_err();
-    assert!(e.contains("LIMNER_DECODER") && e.contains("vae or taesd"), "{e}");
+    assert!(
+        e.contains("LIMNER_DECODER") && e.contains("vae or taesd"),
+        "{e}"
+    );
 }

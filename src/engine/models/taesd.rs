@@ -89,7 +89,7 @@ impl TaesdConfig {
                 self.upsample_fn, self.upsampling_scaling_factor
             ));
         }
-        if self.latent_channels == 0 || !(self.scaling_factor > 0.0) {
+        if self.latent_channels == 0 || self.scaling_factor.is_nan() || self.scaling_factor <= 0.0 {
             return Err("latent_channels and scaling_factor must be positive".into());
         }
         Ok(())
