@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use crate::engine::EngineError;
 pub use family::{Architecture, Family, SchedulerOverrides};
-use parse::{invalid, is_pickle, is_safetensors, parse_entry};
+use parse::{invalid, is_pickle, is_safetensors, parse_decoder_entry, parse_entry};
 
 mod family;
 mod parse;
@@ -115,6 +115,16 @@ pub struct ModelEntry {
     pub sha256: BTreeMap<String, String>,
 }
 
+/// One `[decoders.NAME]` table: files `limner pull NAME` fetches into `MODELS_DIR/NAME/` that
+/// are not a model to serve (the TAESDs `taesd` and `taesdxl`, which the engine finds there).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DecoderEntry {
+    pub description: String,
+    /// Always [`ModelSource::Hub`].
+    pub source: ModelSource,
+    pub sha256: BTreeMap<String, String>,
+}
+
 /// Where the engine finds a model's files.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelLocation {
@@ -146,6 +156,8 @@ pub const EMBEDDED_WEIGHTS: &str = include_str!("../weights.toml");
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     models: BTreeMap<String, ModelEntry>,
+    /// `[decoders.NAME]`: pulled like models, never served as one.
+    decoders: BTreeMap<String, DecoderEntry>,
     /// Relative source paths are resolved against this (the folder of `weights.toml`).
     base_dir: PathBuf,
 }
@@ -182,11 +194,12 @@ impl Registry {
                 message: e.to_string(),
             })?;
         for key in doc.keys() {
-            if key != "models" {
+            if key != "models" && key != "decoders" {
                 return Err(RegistryError::Parse {
                     origin: origin.to_string(),
                     message: format!(
-                        "unknown top-level key '{key}'; only [models.NAME] tables are allowed"
+                        "unknown top-level key '{key}'; only [models.NAME] and [decoders.NAME] tables \
+                         are allowed"
                     ),
                 });
             }
@@ -219,8 +232,22 @@ impl Registry {
                 }
             }
         }
+        let mut decoders = BTreeMap::new();
+        if let Some(v) = doc.get("decoders") {
+            let table = v.as_table().ok_or_else(|| RegistryError::Parse {
+                origin: origin.to_string(),
+                message: "'decoders' must be a table of [decoders.NAME] entries".to_string(),
+            })?;
+            for (name, entry) in table {
+                if models.contains_key(name) {
+                    return Err(invalid(name, "entry", "is both a model and a decoder"));
+                }
+                decoders.insert(name.clone(), parse_decoder_entry(name, entry)?);
+            }
+        }
         Ok(Registry {
             models,
+            decoders,
             base_dir: PathBuf::new(),
         })
     }
@@ -241,6 +268,29 @@ impl Registry {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.models.keys().map(String::as_str)
+    }
+
+    pub fn decoders(&self) -> &BTreeMap<String, DecoderEntry> {
+        &self.decoders
+    }
+
+    /// What `limner pull NAME` fetches for a model or a decoder entry: its source and the
+    /// sha256 it pins; an unknown name lists both kinds.
+    pub fn pull_source(&self, name: &str) -> Result<(&ModelSource, &BTreeMap<String, String>)> {
+        if let Some(e) = self.models.get(name) {
+            return Ok((&e.source, &e.sha256));
+        }
+        if let Some(d) = self.decoders.get(name) {
+            return Ok((&d.source, &d.sha256));
+        }
+        let known: Vec<&str> = self
+            .names()
+            .chain(self.decoders.keys().map(String::as_str))
+            .collect();
+        Err(RegistryError::UnknownModel {
+            name: name.to_string(),
+            known: known.join(", "),
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<&ModelEntry> {

@@ -51,6 +51,8 @@ fn engine_with(models: Vec<ModelSpec>, default: &str) -> Engine {
         vaes: Vec::new(),
         loras_dir: None,
         embeddings_dir: None,
+        taesd: Default::default(),
+        decoder: Default::default(),
     })
     .unwrap()
 }

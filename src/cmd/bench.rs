@@ -38,6 +38,11 @@ pub struct Args {
     /// decode. Quick, and the figure to hold beside `torch_unet_step.py`.
     #[arg(long)]
     pub no_decode: bool,
+    /// Make a live preview every N steps, as a server job asking for previews does (a TAESD
+    /// decode when the family has one, else the latent approximation), and report their cost
+    /// beside the step's, plus one full-size and one preview TAESD decode timed alone.
+    #[arg(long)]
+    pub preview_every: Option<usize>,
 }
 
 /// Peak resident memory of this process (Linux VmHWM), in MB.
@@ -68,6 +73,7 @@ pub fn run(args: Args, profile: Option<super::profile::Profile>) -> anyhow::Resu
         seed: Some(42),
         width: Some(args.width),
         height: Some(args.height),
+        preview_every: args.preview_every,
         ..Default::default()
     }
     .validate(&resolved.defaults)?;
@@ -139,6 +145,23 @@ pub fn run(args: Args, profile: Option<super::profile::Profile>) -> anyhow::Resu
         "peak_rss_after_denoise_mb": peak_after_denoise,
         "peak_rss_mb": peak_rss_mb(),
     });
+    report["decoder"] = json!(args.model.decoder.as_str());
+    if args.preview_every.is_some() {
+        let per_preview = t.preview_ms / t.previews.max(1) as f64;
+        report["previews"] = json!(t.previews);
+        report["preview_ms_each"] = json!(per_preview);
+        // The share of the denoising time that previews add.
+        report["preview_overhead"] = json!(if t.unet_ms_total > 0.0 {
+            t.preview_ms / t.unet_ms_total
+        } else {
+            0.0
+        });
+        if let Ok((full, preview, w, h)) = model.time_taesd(args.width, args.height) {
+            report["taesd_full_decode_ms"] = json!(full);
+            report["taesd_preview_decode_ms"] = json!(preview);
+            report["taesd_preview_size"] = json!([w, h]);
+        }
+    }
     if let Some(p) = &profile {
         report["profile_denoise"] = unet_profile.unwrap_or_default();
         report["profile"] = p.report();

@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use limner::engine::{
-    memory_limit, Defaults, EngineConfig, ModelSource, ModelSpec, ScheduleOverride,
+    memory_limit, Decoder, Defaults, EngineConfig, ModelSource, ModelSpec, ScheduleOverride,
+    TaesdPaths,
 };
 use limner::portraits::DeviceClass;
 
@@ -53,6 +54,14 @@ pub struct ModelArgs {
     /// .safetensors path (default: the weights.toml entry's `vae`).
     #[arg(long, env = "LIMNER_VAE")]
     pub vae: Option<String>,
+    /// What decodes the final image: vae, or taesd (the family's TAESD from
+    /// MODELS_DIR/taesd/ or taesdxl/; random:... models get a random full-size one).
+    #[arg(long, env = "LIMNER_DECODER", default_value = "vae", value_parser = parse_decoder)]
+    pub decoder: Decoder,
+}
+
+fn parse_decoder(v: &str) -> Result<Decoder, String> {
+    Decoder::parse(v).map_err(|e| e.to_string())
 }
 
 /// What [`ModelArgs::source`] found.
@@ -94,7 +103,14 @@ impl ModelArgs {
             schedule.rescale_betas_zero_snr = Some(true);
             schedule.timestep_spacing = Some("trailing".into());
         }
+        // A random model's TAESD is random too: the same shapes and cost, nothing to pull.
+        let taesd = match &source {
+            ModelSource::Random(_) => TaesdPaths::random(),
+            _ => TaesdPaths::in_models_dir(&self.models_dir),
+        };
         let config = EngineConfig {
+            taesd,
+            decoder: self.decoder,
             device: self.device.clone(),
             dtype: self.dtype.clone(),
             use_flash_attn: self.flash_attn,

@@ -48,14 +48,25 @@ pub fn built_in_models() -> String {
         for (name, entry) in registry.models() {
             text.push_str(&format!("  {name:<20} {}\n", entry.description));
         }
+        for (name, entry) in registry.decoders() {
+            text.push_str(&format!("  {name:<20} {}\n", entry.description));
+        }
     }
     text
 }
 
 /// `limner pull --list`: one line per model, with whether its files are here.
 fn list(registry: &Registry, models_dir: &Path) {
-    for (name, entry) in registry.models() {
-        let here = match &entry.source {
+    let models = registry
+        .models()
+        .iter()
+        .map(|(n, e)| (n, &e.description, &e.source));
+    let decoders = registry
+        .decoders()
+        .iter()
+        .map(|(n, e)| (n, &e.description, &e.source));
+    for (name, description, source) in models.chain(decoders) {
+        let here = match source {
             ModelSource::Hub { .. } => registry
                 .local_dir(name, models_dir)
                 .join(PULLED_MARKER)
@@ -64,7 +75,7 @@ fn list(registry: &Registry, models_dir: &Path) {
             ModelSource::File { file, .. } => registry.source_path(file).exists(),
         };
         let state = if here { "pulled" } else { "-" };
-        println!("{name:<20} {state:<7} {}", entry.description);
+        println!("{name:<20} {state:<7} {description}");
     }
 }
 
@@ -156,8 +167,8 @@ pub(crate) fn pull(
     models_dir: &Path,
     opts: &HubOptions,
 ) -> anyhow::Result<PullOutcome> {
-    let entry = registry.entry(name)?;
-    let (repo_id, revision, files) = match &entry.source {
+    let (source, sha256) = registry.pull_source(name)?;
+    let (repo_id, revision, files) = match source {
         ModelSource::Path { path } => {
             return Ok(PullOutcome::NothingToPull(format!(
                 "model '{name}' is the local folder {}; there is nothing to pull",
@@ -217,13 +228,8 @@ pub(crate) fn pull(
             .get(file)
             .map_err(|e| hub_error(name, repo_id, revision, file, &dest, &e))?;
         commit = commit.or_else(|| snapshot_commit(&cached, file));
-        let record = install_file(
-            &cached,
-            &dest,
-            file,
-            entry.sha256.get(file).map(String::as_str),
-        )
-        .with_context(|| format!("model '{name}': {file}"))?;
+        let record = install_file(&cached, &dest, file, sha256.get(file).map(String::as_str))
+            .with_context(|| format!("model '{name}': {file}"))?;
         if let (Some(hashes), true) = (&hashes, file.ends_with(".safetensors")) {
             hashes.record(&dest.join(file), &record.sha256);
         }

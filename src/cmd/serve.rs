@@ -188,7 +188,18 @@ fn backend(
         vaes: limner::engine::scan_vae_dir(&s.models_dir.join(limner::engine::VAE_DIR)),
         loras_dir: Some(s.models_dir.join(limner::engine::LORA_DIR)),
         embeddings_dir: Some(s.models_dir.join(limner::engine::EMBEDDING_DIR)),
+        taesd: limner::engine::TaesdPaths::in_models_dir(&s.models_dir),
+        decoder: s.decoder,
     };
+    if s.decoder == limner::engine::Decoder::Taesd
+        && config.taesd == limner::engine::TaesdPaths::default()
+    {
+        tracing::warn!(
+            "--decoder taesd, but {} has no taesd/ or taesdxl/: run `limner pull taesd` (or \
+             taesdxl); requests that name no decoder are refused until then",
+            s.models_dir.display()
+        );
+    }
     // Model hashes (A1111's `[hash]` titles) are cached in the data dir, computed in the background.
     let hashes = Arc::new(limner::engine::HashCache::open(&s.data_dir));
     let engine = Engine::spawn_with_hashes(config, hashes)?;

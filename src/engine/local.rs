@@ -24,6 +24,7 @@ pub struct LocalModel {
     embeddings: EmbeddingLibrary,
     /// Where the LoRAs a request names are looked up (the configuration's `loras_dir`).
     loras_dir: Option<std::path::PathBuf>,
+    decoder: super::taesd::Decoder,
 }
 
 /// What [`LocalModel::time_unet`] measured.
@@ -50,6 +51,7 @@ impl LocalModel {
             flash_attn: config.use_flash_attn,
             embeddings: EmbeddingLibrary::new(config.embeddings_dir.clone()),
             loras_dir: config.loras_dir.clone(),
+            decoder: config.decoder,
         })
     }
 
@@ -64,11 +66,12 @@ impl LocalModel {
         progress: &mut dyn FnMut(Progress),
         cancel: &CancelToken,
     ) -> Result<GenerationResult> {
+        let request = request.clone().with_default_decoder(self.decoder);
         let loras = super::lora::resolve(request.loras(), self.loras_dir.as_deref())?;
         generate_with_loras(
             &mut self.model,
             &self.embeddings,
-            request,
+            &request,
             &loras,
             progress,
             cancel,
@@ -96,6 +99,30 @@ impl LocalModel {
     /// Bytes of all loaded weights.
     pub fn weight_bytes(&self) -> u64 {
         self.model.weight_bytes
+    }
+
+    /// Times one TAESD decode of random latents at `width x height`, full size and as a live
+    /// preview (shrunk, see `engine::preview`): (full ms, preview ms, preview width, height).
+    /// An error when the model has no TAESD.
+    pub fn time_taesd(&self, width: usize, height: usize) -> Result<(f64, f64, u32, u32)> {
+        let model = &self.model;
+        let taesd = model.taesd()?;
+        let scale = model.vae_scale();
+        let latents = Tensor::randn(
+            0f32,
+            1.0,
+            (1, model.latent_channels(), height / scale, width / scale),
+            &model.device,
+        )?
+        .to_dtype(model.dtype)?;
+        let started = Instant::now();
+        let full = taesd.decode(&latents)?;
+        full.flatten_all()?.narrow(0, 0, 1)?.to_vec1::<f32>()?;
+        let full_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let started = Instant::now();
+        let img = super::preview::taesd_preview(taesd, &latents)?;
+        let preview_ms = started.elapsed().as_secs_f64() * 1000.0;
+        Ok((full_ms, preview_ms, img.width(), img.height()))
     }
 
     /// Times `calls` UNet evaluations on random latents at `width x height`, guided when

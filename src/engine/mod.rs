@@ -32,6 +32,7 @@ pub(crate) mod pipeline;
 mod preview;
 pub(crate) mod request;
 pub(crate) mod samplers;
+pub(crate) mod taesd;
 pub(crate) mod text;
 mod tiled;
 pub(crate) mod vae;
@@ -44,6 +45,8 @@ mod conditioning_tests;
 mod embedding_cond_tests;
 #[cfg(test)]
 mod facade_tests;
+#[cfg(test)]
+mod taesd_tests;
 #[cfg(test)]
 mod tokenizer_reference_tests;
 #[cfg(test)]
@@ -70,6 +73,7 @@ pub use output::{
 pub use pipeline::{HiresPass, Progress, Timings};
 pub use request::{Defaults, GeneratedImage, GenerationRequest, GenerationResult, HiresRequest};
 pub use samplers::ScheduleOverride;
+pub use taesd::{Decoder, TaesdPaths, TaesdSource, TAESDXL_DIR, TAESD_DIR};
 pub use vae::{find_vae, locate_vae, match_vae_name, scan_vae_dir, VaeChoice, VaeFile, VAE_DIR};
 pub use valid::{PassPlan, ValidRequest};
 pub use worker::{Engine, EngineConfig, EngineState, ModelSpec};

@@ -1,14 +1,17 @@
 //! Parity with diffusers: runs every case of a reference fixture (default the committed
-//! `tests/fixtures/tiny-sd15`, `tiny-sdxl`, `tiny-sdxl-vpred` and `tiny-lora`, or the directory in
-//! `LIMNER_PARITY_FIXTURE`, of either family) against the engine, loading the model from its
-//! diffusers folder and again from each single-file checkpoint (a fixture whose `cases.json`
-//! names a `model` elsewhere, as `tiny-lora` does, uses that model's folder and single files).
+//! `tests/fixtures/tiny-sd15`, `tiny-sdxl`, `tiny-sdxl-vpred`, `tiny-lora` and `tiny-taesd`, or
+//! the directory in `LIMNER_PARITY_FIXTURE`, of either family or a TAESD) against the engine,
+//! loading the model from its diffusers folder and again from each single-file checkpoint (a
+//! TAESD from each of its layouts, see `parity::taesd`; a fixture whose `cases.json` names a
+//! `model` elsewhere, as `tiny-lora` does, uses that model's folder and single files).
 //! A case's `loras` (`[{file, weight}]`, files beside `cases.json`) are merged in first, and a
 //! `without_lora` key is checked again after they are taken out. `tests/parity.rs` runs it; it
 //! is compiled into the library (hidden from its docs) because it drives engine internals.
 //! Nothing here names a fixture-specific value: the cases, tensors and tolerances come from
 //! `cases.json`, `reference.safetensors` and the contract (components 1e-3 relative; pipelines
 //! 2e-2 max / 2e-3 mean absolute error on the decoded image).
+
+mod taesd;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,14 +33,20 @@ use serde_json::Value;
 pub fn fixture_dirs() -> Vec<PathBuf> {
     match std::env::var_os("LIMNER_PARITY_FIXTURE") {
         Some(dir) => vec![PathBuf::from(dir)],
-        None => ["tiny-sd15", "tiny-sdxl", "tiny-sdxl-vpred", "tiny-lora"]
-            .iter()
-            .map(|name| {
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("tests/fixtures")
-                    .join(name)
-            })
-            .collect(),
+        None => [
+            "tiny-sd15",
+            "tiny-sdxl",
+            "tiny-sdxl-vpred",
+            "tiny-lora",
+            "tiny-taesd",
+        ]
+        .iter()
+        .map(|name| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(name)
+        })
+        .collect(),
     }
 }
 
@@ -242,6 +251,7 @@ fn run_pipeline_case(
         plain_prompt: true,
         preview_every: None,
         embeddings: Vec::new(),
+        decoder: Default::default(),
     };
     let noise_key = if img2img { "noise" } else { "initial_noise" };
     let replay = Replay {
@@ -461,6 +471,9 @@ fn sdxl_text_checks(
 /// Every tokenizer case of every fixture gives the reference ids (both tokenizers for SDXL).
 pub fn tokenizer_ids_match_reference() {
     for dir in fixture_dirs() {
+        if taesd::is_taesd(&dir) {
+            continue;
+        }
         let fx = Fixture::load(dir);
         let cases = fx.cases["tokenizer"].as_array().expect("tokenizer cases");
         assert!(!cases.is_empty());
@@ -495,7 +508,12 @@ pub fn tokenizer_ids_match_reference() {
 pub fn every_case_matches_diffusers_for_every_model_source() {
     let mut failures = vec![];
     for dir in fixture_dirs() {
+        let is_taesd = taesd::is_taesd(&dir);
         let fx = Fixture::load(dir);
+        if is_taesd {
+            failures.extend(taesd::run(&fx));
+            continue;
+        }
         for (label, source) in fx.sources() {
             failures.extend(run_all(&fx, &label, &source));
         }

@@ -78,6 +78,8 @@ pub struct Job {
     pub preview_every: Option<usize>,
     /// The textual-inversion embeddings the prompts may use by name; all fit this model.
     pub embeddings: Vec<std::sync::Arc<super::embeddings::Embedding>>,
+    /// What decodes the final latents (the VAE, or the family's TAESD).
+    pub decoder: super::taesd::Decoder,
 }
 
 /// What a pipeline run produced, before conversion to bytes.
@@ -100,6 +102,9 @@ pub struct Timings {
     pub unet_steps: usize,
     pub vae_encode_ms: f64,
     pub vae_decode_ms: f64,
+    /// Time spent making previews, and how many were made.
+    pub preview_ms: f64,
+    pub previews: usize,
     pub total_ms: f64,
 }
 
@@ -161,6 +166,10 @@ impl StableDiffusion {
             self.vae_tile_px(),
             self.max_memory,
         )?;
+        if job.decoder == super::taesd::Decoder::Taesd {
+            // Refused before any step runs, not after the last one.
+            self.taesd()?;
+        }
         let scheduler = job.scheduler_override.as_ref().unwrap_or(&self.scheduler);
         let first = build_sampler(&job.sampler, scheduler, job.steps)?;
         // Indices into the sampler's timesteps (Heun evaluates the UNet twice per step, so its
@@ -281,7 +290,10 @@ impl StableDiffusion {
         }
 
         let t = Instant::now();
-        let images = self.decode(&latents)?;
+        let images = match job.decoder {
+            super::taesd::Decoder::Vae => self.decode(&latents)?,
+            super::taesd::Decoder::Taesd => self.taesd_decode(&latents)?,
+        };
         ctx.timings.vae_decode_ms = ms(t);
         ctx.timings.total_ms = ms(ctx.started);
         Ok(PipelineOutput {
@@ -323,6 +335,34 @@ impl StableDiffusion {
             }
             _ => Ok(self.vae.decode(&z)?.to_dtype(DType::F32)?),
         }
+    }
+
+    /// The family's TAESD when it is loaded and fits this model's latents; else a `decoder`
+    /// input error saying why.
+    pub fn taesd(&self) -> Result<&super::models::taesd::Taesd> {
+        let t = self
+            .taesd
+            .as_ref()
+            .map_err(|why| EngineError::invalid("decoder", why.clone()))?;
+        if t.config.latent_channels != self.latent_channels() {
+            return Err(EngineError::invalid(
+                "decoder",
+                format!(
+                    "the TAESD has {} latent channels, the model {}",
+                    t.config.latent_channels,
+                    self.latent_channels()
+                ),
+            ));
+        }
+        Ok(t)
+    }
+
+    /// Scaled latents -> images in about [-1, 1], f32, with the TAESD (no VAE scaling: TAESD
+    /// works in the UNet's latent space).
+    pub fn taesd_decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let t = self.taesd()?;
+        let z = latents.to_device(&self.device)?.to_dtype(self.dtype)?;
+        Ok(t.decode(&z)?.to_dtype(DType::F32)?)
     }
 
     /// One UNet evaluation, in the model's dtype, returning f32.
@@ -422,7 +462,13 @@ impl Ctx<'_> {
             latents = sampler.step(&eps, i, &latents, noise.as_ref())?;
             self.done += 1;
             let preview = match self.preview_every {
-                Some(n) if self.done.is_multiple_of(n) => super::preview::latent_preview(&latents)?,
+                Some(n) if self.done.is_multiple_of(n) => {
+                    let began = Instant::now();
+                    let p = super::preview::preview(self.model, &latents)?;
+                    self.timings.preview_ms += ms(began);
+                    self.timings.previews += 1;
+                    p
+                }
                 _ => None,
             };
             (self.progress)(Progress {

@@ -1,11 +1,50 @@
-//! Live previews without the VAE: A1111's "Approx cheap", a fixed linear map from the four SD
-//! latent channels to RGB, one pixel per latent cell. Cheap enough to run every few steps; the
-//! pixels leave the engine, the tensor never does.
+//! Live previews without the VAE. With the family's TAESD loaded, a TAESD decode of the
+//! latents shrunk so the longest side is at most [`PREVIEW_LATENT_SIDE`] cells (a 256 px
+//! image; shrinking first makes it cheap enough for every step, see the README's measurements).
+//! Without one, A1111's "Approx cheap": a fixed linear map from the four SD latent channels to
+//! RGB, one pixel per latent cell. The pixels leave the engine, the tensor never does.
 
 use candle_core::{DType, Tensor};
 use image::RgbImage;
 
 use super::error::Result;
+use super::loading::model::StableDiffusion;
+use super::models::taesd::Taesd;
+use super::pipeline::to_rgb_images;
+
+/// Longest side, in latent cells, of what a TAESD preview decodes: 32 cells = 256 px.
+pub(crate) const PREVIEW_LATENT_SIDE: usize = 32;
+
+/// The preview of the first image of `latents` (scaled, as the sampler holds them): TAESD
+/// when the model has one, else the cheap approximation.
+pub(crate) fn preview(model: &StableDiffusion, latents: &Tensor) -> Result<Option<RgbImage>> {
+    match model.taesd() {
+        Ok(t) => taesd_preview(t, &latents.to_dtype(model.dtype)?).map(Some),
+        Err(_) => latent_preview(latents),
+    }
+}
+
+/// The latents shrunk (area average when the factor divides them, else bilinear) so neither
+/// side is over [`PREVIEW_LATENT_SIDE`] cells.
+pub(crate) fn preview_latents(latents: &Tensor) -> Result<Tensor> {
+    let first = latents.narrow(0, 0, 1)?;
+    let (_, _, h, w) = first.dims4()?;
+    let f = h.max(w).div_ceil(PREVIEW_LATENT_SIDE);
+    if f <= 1 {
+        return Ok(first);
+    }
+    if h.is_multiple_of(f) && w.is_multiple_of(f) {
+        return Ok(first.avg_pool2d(f)?);
+    }
+    Ok(first.upsample_bilinear2d(h.div_ceil(f), w.div_ceil(f), false)?)
+}
+
+/// The TAESD decode of [`preview_latents`], as RGB8.
+pub(crate) fn taesd_preview(taesd: &Taesd, latents: &Tensor) -> Result<RgbImage> {
+    let images = taesd.decode(&preview_latents(latents)?)?;
+    let mut rgb = to_rgb_images(&images)?;
+    Ok(rgb.remove(0))
+}
 
 /// Latent channel -> (R, G, B) weights for SD 1.x/2.x latents (A1111's `cheap_approximation`).
 const LATENT_RGB: [[f32; 3]; 4] = [

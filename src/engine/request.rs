@@ -82,6 +82,8 @@ pub struct GenerationRequest {
     /// Embeddings the caller requires (a character's pinned ones): each must be a file of
     /// [`super::EMBEDDING_DIR`]. Prompts use embeddings by name without listing them here.
     pub embeddings: Vec<String>,
+    /// What decodes the final image: "vae" or "taesd" (None = the server's `--decoder`).
+    pub decoder: Option<String>,
 }
 
 /// Per-model defaults, from weights.toml (the regeneration guide's portrait defaults otherwise).
@@ -257,6 +259,11 @@ impl GenerationRequest {
                 "must be at least 1 (a preview every n steps)",
             ));
         }
+        let decoder = self
+            .decoder
+            .as_deref()
+            .map(super::taesd::Decoder::parse)
+            .transpose()?;
         let format = match &self.format {
             Some(f) => ImageFormat::parse(f)?,
             None => ImageFormat::Png,
@@ -300,7 +307,9 @@ impl GenerationRequest {
                 plain_prompt: false,
                 preview_every: self.preview_every,
                 embeddings: Vec::new(),
+                decoder: decoder.unwrap_or_default(),
             },
+            decoder,
             init_image,
             seeds,
             format,

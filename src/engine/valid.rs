@@ -32,6 +32,8 @@ pub struct ValidRequest {
     pub(super) infotext_extra: Vec<(String, String)>,
     /// Embeddings that must exist (a character's pinned ones).
     pub(super) embeddings: Vec<String>,
+    /// The decoder asked for (None = the engine's default, [`super::EngineConfig::decoder`]).
+    pub(super) decoder: Option<super::taesd::Decoder>,
 }
 
 /// One denoising pass of a request: the progress calls it makes and the latent-upscaled size
@@ -144,6 +146,16 @@ impl ValidRequest {
     }
     pub fn format(&self) -> ImageFormat {
         self.format
+    }
+    /// The decoder asked for (None = the engine's default).
+    pub fn decoder(&self) -> Option<super::taesd::Decoder> {
+        self.decoder
+    }
+    /// The same request with `decoder` where it named none (the engine's default).
+    pub(crate) fn with_default_decoder(mut self, decoder: super::taesd::Decoder) -> Self {
+        let d = *self.decoder.get_or_insert(decoder);
+        self.job.decoder = d;
+        self
     }
     /// Every how many steps progress carries a latent preview.
     pub fn preview_every(&self) -> Option<usize> {

@@ -22,6 +22,7 @@ use super::noise::{NoiseSource, SeededNoise};
 use super::pipeline::{from_rgb_image, to_rgb_images, CancelToken, Progress};
 use super::request::{Defaults, GeneratedImage, GenerationResult, ValidRequest};
 use super::samplers::ScheduleOverride;
+use super::taesd::{Decoder, TaesdPaths};
 use super::vae::{find_vae, VaeChoice, VaeFile};
 
 /// A model the engine may load, by name.
@@ -59,6 +60,11 @@ pub struct EngineConfig {
     pub loras_dir: Option<PathBuf>,
     /// Where textual-inversion embeddings live (`MODELS_DIR/embeddings/`); None = none.
     pub embeddings_dir: Option<PathBuf>,
+    /// Each family's TAESD (`MODELS_DIR/taesd/`, `MODELS_DIR/taesdxl/`): previews, and the
+    /// final decode of `decoder: taesd` requests.
+    pub taesd: TaesdPaths,
+    /// What decodes a request that names no decoder (`limner serve --decoder`).
+    pub decoder: Decoder,
 }
 
 impl EngineConfig {
@@ -76,6 +82,8 @@ impl EngineConfig {
             vaes: Vec::new(),
             loras_dir: None,
             embeddings_dir: None,
+            taesd: TaesdPaths::default(),
+            decoder: Decoder::Vae,
         }
     }
 }
@@ -477,7 +485,8 @@ fn serve_one(
         let vae = chosen_vae(spec, &request.vae, &config.vaes)?;
         let loras = crate::engine::lora::resolve(&request.loras, config.loras_dir.as_deref())?;
         let model = loaded.get(spec, vae, opts)?;
-        let out = generate_with_loras(model, embeddings, request, &loras, progress, cancel)?;
+        let request = request.clone().with_default_decoder(config.decoder);
+        let out = generate_with_loras(model, embeddings, &request, &loras, progress, cancel)?;
         tracing::info!(ms = out.timings.total_ms.round(), "painted");
         Ok(out)
     }))
@@ -512,6 +521,7 @@ impl LoadOptions {
             schedule: ScheduleOverride::default(),
             // Per model: set from the spec (or the request) when each model is loaded.
             vae: None,
+            taesd: config.taesd.clone(),
         })
     }
 }
@@ -554,6 +564,7 @@ pub(crate) fn generate_on(
     }
     let mut job = request.job.clone();
     job.embeddings = embeddings.for_model(&model.text_widths(), request.embeddings())?;
+    job.decoder = request.decoder().unwrap_or_default();
     if let Some(img) = &request.init_image {
         job.init_image = Some(from_rgb_image(img)?);
     }

@@ -131,6 +131,8 @@ pub struct GenerateOptions {
     pub loras: Vec<crate::engine::LoraRef>,
     /// Embeddings this portrait requires, added to the character's pinned ones.
     pub embeddings: Vec<String>,
+    /// "vae" or "taesd" (the family's TAESD: faster on a CPU); default: the server's `--decoder`.
+    pub decoder: Option<String>,
 }
 
 /// How a portrait was painted.

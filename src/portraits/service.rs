@@ -233,6 +233,7 @@ impl PortraitService {
             height: opts.height,
             batch_size: Some(1),
             format: Some("png".into()),
+            decoder: opts.decoder.clone(),
             ..Default::default()
         }
     }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::{
-    Architecture, Family, ModelDefaults, ModelEntry, ModelSource, RegistryError, Result,
-    SchedulerOverrides,
+    Architecture, DecoderEntry, Family, ModelDefaults, ModelEntry, ModelSource, RegistryError,
+    Result, SchedulerOverrides,
 };
 
 pub(super) fn invalid(model: &str, field: &str, message: impl Into<String>) -> RegistryError {
@@ -176,6 +176,12 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 fn parse_source(model: &str, v: &toml::Value) -> Result<ModelSource> {
+    parse_source_as(model, v, true)
+}
+
+/// `pipeline`: a model's hub files must form a diffusers pipeline or one checkpoint; other
+/// entries (decoders) list whatever files they need.
+fn parse_source_as(model: &str, v: &toml::Value, pipeline: bool) -> Result<ModelSource> {
     let t = v.as_table().ok_or_else(|| {
         invalid(
             model,
@@ -244,7 +250,7 @@ fn parse_source(model: &str, v: &toml::Value) -> Result<ModelSource> {
             .iter()
             .filter(|f| !f.contains('/') && is_safetensors(Path::new(f)))
             .count();
-        if !diffusers && single != 1 {
+        if pipeline && !diffusers && single != 1 {
             return Err(invalid(
                 model,
                 "source.files",
@@ -423,36 +429,7 @@ pub(super) fn parse_entry(model: &str, v: &toml::Value) -> Result<ModelEntry> {
         Some(d) => parse_defaults(model, architecture, d)?,
         None => ModelDefaults::default(),
     };
-    let mut sha256 = BTreeMap::new();
-    if let Some(v) = t.get("sha256") {
-        let table = v
-            .as_table()
-            .ok_or_else(|| invalid(model, "sha256", "expected a table of \"file\" = \"hex\""))?;
-        let files = match &source {
-            ModelSource::Hub { files, .. } => files,
-            _ => {
-                return Err(invalid(
-                    model,
-                    "sha256",
-                    "only hub sources are checked by limner pull",
-                ))
-            }
-        };
-        for (file, hex) in table {
-            let field = format!("sha256.\"{file}\"");
-            if !files.contains(file) {
-                return Err(invalid(model, &field, "not one of source.files"));
-            }
-            let hex = hex
-                .as_str()
-                .map(str::to_ascii_lowercase)
-                .unwrap_or_default();
-            if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(invalid(model, &field, "expected 64 hex digits"));
-            }
-            sha256.insert(file.clone(), hex);
-        }
-    }
+    let sha256 = parse_sha256(model, t, &source)?;
     let family = match get_str(model, "family", t, "family")? {
         None => Family::of(architecture),
         Some(name) => parse_family(model, architecture, &name)?,
@@ -560,5 +537,76 @@ fn parse_scheduler(model: &str, v: &toml::Value) -> Result<SchedulerOverrides> {
         prediction_type,
         rescale_betas_zero_snr,
         timestep_spacing,
+    })
+}
+
+/// `sha256 = { "file" = "hex" }`: only for hub sources, only for listed files.
+fn parse_sha256(
+    model: &str,
+    t: &toml::Table,
+    source: &ModelSource,
+) -> Result<BTreeMap<String, String>> {
+    let mut sha256 = BTreeMap::new();
+    if let Some(v) = t.get("sha256") {
+        let table = v
+            .as_table()
+            .ok_or_else(|| invalid(model, "sha256", "expected a table of \"file\" = \"hex\""))?;
+        let files = match source {
+            ModelSource::Hub { files, .. } => files,
+            _ => {
+                return Err(invalid(
+                    model,
+                    "sha256",
+                    "only hub sources are checked by limner pull",
+                ))
+            }
+        };
+        for (file, hex) in table {
+            let field = format!("sha256.\"{file}\"");
+            if !files.contains(file) {
+                return Err(invalid(model, &field, "not one of source.files"));
+            }
+            let hex = hex
+                .as_str()
+                .map(str::to_ascii_lowercase)
+                .unwrap_or_default();
+            if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(invalid(model, &field, "expected 64 hex digits"));
+            }
+            sha256.insert(file.clone(), hex);
+        }
+    }
+    Ok(sha256)
+}
+
+/// A `[decoders.NAME]` entry: a hub repo `limner pull NAME` fetches into `MODELS_DIR/NAME/`
+/// (the TAESDs), not a model to serve.
+pub(super) fn parse_decoder_entry(name: &str, v: &toml::Value) -> Result<DecoderEntry> {
+    check_name(name)?;
+    let t = v.as_table().ok_or_else(|| {
+        invalid(
+            name,
+            "entry",
+            format!("expected a table, found {}", type_name(v)),
+        )
+    })?;
+    check_keys(name, "", t, &["description", "source", "sha256"])?;
+    let source = parse_source_as(
+        name,
+        t.get("source")
+            .ok_or_else(|| invalid(name, "source", "required"))?,
+        false,
+    )?;
+    if !matches!(source, ModelSource::Hub { .. }) {
+        return Err(invalid(
+            name,
+            "source",
+            "a decoder entry is a hub source (hub, revision, files)",
+        ));
+    }
+    Ok(DecoderEntry {
+        description: get_str(name, "description", t, "description")?.unwrap_or_default(),
+        sha256: parse_sha256(name, t, &source)?,
+        source,
     })
 }

@@ -555,3 +555,29 @@ fn a_style_goes_to_the_preferred_architecture_then_falls_back() {
     assert!(two("sdxl").is_ok());
     assert!(two("sd1").is_err());
 }
+
+#[test]
+fn decoder_entries_are_hub_files_apart_from_the_models() {
+    let reg = repo_registry();
+    for name in ["taesd", "taesdxl"] {
+        assert!(reg.get(name).is_none(), "{name} is not a model to serve");
+        let (source, _) = reg.pull_source(name).unwrap();
+        assert!(
+            matches!(source, ModelSource::Hub { repo, .. } if repo == &format!("madebyollin/{name}"))
+        );
+    }
+    let unknown = reg.pull_source("taesd3").unwrap_err().to_string();
+    assert!(
+        unknown.contains("taesdxl") && unknown.contains("sd-turbo"),
+        "{unknown}"
+    );
+    let local = err_of("[decoders.taesd]\nsource = { path = \"somewhere\" }");
+    assert!(
+        local.contains("taesd") && local.contains("hub source"),
+        "{local}"
+    );
+    let stray = err_of(
+        "[decoders.taesd]\nstyles = [\"x\"]\nsource = { hub = \"a/b\", revision = \"main\", files = [\"x.safetensors\"] }",
+    );
+    assert!(stray.contains("styles"), "{stray}");
+}

@@ -316,6 +316,8 @@ impl Common {
             // A1111 names LoRAs only as `<lora:name:w>` tags, which stay in the prompt.
             loras: Vec::new(),
             embeddings: Vec::new(),
+            // The server's `--decoder`.
+            decoder: None,
         })
     }
 }

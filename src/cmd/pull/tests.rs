@@ -335,3 +335,54 @@ fn a_missing_hub_file_is_reported_as_not_found() {
         "{err}"
     );
 }
+
+#[test]
+fn the_taesd_decoders_are_pulled_like_models_into_their_own_folder() {
+    // The built-in entries name madebyollin's repos.
+    let (dir, opts) = offline();
+    for (name, repo) in [
+        ("taesd", "madebyollin/taesd"),
+        ("taesdxl", "madebyollin/taesdxl"),
+    ] {
+        let err = match pull(&repo_registry(), name, dir.path(), &opts) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("pulled {name} without a hub"),
+        };
+        assert!(err.contains(&format!("{repo}/config.json")), "{err}");
+    }
+    // From a hub: the files land in MODELS_DIR/taesd/, where the engine looks.
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-taesd/model");
+    let names = [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+        "taesd_decoder.safetensors",
+        "taesd_encoder.safetensors",
+    ];
+    let files: Vec<(String, Vec<u8>)> = names
+        .iter()
+        .map(|f| (f.to_string(), std::fs::read(model.join(f)).unwrap()))
+        .collect();
+    let registry = Registry::from_str(&format!(
+        "[decoders.taesd]\nsource = {{ hub = \"fake/taesd\", revision = \"main\", files = {names:?} }}"
+    ))
+    .unwrap();
+    let (dir, mut opts) = offline();
+    opts.endpoint = Some(fake_hub(files.clone()));
+    let models = dir.path().join("models");
+    assert!(matches!(
+        pull(&registry, "taesd", &models, &opts),
+        Ok(PullOutcome::Pulled(_))
+    ));
+    for (name, bytes) in &files {
+        assert_eq!(
+            &std::fs::read(models.join("taesd").join(name)).unwrap(),
+            bytes
+        );
+    }
+    assert_eq!(
+        limner::engine::TaesdPaths::in_models_dir(&models).sd,
+        Some(limner::engine::TaesdSource::Path(models.join("taesd")))
+    );
+    // A decoder is pulled, never served: it is no model of the registry.
+    assert!(registry.names().next().is_none());
+}

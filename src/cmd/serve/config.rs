@@ -280,6 +280,8 @@ pub struct ServeConfig {
     pub models: Option<Vec<String>>,
     /// `None`: each model's own VAE (its weights.toml `vae`, else the checkpoint's).
     pub vae: Option<String>,
+    /// What decodes a request that names no decoder.
+    pub decoder: limner::engine::Decoder,
     /// The architecture whose models paint the art styles.
     pub style_architecture: Architecture,
     /// `None`: the built-in `weights.toml`.
@@ -327,6 +329,7 @@ impl ServeConfig {
             model: l.get("model", text)?,
             models: l.get("models", list)?,
             vae: l.get("vae", text)?,
+            decoder: l.or_default("decoder", decoder)?,
             style_architecture: l.or_default("style_architecture", architecture)?,
             weights: l
                 .get("weights", path)?
@@ -435,6 +438,10 @@ fn architecture(v: &str) -> Result<Architecture, String> {
             let all: Vec<&str> = Architecture::ALL.iter().map(|a| a.as_str()).collect();
             format!("must be one of {}", all.join(", "))
         })
+}
+
+fn decoder(v: &str) -> Result<limner::engine::Decoder, String> {
+    limner::engine::Decoder::parse(v).map_err(|_| "must be vae or taesd".into())
 }
 
 fn switch(v: &str) -> Result<bool, String> {

@@ -378,3 +378,23 @@ fn preview_every_comes_from_every_layer_and_names_its_limit() {
         "{e}"
     );
 }
+
+#[test]
+fn decoder_defaults_to_the_vae_and_follows_the_precedence() {
+    use limner::engine::Decoder;
+    let c = resolve(&[flags(&[]), env(&[]), file("")]).unwrap();
+    assert_eq!(c.decoder, Decoder::Vae);
+    let c = resolve(&[flags(&[]), env(&[]), file("decoder = \"taesd\"")]).unwrap();
+    assert_eq!(c.decoder, Decoder::Taesd);
+    let c = resolve(&[
+        flags(&["--decoder", "vae"]),
+        env(&[("LIMNER_DECODER", "taesd")]),
+    ])
+    .unwrap();
+    assert_eq!(c.decoder, Decoder::Vae);
+    let e = resolve(&[env(&[("LIMNER_DECODER", "tiny")])]).unwrap_err();
+    assert!(
+        e.contains("LIMNER_DECODER") && e.contains("vae or taesd"),
+        "{e}"
+    );
+}

@@ -9,3 +9,12 @@ pub mod model;
 pub mod model_hash;
 mod presets;
 mod weights;
+
+/// Freshly drawn weights for any name at the real shapes: benchmarks' `random:` models and
+/// their TAESD.
+pub(crate) fn random_builder(
+    dtype: candle_core::DType,
+    device: &candle_core::Device,
+) -> candle_nn::VarBuilder<'static> {
+    candle_nn::VarBuilder::from_backend(Box::new(weights::RandomWeights), dtype, device.clone())
+}

@@ -16,9 +16,11 @@ use crate::engine::architecture::{ClipConfig, UNetConfig, VaeConfig};
 
 use crate::engine::error::{EngineError, Result};
 use crate::engine::models::clip::{ClipTextModel, SecondEncoder};
+use crate::engine::models::taesd::Taesd;
 use crate::engine::models::unet::UNet;
 use crate::engine::models::vae::Vae;
 use crate::engine::samplers::{ScheduleOverride, SchedulerConfig};
+use crate::engine::taesd::TaesdPaths;
 use crate::engine::text::ClipTokenizer;
 
 /// Where a model's files are.
@@ -76,6 +78,8 @@ pub struct LoadOptions {
     /// A VAE safetensors file (LDM or diffusers names) to decode and encode with instead of
     /// the model's own (`weights.toml` `vae`, `--vae`, A1111's `sd_vae`); None = the model's.
     pub vae: Option<PathBuf>,
+    /// Where each family's TAESD is (previews, `decoder: taesd`); loaded beside the model.
+    pub taesd: TaesdPaths,
 }
 
 /// Tile side (latent cells) for VAE decodes too large for the memory limit: 512 px on the CPU,
@@ -95,6 +99,7 @@ impl LoadOptions {
             max_memory: None,
             schedule: ScheduleOverride::default(),
             vae: None,
+            taesd: TaesdPaths::default(),
         }
     }
 }
@@ -128,6 +133,8 @@ pub struct StableDiffusion {
     pub max_memory: Option<u64>,
     /// The LoRAs merged in now, the base tensors they replaced and the merge cache.
     pub(crate) lora: crate::engine::lora::LoraState,
+    /// The family's TAESD, or why there is none (the `decoder: taesd` error says it).
+    pub taesd: std::result::Result<Taesd, String>,
 }
 
 /// The weight files of one component: `*.safetensors`, preferring the variant when present.
@@ -288,6 +295,9 @@ impl StableDiffusion {
             ModelSource::Random(arch) => Self::random(name, arch, opts)?,
         };
         model.scheduler.apply_override(&opts.schedule);
+        model.taesd = opts
+            .taesd
+            .load_for(model.architecture, model.dtype, &model.device);
         model.hash = hashed_file(source).and_then(|file| match hashes.hash(&file) {
             Ok(h) => Some(h.short().to_string()),
             Err(e) => {
@@ -526,6 +536,8 @@ impl StableDiffusion {
             weight_bytes: counter.get(),
             max_memory: opts.max_memory,
             lora: Default::default(),
+            // Set by `load_with_hashes`, which knows the architecture.
+            taesd: Err(String::new()),
         })
     }
 

@@ -35,6 +35,27 @@ impl Conv2d {
         })
     }
 
+    /// A convolution whose checkpoint has no bias (TAESD's stride-2 and post-upsample convs):
+    /// the kernel adds zeros.
+    pub fn without_bias(
+        vb: VarBuilder,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let weight = vb
+            .get((cout, cin, kernel, kernel), "weight")?
+            .contiguous()?;
+        let bias = Tensor::zeros(cout, weight.dtype(), weight.device())?;
+        Ok(Self {
+            weight,
+            bias,
+            params: Conv2dParams { stride, padding },
+        })
+    }
+
     /// The 3x3, stride-1, padding-1 convolution that makes up most of both models.
     pub fn same3(vb: VarBuilder, cin: usize, cout: usize) -> Result<Self> {
         Self::new(vb, cin, cout, 3, 1, 1)

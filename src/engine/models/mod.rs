@@ -6,6 +6,7 @@ pub mod attention;
 pub mod clip;
 pub mod layers;
 pub mod resnet;
+pub mod taesd;
 pub mod unet;
 pub mod vae;
 pub mod weights;
