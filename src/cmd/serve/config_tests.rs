@@ -247,7 +247,7 @@ fn switches_and_lists_read_as_before() {
 #[test]
 fn the_table_of_settings_is_well_formed() {
     let mut keys: Vec<&str> = SETTINGS.iter().map(|s| s.key.as_str()).collect();
-    assert_eq!(keys.len(), 23);
+    assert_eq!(keys.len(), 24);
     keys.sort();
     keys.dedup();
     assert_eq!(keys.len(), SETTINGS.len(), "keys are unique");
