@@ -1,5 +1,5 @@
 //! Parity with diffusers: runs every case of a reference fixture (default the committed
-//! `tests/fixtures/tiny-sd15`, `tiny-sdxl` and `tiny-sdxl-vpred`, or the directory in
+//! `tests/fixtures/tiny-sd15`, `tiny-sd15-fewstep`, `tiny-sdxl` and `tiny-sdxl-vpred`, or the directory in
 //! `LIMNER_PARITY_FIXTURE`, of either family) against the engine, loading the model from its
 //! diffusers folder and again from each single-file checkpoint. `tests/parity.rs` runs it; it
 //! is compiled into the library (hidden from its docs) because it drives engine internals.
@@ -26,7 +26,7 @@ use serde_json::Value;
 pub fn fixture_dirs() -> Vec<PathBuf> {
     match std::env::var_os("LIMNER_PARITY_FIXTURE") {
         Some(dir) => vec![PathBuf::from(dir)],
-        None => ["tiny-sd15", "tiny-sdxl", "tiny-sdxl-vpred"]
+        None => ["tiny-sd15", "tiny-sd15-fewstep", "tiny-sdxl", "tiny-sdxl-vpred"]
             .iter()
             .map(|name| {
                 Path::new(env!("CARGO_MANIFEST_DIR"))
