@@ -15,9 +15,11 @@ use thiserror::Error;
 
 use crate::engine::EngineError;
 pub use family::{Architecture, Family, SchedulerOverrides};
+pub use loras::LoraEntry;
 use parse::{invalid, is_pickle, is_safetensors, parse_entry};
 
 mod family;
+mod loras;
 mod parse;
 
 /// The file `limner pull` writes into a model's folder once every file is in place.
@@ -146,6 +148,8 @@ pub const EMBEDDED_WEIGHTS: &str = include_str!("../weights.toml");
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     models: BTreeMap<String, ModelEntry>,
+    /// `[loras.NAME]`: LoRA files `limner pull` fetches into `MODELS_DIR/loras/`.
+    loras: BTreeMap<String, LoraEntry>,
     /// Relative source paths are resolved against this (the folder of `weights.toml`).
     base_dir: PathBuf,
 }
@@ -182,11 +186,11 @@ impl Registry {
                 message: e.to_string(),
             })?;
         for key in doc.keys() {
-            if key != "models" {
+            if key != "models" && key != "loras" {
                 return Err(RegistryError::Parse {
                     origin: origin.to_string(),
                     message: format!(
-                        "unknown top-level key '{key}'; only [models.NAME] tables are allowed"
+                        "unknown top-level key '{key}'; only [models.NAME] and [loras.NAME] tables are allowed"
                     ),
                 });
             }
@@ -219,8 +223,13 @@ impl Registry {
                 }
             }
         }
+        let loras = match doc.get("loras") {
+            Some(v) => loras::parse_loras(v, &models)?,
+            None => BTreeMap::new(),
+        };
         Ok(Registry {
             models,
+            loras,
             base_dir: PathBuf::new(),
         })
     }
@@ -237,6 +246,11 @@ impl Registry {
 
     pub fn models(&self) -> &BTreeMap<String, ModelEntry> {
         &self.models
+    }
+
+    /// The `[loras.NAME]` entries.
+    pub fn loras(&self) -> &BTreeMap<String, LoraEntry> {
+        &self.loras
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
