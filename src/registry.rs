@@ -525,12 +525,20 @@ impl ResolvedModel {
     }
 
     /// The entry's `[scheduler]` keys (prediction type, zero-terminal SNR, spacing), if any.
+    /// A turbo architecture without a spacing of its own gets "trailing": SD-Turbo and
+    /// SDXL-Turbo were distilled to start at t = 999, which 1-4 steps reach only with trailing
+    /// spacing (their diffusers configs say so; single files and re-uploads may not, and
+    /// linspace would run one step at t = 0 and leading at t = 1).
     pub fn schedule(&self) -> crate::engine::ScheduleOverride {
         match &self.entry {
             Some(e) => crate::engine::ScheduleOverride {
                 prediction_type: e.scheduler.prediction_type.clone(),
                 rescale_betas_zero_snr: e.scheduler.rescale_betas_zero_snr,
-                timestep_spacing: e.scheduler.timestep_spacing.clone(),
+                timestep_spacing: e.scheduler.timestep_spacing.clone().or_else(|| {
+                    e.architecture
+                        .is_turbo()
+                        .then(|| "trailing".to_string())
+                }),
             },
             None => Default::default(),
         }
