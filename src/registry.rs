@@ -534,11 +534,11 @@ impl ResolvedModel {
             Some(e) => crate::engine::ScheduleOverride {
                 prediction_type: e.scheduler.prediction_type.clone(),
                 rescale_betas_zero_snr: e.scheduler.rescale_betas_zero_snr,
-                timestep_spacing: e.scheduler.timestep_spacing.clone().or_else(|| {
-                    e.architecture
-                        .is_turbo()
-                        .then(|| "trailing".to_string())
-                }),
+                timestep_spacing: e
+                    .scheduler
+                    .timestep_spacing
+                    .clone()
+                    .or_else(|| e.architecture.is_turbo().then(|| "trailing".to_string())),
             },
             None => Default::default(),
         }

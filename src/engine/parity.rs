@@ -26,14 +26,19 @@ use serde_json::Value;
 pub fn fixture_dirs() -> Vec<PathBuf> {
     match std::env::var_os("LIMNER_PARITY_FIXTURE") {
         Some(dir) => vec![PathBuf::from(dir)],
-        None => ["tiny-sd15", "tiny-sd15-fewstep", "tiny-sdxl", "tiny-sdxl-vpred"]
-            .iter()
-            .map(|name| {
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("tests/fixtures")
-                    .join(name)
-            })
-            .collect(),
+        None => [
+            "tiny-sd15",
+            "tiny-sd15-fewstep",
+            "tiny-sdxl",
+            "tiny-sdxl-vpred",
+        ]
+        .iter()
+        .map(|name| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(name)
+        })
+        .collect(),
     }
 }
 

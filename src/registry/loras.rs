@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::parse::{
-    arch_names, check_keys, check_name, get_str, invalid, parse_source, type_name,
-};
+use super::parse::{arch_names, check_keys, check_name, get_str, invalid, parse_source, type_name};
 use super::{Architecture, ModelSource, Result};
 use crate::engine::networks::LORA_DIR;
 
@@ -27,7 +25,9 @@ pub struct LoraEntry {
 impl LoraEntry {
     /// Where `limner pull` installs it and the engine finds it by `name`.
     pub fn local_path(&self, name: &str, models_dir: &Path) -> PathBuf {
-        models_dir.join(LORA_DIR).join(format!("{name}.safetensors"))
+        models_dir
+            .join(LORA_DIR)
+            .join(format!("{name}.safetensors"))
     }
 }
 

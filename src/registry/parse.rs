@@ -22,7 +22,12 @@ pub(super) fn type_name(v: &toml::Value) -> &'static str {
 }
 
 /// Rejects keys other than `allowed` in a table, naming the first stray one.
-pub(super) fn check_keys(model: &str, prefix: &str, table: &toml::Table, allowed: &[&str]) -> Result<()> {
+pub(super) fn check_keys(
+    model: &str,
+    prefix: &str,
+    table: &toml::Table,
+    allowed: &[&str],
+) -> Result<()> {
     for key in table.keys() {
         if !allowed.contains(&key.as_str()) {
             return Err(invalid(
@@ -35,7 +40,12 @@ pub(super) fn check_keys(model: &str, prefix: &str, table: &toml::Table, allowed
     Ok(())
 }
 
-pub(super) fn get_str(model: &str, field: &str, t: &toml::Table, key: &str) -> Result<Option<String>> {
+pub(super) fn get_str(
+    model: &str,
+    field: &str,
+    t: &toml::Table,
+    key: &str,
+) -> Result<Option<String>> {
     match t.get(key) {
         None => Ok(None),
         Some(toml::Value::String(s)) => Ok(Some(s.clone())),

@@ -35,8 +35,16 @@ fn repo_weights_toml_is_valid() {
         assert!(reg.get(name).is_some(), "{name} missing");
     }
     for (name, arch, repo) in [
-        ("lcm-lora-sdv1-5", Architecture::Sd1, "latent-consistency/lcm-lora-sdv1-5"),
-        ("lcm-lora-sdxl", Architecture::Sdxl, "latent-consistency/lcm-lora-sdxl"),
+        (
+            "lcm-lora-sdv1-5",
+            Architecture::Sd1,
+            "latent-consistency/lcm-lora-sdv1-5",
+        ),
+        (
+            "lcm-lora-sdxl",
+            Architecture::Sdxl,
+            "latent-consistency/lcm-lora-sdxl",
+        ),
     ] {
         let lora = &reg.loras()[name];
         assert_eq!((lora.architecture, lora.repo.as_str()), (arch, repo));

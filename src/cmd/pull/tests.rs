@@ -389,7 +389,13 @@ fn the_repo_lcm_loras_go_to_models_loras() {
             err.contains(&format!("{repo}/pytorch_lora_weights.safetensors")),
             "{err}"
         );
-        assert!(err.contains(&models.join("loras").display().to_string()), "{err}");
-        assert!(!models.join("loras").exists(), "a failed pull leaves nothing");
+        assert!(
+            err.contains(&models.join("loras").display().to_string()),
+            "{err}"
+        );
+        assert!(
+            !models.join("loras").exists(),
+            "a failed pull leaves nothing"
+        );
     }
 }

@@ -64,7 +64,10 @@ fn values(t: &Tensor) -> Vec<f64> {
 }
 
 fn steps(r: &Value) -> Vec<usize> {
-    floats(&r["steps"]).into_iter().map(|s| s as usize).collect()
+    floats(&r["steps"])
+        .into_iter()
+        .map(|s| s as usize)
+        .collect()
 }
 
 #[test]
@@ -114,7 +117,10 @@ fn other_configs_get_a1111_sigmas_and_quantized_timesteps() {
 #[test]
 fn one_step_is_t_999_whichever_definition() {
     for config in [sd(), lcm_config()] {
-        assert_eq!(build(&config, 1, SchedulerKind::Automatic).timesteps(), [999.0]);
+        assert_eq!(
+            build(&config, 1, SchedulerKind::Automatic).timesteps(),
+            [999.0]
+        );
     }
 }
 
@@ -161,7 +167,10 @@ fn boundary_scalings_are_the_consistency_limits() {
 #[test]
 fn the_name_and_its_limits() {
     let spec = parse_sampler("LCM", None).unwrap();
-    assert_eq!(spec, SamplerSpec::new(SamplerKind::Lcm, SchedulerKind::Automatic));
+    assert_eq!(
+        spec,
+        SamplerSpec::new(SamplerKind::Lcm, SchedulerKind::Automatic)
+    );
     assert_eq!(parse_sampler("k_lcm", None).unwrap().kind, SamplerKind::Lcm);
     assert_eq!(
         parse_sampler("LCM Karras", None).unwrap(),
@@ -171,5 +180,8 @@ fn the_name_and_its_limits() {
     // diffusers' schedule takes a subset of the 50 distillation timesteps.
     let err = build_sampler(&spec, &lcm_config(), 51).err().unwrap();
     assert!(err.to_string().contains("steps"), "{err}");
-    assert_eq!(build_sampler(&spec, &sd(), 60).unwrap().timesteps().len(), 60);
+    assert_eq!(
+        build_sampler(&spec, &sd(), 60).unwrap().timesteps().len(),
+        60
+    );
 }
