@@ -105,3 +105,82 @@ fn parse_lora(name: &str, v: &toml::Value) -> Result<LoraEntry> {
         file: files.remove(0),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::super::{Architecture, Registry};
+
+    #[test]
+    fn the_repo_lcm_loras_are_lora_entries() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let reg = Registry::load(&root.join("weights.toml")).unwrap();
+        for (name, arch, repo) in [
+            (
+                "lcm-lora-sdv1-5",
+                Architecture::Sd1,
+                "latent-consistency/lcm-lora-sdv1-5",
+            ),
+            (
+                "lcm-lora-sdxl",
+                Architecture::Sdxl,
+                "latent-consistency/lcm-lora-sdxl",
+            ),
+        ] {
+            let lora = &reg.loras()[name];
+            assert_eq!((lora.architecture, lora.repo.as_str()), (arch, repo));
+            assert_eq!(lora.file, "pytorch_lora_weights.safetensors");
+            assert_eq!(
+                lora.local_path(name, Path::new("m")),
+                Path::new("m/loras").join(format!("{name}.safetensors"))
+            );
+            assert!(reg.get(name).is_none(), "a LoRA is not a model");
+        }
+    }
+
+    #[test]
+    fn bad_lora_entries_name_the_entry_and_field() {
+        let cases: Vec<(String, &str)> = vec![
+        (
+            r#"[loras.l]
+               architecture = "sd1"
+               source = { hub = "o/r", revision = "main", files = ["a.safetensors", "b.json"] }"#
+                .into(),
+            "model 'l': invalid source.files: list exactly one .safetensors file",
+        ),
+        (
+            r#"[loras.l]
+               architecture = "sd1"
+               source = { path = "loras/x.safetensors" }"#
+                .into(),
+            "model 'l': invalid source: a LoRA entry downloads from the hub",
+        ),
+        (
+            r#"[loras.l]
+               architecture = "sd9"
+               source = { hub = "o/r", revision = "main", files = ["a.safetensors"] }"#
+                .into(),
+            "model 'l': invalid architecture: 'sd9' is not one of sd1, sd2",
+        ),
+        (
+            format!(
+                "[models.m]\narchitecture = \"sd1\"\nsource = {{ path = \"x\" }}\n[loras.m]\narchitecture = \"sd1\"\nsource = {{ hub = \"o/r\", revision = \"main\", files = [\"a.safetensors\"] }}"
+            ),
+            "model 'm': invalid loras: a [models] entry has the same name",
+        ),
+        (
+            r#"[loras.l]
+               architecture = "sd1"
+               strength = 1
+               source = { hub = "o/r", revision = "main", files = ["a.safetensors"] }"#
+                .into(),
+            "model 'l': invalid strength: unknown key",
+        ),
+        ];
+        for (text, want) in &cases {
+            let err = Registry::from_str(text).unwrap_err().to_string();
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+        }
+    }
+}

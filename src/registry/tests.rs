@@ -34,27 +34,6 @@ fn repo_weights_toml_is_valid() {
     ] {
         assert!(reg.get(name).is_some(), "{name} missing");
     }
-    for (name, arch, repo) in [
-        (
-            "lcm-lora-sdv1-5",
-            Architecture::Sd1,
-            "latent-consistency/lcm-lora-sdv1-5",
-        ),
-        (
-            "lcm-lora-sdxl",
-            Architecture::Sdxl,
-            "latent-consistency/lcm-lora-sdxl",
-        ),
-    ] {
-        let lora = &reg.loras()[name];
-        assert_eq!((lora.architecture, lora.repo.as_str()), (arch, repo));
-        assert_eq!(lora.file, "pytorch_lora_weights.safetensors");
-        assert_eq!(
-            lora.local_path(name, Path::new("m")),
-            Path::new("m/loras").join(format!("{name}.safetensors"))
-        );
-        assert!(reg.get(name).is_none(), "a LoRA is not a model");
-    }
     let turbo = reg.get("sd-turbo").unwrap();
     assert_eq!(turbo.architecture, Architecture::SdTurbo);
     assert_eq!(turbo.defaults.cfg_scale, Some(0.0));
@@ -430,41 +409,6 @@ fn errors_name_the_model_and_field() {
             "not one of source.files",
         ),
         ("[other]\nx = 1".into(), "unknown top-level key 'other'"),
-        (
-            r#"[loras.l]
-               architecture = "sd1"
-               source = { hub = "o/r", revision = "main", files = ["a.safetensors", "b.json"] }"#
-                .into(),
-            "model 'l': invalid source.files: list exactly one .safetensors file",
-        ),
-        (
-            r#"[loras.l]
-               architecture = "sd1"
-               source = { path = "loras/x.safetensors" }"#
-                .into(),
-            "model 'l': invalid source: a LoRA entry downloads from the hub",
-        ),
-        (
-            r#"[loras.l]
-               architecture = "sd9"
-               source = { hub = "o/r", revision = "main", files = ["a.safetensors"] }"#
-                .into(),
-            "model 'l': invalid architecture: 'sd9' is not one of sd1, sd2",
-        ),
-        (
-            format!(
-                "{MINIMAL_HUB}\n[loras.m]\narchitecture = \"sd1\"\nsource = {{ hub = \"o/r\", revision = \"main\", files = [\"a.safetensors\"] }}"
-            ),
-            "model 'm': invalid loras: a [models] entry has the same name",
-        ),
-        (
-            r#"[loras.l]
-               architecture = "sd1"
-               strength = 1
-               source = { hub = "o/r", revision = "main", files = ["a.safetensors"] }"#
-                .into(),
-            "model 'l': invalid strength: unknown key",
-        ),
         ("[models.a\n".into(), "weights.toml"),
     ];
     for (text, want) in &cases {
