@@ -142,41 +142,45 @@ mod tests {
     #[test]
     fn bad_lora_entries_name_the_entry_and_field() {
         let cases: Vec<(String, &str)> = vec![
-        (
-            r#"[loras.l]
+            (
+                r#"[loras.l]
                architecture = "sd1"
                source = { hub = "o/r", revision = "main", files = ["a.safetensors", "b.json"] }"#
-                .into(),
-            "model 'l': invalid source.files: list exactly one .safetensors file",
-        ),
-        (
-            r#"[loras.l]
+                    .into(),
+                "model 'l': invalid source.files: list exactly one .safetensors file",
+            ),
+            (
+                r#"[loras.l]
                architecture = "sd1"
                source = { path = "loras/x.safetensors" }"#
-                .into(),
-            "model 'l': invalid source: a LoRA entry downloads from the hub",
-        ),
-        (
-            r#"[loras.l]
+                    .into(),
+                "model 'l': invalid source: a LoRA entry downloads from the hub",
+            ),
+            (
+                r#"[loras.l]
                architecture = "sd9"
                source = { hub = "o/r", revision = "main", files = ["a.safetensors"] }"#
-                .into(),
-            "model 'l': invalid architecture: 'sd9' is not one of sd1, sd2",
-        ),
-        (
-            format!(
-                "[models.m]\narchitecture = \"sd1\"\nsource = {{ path = \"x\" }}\n[loras.m]\narchitecture = \"sd1\"\nsource = {{ hub = \"o/r\", revision = \"main\", files = [\"a.safetensors\"] }}"
+                    .into(),
+                "model 'l': invalid architecture: 'sd9' is not one of sd1, sd2",
             ),
-            "model 'm': invalid loras: a [models] entry has the same name",
-        ),
-        (
-            r#"[loras.l]
+            (
+                r#"[models.m]
+               architecture = "sd1"
+               source = { path = "x" }
+               [loras.m]
+               architecture = "sd1"
+               source = { hub = "o/r", revision = "main", files = ["a.safetensors"] }"#
+                    .into(),
+                "model 'm': invalid loras: a [models] entry has the same name",
+            ),
+            (
+                r#"[loras.l]
                architecture = "sd1"
                strength = 1
                source = { hub = "o/r", revision = "main", files = ["a.safetensors"] }"#
-                .into(),
-            "model 'l': invalid strength: unknown key",
-        ),
+                    .into(),
+                "model 'l': invalid strength: unknown key",
+            ),
         ];
         for (text, want) in &cases {
             let err = Registry::from_str(text).unwrap_err().to_string();
