@@ -15,9 +15,11 @@ use thiserror::Error;
 
 use crate::engine::EngineError;
 pub use family::{Architecture, Family, SchedulerOverrides};
+pub use loras::LoraEntry;
 use parse::{invalid, is_pickle, is_safetensors, parse_decoder_entry, parse_entry};
 
 mod family;
+mod loras;
 mod parse;
 
 /// The file `limner pull` writes into a model's folder once every file is in place.
@@ -158,6 +160,8 @@ pub struct Registry {
     models: BTreeMap<String, ModelEntry>,
     /// `[decoders.NAME]`: pulled like models, never served as one.
     decoders: BTreeMap<String, DecoderEntry>,
+    /// `[loras.NAME]`: LoRA files `limner pull` fetches into `MODELS_DIR/loras/`.
+    loras: BTreeMap<String, LoraEntry>,
     /// Relative source paths are resolved against this (the folder of `weights.toml`).
     base_dir: PathBuf,
 }
@@ -194,12 +198,12 @@ impl Registry {
                 message: e.to_string(),
             })?;
         for key in doc.keys() {
-            if key != "models" && key != "decoders" {
+            if key != "models" && key != "decoders" && key != "loras" {
                 return Err(RegistryError::Parse {
                     origin: origin.to_string(),
                     message: format!(
-                        "unknown top-level key '{key}'; only [models.NAME] and [decoders.NAME] tables \
-                         are allowed"
+                        "unknown top-level key '{key}'; only [models.NAME], [decoders.NAME] and \
+                         [loras.NAME] tables are allowed"
                     ),
                 });
             }
@@ -245,9 +249,17 @@ impl Registry {
                 decoders.insert(name.clone(), parse_decoder_entry(name, entry)?);
             }
         }
+        let loras = match doc.get("loras") {
+            Some(v) => loras::parse_loras(v, &models)?,
+            None => BTreeMap::new(),
+        };
+        if let Some(name) = loras.keys().find(|n| decoders.contains_key(*n)) {
+            return Err(invalid(name, "entry", "is both a decoder and a LoRA"));
+        }
         Ok(Registry {
             models,
             decoders,
+            loras,
             base_dir: PathBuf::new(),
         })
     }
@@ -264,6 +276,11 @@ impl Registry {
 
     pub fn models(&self) -> &BTreeMap<String, ModelEntry> {
         &self.models
+    }
+
+    /// The `[loras.NAME]` entries.
+    pub fn loras(&self) -> &BTreeMap<String, LoraEntry> {
+        &self.loras
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -561,12 +578,20 @@ impl ResolvedModel {
     }
 
     /// The entry's `[scheduler]` keys (prediction type, zero-terminal SNR, spacing), if any.
+    /// A turbo architecture without a spacing of its own gets "trailing": SD-Turbo and
+    /// SDXL-Turbo were distilled to start at t = 999, which 1-4 steps reach only with trailing
+    /// spacing (their diffusers configs say so; single files and re-uploads may not, and
+    /// linspace would run one step at t = 0 and leading at t = 1).
     pub fn schedule(&self) -> crate::engine::ScheduleOverride {
         match &self.entry {
             Some(e) => crate::engine::ScheduleOverride {
                 prediction_type: e.scheduler.prediction_type.clone(),
                 rescale_betas_zero_snr: e.scheduler.rescale_betas_zero_snr,
-                timestep_spacing: e.scheduler.timestep_spacing.clone(),
+                timestep_spacing: e
+                    .scheduler
+                    .timestep_spacing
+                    .clone()
+                    .or_else(|| e.architecture.is_turbo().then(|| "trailing".to_string())),
             },
             None => Default::default(),
         }

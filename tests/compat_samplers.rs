@@ -263,6 +263,7 @@ async fn list_endpoints_list_every_sampler_and_schedule_in_a1111_shape() {
         "Restart",
         "DDIM",
         "UniPC",
+        "LCM",
     ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
@@ -331,4 +332,61 @@ async fn list_endpoints_list_every_sampler_and_schedule_in_a1111_shape() {
     assert_eq!(by_name("normal")["need_inner_model"], true);
     assert_eq!(by_name("sgm_uniform")["aliases"], json!(["SGMUniform"]));
     assert_eq!(by_name("sgm_uniform")["label"], "SGM Uniform");
+}
+
+/// A few-step txt2img with CFG off, as SD-Turbo and LCM-LoRA are run.
+async fn paint_without_cfg(
+    app: &Router,
+    sampler: &str,
+    steps: u32,
+    cfg: f64,
+    seed: i64,
+) -> Vec<u8> {
+    let r = post_to(
+        app.clone(),
+        "/sdapi/v1/txt2img",
+        json!({"prompt": "a dwarf cleric", "negative_prompt": "blurry",
+               "sampler_name": sampler, "steps": steps, "cfg_scale": cfg, "seed": seed,
+               "width": 64, "height": 64}),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        200,
+        "{sampler}: {}",
+        String::from_utf8_lossy(&r.bytes)
+    );
+    unb64(r.json()["images"][0].as_str().expect("one image"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lcm_and_one_step_turbo_settings_paint_and_are_recorded() {
+    let (app, _dir) = real_app();
+    for (sampler, steps, cfg, alias) in [("LCM", 4, 1.0, "k_lcm"), ("Euler a", 1, 0.0, "k_euler_a")]
+    {
+        let png = paint_without_cfg(&app, sampler, steps, cfg, 21).await;
+        assert_real_image(&png, sampler);
+        let text = read_parameters(&png).expect("parameters chunk");
+        for want in [
+            format!("Steps: {steps}, "),
+            format!("Sampler: {sampler}, "),
+            format!("CFG scale: {cfg}, "),
+        ] {
+            assert!(text.contains(&want), "{want:?} missing from {text}");
+        }
+        // The alias runs the same sampler; LCM re-noises from the seed's noise each step.
+        let again = paint_without_cfg(&app, alias, steps, cfg, 21).await;
+        let other = paint_without_cfg(&app, sampler, steps, cfg, 22).await;
+        let pixels = |p: &[u8]| decode_image(p).unwrap().into_raw();
+        assert_eq!(
+            pixels(&png),
+            pixels(&again),
+            "{sampler}: same seed, same image"
+        );
+        assert_ne!(
+            pixels(&png),
+            pixels(&other),
+            "{sampler}: other seed, other image"
+        );
+    }
 }

@@ -189,6 +189,8 @@ fn pull_lists_the_built_in_registry() {
             "realistic-vision-5",
             "sd-turbo",
             "sdxl-base",
+            "lcm-lora-sdv1-5",
+            "lcm-lora-sdxl",
         ] {
             assert!(text.contains(name), "{args:?} lacks {name}: {text}");
         }

@@ -1,4 +1,4 @@
-//! Parity with diffusers on the reference fixtures: `tests/fixtures/tiny-sd15`, `tiny-sdxl` and
+//! Parity with diffusers on the reference fixtures: `tests/fixtures/tiny-sd15`, `tiny-sd15-fewstep`, `tiny-sdxl` and
 //! `tiny-sdxl-vpred` (or the fixture in `LIMNER_PARITY_FIXTURE`, SD or SDXL), every case from
 //! the diffusers folder and from each `single-file/*.safetensors`, within the contract's
 //! tolerances (components 1e-3 relative; pipelines 2e-2 max / 2e-3 mean on the image). The

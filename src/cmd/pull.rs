@@ -11,10 +11,10 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use hf_hub::api::sync::{ApiBuilder, ApiError};
+use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
 use hf_hub::{Repo, RepoType};
 use limner::engine::{sha256_file, HashCache};
-use limner::registry::{ModelSource, Registry, PULLED_MARKER};
+use limner::registry::{LoraEntry, ModelSource, Registry, PULLED_MARKER};
 use serde::Serialize;
 
 /// Arguments of `limner pull`.
@@ -51,6 +51,9 @@ pub fn built_in_models() -> String {
         for (name, entry) in registry.decoders() {
             text.push_str(&format!("  {name:<20} {}\n", entry.description));
         }
+        for (name, lora) in registry.loras() {
+            text.push_str(&format!("  {name:<20} {} (LoRA)\n", lora.description));
+        }
     }
     text
 }
@@ -76,6 +79,11 @@ fn list(registry: &Registry, models_dir: &Path) {
         };
         let state = if here { "pulled" } else { "-" };
         println!("{name:<20} {state:<7} {description}");
+    }
+    for (name, lora) in registry.loras() {
+        let here = lora.local_path(name, models_dir).is_file();
+        let state = if here { "pulled" } else { "-" };
+        println!("{name:<20} {state:<7} {} (LoRA)", lora.description);
     }
 }
 
@@ -104,7 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 total as f64 / (1024.0 * 1024.0),
                 record.repo,
                 record.commit.as_deref().unwrap_or("(unknown)"),
-                args.models_dir.join(&record.name).display(),
+                record.location.display(),
             );
         }
     }
@@ -152,6 +160,9 @@ pub(crate) struct PulledRecord {
     pub commit: Option<String>,
     pub pulled_at: String,
     pub files: Vec<FileRecord>,
+    /// Where the files went (the model's folder, or a LoRA's file).
+    #[serde(skip)]
+    pub location: PathBuf,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -167,6 +178,9 @@ pub(crate) fn pull(
     models_dir: &Path,
     opts: &HubOptions,
 ) -> anyhow::Result<PullOutcome> {
+    if let Some(lora) = registry.loras().get(name) {
+        return pull_lora(name, lora, models_dir, opts);
+    }
     let (source, sha256) = registry.pull_source(name)?;
     let (repo_id, revision, files) = match source {
         ModelSource::Path { path } => {
@@ -199,24 +213,7 @@ pub(crate) fn pull(
         _ => {}
     }
 
-    let mut builder = ApiBuilder::from_env().with_progress(opts.progress);
-    if let Some(endpoint) = &opts.endpoint {
-        builder = builder.with_endpoint(endpoint.clone());
-    }
-    if let Some(dir) = &opts.cache_dir {
-        builder = builder.with_cache_dir(dir.clone());
-    }
-    if let Some(token) = &opts.token {
-        builder = builder.with_token(Some(token.clone()));
-    }
-    let api = builder
-        .build()
-        .context("setting up the Hugging Face hub client")?;
-    let repo = api.repo(Repo::with_revision(
-        repo_id.clone(),
-        RepoType::Model,
-        revision.clone(),
-    ));
+    let repo = hub_repo(opts, repo_id, revision)?;
 
     let hashes = opts.hash_cache.as_deref().map(HashCache::open);
     let mut commit = None;
@@ -246,10 +243,68 @@ pub(crate) fn pull(
         commit,
         pulled_at: chrono::Utc::now().to_rfc3339(),
         files: records,
+        location: dest.clone(),
     };
     let json = serde_json::to_vec_pretty(&record)?;
     write_atomically(&dest.join(PULLED_MARKER), &json)?;
     Ok(PullOutcome::Pulled(record))
+}
+
+/// The hub client for one repo at one revision.
+fn hub_repo(opts: &HubOptions, repo_id: &str, revision: &str) -> anyhow::Result<ApiRepo> {
+    let mut builder = ApiBuilder::from_env().with_progress(opts.progress);
+    if let Some(endpoint) = &opts.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
+    }
+    if let Some(dir) = &opts.cache_dir {
+        builder = builder.with_cache_dir(dir.clone());
+    }
+    if let Some(token) = &opts.token {
+        builder = builder.with_token(Some(token.clone()));
+    }
+    let api = builder
+        .build()
+        .context("setting up the Hugging Face hub client")?;
+    Ok(api.repo(Repo::with_revision(
+        repo_id.to_string(),
+        RepoType::Model,
+        revision.to_string(),
+    )))
+}
+
+/// `limner pull` of a `[loras.NAME]` entry: its one file, checked, at
+/// `MODELS_DIR/loras/NAME.safetensors` (installed atomically, so the file's presence is the
+/// mark of a complete pull).
+fn pull_lora(
+    name: &str,
+    lora: &LoraEntry,
+    models_dir: &Path,
+    opts: &HubOptions,
+) -> anyhow::Result<PullOutcome> {
+    let target = lora.local_path(name, models_dir);
+    let (dir, file_name) = match (target.parent(), target.file_name().and_then(|n| n.to_str())) {
+        (Some(dir), Some(file_name)) => (dir, file_name),
+        _ => bail!("LoRA '{name}': no file name for {}", target.display()),
+    };
+    let repo = hub_repo(opts, &lora.repo, &lora.revision)?;
+    let cached = repo
+        .get(&lora.file)
+        .map_err(|e| hub_error(name, &lora.repo, &lora.revision, &lora.file, dir, &e))?;
+    let commit = snapshot_commit(&cached, &lora.file);
+    let record = install_file(&cached, dir, file_name, None)
+        .with_context(|| format!("LoRA '{name}': {}", lora.file))?;
+    if let Some(hashes) = opts.hash_cache.as_deref().map(HashCache::open) {
+        hashes.record(&target, &record.sha256);
+    }
+    Ok(PullOutcome::Pulled(PulledRecord {
+        name: name.to_string(),
+        repo: lora.repo.clone(),
+        revision: lora.revision.clone(),
+        commit,
+        pulled_at: chrono::Utc::now().to_rfc3339(),
+        files: vec![record],
+        location: target,
+    }))
 }
 
 /// Turns an hf-hub error into a message that says what to do.

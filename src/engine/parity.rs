@@ -1,7 +1,7 @@
 //! Parity with diffusers: runs every case of a reference fixture (default the committed
-//! `tests/fixtures/tiny-sd15`, `tiny-sdxl`, `tiny-sdxl-vpred`, `tiny-lora` and `tiny-taesd`, or
-//! the directory in `LIMNER_PARITY_FIXTURE`, of either family or a TAESD) against the engine,
-//! loading the model from its diffusers folder and again from each single-file checkpoint (a
+//! `tests/fixtures/tiny-sd15`, `tiny-sd15-fewstep`, `tiny-sdxl`, `tiny-sdxl-vpred`, `tiny-lora`
+//! and `tiny-taesd`, or the directory in `LIMNER_PARITY_FIXTURE`, of either family or a TAESD)
+//! against the engine, loading the model from its diffusers folder and again from each single-file checkpoint (a
 //! TAESD from each of its layouts, see `parity::taesd`; a fixture whose `cases.json` names a
 //! `model` elsewhere, as `tiny-lora` does, uses that model's folder and single files).
 //! A case's `loras` (`[{file, weight}]`, files beside `cases.json`) are merged in first, and a
@@ -35,6 +35,7 @@ pub fn fixture_dirs() -> Vec<PathBuf> {
         Some(dir) => vec![PathBuf::from(dir)],
         None => [
             "tiny-sd15",
+            "tiny-sd15-fewstep",
             "tiny-sdxl",
             "tiny-sdxl-vpred",
             "tiny-lora",

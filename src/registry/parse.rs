@@ -17,12 +17,17 @@ pub(super) fn invalid(model: &str, field: &str, message: impl Into<String>) -> R
     }
 }
 
-fn type_name(v: &toml::Value) -> &'static str {
+pub(super) fn type_name(v: &toml::Value) -> &'static str {
     v.type_str()
 }
 
 /// Rejects keys other than `allowed` in a table, naming the first stray one.
-fn check_keys(model: &str, prefix: &str, table: &toml::Table, allowed: &[&str]) -> Result<()> {
+pub(super) fn check_keys(
+    model: &str,
+    prefix: &str,
+    table: &toml::Table,
+    allowed: &[&str],
+) -> Result<()> {
     for key in table.keys() {
         if !allowed.contains(&key.as_str()) {
             return Err(invalid(
@@ -35,7 +40,12 @@ fn check_keys(model: &str, prefix: &str, table: &toml::Table, allowed: &[&str]) 
     Ok(())
 }
 
-fn get_str(model: &str, field: &str, t: &toml::Table, key: &str) -> Result<Option<String>> {
+pub(super) fn get_str(
+    model: &str,
+    field: &str,
+    t: &toml::Table,
+    key: &str,
+) -> Result<Option<String>> {
     match t.get(key) {
         None => Ok(None),
         Some(toml::Value::String(s)) => Ok(Some(s.clone())),
@@ -155,7 +165,7 @@ pub(super) fn is_safetensors(p: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
 }
 
-fn check_name(name: &str) -> Result<()> {
+pub(super) fn check_name(name: &str) -> Result<()> {
     let ok = name.len() <= 64
         && name
             .chars()
@@ -175,7 +185,7 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
-fn parse_source(model: &str, v: &toml::Value) -> Result<ModelSource> {
+pub(super) fn parse_source(model: &str, v: &toml::Value) -> Result<ModelSource> {
     parse_source_as(model, v, true)
 }
 
@@ -455,7 +465,7 @@ pub(super) fn parse_entry(model: &str, v: &toml::Value) -> Result<ModelEntry> {
     })
 }
 
-fn arch_names() -> String {
+pub(super) fn arch_names() -> String {
     Architecture::ALL.map(Architecture::as_str).join(", ")
 }
 

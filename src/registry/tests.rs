@@ -581,3 +581,39 @@ fn decoder_entries_are_hub_files_apart_from_the_models() {
     );
     assert!(stray.contains("styles"), "{stray}");
 }
+
+#[test]
+fn turbo_architectures_run_trailing_unless_the_entry_says_otherwise() {
+    let model = repo_root().join("tests/fixtures/tiny-sd15/model");
+    let text = format!(
+        r#"
+        [models.turbo]
+        architecture = "sd-turbo"
+        source = {{ path = "{m}" }}
+        [models.xl-turbo]
+        architecture = "sdxl-turbo"
+        source = {{ path = "{m}" }}
+        [models.turbo-leading]
+        architecture = "sd-turbo"
+        source = {{ path = "{m}" }}
+        [models.turbo-leading.scheduler]
+        timestep_spacing = "leading"
+        [models.plain]
+        architecture = "sd2"
+        source = {{ path = "{m}" }}
+        "#,
+        m = model.display()
+    );
+    let reg = Registry::from_str(&text).unwrap();
+    let spacing = |name: &str| {
+        reg.resolve(name, Path::new("unused"))
+            .unwrap()
+            .schedule()
+            .timestep_spacing
+    };
+    // The fixture's own scheduler config (PNDM) says nothing about trailing.
+    assert_eq!(spacing("turbo").as_deref(), Some("trailing"));
+    assert_eq!(spacing("xl-turbo").as_deref(), Some("trailing"));
+    assert_eq!(spacing("turbo-leading").as_deref(), Some("leading"));
+    assert_eq!(spacing("plain"), None);
+}

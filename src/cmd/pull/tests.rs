@@ -386,3 +386,67 @@ fn the_taesd_decoders_are_pulled_like_models_into_their_own_folder() {
     // A decoder is pulled, never served: it is no model of the registry.
     assert!(registry.names().next().is_none());
 }
+
+#[test]
+fn pulls_a_lora_entry_into_the_loras_folder_under_its_name() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let weights = std::fs::read(
+        root.join("tests/fixtures/tiny-sd15/model/unet/diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    let registry = Registry::from_str(
+        r#"[loras.tiny-lcm]
+           description = "a LoRA"
+           architecture = "sd1"
+           source = { hub = "fake/lora", revision = "main", files = ["pytorch_lora_weights.safetensors"] }"#,
+    )
+    .unwrap();
+    let (dir, mut opts) = offline();
+    opts.endpoint = Some(fake_hub(vec![(
+        "pytorch_lora_weights.safetensors".into(),
+        weights.clone(),
+    )]));
+    let models = dir.path().join("models");
+    let PullOutcome::Pulled(record) = pull(&registry, "tiny-lcm", &models, &opts).unwrap() else {
+        panic!("a hub LoRA must be pulled");
+    };
+    let target = models.join("loras").join("tiny-lcm.safetensors");
+    assert_eq!(record.location, target);
+    assert_eq!(std::fs::read(&target).unwrap(), weights);
+    assert_eq!(record.files[0].size, weights.len() as u64);
+    // Nothing else lands beside it (no model folder, no marker).
+    let names: Vec<_> = std::fs::read_dir(models.join("loras"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["tiny-lcm.safetensors"]);
+    assert!(!models.join("tiny-lcm").exists());
+}
+
+#[test]
+fn the_repo_lcm_loras_go_to_models_loras() {
+    let registry = repo_registry();
+    for (name, repo) in [
+        ("lcm-lora-sdv1-5", "latent-consistency/lcm-lora-sdv1-5"),
+        ("lcm-lora-sdxl", "latent-consistency/lcm-lora-sdxl"),
+    ] {
+        let (dir, opts) = offline();
+        let models = dir.path().join("models");
+        let err = match pull(&registry, name, &models, &opts) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("pull succeeded without a hub"),
+        };
+        assert!(
+            err.contains(&format!("{repo}/pytorch_lora_weights.safetensors")),
+            "{err}"
+        );
+        assert!(
+            err.contains(&models.join("loras").display().to_string()),
+            "{err}"
+        );
+        assert!(
+            !models.join("loras").exists(),
+            "a failed pull leaves nothing"
+        );
+    }
+}

@@ -42,6 +42,14 @@ pub struct SchedulerConfig {
     pub euler_at_final: bool,
     /// DPM-Solver: drop the noisiest timesteps whose log-SNR is below this (`None` = -inf).
     pub lambda_min_clipped: Option<f64>,
+    /// The diffusers scheduler class the config was written for ("LCMScheduler" selects
+    /// diffusers' LCM timesteps for the LCM sampler's Automatic schedule).
+    #[serde(rename = "_class_name")]
+    pub class_name: Option<String>,
+    /// LCM: the distillation schedule's length the inference timesteps are taken from (50).
+    pub original_inference_steps: Option<usize>,
+    /// LCM: the timestep multiplier of the consistency boundary conditions (10).
+    pub timestep_scaling: Option<f64>,
 }
 
 impl Default for SchedulerConfig {
@@ -66,6 +74,9 @@ impl Default for SchedulerConfig {
             lower_order_final: true,
             euler_at_final: false,
             lambda_min_clipped: None,
+            class_name: None,
+            original_inference_steps: None,
+            timestep_scaling: None,
         }
     }
 }

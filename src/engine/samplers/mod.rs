@@ -6,7 +6,7 @@
 //! same `scheduler_config`; the update rules are diffusers' (Euler, Euler ancestral, DDIM,
 //! DPM-Solver++ 2M, Heun, LMS, UniPC) applied with candle tensor ops. The samplers diffusers
 //! lacks (DPM2, DPM2 a, DPM++ SDE / 2M SDE / 3M SDE, Restart) follow k-diffusion on A1111's
-//! schedules. Every A1111 schedule type can be combined with every sampler but DDIM.
+//! schedules. LCM is A1111's (diffusers' `LCMScheduler` for models whose config names it). Every A1111 schedule type can be combined with every sampler but DDIM.
 
 mod beta_dist;
 mod config;
@@ -16,6 +16,7 @@ mod euler;
 mod heun;
 mod kdiffusion;
 mod kplan;
+mod lcm;
 mod lms;
 mod names;
 mod noise_schedules;
@@ -129,6 +130,7 @@ pub fn build_sampler(
         SamplerKind::Heun => Box::new(heun::HeunSampler::new(&setup)?),
         SamplerKind::Lms => Box::new(lms::LmsSampler::new(&setup)?),
         SamplerKind::UniPc => Box::new(unipc::UniPcSampler::new(&setup)?),
+        SamplerKind::Lcm => Box::new(lcm::LcmSampler::new(&setup)?),
         SamplerKind::Dpm2
         | SamplerKind::Dpm2A
         | SamplerKind::DpmPpSde

@@ -25,6 +25,8 @@ pub enum SamplerKind {
     Restart,
     Ddim,
     UniPc,
+    /// Latent consistency models (LCM-LoRA, LCM-distilled checkpoints).
+    Lcm,
 }
 
 /// How the noise levels are spread over the steps (A1111's "Schedule type"), with A1111's
@@ -78,8 +80,8 @@ pub struct SchedulerInfo {
 }
 
 impl SamplerKind {
-    /// Every sampler, in A1111's list order (its timestep samplers DDIM and UniPC last).
-    pub const ALL: [SamplerKind; 14] = [
+    /// Every sampler, in A1111's list order (its timestep samplers DDIM and UniPC, then LCM).
+    pub const ALL: [SamplerKind; 15] = [
         SamplerKind::DpmPp2m,
         SamplerKind::DpmPpSde,
         SamplerKind::DpmPp2mSde,
@@ -94,6 +96,7 @@ impl SamplerKind {
         SamplerKind::Restart,
         SamplerKind::Ddim,
         SamplerKind::UniPc,
+        SamplerKind::Lcm,
     ];
 
     /// The canonical A1111 name.
@@ -113,6 +116,7 @@ impl SamplerKind {
             SamplerKind::Restart => "Restart",
             SamplerKind::Ddim => "DDIM",
             SamplerKind::UniPc => "UniPC",
+            SamplerKind::Lcm => "LCM",
         }
     }
 
@@ -141,6 +145,7 @@ impl SamplerKind {
             SamplerKind::Restart => &["restart"],
             SamplerKind::Ddim => &[],
             SamplerKind::UniPc => &["uni_pc"],
+            SamplerKind::Lcm => &["k_lcm", "sample_lcm"],
         }
     }
 

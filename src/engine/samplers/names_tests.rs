@@ -203,6 +203,7 @@ fn lists_cover_every_sampler_and_scheduler() {
         "Restart",
         "DDIM",
         "UniPC",
+        "LCM",
     ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }

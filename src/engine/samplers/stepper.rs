@@ -35,7 +35,7 @@ impl Level {
         }
     }
 
-    fn add_noise(self, original: &Tensor, noise: &Tensor) -> Result<Tensor> {
+    pub(crate) fn add_noise(self, original: &Tensor, noise: &Tensor) -> Result<Tensor> {
         match self {
             Level::Sigma(sigma) => Ok((original + noise.affine(sigma, 0.0)?)?),
             Level::AlphaSigma(a, s) => lin(&[(original, a), (noise, s)]),
