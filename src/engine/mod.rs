@@ -29,6 +29,7 @@ pub(crate) mod output;
 #[doc(hidden)]
 pub mod parity;
 pub(crate) mod pipeline;
+pub(crate) mod pixels;
 mod preview;
 pub(crate) mod request;
 pub(crate) mod samplers;

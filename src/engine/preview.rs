@@ -10,7 +10,7 @@ use image::RgbImage;
 use super::error::Result;
 use super::loading::model::StableDiffusion;
 use super::models::taesd::Taesd;
-use super::pipeline::to_rgb_images;
+use super::pixels::to_rgb_images;
 
 /// Longest side, in latent cells, of what a TAESD preview decodes: 32 cells = 256 px.
 pub(crate) const PREVIEW_LATENT_SIDE: usize = 32;

@@ -19,7 +19,8 @@ use super::loading::model::{
 };
 use super::loading::model_hash::{HashCache, ModelHash};
 use super::noise::{NoiseSource, SeededNoise};
-use super::pipeline::{from_rgb_image, to_rgb_images, CancelToken, Progress};
+use super::pipeline::{CancelToken, Progress};
+use super::pixels::{from_rgb_image, to_rgb_images};
 use super::request::{Defaults, GeneratedImage, GenerationResult, ValidRequest};
 use super::samplers::ScheduleOverride;
 use super::taesd::{Decoder, TaesdPaths};

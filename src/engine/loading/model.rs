@@ -132,7 +132,7 @@ pub struct StableDiffusion {
     /// See [`LoadOptions::max_memory`].
     pub max_memory: Option<u64>,
     /// The LoRAs merged in now, the base tensors they replaced and the merge cache.
-    pub(crate) lora: crate::engine::lora::LoraState,
+    pub(crate) lora: crate::engine::lora::state::LoraState,
     /// The family's TAESD, or why there is none (the `decoder: taesd` error says it).
     pub taesd: std::result::Result<Taesd, String>,
 }

@@ -11,6 +11,7 @@
 
 mod file;
 mod names;
+pub(crate) mod state;
 pub(crate) mod tags;
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,7 @@ use crate::engine::models::weights::{VisitWeights, WeightLayout};
 use crate::engine::networks::{find_network, scan_network_dir, NetworkFile};
 pub(crate) use file::{LoraFile, Part};
 use names::{ModelNames, Target};
+use state::{Merged, SetKey, Stamp, MAX_PARSED};
 
 /// One LoRA a validated request applies, before its file is looked up.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,9 +90,6 @@ pub(crate) fn resolve(uses: &[LoraUse], dir: Option<&Path>) -> Result<Vec<Resolv
         .collect()
 }
 
-/// What identifies a file's contents cheaply: size and modification time.
-type Stamp = (u64, u128);
-
 fn stamp(path: &Path) -> std::io::Result<Stamp> {
     let meta = std::fs::metadata(path)?;
     let mtime = meta
@@ -99,39 +98,6 @@ fn stamp(path: &Path) -> std::io::Result<Stamp> {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     Ok((meta.len(), mtime))
-}
-
-/// A set of LoRAs as applied: files, their stamps, weights (bits, so it is `Eq`).
-type SetKey = Vec<(PathBuf, Stamp, u64)>;
-
-type Merged = HashMap<(Part, String), Tensor>;
-
-/// Parsed files kept at most (LoRA files are small next to a model).
-const MAX_PARSED: usize = 8;
-
-/// The LoRA state of one loaded model.
-#[derive(Default)]
-pub(crate) struct LoraState {
-    /// The set whose merged weights are in the model now (empty = the base model).
-    applied: SetKey,
-    /// The base tensors of every swapped weight, put back by [`StableDiffusion::apply_loras`].
-    originals: Merged,
-    /// The merged weights of the last set built.
-    cache: Option<(SetKey, Arc<Merged>)>,
-    names: Option<Arc<ModelNames>>,
-    parsed: HashMap<PathBuf, (Stamp, Arc<LoraFile>)>,
-    hashes: HashMap<PathBuf, (Stamp, String)>,
-}
-
-impl LoraState {
-    /// Bytes held besides the base weights: the cached merged tensors.
-    pub(crate) fn extra_bytes(&self) -> u64 {
-        self.cache.as_ref().map_or(0, |(_, m)| {
-            m.values()
-                .map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64)
-                .sum()
-        })
-    }
 }
 
 type PartFn<'a> =
