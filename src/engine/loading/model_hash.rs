@@ -21,7 +21,12 @@ pub const CACHE_FILE: &str = "model-hashes.json";
 
 /// The full SHA-256 (lowercase hex) of a file, read in 1 MiB chunks.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
+    sha256_rest(&mut std::fs::File::open(path)?)
+}
+
+/// The SHA-256 (lowercase hex) of what is left to read from `file`, in 1 MiB chunks (A1111's
+/// LoRA hash skips the safetensors header this way).
+pub(crate) fn sha256_rest(file: &mut impl Read) -> std::io::Result<String> {
     let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use candle_core::{DType, Tensor};
-use sha2::Digest;
 
 use crate::engine::error::{EngineError, Result};
 use crate::engine::loading::model::StableDiffusion;
@@ -187,20 +186,7 @@ fn addnet_hash(path: &Path) -> std::io::Result<String> {
         return Ok(h.to_ascii_lowercase());
     }
     file.seek(SeekFrom::Start(8 + header_len))?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    crate::engine::loading::model_hash::sha256_rest(&mut file)
 }
 
 impl StableDiffusion {
