@@ -14,11 +14,15 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::engine::EngineError;
+pub use decoders::DecoderEntry;
 pub use family::{Architecture, Family, SchedulerOverrides};
+use locate::locate_path;
 pub use loras::LoraEntry;
-use parse::{invalid, is_pickle, is_safetensors, parse_decoder_entry, parse_entry};
+use parse::{invalid, is_safetensors, parse_entry};
 
+mod decoders;
 mod family;
+mod locate;
 mod loras;
 mod parse;
 
@@ -114,16 +118,6 @@ pub struct ModelEntry {
     /// `[models.NAME.scheduler]`.
     pub scheduler: SchedulerOverrides,
     /// Expected sha256 (lowercase hex) of hub files, checked by `limner pull`.
-    pub sha256: BTreeMap<String, String>,
-}
-
-/// One `[decoders.NAME]` table: files `limner pull NAME` fetches into `MODELS_DIR/NAME/` that
-/// are not a model to serve (the TAESDs `taesd` and `taesdxl`, which the engine finds there).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DecoderEntry {
-    pub description: String,
-    /// Always [`ModelSource::Hub`].
-    pub source: ModelSource,
     pub sha256: BTreeMap<String, String>,
 }
 
@@ -236,19 +230,10 @@ impl Registry {
                 }
             }
         }
-        let mut decoders = BTreeMap::new();
-        if let Some(v) = doc.get("decoders") {
-            let table = v.as_table().ok_or_else(|| RegistryError::Parse {
-                origin: origin.to_string(),
-                message: "'decoders' must be a table of [decoders.NAME] entries".to_string(),
-            })?;
-            for (name, entry) in table {
-                if models.contains_key(name) {
-                    return Err(invalid(name, "entry", "is both a model and a decoder"));
-                }
-                decoders.insert(name.clone(), parse_decoder_entry(name, entry)?);
-            }
-        }
+        let decoders = match doc.get("decoders") {
+            Some(v) => decoders::parse_decoders(v, origin, &models)?,
+            None => BTreeMap::new(),
+        };
         let loras = match doc.get("loras") {
             Some(v) => loras::parse_loras(v, &models)?,
             None => BTreeMap::new(),
@@ -519,46 +504,6 @@ impl std::str::FromStr for Registry {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Registry::parse(s, "weights.toml")
     }
-}
-
-/// What a filesystem path holds: a diffusers folder, or a single safetensors checkpoint.
-fn locate_path(path: &Path) -> Result<ModelLocation> {
-    let bad = |message: &str| RegistryError::BadPath {
-        path: path.to_path_buf(),
-        message: message.to_string(),
-    };
-    if path.is_dir() {
-        if path.join("model_index.json").is_file()
-            || path.join("unet").join("config.json").is_file()
-        {
-            return Ok(ModelLocation::Diffusers(path.to_path_buf()));
-        }
-        let checkpoints: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|source| RegistryError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_safetensors(p))
-            .collect();
-        return match checkpoints.as_slice() {
-            [one] => Ok(ModelLocation::SingleFile { file: one.clone(), config: None }),
-            _ => Err(bad("neither a diffusers folder (no model_index.json) nor a folder with exactly one .safetensors checkpoint")),
-        };
-    }
-    if path.is_file() {
-        if is_pickle(path) {
-            return Err(bad("pickled checkpoints (.ckpt/.pt/.bin) can run code when loaded and are refused; convert it to .safetensors"));
-        }
-        if is_safetensors(path) {
-            return Ok(ModelLocation::SingleFile {
-                file: path.to_path_buf(),
-                config: None,
-            });
-        }
-        return Err(bad("not a .safetensors checkpoint"));
-    }
-    Err(bad("does not exist"))
 }
 
 #[cfg(test)]

@@ -10,12 +10,13 @@ use super::conditioning::BatchConditioning;
 use super::device::{describe, dtype_name};
 use super::embeddings::EmbeddingLibrary;
 use super::error::{EngineError, Result};
+use super::generate::generate_with_loras;
 use super::loading::model::{LoadOptions, StableDiffusion};
 use super::loading::model_hash::HashCache;
 use super::pipeline::{CancelToken, Cond, Progress};
 use super::request::GenerationResult;
 use super::valid::ValidRequest;
-use super::worker::{generate_with_loras, load_spec, EngineConfig};
+use super::worker::{load_spec, EngineConfig};
 
 /// A loaded model, used from the thread that loaded it.
 pub struct LocalModel {

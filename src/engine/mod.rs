@@ -13,6 +13,7 @@ pub(crate) mod conditioning;
 pub(crate) mod device;
 pub(crate) mod embeddings;
 pub(crate) mod error;
+mod generate;
 pub(crate) mod guidance;
 pub(crate) mod infotext;
 pub(crate) mod kernel_cases;

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::{
-    Architecture, DecoderEntry, Family, ModelDefaults, ModelEntry, ModelSource, RegistryError,
-    Result, SchedulerOverrides,
+    Architecture, Family, ModelDefaults, ModelEntry, ModelSource, RegistryError, Result,
+    SchedulerOverrides,
 };
 
 pub(super) fn invalid(model: &str, field: &str, message: impl Into<String>) -> RegistryError {
@@ -191,7 +191,7 @@ pub(super) fn parse_source(model: &str, v: &toml::Value) -> Result<ModelSource> 
 
 /// `pipeline`: a model's hub files must form a diffusers pipeline or one checkpoint; other
 /// entries (decoders) list whatever files they need.
-fn parse_source_as(model: &str, v: &toml::Value, pipeline: bool) -> Result<ModelSource> {
+pub(super) fn parse_source_as(model: &str, v: &toml::Value, pipeline: bool) -> Result<ModelSource> {
     let t = v.as_table().ok_or_else(|| {
         invalid(
             model,
@@ -551,7 +551,7 @@ fn parse_scheduler(model: &str, v: &toml::Value) -> Result<SchedulerOverrides> {
 }
 
 /// `sha256 = { "file" = "hex" }`: only for hub sources, only for listed files.
-fn parse_sha256(
+pub(super) fn parse_sha256(
     model: &str,
     t: &toml::Table,
     source: &ModelSource,
@@ -587,36 +587,4 @@ fn parse_sha256(
         }
     }
     Ok(sha256)
-}
-
-/// A `[decoders.NAME]` entry: a hub repo `limner pull NAME` fetches into `MODELS_DIR/NAME/`
-/// (the TAESDs), not a model to serve.
-pub(super) fn parse_decoder_entry(name: &str, v: &toml::Value) -> Result<DecoderEntry> {
-    check_name(name)?;
-    let t = v.as_table().ok_or_else(|| {
-        invalid(
-            name,
-            "entry",
-            format!("expected a table, found {}", type_name(v)),
-        )
-    })?;
-    check_keys(name, "", t, &["description", "source", "sha256"])?;
-    let source = parse_source_as(
-        name,
-        t.get("source")
-            .ok_or_else(|| invalid(name, "source", "required"))?,
-        false,
-    )?;
-    if !matches!(source, ModelSource::Hub { .. }) {
-        return Err(invalid(
-            name,
-            "source",
-            "a decoder entry is a hub source (hub, revision, files)",
-        ));
-    }
-    Ok(DecoderEntry {
-        description: get_str(name, "description", t, "description")?.unwrap_or_default(),
-        sha256: parse_sha256(name, t, &source)?,
-        source,
-    })
 }
